@@ -1,0 +1,213 @@
+"""Small models in every format, built by the tests themselves (no network, deterministic)."""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from workbench.formats.safetensors import write_safetensors
+
+LLAMA_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 96,
+    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 128, "torch_dtype": "float32",
+    "rope_scaling": None, "tie_word_embeddings": False,
+}
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (round to nearest even), as uint16."""
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_value(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def llama_tensors(seed: int = 0, layers: int = 2) -> dict[str, np.ndarray]:
+    """HF-named float32 weights of a tiny llama (LLAMA_CONFIG shapes)."""
+    rng = np.random.default_rng(seed)
+    h, f, v, kv = 64, 128, 96, 32
+    out = {"model.embed_tokens.weight": rng.standard_normal((v, h), dtype=np.float32)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        out[p + "input_layernorm.weight"] = np.ones(h, np.float32)
+        out[p + "self_attn.q_proj.weight"] = rng.standard_normal((h, h), dtype=np.float32)
+        out[p + "self_attn.k_proj.weight"] = rng.standard_normal((kv, h), dtype=np.float32)
+        out[p + "self_attn.v_proj.weight"] = rng.standard_normal((kv, h), dtype=np.float32)
+        out[p + "self_attn.o_proj.weight"] = rng.standard_normal((h, h), dtype=np.float32)
+        out[p + "post_attention_layernorm.weight"] = np.ones(h, np.float32)
+        out[p + "mlp.gate_proj.weight"] = rng.standard_normal((f, h), dtype=np.float32)
+        out[p + "mlp.up_proj.weight"] = rng.standard_normal((f, h), dtype=np.float32)
+        out[p + "mlp.down_proj.weight"] = rng.standard_normal((h, f), dtype=np.float32)
+    out["model.norm.weight"] = np.ones(h, np.float32)
+    out["lm_head.weight"] = rng.standard_normal((v, h), dtype=np.float32)
+    return out
+
+
+def _typed(arrays: dict[str, np.ndarray], dtypes: dict[str, str]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Encode float32 arrays with the given dtype per tensor; return (for the writer, exact float32 values)."""
+    enc, expected = {}, {}
+    for name, a in arrays.items():
+        dt = dtypes.get(name, "F32")
+        if dt == "BF16":
+            bits = bf16_bits(a)
+            enc[name] = ("BF16", bits)
+            expected[name] = bf16_value(bits)
+        elif dt == "F16":
+            enc[name] = ("F16", a.astype(np.float16))
+            expected[name] = a.astype(np.float16).astype(np.float32)
+        else:
+            enc[name] = ("F32", a)
+            expected[name] = a
+    return enc, expected
+
+
+def mixed_dtypes(names) -> dict[str, str]:
+    """A deterministic mix: norms F32, attention BF16, MLP F16, the rest F32."""
+    out = {}
+    for n in names:
+        if "self_attn" in n:
+            out[n] = "BF16"
+        elif "mlp" in n:
+            out[n] = "F16"
+        else:
+            out[n] = "F32"
+    return out
+
+
+def write_tokenizer_files(folder: Path) -> None:
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{chr(97 + i): 3 + i for i in range(26)}, "ab": 29}
+    tok = {"version": "1.0", "truncation": None, "padding": None,
+           "added_tokens": [{"id": 0, "content": "<unk>", "special": True, "single_word": False, "lstrip": False,
+                             "rstrip": False, "normalized": False},
+                            {"id": 1, "content": "<s>", "special": True, "single_word": False, "lstrip": False,
+                             "rstrip": False, "normalized": False},
+                            {"id": 2, "content": "</s>", "special": True, "single_word": False, "lstrip": False,
+                             "rstrip": False, "normalized": False}],
+           "normalizer": None, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None, "decoder": None,
+           "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "vocab": vocab,
+                     "merges": ["a b"]}}
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "model_max_length": 128,
+         "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}))
+
+
+def build_hf_folder(folder: Path, *, shards: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """A tiny llama HF folder with F32/F16/BF16 tensors; returns the exact float32 values stored."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = llama_tensors(seed)
+    enc, expected = _typed(arrays, mixed_dtypes(arrays))
+    (folder / "config.json").write_text(json.dumps(LLAMA_CONFIG))
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+    write_tokenizer_files(folder)
+    if shards == 1:
+        write_safetensors(folder / "model.safetensors", enc, {"format": "pt"})
+        return expected
+    names = list(enc)
+    per = -(-len(names) // shards)
+    weight_map = {}
+    for k in range(shards):
+        part = names[k * per:(k + 1) * per]
+        fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        write_safetensors(folder / fname, {n: enc[n] for n in part}, {"format": "pt"})
+        weight_map.update({n: fname for n in part})
+    total = sum(enc[n][1].nbytes for n in names)
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    return expected
+
+
+def build_peft_adapter(folder: Path, *, seed: int = 1, r: int = 4) -> dict[str, np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "tiny-llama", "r": r,
+           "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "fan_in_fan_out": False,
+           "bias": "none", "modules_to_save": None, "use_rslora": False,
+           "loftq_config": {}, "megatron_config": None, "megatron_core": "megatron.core"}
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    tensors = {}
+    for i in range(2):
+        for proj, out_dim in (("q_proj", 64), ("v_proj", 32)):
+            base = f"base_model.model.model.layers.{i}.self_attn.{proj}"
+            tensors[f"{base}.lora_A.weight"] = rng.standard_normal((r, 64), dtype=np.float32)
+            tensors[f"{base}.lora_B.weight"] = rng.standard_normal((out_dim, r), dtype=np.float32)
+    write_safetensors(folder / "adapter_model.safetensors", {k: ("F32", v) for k, v in tensors.items()})
+    return tensors
+
+
+GGUF_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+
+
+def write_gguf_model(path: Path, *, seed: int = 0, split_max_tensors: int = 0) -> dict[str, tuple[str, np.ndarray]]:
+    """A GGUF written by gguf-py's writer with one tensor of each type in GGUF_TYPES (plus norms).
+
+    Returns name -> (type, original float32 values).  With ``split_max_tensors`` the writer splits the
+    model into ``-0000k-of-0000n`` shards the way llama-gguf-split names them.
+    """
+    import gguf
+    from gguf import quants
+
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(path, "llama", split_max_tensors=split_max_tensors)
+    writer.add_name("Fixture Llama")
+    writer.add_block_count(len(GGUF_TYPES))
+    writer.add_context_length(128)
+    writer.add_embedding_length(64)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(["<unk>", "<s>", "</s>", "▁a", "▁b"])
+    writer.add_token_scores([0.0, 0.0, 0.0, -1.0, -2.0])
+    writer.add_token_types([2, 3, 3, 1, 1])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    out: dict[str, tuple[str, np.ndarray]] = {}
+    for i, tname in enumerate(GGUF_TYPES):
+        x = rng.standard_normal((8, 64), dtype=np.float32)
+        name = f"blk.{i}.ffn_up.weight"
+        qt = gguf.GGMLQuantizationType[tname]
+        if tname == "F32":
+            writer.add_tensor(name, x)
+        elif tname == "F16":
+            writer.add_tensor(name, x.astype(np.float16))
+        else:
+            writer.add_tensor(name, quants.quantize(x, qt), raw_dtype=qt)
+        out[name] = (tname, x)
+        norm = (1 + rng.standard_normal(64)).astype(np.float32)
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", norm)
+        out[f"blk.{i}.attn_norm.weight"] = ("F32", norm)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+# -- raw GGUF bytes, for crafting damaged files ------------------------------------------------
+
+def gguf_string(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def raw_gguf(*, version: int = 3, kv: bytes = b"", n_kv: int = 0, tensors: list[tuple[str, tuple[int, ...], int, int]] = (),
+             data: bytes = b"", n_tensors: int | None = None, alignment: int = 32) -> bytes:
+    """GGUF bytes from parts: ``tensors`` are (name, ne (ggml order), ggml type id, relative offset)."""
+    head = b"GGUF" + struct.pack("<IQQ", version, len(tensors) if n_tensors is None else n_tensors, n_kv) + kv
+    for name, ne, t, off in tensors:
+        head += gguf_string(name) + struct.pack("<I", len(ne)) + struct.pack(f"<{len(ne)}Q", *ne) + struct.pack("<IQ", t, off)
+    head += b"\0" * (-len(head) % alignment)
+    return head + data
+
+
+def kv_u32(key: str, v: int) -> bytes:
+    return gguf_string(key) + struct.pack("<II", 4, v)
+
+
+def kv_str(key: str, v: str) -> bytes:
+    return gguf_string(key) + struct.pack("<I", 8) + gguf_string(v)

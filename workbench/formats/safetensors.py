@@ -1,0 +1,158 @@
+"""Safetensors reader: single files and sharded sets (``model.safetensors.index.json``).
+
+Only the JSON header is read; every claim in it is checked against the real file size before
+anything is mapped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..dtypes import PLAIN_DTYPES
+from ..errors import FormatError, MissingFileError, UnsupportedError
+from ..model import TensorInfo
+
+MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+
+
+def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
+    """Parse and validate one safetensors file's header.  Returns tensors (in data order) and ``__metadata__``."""
+    size = os.path.getsize(path)
+    if size < 8:
+        raise FormatError(f"file is truncated ({size} bytes): not a safetensors file", path=path)
+    with open(path, "rb") as f:
+        (hlen,) = struct.unpack("<Q", f.read(8))
+        if hlen > size - 8:
+            raise FormatError(
+                f"header length {hlen} runs past the end of the file ({size} bytes): the file is truncated or not safetensors",
+                path=path)
+        if hlen > MAX_HEADER:
+            raise FormatError(f"header length {hlen} exceeds the 100 MB safetensors limit", path=path)
+        raw = f.read(hlen)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"header is not valid JSON ({exc.__class__.__name__}): not a safetensors file", path=path) from None
+    if not isinstance(header, dict):
+        raise FormatError("header is not a JSON object: not a safetensors file", path=path)
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise FormatError("__metadata__ is not a JSON object", path=path)
+    data_start = 8 + hlen
+    data_size = size - data_start
+    tensors: list[TensorInfo] = []
+    for name, entry in header.items():
+        tensors.append(_tensor_info(path, name, entry, data_start, data_size))
+    tensors.sort(key=lambda t: (t.offset, t.nbytes))
+    _check_overlaps(path, tensors)
+    return tensors, {str(k): str(v) for k, v in meta.items()}
+
+
+def _tensor_info(path: Path, name: str, entry: Any, data_start: int, data_size: int) -> TensorInfo:
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise FormatError(f"tensor {name}: header entry needs dtype, shape and data_offsets", path=path)
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in PLAIN_DTYPES:
+        raise UnsupportedError(f"tensor {name}: unknown dtype {dtype!r}", path=path,
+                               hint="Supported: " + ", ".join(PLAIN_DTYPES))
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise FormatError(f"tensor {name}: shape {shape!r} is not a list of non-negative integers", path=path)
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)):
+        raise FormatError(f"tensor {name}: data_offsets {offsets!r} is not a pair of integers", path=path)
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_size:
+        raise FormatError(
+            f"tensor {name}: data_offsets [{begin}, {end}] lie outside the data section ({data_size} bytes)",
+            path=path, hint="The file is truncated or damaged; download or export it again.")
+    n = 1
+    for d in shape:
+        n *= d
+    expected = n * PLAIN_DTYPES[dtype].itemsize
+    if end - begin != expected:
+        raise FormatError(
+            f"tensor {name}: {end - begin} bytes stored but {dtype} {tuple(shape)} needs {expected}", path=path)
+    return TensorInfo(name, tuple(shape), dtype, expected, path, data_start + begin)
+
+
+def _check_overlaps(path: Path, tensors: list[TensorInfo]) -> None:
+    for a, b in zip(tensors, tensors[1:]):
+        if a.nbytes and b.nbytes and a.offset + a.nbytes > b.offset:
+            raise FormatError(f"tensors {a.name} and {b.name} overlap in the data section", path=path)
+
+
+def read_index(index_path: Path) -> tuple[list[Path], dict[str, str], dict[str, Any]]:
+    """Parse ``model.safetensors.index.json``: (shard files in order, weight_map, index metadata)."""
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"index is not valid JSON: {exc}", path=index_path) from None
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
+        raise FormatError("index has no weight_map of tensor name -> shard file", path=index_path)
+    files: list[Path] = []
+    for shard in dict.fromkeys(wmap.values()):
+        p = index_path.parent / shard
+        if Path(shard).name != shard:
+            raise FormatError(f"index names shard {shard!r} outside the model folder", path=index_path)
+        if not p.is_file():
+            raise MissingFileError(f"shard {shard} named by the index is missing", path=index_path,
+                                   hint="Download the complete set of shards into the same folder.")
+        files.append(p)
+    meta = index.get("metadata") or {}
+    return files, wmap, meta if isinstance(meta, dict) else {}
+
+
+def open_sharded(index_path: Path) -> tuple[list[Path], list[TensorInfo], dict[str, str], dict[str, Any]]:
+    files, wmap, index_meta = read_index(index_path)
+    tensors: list[TensorInfo] = []
+    meta: dict[str, str] = {}
+    for f in files:
+        part, m = read_header(f)
+        meta.update(m)
+        for t in part:
+            owner = wmap.get(t.name)
+            if owner is not None and owner != f.name:
+                raise FormatError(f"tensor {t.name} is in {f.name} but the index says {owner}", path=index_path)
+        tensors.extend(part)
+    found = {t.name for t in tensors}
+    missing = [n for n in wmap if n not in found]
+    if missing:
+        raise FormatError(f"{len(missing)} tensors named by the index are in no shard, e.g. {missing[0]} "
+                          f"(expected in {wmap[missing[0]]})", path=index_path)
+    return files, tensors, meta, index_meta
+
+
+
+
+def write_safetensors(path: Path, tensors, metadata: dict[str, str] | None = None) -> None:
+    """Write ``{name: (dtype_name, array)}`` as safetensors (BF16 given as uint16 bits), atomically.
+
+    Tensors are written in the order given; the header is padded to 8 bytes like the reference writer.
+    """
+    from ..fsutil import atomic_write_path
+
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    arrays = []
+    for name, (dtype, arr) in tensors.items():
+        if dtype not in PLAIN_DTYPES:
+            raise UnsupportedError(f"tensor {name}: safetensors cannot store {dtype}")
+        a = np.ascontiguousarray(arr, dtype=PLAIN_DTYPES[dtype])
+        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        arrays.append(a)
+        offset += a.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-(len(raw)) % 8)
+    with atomic_write_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)))
+            f.write(raw)
+            for a in arrays:
+                f.write(memoryview(a.reshape(-1).view(np.uint8)))
