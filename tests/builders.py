@@ -211,3 +211,72 @@ def kv_u32(key: str, v: int) -> bytes:
 
 def kv_str(key: str, v: str) -> bytes:
     return gguf_string(key) + struct.pack("<I", 8) + gguf_string(v)
+
+
+def llama_gguf_tensors(n_layer: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int, n_vocab: int,
+                       tied: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """GGUF tensor names and (numpy-order) shapes of a llama model, in convert_hf_to_gguf's order."""
+    kv = n_embd // n_head * n_head_kv
+    out = [("token_embd.weight", (n_vocab, n_embd))]
+    for i in range(n_layer):
+        out += [(f"blk.{i}.attn_norm.weight", (n_embd,)), (f"blk.{i}.attn_q.weight", (n_embd, n_embd)),
+                (f"blk.{i}.attn_k.weight", (kv, n_embd)), (f"blk.{i}.attn_v.weight", (kv, n_embd)),
+                (f"blk.{i}.attn_output.weight", (n_embd, n_embd)), (f"blk.{i}.ffn_norm.weight", (n_embd,)),
+                (f"blk.{i}.ffn_gate.weight", (n_ff, n_embd)), (f"blk.{i}.ffn_up.weight", (n_ff, n_embd)),
+                (f"blk.{i}.ffn_down.weight", (n_embd, n_ff))]
+    out.append(("output_norm.weight", (n_embd,)))
+    if not tied:
+        out.append(("output.weight", (n_vocab, n_embd)))
+    return out
+
+
+# llama shapes the plan parity fixtures use: (name, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, tied)
+PLAN_MODELS = [
+    ("llama16-gqa4", 16, 256, 512, 8, 2, 1024, False),
+    ("llama30-smol", 30, 576, 1536, 9, 3, 2048, True),  # SmolLM2-135M's shapes: rows of 576 need fallbacks
+    ("llama12-mha", 12, 128, 352, 4, 4, 512, False),  # ffn rows of 352: not a multiple of 256
+]
+
+
+def shape_only_llama(spec) -> "Model":
+    """A Model with the tensors of a llama GGUF but no data (plans only need names, shapes and metadata)."""
+    from collections import OrderedDict
+
+    from workbench.model import MetaEntry, Model, TensorInfo
+
+    name, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, tied = spec
+    tensors = [TensorInfo(n, s, "F32", int(np.prod(s)) * 4, Path(f"{name}.gguf"), 0)
+               for n, s in llama_gguf_tensors(n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, tied)]
+    meta = OrderedDict(GGUF=[MetaEntry("general.architecture", "string", "llama"),
+                             MetaEntry("llama.block_count", "uint32", n_layer),
+                             MetaEntry("llama.attention.head_count", "uint32", n_head),
+                             MetaEntry("llama.attention.head_count_kv", "uint32", n_head_kv)])
+    return Model("gguf", Path(f"{name}.gguf"), [], tensors, meta, "llama", name)
+
+
+def write_llama_gguf(path: Path, spec) -> None:
+    """The same model as a real F32 GGUF (zero weights) that llama.cpp can load."""
+    import gguf
+
+    name, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, tied = spec
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name(name)
+    w.add_block_count(n_layer)
+    w.add_context_length(256)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(n_embd // n_head)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"t{i}" for i in range(n_vocab)])
+    w.add_token_scores([0.0] * n_vocab)
+    w.add_token_types([1] * n_vocab)
+    for tname, shape in llama_gguf_tensors(n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, tied):
+        w.add_tensor(tname, np.zeros(shape, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Kernel benchmark: MB/s of float32 input, ours beside gguf-py's and ggml's, in one run.
+
+    python bench/kernels.py [--types Q4_0,Q4_K] [--shapes 4096x4096,2048x5632] [--repeat 2]
+
+Columns: quantize and dequantize throughput for our kernels on one thread and on all cores, for
+gguf-py's ``gguf.quants`` (it cannot quantize K or IQ types: "-") and for ggml's reference
+``ggml_quantize_chunk`` / ``dequantize_row_*`` (one thread) through ctypes.  ``exact`` says whether our
+bytes equal ggml's on that array.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import gguf  # noqa: E402
+from gguf import quants as gq  # noqa: E402
+
+from workbench import kernels  # noqa: E402
+
+TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def load_ggml():
+    from fetch_models import ensure
+    from ggml_oracle import GGML
+
+    try:
+        return GGML(ensure("ggml"))
+    except Exception as exc:  # noqa: BLE001 - a benchmark without the anchor still prints ours
+        print(f"(ggml anchor unavailable: {exc})")
+        return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--types", default=",".join(TYPES))
+    ap.add_argument("--shapes", default="4096x4096,2048x5632")
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+    ggml = load_ggml()
+    threads = os.cpu_count() or 1
+    hdr = (f"{'shape':<10} {'type':<7} | {'quantize MB/s':^43} | {'dequantize MB/s':^43} | exact\n"
+           f"{'':<10} {'':<7} | {'ours 1t':>9} {f'ours {threads}t':>9} {'gguf-py':>9} {'ggml':>9} {'x ggml':>6}"
+           f" | {'ours 1t':>9} {f'ours {threads}t':>9} {'gguf-py':>9} {'ggml':>9} {'x ggml':>6} |")
+    print(hdr)
+    rng = np.random.default_rng(0)
+    for shape in args.shapes.split(","):
+        rows, cols = map(int, shape.split("x"))
+        x = rng.standard_normal((rows, cols), dtype=np.float32)
+        mb = x.nbytes / 1e6
+        for t in args.types.split(","):
+            if t not in kernels.supported_types():
+                print(f"{shape:<10} {t:<7} | (no kernel)")
+                continue
+            qt = gguf.GGMLQuantizationType[t]
+            q1 = kernels.quantize(x, t, threads=1)
+            tq1 = best(lambda: kernels.quantize(x, t, threads=1), args.repeat)
+            tqn = best(lambda: kernels.quantize(x, t, threads=threads), args.repeat)
+            td1 = best(lambda: kernels.dequantize(q1, t, threads=1), args.repeat)
+            tdn = best(lambda: kernels.dequantize(q1, t, threads=threads), args.repeat)
+            try:
+                gq.quantize(x[:64], qt)
+                tgq = best(lambda: gq.quantize(x, qt), 1)
+            except (NotImplementedError, ValueError):
+                tgq = None
+            tgd = best(lambda: gq.dequantize(q1, qt), 1)
+            tlq = tld = None
+            exact = "?"
+            if ggml is not None:
+                ref = ggml.quantize(x, t)
+                exact = "yes" if np.array_equal(ref, q1) else f"NO ({int((ref != q1).any(axis=1).sum())} rows)"
+                tlq = best(lambda: ggml.quantize(x, t), args.repeat)
+                tld = best(lambda: ggml.dequantize(q1, t, cols), args.repeat)
+
+            def f(sec):
+                return f"{mb / sec:9.0f}" if sec else f"{'-':>9}"
+
+            ratio_q = f"{tlq / tq1:6.2f}" if tlq else f"{'-':>6}"
+            ratio_d = f"{tld / td1:6.2f}" if tld else f"{'-':>6}"
+            print(f"{shape:<10} {t:<7} | {f(tq1)} {f(tqn)} {f(tgq)} {f(tlq)} {ratio_q} | {f(td1)} {f(tdn)} {f(tgd)} "
+                  f"{f(tld)} {ratio_d} | {exact}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Plans: presets (llama-quantize's rules), fallbacks, precedence, totals, files."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builders import PLAN_MODELS, shape_only_llama
+
+from workbench import WorkbenchError
+from workbench.plan import PRESETS, Plan, use_more_bits
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def llama16():
+    return shape_only_llama(PLAN_MODELS[0])
+
+
+def test_norms_and_1d_stay_f32(llama16):
+    plan = Plan(llama16, "Q4_K_M")
+    for e in plan.entries:
+        if len(e.shape) == 1:
+            assert e.type == "F32" and e.reason == "not quantized"
+
+
+def test_q4_k_m_raises_attn_v_and_ffn_down_on_use_more_bits_layers(llama16):
+    plan = Plan(llama16, "Q4_K_M")
+    raised = {i for i in range(16) if use_more_bits(i, 16)}
+    for i in range(16):
+        v = plan.type_of(f"blk.{i}.attn_v.weight")
+        d = plan.type_of(f"blk.{i}.ffn_down.weight")
+        assert (v == "Q6_K") == (i in raised), (i, v)
+        assert (d == "Q6_K") == (i in raised), (i, d)
+        assert plan.type_of(f"blk.{i}.attn_q.weight") == "Q4_K"
+    assert plan.type_of("output.weight") == "Q6_K"
+    assert plan.type_of("token_embd.weight") == "Q4_K"  # untied: the embedding keeps the base type
+
+
+def test_use_more_bits_matches_the_first_and_last_eighth_and_every_third():
+    assert [i for i in range(16) if use_more_bits(i, 16)] == [0, 1, 4, 7, 10, 13, 14, 15]
+
+
+def test_tied_embeddings_and_fallbacks_on_576_rows():
+    model = shape_only_llama(PLAN_MODELS[1])  # SmolLM2 shapes, tied embeddings
+    plan = Plan(model, "Q4_K_M")
+    assert plan.type_of("token_embd.weight") == "Q8_0"  # output rule; 576 is not a multiple of 256
+    e = plan.entry("blk.3.attn_q.weight")
+    assert e.type == "Q5_0" and "fallback from Q4_K" in e.reason
+    assert plan.type_of("blk.0.ffn_down.weight") == "Q6_K"  # rows of 1536 fit
+    assert Plan(model, "Q5_K_S").type_of("blk.3.attn_q.weight") == "Q5_1"
+    assert Plan(model, "Q6_K").type_of("blk.3.attn_q.weight") == "Q8_0"
+    assert Plan(model, "Q3_K_S").type_of("blk.3.attn_q.weight") == "Q4_0"
+    assert Plan(model, "IQ4_XS").type_of("blk.3.attn_q.weight") == "IQ4_NL"
+
+
+def test_row_not_multiple_of_32_falls_back_to_f16(llama16):
+    model = shape_only_llama(("odd", 2, 100, 200, 4, 4, 64, False))
+    plan = Plan(model, "Q4_0")
+    assert plan.type_of("blk.0.attn_q.weight") == "F16"
+    assert Plan(model, "Q4_K_M").type_of("blk.0.attn_q.weight") == "F16"
+
+
+def test_float_presets(llama16):
+    for preset in ("F16", "BF16", "F32"):
+        counts = Plan(llama16, preset).type_counts()
+        assert set(counts) == {preset, "F32"} or set(counts) == {"F32"}
+
+
+def test_precedence_override_then_rule_then_preset(llama16):
+    plan = Plan(llama16, "Q4_K_M", rules=[(r"attn_(q|k)\.weight", "Q8_0"), (r"attn_q", "Q2_K")])
+    assert plan.type_of("blk.3.attn_q.weight") == "Q8_0"  # first matching rule wins
+    assert plan.entry("blk.3.attn_k.weight").reason == r"rule attn_(q|k)\.weight"
+    plan.set_override("blk.3.attn_q.weight", "Q5_1")
+    assert plan.type_of("blk.3.attn_q.weight") == "Q5_1" and plan.entry("blk.3.attn_q.weight").reason == "override"
+    plan.set_override("blk.3.attn_q.weight", None)
+    assert plan.type_of("blk.3.attn_q.weight") == "Q8_0"
+    plan.set_overrides(["blk.0.ffn_up.weight", "blk.1.ffn_up.weight"], "q6_k")
+    assert plan.type_of("blk.1.ffn_up.weight") == "Q6_K"
+
+
+def test_override_that_does_not_fit_falls_back():
+    model = shape_only_llama(PLAN_MODELS[1])
+    plan = Plan(model, "Q8_0", overrides={"blk.0.attn_q.weight": "Q4_K"})
+    e = plan.entry("blk.0.attn_q.weight")
+    assert e.type == "Q5_0" and e.reason.startswith("override (fallback from Q4_K")
+
+
+def test_invalid_edits_are_clear_errors(llama16):
+    with pytest.raises(WorkbenchError, match="unknown preset"):
+        Plan(llama16, "Q7_K")
+    with pytest.raises(WorkbenchError, match="not a valid regular expression"):
+        Plan(llama16, rules=[("attn_(", "Q8_0")])
+    with pytest.raises(WorkbenchError, match="unknown tensor type 'Q9'"):
+        Plan(llama16, overrides={"output.weight": "Q9"})
+    with pytest.raises(WorkbenchError, match="does not have"):
+        Plan(llama16, overrides={"nope": "Q8_0"})
+
+
+def test_totals(llama16):
+    plan = Plan(llama16, "Q8_0")
+    n = sum(t.n_params for t in llama16.tensors)
+    assert plan.n_params == n
+    expected = sum(int(np.prod(t.shape)) * (34 / 32 if len(t.shape) == 2 else 4) for t in llama16.tensors)
+    assert plan.nbytes == expected
+    assert 8.5 <= plan.bits_per_weight < 9
+
+
+def test_json_round_trip(llama16, tmp_path):
+    plan = Plan(llama16, "Q5_K_M", rules=[("ffn_down", "Q6_K")], overrides={"output.weight": "Q8_0"})
+    plan.save(tmp_path / "plan.json")
+    data = json.loads((tmp_path / "plan.json").read_text())
+    assert data["preset"] == "Q5_K_M" and data["rules"] == [["ffn_down", "Q6_K"]]
+    back = Plan.load(llama16, tmp_path / "plan.json")
+    assert back.types() == plan.types()
+    (tmp_path / "bad.json").write_text('{"format": "something-else"}')
+    with pytest.raises(WorkbenchError, match="bad.json: not a Model Workbench plan"):
+        Plan.load(llama16, tmp_path / "bad.json")
+
+
+def test_tensor_type_file(llama16):
+    plan = Plan(llama16, "Q4_K_M", overrides={"blk.2.attn_q.weight": "Q8_0"})
+    text = plan.tensor_type_file()
+    lines = text.split()
+    assert r"^blk\.2\.attn_q\.weight$=q8_0" in lines
+    assert not any("norm" in line for line in lines)
+    parsed = {}
+    for line in lines:  # llama-quantize: pattern=type, regex_search on the tensor name
+        pattern, qtype = line.rsplit("=", 1)
+        parsed[pattern] = qtype
+    for e in plan.entries:
+        hits = [t for p, t in parsed.items() if re.search(p, e.gguf_name)]
+        if len(e.shape) > 1:
+            assert hits == [e.type.lower()]
+
+
+def test_hf_names_are_planned_by_their_gguf_names(tmp_path):
+    from builders import build_hf_folder
+
+    import workbench
+
+    build_hf_folder(tmp_path / "hf")
+    plan = Plan(workbench.open_model(tmp_path / "hf"), "Q4_K_M")
+    e = plan.entry("model.layers.0.self_attn.v_proj.weight")
+    assert e.gguf_name == "blk.0.attn_v.weight" and e.type == "Q5_0"  # Q4_K does not fit rows of 64
+    assert plan.entry("lm_head.weight").gguf_name == "output.weight"
+
+
+PARITY = DATA / "llama_quantize_plans.json"
+
+
+@pytest.mark.parametrize("spec", PLAN_MODELS, ids=[s[0] for s in PLAN_MODELS])
+def test_presets_equal_llama_quantize(spec):
+    """Against llama-quantize --dry-run's choices, recorded by tests/core/data/make_plan_fixtures.py."""
+    recorded = json.loads(PARITY.read_text())[spec[0]]
+    model = shape_only_llama(spec)
+    mismatches = []
+    for preset, types in recorded.items():
+        ours = Plan(model, preset).types()
+        mismatches += [f"{preset} {n}: ours {ours[n]} llama-quantize {t}" for n, t in types.items() if ours[n] != t]
+    assert set(recorded) == set(PRESETS)
+    assert not mismatches, f"{len(mismatches)} tensors differ:\n" + "\n".join(mismatches[:20])

@@ -1,0 +1,151 @@
+"""Quantization error analysis: what a type costs a tensor, and a whole model under a plan."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Generator, Iterable
+
+import numpy as np
+
+from . import kernels
+from .dtypes import block_info
+from .errors import Cancelled
+from .model import Model, Tensor
+from .plan import Plan, row_fits, tensor_nbytes
+from .progress import Progress
+
+SAMPLE_LIMIT = 1 << 20  # error values kept per tensor and type for histograms
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    name: str
+    qtype: str
+    n: int
+    nbytes: int
+    bits_per_weight: float
+    rmse: float
+    max_abs: float
+    rel_rmse: float  # rmse / rms(original)
+    snr_db: float  # 10 log10(signal power / noise power); inf for an exact type
+    cosine: float
+    sample: np.ndarray | None = None  # deterministic subsample of (dequantized - original), float32
+
+    def histogram(self, bins: int = 101, value_range: tuple[float, float] | None = None):
+        return error_histogram(self.sample, bins, value_range)
+
+
+def error_histogram(sample: np.ndarray, bins: int = 101, value_range=None) -> tuple[np.ndarray, np.ndarray]:
+    if sample is None or sample.size == 0:
+        return np.zeros(bins, np.int64), np.linspace(-1, 1, bins + 1)
+    if value_range is None:
+        lim = float(np.max(np.abs(sample))) or 1e-12
+        value_range = (-lim, lim)
+    counts, edges = np.histogram(sample, bins=bins, range=value_range)
+    return counts.astype(np.int64), edges
+
+
+def shared_histograms(stats: Iterable[ErrorStats], bins: int = 101):
+    """Histograms of several types' errors over one common symmetric range (for overlaying)."""
+    stats = list(stats)
+    lim = max((float(np.max(np.abs(s.sample))) for s in stats if s.sample is not None and s.sample.size), default=1e-12)
+    lim = lim or 1e-12
+    edges = np.linspace(-lim, lim, bins + 1)
+    return edges, [error_histogram(s.sample, bins, (-lim, lim))[0] for s in stats]
+
+
+def error_stats(tensor: Tensor, qtype: str, imatrix: np.ndarray | None = None, *, keep_sample: bool = True,
+                chunk: int = 1 << 20, threads: int | None = None, cancel=None) -> Generator[Progress, None, ErrorStats]:
+    """Quantize ``tensor`` to ``qtype`` and back, chunk by chunk, and measure the error."""
+    info = tensor.info
+    qtype = qtype.upper()
+    shape = info.shape if info.shape else (1,)
+    row = shape[-1]
+    n = info.n_params
+    stride = max(1, -(-n // SAMPLE_LIMIT))
+    s_e2 = s_x2 = s_y2 = s_xy = 0.0
+    max_abs = 0.0
+    samples: list[np.ndarray] = []
+    seen = 0
+    yield Progress(0, n, f"{info.name} → {qtype}")
+    for part in tensor.iter_float32(chunk):
+        x = part.reshape(-1, row)
+        if qtype == "F32":
+            y = x
+        else:
+            y = kernels.dequantize(kernels.quantize(x, qtype, imatrix, threads=threads, name=info.name), qtype, row,
+                                   threads=threads)
+        err = (y - x).reshape(-1)
+        xf, yf = x.reshape(-1).astype(np.float64), y.reshape(-1).astype(np.float64)
+        ef = err.astype(np.float64)
+        s_e2 += float(ef @ ef)
+        s_x2 += float(xf @ xf)
+        s_y2 += float(yf @ yf)
+        s_xy += float(xf @ yf)
+        if err.size:
+            max_abs = max(max_abs, float(np.max(np.abs(err))))
+        if keep_sample:
+            first = (-seen) % stride
+            samples.append(err[first::stride].copy())
+        seen += part.size
+        if cancel is not None and cancel():
+            raise Cancelled()
+        yield Progress(seen, n, f"{info.name} → {qtype}")
+    rmse = float(np.sqrt(s_e2 / n)) if n else 0.0
+    rms_x = float(np.sqrt(s_x2 / n)) if n else 0.0
+    snr = float("inf") if s_e2 == 0 else (10 * np.log10(s_x2 / s_e2) if s_x2 > 0 else float("-inf"))
+    cos = s_xy / np.sqrt(s_x2 * s_y2) if s_x2 > 0 and s_y2 > 0 else (1.0 if s_e2 == 0 else 0.0)
+    nbytes = tensor_nbytes(qtype, shape)
+    sample = np.concatenate(samples) if keep_sample and samples else (np.zeros(0, np.float32) if keep_sample else None)
+    return ErrorStats(info.name, qtype, n, nbytes, 8.0 * nbytes / n if n else 0.0, rmse, max_abs,
+                      rmse / rms_x if rms_x else 0.0, float(snr), float(cos), sample)
+
+
+def compatible_types(shape: tuple[int, ...], types: Iterable[str]) -> list[str]:
+    return [t for t in types if row_fits(t, shape)]
+
+
+def analyze_plan(plan: Plan, imatrix: dict[str, np.ndarray] | None = None, *, names: Iterable[str] | None = None,
+                 cancel=None) -> Generator[Progress, None, list[ErrorStats]]:
+    """Error statistics for every tensor under ``plan`` (progress in values processed over the model)."""
+    model: Model = plan.model
+    entries = [e for e in plan.entries if names is None or e.name in set(names)]
+    total = sum(e.n_params for e in entries)
+    done = 0
+    results: list[ErrorStats] = []
+    for i, e in enumerate(entries):
+        job = error_stats(model.tensor(e.name), e.type, (imatrix or {}).get(e.gguf_name), keep_sample=False,
+                          cancel=cancel)
+        base = done
+        while True:
+            try:
+                p = next(job)
+            except StopIteration as stop:
+                results.append(stop.value)
+                break
+            yield Progress(base + p.done, total, f"[{i + 1}/{len(entries)}] {e.name} → {e.type}")
+        done += e.n_params
+    return results
+
+
+def analyze_presets(model: Model, presets: Iterable[str], cancel=None) -> Generator[Progress, None, dict[str, list[ErrorStats]]]:
+    """:func:`analyze_plan` for several presets, one after the other."""
+    presets = list(presets)
+    out: dict[str, list[ErrorStats]] = {}
+    for k, preset in enumerate(presets):
+        job = analyze_plan(Plan(model, preset), cancel=cancel)
+        while True:
+            try:
+                p = next(job)
+            except StopIteration as stop:
+                out[preset] = stop.value
+                break
+            yield Progress(k * p.total + p.done, len(presets) * p.total, f"{preset}: {p.message}")
+    return out
+
+
+def without_sample(s: ErrorStats) -> ErrorStats:
+    return replace(s, sample=None)
+
+
+__all__ = ["ErrorStats", "analyze_plan", "analyze_presets", "compatible_types", "error_histogram", "error_stats",
+           "shared_histograms", "block_info"]

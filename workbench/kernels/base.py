@@ -1,0 +1,142 @@
+"""The kernel registry and the shared machinery: shapes, checks, chunking and threads.
+
+Each ggml type is a subclass that implements only ``quantize_rows`` / ``dequantize_rows`` over a
+chunk of whole rows; this base splits big tensors into chunks (bounded temporary memory) and spreads
+the chunks over threads (numpy releases the GIL), so results do not depend on chunking or threads.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from ..errors import UnsupportedError, WorkbenchError
+
+CHUNK_ELEMENTS = 1 << 18  # float32 values per chunk: temporaries stay a few MB per thread
+
+
+class Kernel:
+    """One ggml type.  Subclasses set ``qtype`` via ``class X(Kernel, qtype=...)``."""
+
+    registry: ClassVar[dict[str, type["Kernel"]]] = {}
+    qtype: ClassVar[GGMLQuantizationType]
+    name: ClassVar[str]
+    block_size: ClassVar[int]
+    type_size: ClassVar[int]
+    uses_imatrix: ClassVar[bool] = False  # whether ggml's quantizer takes quant weights for this type
+
+    def __init_subclass__(cls, qtype: GGMLQuantizationType | None = None, **kw):
+        super().__init_subclass__(**kw)
+        if qtype is not None:
+            cls.qtype = qtype
+            cls.name = qtype.name
+            cls.block_size, cls.type_size = GGML_QUANT_SIZES[qtype]
+            Kernel.registry[cls.name] = cls
+
+    # -- to implement ---------------------------------------------------------------------------
+    @classmethod
+    def quantize_rows(cls, x: np.ndarray, imatrix: np.ndarray | None) -> np.ndarray:
+        """float32 [rows, n] (n a multiple of block_size) -> uint8 [rows, n // block_size * type_size]."""
+        raise NotImplementedError
+
+    @classmethod
+    def dequantize_rows(cls, q: np.ndarray, n: int) -> np.ndarray:
+        """uint8 [rows, row_bytes] -> float32 [rows, n]."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+    @classmethod
+    def row_bytes(cls, n: int) -> int:
+        if n % cls.block_size:
+            raise UnsupportedError(f"row length {n} is not a multiple of the {cls.name} block size {cls.block_size}")
+        return n // cls.block_size * cls.type_size
+
+
+def get_kernel(qtype) -> type[Kernel]:
+    name = qtype.name if isinstance(qtype, GGMLQuantizationType) else str(qtype).upper()
+    try:
+        return Kernel.registry[name]
+    except KeyError:
+        raise UnsupportedError(f"quantization type {name} is not supported",
+                               hint="Supported: " + ", ".join(Kernel.registry)) from None
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def _chunks(rows: int, n: int) -> list[tuple[int, int]]:
+    step = max(1, CHUNK_ELEMENTS // max(n, 1))
+    return [(s, min(rows, s + step)) for s in range(0, rows, step)]
+
+
+def _run(jobs, fn, threads: int) -> None:
+    if threads <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            fn(job)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in pool.map(fn, jobs):
+            pass
+
+
+def quantize(x, qtype, imatrix=None, *, threads: int | None = None, name: str | None = None) -> np.ndarray:
+    """Quantize float32 ``x`` [rows, n] (or 1-D) to ggml ``qtype``: the bytes ggml_quantize_chunk writes.
+
+    ``imatrix`` is the per-column importance [n] (llama-imatrix's values), used by the types whose
+    ggml quantizer takes quant weights.  NaN or Inf in ``x`` raise a WorkbenchError naming ``name``.
+    """
+    kernel = get_kernel(qtype)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    x = x.reshape(-1, x.shape[-1])
+    rows, n = x.shape
+    out = np.empty((rows, kernel.row_bytes(n)), np.uint8)
+    if imatrix is not None:
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        if imatrix.shape[0] != n:
+            raise WorkbenchError(f"{name or 'tensor'}: importance matrix has {imatrix.shape[0]} values "
+                                 f"but rows have {n}", hint="Use an imatrix computed for this model.")
+        if not kernel.uses_imatrix:
+            imatrix = None
+    label = name or "tensor"
+
+    def work(span):
+        a, b = span
+        part = x[a:b]
+        if not np.isfinite(part).all():
+            bad = a + int(np.argwhere(~np.isfinite(part))[0][0])
+            raise WorkbenchError(f"{label}: row {bad} contains NaN or Inf values; it cannot be quantized to "
+                                 f"{kernel.name}", hint="Check the source weights (they may be corrupt), or keep "
+                                 "this tensor in F32/F16.")
+        with np.errstate(all="ignore"):  # C semantics: tiny scales overflow to inf exactly as in ggml
+            out[a:b] = kernel.quantize_rows(np.ascontiguousarray(part), imatrix)
+
+    _run(_chunks(rows, n), work, default_threads() if threads is None else threads)
+    return out
+
+
+def dequantize(q, qtype, n: int | None = None, *, threads: int | None = None) -> np.ndarray:
+    """Decode ggml ``qtype`` data [rows, row_bytes] back to float32 [rows, n]."""
+    kernel = get_kernel(qtype)
+    q = np.asarray(q, dtype=np.uint8)
+    if q.ndim == 1:
+        q = q[None, :]
+    rows, nbytes = q.shape
+    if nbytes % kernel.type_size:
+        raise WorkbenchError(f"{nbytes} bytes per row is not a whole number of {kernel.name} blocks")
+    n_row = nbytes // kernel.type_size * kernel.block_size
+    if n is not None and n != n_row:
+        raise WorkbenchError(f"{kernel.name} rows of {nbytes} bytes hold {n_row} values, not {n}")
+    out = np.empty((rows, n_row), np.float32)
+
+    def work(span):
+        a, b = span
+        out[a:b] = kernel.dequantize_rows(q[a:b], n_row)
+
+    _run(_chunks(rows, n_row), work, default_threads() if threads is None else threads)
+    return out

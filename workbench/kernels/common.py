@@ -1,0 +1,212 @@
+"""Exact float32 building blocks shared by the kernels.
+
+ggml's reference quantizers are sequential C loops in float32.  To reproduce their bytes we keep every
+intermediate in float32, round exactly like C (``nearest_int`` is round-half-even, ``roundf`` is
+half-away-from-zero, casts truncate) and accumulate sums in the same order with ``cumsum`` (numpy's
+plain ``sum`` is pairwise and would round differently).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+
+
+def f32(v) -> np.float32:
+    return np.float32(v)
+
+
+def nearest_int(a: np.ndarray) -> np.ndarray:
+    """ggml's nearest_int: round half to even (valid for |a| < 2^22, as in ggml)."""
+    return np.rint(a).astype(np.int32)
+
+
+_JUST_BELOW_HALF = np.float32(0.5) - np.float32(2.0 ** -25)
+
+
+def roundf(a: np.ndarray, dtype=np.int32) -> np.ndarray:
+    """C ``roundf`` (halves away from zero) converted to ``dtype``, exact for |a| < 2**23.
+
+    ``a + copysign(0.5, a)`` is exact in float32 over that range except for |a| = 0.5 - 2**-25, whose
+    sum rounds up to 1.0: that one value is patched."""
+    r = (a + np.copysign(F32(0.5), a)).astype(dtype)
+    r[np.abs(a) == _JUST_BELOW_HALF] = 0
+    return r
+
+
+def seqsum(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Sum along ``axis`` strictly left to right in float32, like a C ``for`` loop."""
+    return np.cumsum(a, axis=axis, dtype=np.float32).take(-1, axis=axis)
+
+
+def first_min(b: np.ndarray) -> np.ndarray:
+    """Row minimum as a C loop ``if (x[i] < min) min = x[i]`` finds it: the first minimal element (-0.0 vs 0.0)."""
+    return np.take_along_axis(b, np.argmin(b, axis=1)[:, None], axis=1)[:, 0]
+
+
+def first_max(b: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(b, np.argmax(b, axis=1)[:, None], axis=1)[:, 0]
+
+
+def safe_recip(d: np.ndarray) -> np.ndarray:
+    """``d ? 1.0f/d : 0.0f``"""
+    with np.errstate(divide="ignore"):
+        return np.where(d != 0, F32(1) / np.where(d != 0, d, F32(1)), F32(0)).astype(np.float32)
+
+
+def fp16_bits(a: np.ndarray) -> np.ndarray:
+    """GGML_FP32_TO_FP16 (round to nearest even) as little-endian uint16 bits."""
+    return np.asarray(a, dtype=np.float32).astype("<f2").view("<u2")
+
+
+def fp16_value(bits: np.ndarray) -> np.ndarray:
+    """GGML_FP16_TO_FP32 of uint16 bits."""
+    return np.asarray(bits).view("<f2").astype(np.float32)
+
+
+def fp16_round(a: np.ndarray) -> np.ndarray:
+    """float32 -> fp16 -> float32 (what a stored scale is worth when read back)."""
+    return np.asarray(a, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def bf16_bits(a: np.ndarray) -> np.ndarray:
+    """ggml_compute_fp32_to_bf16: round to nearest even, NaN forced quiet."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    rounded = ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16))
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    return np.where(nan, (u >> np.uint32(16)) | np.uint32(64), rounded).astype("<u2")
+
+
+def pack_nibbles(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return (lo.astype(np.uint8) & 0x0F) | (hi.astype(np.uint8) << 4)
+
+
+def pack_bits(bits: np.ndarray, width: int) -> np.ndarray:
+    """Pack the last axis of small integers (each < 2**width) little-endian into bytes."""
+    per = 8 // width
+    b = bits.astype(np.uint8).reshape(*bits.shape[:-1], -1, per)
+    out = np.zeros(b.shape[:-1], np.uint8)
+    for k in range(per):
+        out |= b[..., k] << (k * width)
+    return out
+
+
+# -- the searches ggml's quantizers share, vectorized over blocks --------------------------------
+
+def make_qx_quants(x: np.ndarray, nmax: int, rmse_type: int, qw: np.ndarray | None = None):
+    """ggml make_qx_quants for every row of ``x`` [nb, n]: returns (scale [nb], L [nb, n] uint8 in 0..2*nmax-1)."""
+    nb, n = x.shape
+    ax = np.abs(x)
+    imax = np.argmax(ax, axis=1)  # first index of the largest |x| (C uses a strict >)
+    amax = ax[np.arange(nb), imax]
+    mx = x[np.arange(nb), imax]
+    zero = amax < F32(1e-15)
+    mx_safe = np.where(zero, F32(1), mx)
+    iscale = (F32(-nmax) / mx_safe).astype(np.float32)
+    if rmse_type == 0:
+        lv = np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
+        L = (lv + nmax).astype(np.uint8)
+        L[zero] = 0
+        return np.where(zero, F32(0), (F32(1) / iscale)).astype(np.float32), L
+    return_early = rmse_type < 0
+    rmse_type = abs(rmse_type)
+    if qw is not None:
+        w = qw
+    elif rmse_type == 1:
+        w = x * x
+    elif rmse_type == 2:
+        w = np.ones_like(x)
+    elif rmse_type == 3:
+        w = ax
+    else:
+        w = np.sqrt(ax)
+    wx = w * x
+
+    def trial(isc):
+        lv = np.clip(nearest_int(isc[:, None] * x), -nmax, nmax - 1)
+        lf = lv.astype(np.float32)
+        sumlx = seqsum(wx * lf)
+        suml2 = seqsum((w * lf) * lf)
+        return lv, sumlx, suml2
+
+    lv, sumlx, suml2 = trial(iscale)
+    L = (lv + nmax).astype(np.uint8)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(suml2 != 0, sumlx / np.where(suml2 != 0, suml2, F32(1)), F32(0)).astype(np.float32)
+        if return_early:
+            inv = (F32(1) / iscale).astype(np.float32)
+            out = np.where(suml2 > 0, F32(0.5) * (scale + inv), inv).astype(np.float32)
+            out[zero] = 0
+            L[zero] = 0
+            return out, L
+        best = (scale * sumlx).astype(np.float32)
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            isc = (-(F32(nmax) + F32(0.1) * F32(step)) / mx_safe).astype(np.float32)
+            lv2, sumlx2, suml22 = trial(isc)
+            better = (suml22 > 0) & (sumlx2 * sumlx2 > best * suml22)
+            if better.any():
+                L = np.where(better[:, None], (lv2 + nmax).astype(np.uint8), L)
+                new_scale = (sumlx2 / np.where(suml22 != 0, suml22, F32(1))).astype(np.float32)
+                scale = np.where(better, new_scale, scale)
+                best = np.where(better, scale * sumlx2, best).astype(np.float32)
+    scale[zero] = 0
+    L[zero] = 0
+    return scale, L
+
+
+def make_qkx_quants(x: np.ndarray, nmax: int, weights: np.ndarray, rmin: float, rdelta: float, nstep: int,
+                    use_mad: bool, qkx3: bool = False):
+    """ggml make_qkx2_quants / make_qkx3_quants over rows of ``x`` [nb, n] with ``weights`` [nb, n].
+
+    Returns (scale [nb], the_min [nb] (= -min, >= 0), L [nb, n] uint8)."""
+    nb, n = x.shape
+    mn, mx = first_min(x), first_max(x)
+    sum_w = seqsum(weights)
+    sum_x = seqsum(weights * x)
+    mn = np.where(mn > 0, F32(0), mn).astype(np.float32)  # C: if (min > 0) min = 0; keeps -0.0
+    flat = (mx <= mn) if qkx3 else (mx == mn)
+    rng = np.where(flat, F32(1), mx - mn).astype(np.float32)
+    iscale = (F32(nmax) / rng).astype(np.float32)
+    scale = (F32(1) / iscale).astype(np.float32)
+    xm = x - mn[:, None]
+    L = np.clip(nearest_int(iscale[:, None] * xm), 0, nmax)
+
+    def err(sc, m, lv):
+        diff = sc[:, None] * lv.astype(np.float32) + m[:, None] - x
+        diff = np.abs(diff) if use_mad else diff * diff
+        return seqsum(weights * diff)
+
+    best = err(scale, mn, L)
+    if nstep >= 1:
+        for step in range(nstep + 1):
+            # ggml reuses ``min`` as it improves: both the range and the offset follow the best fit so far
+            rng = np.where(flat, F32(1), mx - mn).astype(np.float32)
+            xm = x - mn[:, None]
+            isc = ((F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / rng).astype(np.float32)
+            la = np.clip(nearest_int(isc[:, None] * xm), 0, nmax)
+            lf = la.astype(np.float32)
+            wl = weights * lf
+            sum_l = seqsum(wl)
+            sum_l2 = seqsum(wl * lf)
+            sum_xl = seqsum(wl * x)
+            D = (sum_w * sum_l2 - sum_l * sum_l).astype(np.float32)
+            ok = D > 0
+            Ds = np.where(ok, D, F32(1))
+            this_scale = ((sum_w * sum_xl - sum_x * sum_l) / Ds).astype(np.float32)
+            this_min = ((sum_l2 * sum_x - sum_l * sum_xl) / Ds).astype(np.float32)
+            pos = this_min > 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                this_scale = np.where(pos, sum_xl / sum_l2, this_scale).astype(np.float32)
+            this_min = np.where(pos, F32(0), this_min).astype(np.float32)
+            cur = err(this_scale, this_min, la)
+            better = ok & (cur < best)
+            if better.any():
+                L = np.where(better[:, None], la, L)
+                best = np.where(better, cur, best)
+                scale = np.where(better, this_scale, scale)
+                mn = np.where(better, this_min, mn)
+    L = np.where(flat[:, None], 0, L).astype(np.uint8)
+    scale = np.where(flat, F32(0), scale).astype(np.float32)
+    return scale, (-mn).astype(np.float32), L
