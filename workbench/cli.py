@@ -114,6 +114,41 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from .plan import Plan
+
+    model = run(iter_open_model(args.path))
+    plan = Plan.load(model, args.plan) if args.plan else Plan(model, args.type.upper())
+    if args.rule:
+        rules = []
+        for r in args.rule:
+            pattern, sep, qtype = r.rpartition("=")
+            if not sep or not pattern:
+                raise WorkbenchError(f"rule {r!r} is not PATTERN=TYPE")
+            rules.append((pattern, qtype))
+        plan.set_rules(plan.rules + rules)
+    if args.save:
+        plan.save(args.save)
+    if args.tensor_type_file:
+        from .fsutil import atomic_write_path
+
+        with atomic_write_path(args.tensor_type_file) as tmp:
+            tmp.write_text(plan.tensor_type_file(), encoding="utf-8")
+    if args.json:
+        json.dump({**plan.to_json(), "bytes": plan.nbytes, "bits_per_weight": plan.bits_per_weight,
+                   "tensors": [{"name": e.name, "gguf_name": e.gguf_name, "type": e.type, "reason": e.reason,
+                                "nbytes": e.nbytes} for e in plan.entries]}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    name_w = min(60, max((len(e.name) for e in plan.entries), default=4))
+    print(f"{'tensor':<{name_w}}  {'source':<6} {'type':<7} {'size':>10}  reason")
+    for e in plan.entries:
+        print(f"{e.name:<{name_w}}  {e.source:<6} {e.type:<7} {human_bytes(e.nbytes):>10}  {e.reason}")
+    counts = ", ".join(f"{k} x{v}" for k, v in sorted(plan.type_counts().items()))
+    print(f"\nPreset {plan.preset}: {human_bytes(plan.nbytes)}, {plan.bits_per_weight:.2f} bits per weight ({counts})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Model Workbench: inspect, quantize and convert model weights.")
     p.add_argument("--version", action="version", version=f"Model Workbench {__version__}")
@@ -126,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--all", action="store_true", help="list every tensor (the table shows 40 by default)")
     ins.add_argument("--full-arrays", action="store_true", help="with --json, include long arrays whole")
     ins.set_defaults(func=cmd_inspect)
+    pl = sub.add_parser("plan", help="show the type each tensor gets under a preset (llama-quantize's rules)",
+                        description="Per-tensor quantization plan: preset, rules, size and bits per weight.")
+    pl.add_argument("path", help="a model file or folder")
+    pl.add_argument("--type", default="Q4_K_M", help="preset: F16, Q8_0, Q4_K_M, ... (default Q4_K_M)")
+    pl.add_argument("--plan", help="load a saved plan (JSON) instead of a preset")
+    pl.add_argument("--rule", action="append", metavar="PATTERN=TYPE", help="regex rule on GGUF names (repeatable)")
+    pl.add_argument("--save", metavar="PLAN.json", help="save the plan as JSON")
+    pl.add_argument("--tensor-type-file", metavar="FILE", help="export llama-quantize's --tensor-type-file")
+    pl.add_argument("--json", action="store_true", help="print JSON")
+    pl.set_defaults(func=cmd_plan)
     return p
 
 

@@ -57,3 +57,21 @@ def test_bad_input_exits_nonzero_with_message_and_no_traceback(tmp_path):
 def test_usage_error_exits_2():
     proc = subprocess.run([sys.executable, "-m", "workbench"], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def test_plan_command(tmp_path, capsys):
+    from builders import PLAN_MODELS, write_llama_gguf
+
+    src = tmp_path / "m.gguf"
+    write_llama_gguf(src, PLAN_MODELS[2])
+    assert main(["plan", str(src), "--type", "Q4_K_M", "--rule", "attn_q=Q8_0", "--save", str(tmp_path / "p.json"),
+                 "--tensor-type-file", str(tmp_path / "types.txt"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    types = {t["name"]: t["type"] for t in data["tensors"]}
+    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["blk.0.attn_norm.weight"] == "F32"
+    assert json.loads((tmp_path / "p.json").read_text())["rules"] == [["attn_q", "Q8_0"]]
+    assert r"^blk\.0\.attn_q\.weight$=q8_0" in (tmp_path / "types.txt").read_text().split()
+    assert main(["plan", str(src), "--plan", str(tmp_path / "p.json")]) == 0
+    out = capsys.readouterr().out
+    assert "Preset Q4_K_M:" in out and "rule attn_q" in out
+    assert main(["plan", str(src), "--rule", "no-equals-sign"]) == 1

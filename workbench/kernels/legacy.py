@@ -5,7 +5,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
-from .common import (F32, first_max, first_min, fp16_bits, fp16_value, make_qkx_quants, make_qx_quants, pack_bits, pack_nibbles,
+from .common import (F32, first_max, first_min, fp16_bits, fp16_value, make_qkx_quants, make_qx_quants, pack_bits,
                      roundf, safe_recip, seqsum)
 
 QK = 32
@@ -25,32 +25,37 @@ def row_weights(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
 def _absmax_signed(b: np.ndarray) -> np.ndarray:
     """The value with the largest magnitude, first one on ties (C: ``if (amax < fabsf(v))``); +0.0 when
     every value is zero, since C starts from ``max = 0.0f``."""
-    idx = np.argmax(np.abs(b), axis=1)
-    v = b[np.arange(b.shape[0]), idx]
-    return np.where(v == 0, F32(0), v).astype(np.float32)
+    mx, mn = b.max(axis=1), b.min(axis=1)
+    v = np.where(-mn > mx, mn, mx)
+    tie = (-mn == mx) & (mx != 0)
+    if tie.any():  # +a and -a both present: C keeps whichever comes first
+        bt = b[tie]
+        v[tie] = bt[np.arange(bt.shape[0]), np.argmax(np.abs(bt), axis=1)]
+    v[v == 0] = 0  # -0.0 -> +0.0
+    return v
 
 
-def _pack_q4(d_bits, L, m_bits=None) -> np.ndarray:
+def _pack(L: np.ndarray, *heads: np.ndarray, qh: bool = False) -> np.ndarray:
+    """Block bytes: fp16 fields (``heads``), then for 5-bit types the qh bits, then the low nibbles."""
     nb = L.shape[0]
-    qs = pack_nibbles(L[:, :16], L[:, 16:])
-    parts = [d_bits.reshape(nb, 1).view(np.uint8)]
-    if m_bits is not None:
-        parts.append(m_bits.reshape(nb, 1).view(np.uint8))
-    return np.concatenate(parts + [qs], axis=1)
+    h = 2 * len(heads) + (4 if qh else 0)
+    out = np.empty((nb, h + 16), np.uint8)
+    for k, bits in enumerate(heads):
+        out[:, 2 * k:2 * k + 2] = bits.reshape(nb, 1).view(np.uint8)
+    if qh:
+        out[:, 2 * len(heads):h] = pack_bits(L >> 4, 1)
+        L = L & 0x0F
+    np.bitwise_or(L[:, :16], L[:, 16:] << 4, out=out[:, h:])
+    return out
 
 
-def _qh(L: np.ndarray) -> np.ndarray:
-    """The fifth bits of 32 quants as the 4-byte little-endian qh field."""
-    return pack_bits((L >> 4) & 1, 1)
-
-
-def _pack_q5(d_bits, L, m_bits=None) -> np.ndarray:
-    nb = L.shape[0]
-    qs = pack_nibbles(L[:, :16], L[:, 16:])
-    parts = [d_bits.reshape(nb, 1).view(np.uint8)]
-    if m_bits is not None:
-        parts.append(m_bits.reshape(nb, 1).view(np.uint8))
-    return np.concatenate(parts + [_qh(L), qs], axis=1)
+def _quant_offset(b: np.ndarray, iv: np.ndarray, offset: float, top: int) -> np.ndarray:
+    """``MIN(top, (int8_t)(x*id + offset))`` as uint8."""
+    q = b * iv[:, None]
+    q += F32(offset)
+    L = q.astype(np.int8).view(np.uint8)
+    np.minimum(L, top, out=L)
+    return L
 
 
 def _unpack_nibbles(qs: np.ndarray) -> np.ndarray:
@@ -72,11 +77,11 @@ class Q4_0(Kernel, qtype=T.Q4_0):
         if imatrix is None:  # quantize_row_q4_0_ref
             d = (_absmax_signed(b) / F32(-8)).astype(np.float32)
             iv = safe_recip(d)
-            L = np.minimum(15, ((b * iv[:, None]) + F32(8.5)).astype(np.int8)).astype(np.uint8)
+            L = _quant_offset(b, iv, 8.5, 15)
         else:  # quantize_row_q4_0_impl
             w = _blocks(row_weights(x, imatrix))
             d, L = make_qx_quants(b, 8, 1, w)
-        return _pack_q4(fp16_bits(d), L).reshape(rows, -1)
+        return _pack(L, fp16_bits(d)).reshape(rows, -1)
 
     @classmethod
     def dequantize_rows(cls, q, n):
@@ -97,13 +102,13 @@ class Q4_1(Kernel, qtype=T.Q4_1):
             mn, mx = first_min(b), first_max(b)
             d = ((mx - mn) / F32(15)).astype(np.float32)
             iv = safe_recip(d)
-            L = np.minimum(15, (((b - mn[:, None]) * iv[:, None]) + F32(0.5)).astype(np.int8)).astype(np.uint8)
+            L = _quant_offset(b - mn[:, None], iv, 0.5, 15)
             m = mn
         else:  # quantize_row_q4_1_impl
             w = _blocks(row_weights(x, imatrix))
             d, the_min, L = make_qkx_quants(b, 15, w, -0.9, 0.05, 36, False, qkx3=True)
             m = -the_min
-        return _pack_q4(fp16_bits(d), L, fp16_bits(m)).reshape(rows, -1)
+        return _pack(L, fp16_bits(d), fp16_bits(m)).reshape(rows, -1)
 
     @classmethod
     def dequantize_rows(cls, q, n):
@@ -123,11 +128,11 @@ class Q5_0(Kernel, qtype=T.Q5_0):
         if imatrix is None:  # quantize_row_q5_0_ref
             d = (_absmax_signed(b) / F32(-16)).astype(np.float32)
             iv = safe_recip(d)
-            L = np.minimum(31, ((b * iv[:, None]) + F32(16.5)).astype(np.int8)).astype(np.uint8)
+            L = _quant_offset(b, iv, 16.5, 31)
         else:  # quantize_row_q5_0_impl
             w = _blocks(row_weights(x, imatrix))
             d, L = make_qx_quants(b, 16, 1, w)
-        return _pack_q5(fp16_bits(d), L).reshape(rows, -1)
+        return _pack(L, fp16_bits(d), qh=True).reshape(rows, -1)
 
     @classmethod
     def dequantize_rows(cls, q, n):
@@ -148,13 +153,13 @@ class Q5_1(Kernel, qtype=T.Q5_1):
             mn, mx = first_min(b), first_max(b)
             d = ((mx - mn) / F32(31)).astype(np.float32)
             iv = safe_recip(d)
-            L = (((b - mn[:, None]) * iv[:, None]) + F32(0.5)).astype(np.uint8)
+            L = _quant_offset(b - mn[:, None], iv, 0.5, 31)  # C: (uint8_t)(x + 0.5f), never above 31
             m = mn
         else:  # quantize_row_q5_1_impl
             w = _blocks(row_weights(x, imatrix))
             d, the_min, L = make_qkx_quants(b, 31, w, -0.9, 0.05, 36, False, qkx3=True)
             m = -the_min
-        return _pack_q5(fp16_bits(d), L, fp16_bits(m)).reshape(rows, -1)
+        return _pack(L, fp16_bits(d), fp16_bits(m), qh=True).reshape(rows, -1)
 
     @classmethod
     def dequantize_rows(cls, q, n):

@@ -1,0 +1,133 @@
+"""Our kernels against ggml's own quantizer (ggml_quantize_chunk through ctypes), byte for byte.
+
+Failures report how many blocks differ, not just "not equal".
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ggml_oracle import ggml
+
+from workbench import WorkbenchError, kernels
+
+ALL_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+             "IQ4_NL", "IQ4_XS"]
+N = 512  # a multiple of every block size (32 and 256)
+
+
+def _cases() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1234)
+    r = 24
+    cases = {"normal": rng.standard_normal((r, N)).astype(np.float32)}
+    z = rng.standard_normal((r, N)).astype(np.float32)
+    z[::2] = 0
+    z[1::4, 256:] = 0  # whole zero super-blocks next to non-zero ones
+    z[3::4, :32] = 0
+    cases["zeros"] = z
+    nz = rng.standard_normal((r, N)).astype(np.float32)
+    nz[::3] = -0.0
+    nz[1::3, ::2] = -0.0
+    cases["negzero"] = nz
+    cases["ties"] = (rng.integers(-32, 33, (r, N)) / 2).astype(np.float32)
+    cases["small_ints"] = rng.integers(-8, 9, (r, N)).astype(np.float32)
+    const = np.repeat(rng.standard_normal((r, N // 32)), 32, axis=1).astype(np.float32)
+    const[0] = 1.0
+    const[1] = -3.0
+    cases["constant"] = const
+    out = rng.standard_normal((r, N)).astype(np.float32)
+    out[np.arange(r), rng.integers(0, N, r)] = 1e4
+    out[np.arange(r), rng.integers(0, N, r)] = -3e3
+    cases["outliers"] = out
+    mag = 10.0 ** rng.uniform(-5, 3, (r, N))
+    cases["dynamic"] = (mag * rng.choice([-1.0, 1.0], (r, N))).astype(np.float32)
+    sub = (rng.standard_normal((r, N)) * 1e-39).astype(np.float32)  # float32 subnormals
+    sub[::2, ::7] = 1e-20
+    cases["subnormal"] = sub
+    tiny = (rng.standard_normal((r, N)) * 1e-8).astype(np.float32)
+    cases["tiny"] = tiny
+    return cases
+
+
+CASES = _cases()
+
+
+def _imatrices() -> dict[str, np.ndarray | None]:
+    rng = np.random.default_rng(99)
+    w = rng.gamma(1.0, 1.0, N).astype(np.float32)
+    wz = w.copy()
+    wz[::5] = 0
+    return {"none": None, "imatrix": w, "imatrix_zeros": wz}
+
+
+IMATRICES = _imatrices()
+
+
+def _differing_blocks(a: np.ndarray, b: np.ndarray, type_size: int) -> int:
+    return int((a.reshape(-1, type_size) != b.reshape(-1, type_size)).any(axis=1).sum())
+
+
+@pytest.mark.parametrize("imat", list(IMATRICES))
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("qtype", ALL_TYPES)
+def test_quantize_matches_ggml(qtype, case, imat):
+    if qtype not in kernels.supported_types():
+        pytest.fail(f"{qtype} has no kernel yet")
+    x, w = CASES[case], IMATRICES[imat]
+    ours = kernels.quantize(x, qtype, w)
+    ref = ggml().quantize(x, qtype, w)
+    assert ours.shape == ref.shape
+    k = kernels.get_kernel(qtype)
+    bad = _differing_blocks(ours, ref, k.type_size)
+    assert bad == 0, f"{qtype}/{case}/{imat}: {bad} of {ours.size // k.type_size} blocks differ from ggml"
+
+
+@pytest.mark.parametrize("case", ["normal", "outliers", "dynamic", "constant"])
+@pytest.mark.parametrize("qtype", ALL_TYPES)
+def test_dequantize_bit_identical(qtype, case):
+    if qtype not in kernels.supported_types():
+        pytest.fail(f"{qtype} has no kernel yet")
+    q = ggml().quantize(CASES[case], qtype)
+    ours = kernels.dequantize(q, qtype, N)
+    ref = ggml().dequantize(q, qtype, N)
+    diff = int((ours.view(np.uint32) != ref.view(np.uint32)).sum())
+    assert diff == 0, f"{qtype}/{case}: {diff} values differ from ggml's dequantize"
+
+
+def test_every_type_of_the_issue_is_registered():
+    assert set(ALL_TYPES) <= set(kernels.supported_types())
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q8_0", "F16"])
+def test_result_independent_of_threads_and_chunks(qtype, monkeypatch):
+    x = np.random.default_rng(7).standard_normal((300, 256)).astype(np.float32)
+    one = kernels.quantize(x, qtype, threads=1)
+    monkeypatch.setattr(kernels.base, "CHUNK_ELEMENTS", 1000)  # many chunks over two threads
+    two = kernels.quantize(x, qtype, threads=2)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(kernels.dequantize(one, qtype, threads=1), kernels.dequantize(two, qtype, threads=2))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_is_a_clear_error(bad):
+    x = np.zeros((4, 64), np.float32)
+    x[2, 5] = bad
+    with pytest.raises(WorkbenchError, match=r"blk\.0\.attn_q\.weight: row 2 contains NaN or Inf"):
+        kernels.quantize(x, "Q4_0", name="blk.0.attn_q.weight")
+
+
+def test_bad_shapes_are_clear_errors():
+    with pytest.raises(WorkbenchError, match="multiple of the Q4_K block size 256"):
+        kernels.quantize(np.zeros((2, 100), np.float32), "Q4_K")
+    with pytest.raises(WorkbenchError, match="not supported"):
+        kernels.quantize(np.zeros((2, 64), np.float32), "Q9_X")
+    with pytest.raises(WorkbenchError, match="importance matrix has 3 values"):
+        kernels.quantize(np.zeros((2, 64), np.float32), "Q4_0", np.ones(3, np.float32))
+
+
+def test_one_dimensional_input_and_type_enum():
+    from gguf import GGMLQuantizationType
+
+    x = np.linspace(-1, 1, 64, dtype=np.float32)
+    a = kernels.quantize(x, GGMLQuantizationType.Q8_0)
+    assert a.shape == (1, 68)
+    np.testing.assert_allclose(kernels.dequantize(a, "q8_0")[0], x, atol=1 / 127)

@@ -1,0 +1,655 @@
+"""Q4_K, Q5_K, Q6_K: ggml's 256-value super-block ("k-quant") types, byte-identical to ggml.
+
+How the C loops are vectorized:
+
+* The searches (make_qkx2/3_quants, make_qx_quants) run on *position-major* copies of the values,
+  ``[positions, groups]`` (32 positions per Q4_K/Q5_K sub-block, 16 per Q6_K sub-block).  A C loop
+  ``for (i = 0; i < n; ++i) sum += ...`` is then ``np.add.reduce(axis=0)``, which adds the rows one
+  after the other exactly like the C loop, while each elementwise step runs over all groups at once.
+* A search only remembers, per group, the parameters of its best trial; the quants of that trial are
+  recomputed once at the end, and only for the few groups whose final quants still come from the
+  search (ggml requantizes every sub-block whose stored scale is not zero).
+* ``np.rint`` (round half to even) is ggml's ``nearest_int`` for |v| < 2**22; groups where a search
+  could round something larger (or inf/NaN, e.g. float32 subnormal inputs) are redone with an exact
+  emulation of the bit trick (``_nint``).  Clamps are skipped when the value range proves them no-ops.
+* Per-group bookkeeping uses index lists (np.where on float vectors is slow) and C's comparison order,
+  so NaN/inf behave as in ggml.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from .base import Kernel
+from .common import F32, fp16_bits, fp16_value
+
+QK_K = 256
+_MAGIC = F32(12582912.0)  # 1.5 * 2**23: ggml's nearest_int adds it and reads the low mantissa bits
+_SAFE = F32(4.0e6)  # below this |value| ggml's nearest_int is exactly np.rint (round half to even)
+_EPS = F32(1e-15)  # GROUP_MAX_EPS
+# bit twiddling on 32-bit little-endian words (4 quants at a time) for the dequantizers
+_NIB = np.uint32(0x0F0F0F0F)
+_BIT = np.uint32(0x01010101)
+_TWO = np.uint32(0x03030303)
+_SH4 = np.array([0, 2, 4, 6], np.uint32).reshape(4, 1)
+_SH_LO = np.repeat(np.array([0, 2, 4, 6], np.uint32), 8)  # the qh bit of sub-block 2k, per word
+_SH_HI = _SH_LO + np.uint32(1)
+
+
+def _words(b: np.ndarray, shape) -> np.ndarray:
+    """Bytes [nb, k] (any row stride) as little-endian uint32 words of the given shape."""
+    return np.ascontiguousarray(b).view("<u4").reshape(shape)
+
+
+def _quiet(fn):
+    """Run ``fn`` with numpy float warnings off (inf/NaN intermediates behave as in C, silently)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kw)
+    return wrapper
+
+
+def _nint(a) -> np.ndarray:
+    """ggml nearest_int, bit for bit, for any float32 input (also out of range, inf and NaN)."""
+    a = np.asarray(a, dtype=np.float32)
+    return ((a + _MAGIC).view(np.int32) & 0x7FFFFF) - 0x400000
+
+
+def _rsum(a: np.ndarray) -> np.ndarray:
+    """Left-to-right float32 sum over axis 0, like ``sum = 0; for (...) sum += a[i];`` in C.
+
+    On a C-contiguous array with at least two columns ``np.add.reduce(axis=0)`` adds whole rows one
+    after the other; when axis 0 would be numpy's inner loop (one column, other layouts) numpy sums
+    pairwise, so that case is an explicit loop."""
+    if a[0].size >= 2:
+        return np.add.reduce(np.ascontiguousarray(a), axis=0)
+    acc = np.zeros(a.shape[1:], np.float32)
+    for row in a:
+        acc = acc + row
+    return acc
+
+
+def _cmax(v: np.ndarray, axis: int = 0) -> np.ndarray:
+    """C loop ``m = 0; if (v[i] > m) m = v[i];``: NaNs never win, the result is +0.0 or positive."""
+    m = np.fmax.reduce(v, axis=axis)
+    return np.where(m > 0, m, F32(0)).astype(np.float32)
+
+
+def _first_by_abs(v: np.ndarray, vmax: np.ndarray, vmin: np.ndarray):
+    """C loop ``amax = max = 0; if (fabsf(v[i]) > amax) { amax = fabsf(v[i]); max = v[i]; }`` over
+    axis 0 of finite ``v`` [n, G] given its column max/min.  Returns (amax, max)."""
+    amax = np.maximum(vmax, -vmin)
+    mx = np.where(vmax >= -vmin, vmax, vmin)
+    tie = np.flatnonzero((vmax == -vmin) & (vmax != 0))
+    if tie.size:  # +a and -a both present: the first one in the loop wins
+        sub = v[:, tie]
+        first_pos = np.argmax(sub == vmax[tie], axis=0)
+        first_neg = np.argmax(sub == vmin[tie], axis=0)
+        mx[tie] = np.where(first_pos < first_neg, vmax[tie], vmin[tie])
+    mx[amax == 0] = 0
+    return amax.astype(np.float32), mx.astype(np.float32)
+
+
+def _take_cols(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a[:, idx])
+
+
+# -- make_qkx2_quants / make_qkx3_quants (use_mad = false) ---------------------------------------------
+
+def _qkx_levels(x, isc, m, nmax: int, exact: bool) -> np.ndarray:
+    """L[i] = MAX(0, MIN(nmax, nearest_int(iscale*(x[i] - min)))) for columns of x [n, k]."""
+    t = (x - m) * isc
+    if exact:
+        return np.clip(_nint(t), 0, nmax).astype(np.uint8)
+    return np.rint(np.clip(t, F32(0), F32(nmax))).astype(np.uint8)
+
+
+class _QkxResult:
+    """Per-group outcome of make_qkx*_quants: scale, the_min, and how to rebuild its quants L."""
+
+    def __init__(self, x, nmax, scale, the_min, isc, m, flat, exact, xmin, xmax):
+        self.x, self.nmax = x, nmax
+        self.scale, self.the_min = scale, the_min
+        self.isc, self.m, self.flat, self.exact = isc, m, flat, exact
+        self.xmin, self.xmax = xmin, xmax
+
+    def levels(self, idx: np.ndarray) -> np.ndarray:
+        """The search's quants of groups ``idx``, as [len(idx), n] uint8."""
+        xs = _take_cols(self.x, idx)
+        out = _qkx_levels(xs, self.isc[idx], self.m[idx], self.nmax, False)
+        ex = np.flatnonzero(self.exact[idx])
+        if ex.size:
+            out[:, ex] = _qkx_levels(xs[:, ex], self.isc[idx][ex], self.m[idx][ex], self.nmax, True)
+        out[:, self.flat[idx]] = 0
+        return out.T
+
+
+@_quiet
+def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
+    """The search of make_qkx2_quants (qkx3=False) / make_qkx3_quants (qkx3=True), use_mad=false, for
+    every column of x [n, G] with weights w [n, G].  Returns (scale, the_min, best_isc, best_min,
+    flat, unsafe, xmin, xmax); levels of the best trial are (x - best_min) * best_isc rounded."""
+    n, G = x.shape
+    if G < 2:  # np.add.reduce below must not become numpy's (pairwise) inner loop
+        x = np.concatenate([x, x], axis=1)
+        w = np.concatenate([w, w], axis=1)
+        return tuple(a[:1] for a in _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact))
+    fn = F32(nmax)
+    add = np.add.reduce
+    xmin = np.min(x, axis=0)
+    xmax = np.max(x, axis=0)
+    lv = np.empty_like(x)
+    wl = np.empty_like(x)
+    tmp = np.empty_like(x)
+    sum_w = add(w, axis=0)
+    sum_x = add(np.multiply(w, x, out=tmp), axis=0)
+    mn = np.where(xmin > 0, F32(0), xmin).astype(np.float32)  # if (min > 0) min = 0;
+    flat = (xmax <= mn) if qkx3 else (xmax == mn)
+    unsafe = np.zeros(G, bool)
+    # state of the search, one row each: best error, scale, and the (iscale, min) its quants came from
+    state = np.empty((4, G), np.float32)
+    best, scale, best_isc, best_m = state
+    # the same for the current trial, updated into `state` where it wins
+    cand = np.empty((4, G), np.float32)
+    cur, this_scale, isc, cur_m = cand
+    sum_l = np.empty(G, np.float32)
+    sum_l2 = np.empty(G, np.float32)
+    sum_xl = np.empty(G, np.float32)
+    D = np.empty(G, np.float32)
+    this_min = np.empty(G, np.float32)
+    t1 = np.empty(G, np.float32)
+    t2 = np.empty(G, np.float32)
+
+    def levels(isc, c):
+        # L[i] = MAX(0, MIN(nmax, nearest_int(iscale*(x[i] - min))))
+        np.subtract(x, mn, out=lv)
+        np.multiply(lv, isc, out=lv)
+        if exact:
+            li = _nint(lv)
+            np.clip(li, 0, nmax, out=li)
+            lv[...] = li
+            return
+        # iscale*(x[i] - min) runs from ta = iscale*(xmin - min) to iscale*(max - min) = c(1 +- 2**-23)
+        # (or the other way round if iscale < 0); float ops are monotonic, so these bound every value
+        ta = np.multiply(isc, np.subtract(xmin, mn, out=t1), out=t1)
+        lo, hi = np.min(ta), np.max(ta)  # NaN if any is NaN
+        full = c >= fn + F32(0.499)
+        cols = None
+        if not (lo >= F32(-0.5) and hi < fn + F32(0.5)) and not full:
+            cols = np.flatnonzero(~((ta >= F32(-0.5)) & (ta < fn + F32(0.5))))
+            if cols.size > G // 256:  # clamping a few columns is cheaper than a full pass, not many
+                full, cols = True, None
+        if not (lo > -_SAFE and hi < _SAFE):
+            np.logical_or(unsafe, ~((ta > -_SAFE) & (ta < _SAFE)), out=unsafe)
+        if full:
+            np.clip(lv, F32(0), fn, out=lv)
+        np.rint(lv, out=lv)
+        if cols is not None and cols.size:
+            lv[:, cols] = np.clip(lv[:, cols], F32(0), fn)
+
+    def error(s, m, out):  # sum of w*diff*diff, diff = scale*L + min - x
+        np.multiply(lv, s, out=tmp)
+        np.add(tmp, m, out=tmp)
+        np.subtract(tmp, x, out=tmp)
+        np.multiply(tmp, tmp, out=tmp)
+        np.multiply(tmp, w, out=tmp)
+        return add(tmp, axis=0, out=out)
+
+    np.subtract(xmax, mn, out=t2)  # max - min
+    np.divide(fn, t2, out=best_isc)  # iscale = nmax/(max - min)
+    np.divide(F32(1), best_isc, out=scale)
+    best_m[...] = mn
+    levels(best_isc, fn)
+    error(scale, mn, best)
+    for step in range(nstep + 1):
+        c = F32(rmin) + F32(rdelta) * F32(step) + fn
+        np.subtract(xmax, mn, out=t2)
+        np.divide(c, t2, out=isc)
+        levels(isc, c)
+        np.multiply(w, lv, out=wl)
+        add(wl, axis=0, out=sum_l)
+        add(np.multiply(wl, lv, out=tmp), axis=0, out=sum_l2)
+        add(np.multiply(wl, x, out=tmp), axis=0, out=sum_xl)
+        # D = sum_w * sum_l2 - sum_l * sum_l; this_scale = (sum_w * sum_xl - sum_x * sum_l)/D;
+        # this_min = (sum_l2 * sum_x - sum_l * sum_xl)/D
+        np.subtract(np.multiply(sum_w, sum_l2, out=D), np.multiply(sum_l, sum_l, out=t1), out=D)
+        np.subtract(np.multiply(sum_w, sum_xl, out=this_scale), np.multiply(sum_x, sum_l, out=t1), out=this_scale)
+        np.divide(this_scale, D, out=this_scale)
+        np.subtract(np.multiply(sum_l2, sum_x, out=this_min), np.multiply(sum_l, sum_xl, out=t1), out=this_min)
+        np.divide(this_min, D, out=this_min)
+        if np.fmax.reduce(this_min) > 0:  # if (this_min > 0) { this_min = 0; this_scale = sum_xl / sum_l2; }
+            p = np.flatnonzero(this_min > 0)
+            this_min[p] = 0
+            this_scale[p] = sum_xl[p] / sum_l2[p]
+        error(this_scale, this_min, cur)
+        b = np.flatnonzero((D > 0) & (cur < best))
+        if b.size:
+            cur_m[...] = mn
+            state[:, b] = cand[:, b]
+            mn[b] = this_min[b]
+    unsafe &= ~flat
+    if flat.any():
+        scale[flat] = 0
+    return scale.copy(), -mn, best_isc.copy(), best_m.copy(), flat, unsafe, xmin, xmax
+
+
+def _qkx(x, w, nmax, rmin, rdelta, nstep, qkx3) -> _QkxResult:
+    """make_qkx2_quants / make_qkx3_quants over the columns of x [n, G] (see _qkx_core)."""
+    scale, the_min, isc, m, flat, unsafe, xmin, xmax = _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, False)
+    if unsafe.any():  # rare: redo these groups with the exact nearest_int emulation
+        idx = np.flatnonzero(unsafe)
+        r = _qkx_core(_take_cols(x, idx), _take_cols(w, idx), nmax, rmin, rdelta, nstep, qkx3, True)
+        scale[idx], the_min[idx], isc[idx], m[idx] = r[0], r[1], r[2], r[3]
+    return _QkxResult(x, nmax, scale, the_min, isc, m, flat, unsafe, xmin, xmax)
+
+
+# -- make_qp_quants ----------------------------------------------------------------------------------
+
+@_quiet
+def _qp(x: np.ndarray, nmax: int, qw: np.ndarray):
+    """ggml make_qp_quants for every column of ``x`` [n, G] (n = 8 sub-block scales or mins) with
+    weights ``qw`` [n, G].  Returns (scale [G] float32, L [n, G] uint8)."""
+    x = np.ascontiguousarray(x)
+    qw = np.ascontiguousarray(qw)
+    n, G = x.shape
+    fn = F32(nmax)
+    mx = np.zeros(G, np.float32)
+    for i in range(n):  # max = MAX(max, x[i])
+        mx = np.where(mx > x[i], mx, x[i])
+    zero = mx < _EPS
+    mxs = np.where(zero, F32(1), mx)
+
+    def mse(isc, sc, clamp):
+        li = _nint(isc * x)
+        if clamp:
+            li = np.minimum(nmax, li)
+        else:
+            li &= 0xFF  # the first pass stores nearest_int() in uint8 L[]
+        diff = x - sc * li.astype(np.float32)
+        return _rsum((qw * diff) * diff)
+
+    iscale = fn / mxs
+    best = mse(iscale, F32(1) / iscale, False)
+    for step in (-4, -3, -2, -1, 1, 2, 3, 4):
+        isc = (F32(0.1) * F32(step) + fn) / mxs
+        cur = mse(isc, F32(1) / isc, True)
+        b = np.flatnonzero(cur < best)
+        best[b] = cur[b]
+        iscale[b] = isc[b]
+    Li = np.minimum(nmax, _nint(iscale * x))  # int l (may be negative); L[] keeps it modulo 256
+    lf = Li.astype(np.float32)
+    sumlx = _rsum((qw * x) * lf)
+    suml2 = _rsum((qw * lf) * lf)
+    L = Li & 0xFF
+    wx = qw * x
+    # up to 5 refinement passes; a group whose pass changed nothing is done (the next pass would see the
+    # same state and change nothing either: ggml's `break`), so later passes only visit the rest
+    act = np.arange(G)
+    for _ in range(5):
+        if act.size == G:
+            xa, qa, wxa, La, sx, s2 = x, qw, wx, L, sumlx, suml2
+        else:
+            xa, qa, wxa, La = x[:, act], qw[:, act], wx[:, act], L[:, act]
+            sx, s2 = sumlx[act], suml2[act]
+        changed = np.zeros(act.size, bool)
+        for i in range(n):
+            w = qa[i]
+            Lf = La[i].astype(np.float32)
+            slx = sx - wxa[i] * Lf
+            sl2 = s2 - (w * Lf) * Lf
+            new_l = np.minimum(nmax, _nint((xa[i] * sl2) / slx))
+            ok = (slx > 0) & (sl2 > 0) & (new_l != La[i])
+            nf = new_l.astype(np.float32)
+            slx = slx + wxa[i] * nf
+            sl2 = sl2 + (w * nf) * nf
+            ok &= (slx * slx) * s2 > (sx * sx) * sl2
+            k = np.flatnonzero(ok)
+            if k.size:
+                La[i, k] = new_l[k] & 0xFF
+                sx[k] = slx[k]
+                s2[k] = sl2[k]
+                changed[k] = True
+        if act.size != G:
+            L[:, act], sumlx[act], suml2[act] = La, sx, s2
+        act = act[changed]
+        if not act.size:
+            break
+    out = np.where(suml2 > 0, sumlx / suml2, F32(0)).astype(np.float32)
+    out[zero] = 0
+    L[:, zero] = 0
+    return out, L.astype(np.uint8)
+
+
+# -- make_qx_quants (rmse_type = 1) --------------------------------------------------------------------
+
+@_quiet
+def _qx(x: np.ndarray, nmax: int, qw: np.ndarray | None):
+    """ggml make_qx_quants(n, nmax, x, L, rmse_type=1, qw) for every column of ``x`` [n, G].
+    Returns (scale [G], best_isc [G], zero [G], xmin, xmax): the quants of a group are
+    clamp(nearest_int(best_isc * x)) + nmax, or 0 for a zero group."""
+    n, G = x.shape
+    if G < 2:  # np.add.reduce below must not become numpy's (pairwise) inner loop
+        x2 = np.concatenate([x, x], axis=1)
+        return tuple(a[:1] for a in _qx(x2, nmax, None if qw is None else np.concatenate([qw, qw], axis=1)))
+    xmax = np.max(x, axis=0)
+    xmin = np.min(x, axis=0)
+    amax, mx = _first_by_abs(x, xmax, xmin)
+    zero = amax < _EPS
+    mxs = np.where(zero, F32(1), mx)
+    opp = np.where(mx > 0, xmin, xmax)  # iscale*x lies between iscale*max and iscale*opp
+    lv = np.empty_like(x)
+    tmp = np.empty_like(x)
+    w = np.multiply(x, x) if qw is None else qw
+    wx = w * x
+    lo, hi = F32(-nmax), F32(nmax - 1)
+    # the trials are independent of each other: iscale = -nmax/max, then -(nmax + 0.1*is)/max
+    steps = [0] + [k for k in range(-9, 10) if k != 0]
+    iscs = np.empty((len(steps), G), np.float32)
+    for r, k in enumerate(steps):
+        num = F32(-nmax) if k == 0 else -(F32(nmax) + F32(0.1) * F32(k))
+        np.divide(num, mxs, out=iscs[r])
+    SX = np.empty((len(steps), G), np.float32)  # sum of w*x*l per trial
+    S2 = np.empty((len(steps), G), np.float32)  # sum of w*l*l per trial
+    add = np.add.reduce
+    for r, k in enumerate(steps):
+        # l = MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x[i]))).  iscale*x[i] lies between iscale*max
+        # = -(nmax + 0.1*is)(1 +- 2**-23) and iscale*opp, whose size is at most that (float ops are
+        # monotonic): the clamp is a no-op for is <= -6, needed everywhere for is >= 6, and in between
+        # needed only by the groups whose values reach past -nmax - 0.5 or nmax - 0.5
+        isc = iscs[r]
+        np.multiply(x, isc, out=lv)
+        cols = None
+        if -5 <= k <= 5:
+            bad = isc * opp >= hi + F32(0.5)
+            if k == 5:
+                bad |= isc * mxs < lo - F32(0.5)
+            cols = np.flatnonzero(bad)
+        if k >= 6 or (cols is not None and cols.size > G // 256):
+            np.clip(lv, lo, hi, out=lv)
+            cols = None
+        np.rint(lv, out=lv)
+        if cols is not None and cols.size:
+            lv[:, cols] = np.clip(lv[:, cols], lo, hi)
+        add(np.multiply(wx, lv, out=tmp), axis=0, out=SX[r])
+        np.multiply(w, lv, out=tmp)
+        add(np.multiply(tmp, lv, out=tmp), axis=0, out=S2[r])
+    sumlx, suml2 = SX[0], S2[0]
+    scale = np.where(suml2 != 0, sumlx / suml2, F32(0)).astype(np.float32)
+    best = scale * sumlx
+    best_isc = iscs[0].copy()
+    for r in range(1, len(steps)):  # in ggml's order: keep a trial if sumlx^2/suml2 beats the best
+        sx, s2 = SX[r], S2[r]
+        b = np.flatnonzero((s2 > 0) & (sx * sx > best * s2))
+        if b.size:
+            scale[b] = sx[b] / s2[b]
+            best[b] = scale[b] * sx[b]
+            best_isc[b] = iscs[r, b]
+    scale[zero] = 0
+    return scale, best_isc, zero, xmin, xmax
+
+
+def _qx_levels(x: np.ndarray, isc: np.ndarray, zero: np.ndarray, nmax: int) -> np.ndarray:
+    """make_qx_quants' L (0..2*nmax-1) for columns of x [n, k]: nmax + clamp(nearest_int(isc*x))."""
+    t = np.clip(x * isc, F32(-nmax), F32(nmax - 1))
+    L = (np.rint(t) + F32(nmax)).astype(np.uint8)
+    L[:, zero] = 0
+    return L
+
+
+# -- Q4_K / Q5_K ---------------------------------------------------------------------------------------
+
+def _pack_scales_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The 12 scale bytes of Q4_K/Q5_K from 6-bit scales and mins [nsb, 8] (inverse of get_scale_min_k4)."""
+    out = np.empty((ls.shape[0], 12), np.uint8)
+    out[:, 0:4] = ls[:, :4] | ((ls[:, 4:] >> 4) << 6)
+    out[:, 4:8] = lm[:, :4] | ((lm[:, 4:] >> 4) << 6)
+    out[:, 8:12] = (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)
+    return out
+
+
+def _unpack_scales_k4(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """get_scale_min_k4 for j = 0..7 of every block: s [nb, 12] -> (sc, m) [nb, 8] uint8."""
+    sc = np.empty((s.shape[0], 8), np.uint8)
+    m = np.empty((s.shape[0], 8), np.uint8)
+    sc[:, :4] = s[:, 0:4] & 63
+    m[:, :4] = s[:, 4:8] & 63
+    sc[:, 4:] = (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)
+    m[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
+    return sc, m
+
+
+@_quiet
+def _quantize_q45k(x: np.ndarray, imatrix: np.ndarray | None, nmax: int):
+    """quantize_row_q4_K_ref / _impl (nmax=15) and quantize_row_q5_K_ref / _impl (nmax=31) up to the
+    final quants.  Returns (d, dmin bits [nsb] uint16, scale bytes [nsb, 12], L [nsb, 8, 32] uint8)."""
+    rows, n = x.shape
+    nsb = rows * n // QK_K
+    G = nsb * 8
+    xn = x.reshape(G, 32)
+    xt = np.ascontiguousarray(xn.T)  # [32, G], group g = 8 * superblock + j
+    x2 = xt * xt
+    if imatrix is None:  # quantize_row_q*_K_ref: weights av_x + |x|, av_x = sqrt(sum x^2 / 32)
+        av_x = np.sqrt(_rsum(x2) / F32(32))
+        w = np.abs(xt, out=x2)
+        w += av_x
+        if nmax == 15:
+            res = _qkx(xt, w, 15, -1.0, 0.1, 20, False)
+        else:
+            res = _qkx(xt, w, 31, -0.5, 0.1, 15, False)
+        scales = res.scale.reshape(nsb, 8)
+        mins = res.the_min.reshape(nsb, 8)
+        max_scale = _cmax(scales, axis=1)
+        max_min = _cmax(mins, axis=1)
+        inv_scale = np.where(max_scale > 0, F32(63) / max_scale, F32(0)).astype(np.float32)
+        inv_min = np.where(max_min > 0, F32(63) / max_min, F32(0)).astype(np.float32)
+        ls = np.minimum(63, _nint(inv_scale[:, None] * scales) & 0xFF).astype(np.uint8)
+        lm = np.minimum(63, _nint(inv_min[:, None] * mins) & 0xFF).astype(np.uint8)
+        d_bits = fp16_bits(max_scale / F32(63))
+        m_bits = fp16_bits(max_min / F32(63))
+    else:  # quantize_row_q*_K_impl: weights qw * sqrt(sigma2 + x^2), sigma2 = 2 * sum(x^2) / 256
+        sum_x2 = _rsum(x2.reshape(32, nsb, 8).transpose(2, 0, 1).reshape(QK_K, nsb))  # in row order
+        sigma2 = (F32(2) * sum_x2) / F32(QK_K)
+        w = x2  # qw * sqrtf(sigma2 + x*x)
+        w.reshape(32, nsb, 8)[...] += sigma2[None, :, None]
+        np.sqrt(w, out=w)
+        w *= _imatrix_cols(imatrix, rows, 32)
+        sw = _rsum(w)
+        if nmax == 15:
+            res = _qkx(xt, w, 15, -0.9, 0.05, 36, True)
+        else:
+            res = _qkx(xt, w, 31, -0.9, 0.05, 36, True)
+        # make_qp_quants of the scales and of the mins, both in one call (they are independent)
+        sm = np.concatenate([res.scale.reshape(nsb, 8).T, res.the_min.reshape(nsb, 8).T], axis=1)
+        swt = sw.reshape(nsb, 8).T
+        blk_scale, Lsm = _qp(sm, 63, np.concatenate([swt, swt], axis=1))
+        d_block, m_block = blk_scale[:nsb], blk_scale[nsb:]
+        ls, lm = Lsm[:, :nsb].T, Lsm[:, nsb:].T
+        if nmax == 31:  # only quantize_row_q5_K_impl has `ls = MIN(63, ls); lm = MIN(63, lm);`
+            ls, lm = np.minimum(63, ls), np.minimum(63, lm)
+        d_bits = fp16_bits(d_block)
+        m_bits = fp16_bits(m_block)
+    # the final quants from the stored fp16 super-block scales and the stored 6-bit sub-block scales
+    packed = _pack_scales_k4(ls, lm)
+    sc, m = _unpack_scales_k4(packed)  # get_scale_min_k4
+    d = (fp16_value(d_bits)[:, None] * sc.astype(np.float32)).reshape(G)
+    dm = (fp16_value(m_bits)[:, None] * m.astype(np.float32)).reshape(G)
+    t = np.add(xn, dm[:, None])
+    t /= d[:, None]  # nearest_int((x + dm)/d)
+    safe = (np.abs((res.xmax + dm) / d) < _SAFE) & (np.abs((res.xmin + dm) / d) < _SAFE)
+    np.clip(t, F32(0), F32(nmax), out=t)
+    L = np.rint(t, out=t).astype(np.uint8)
+    bad = np.flatnonzero(~safe & (d != 0))
+    if bad.size:
+        L[bad] = np.clip(_nint((xn[bad] + dm[bad, None]) / d[bad, None]), 0, nmax)
+    keep = np.flatnonzero(d == 0)  # `if (!d) continue;`: the search's quants stay
+    if keep.size:
+        L[keep] = res.levels(keep)
+    return d_bits, m_bits, packed, L.reshape(nsb, 8, 32)
+
+
+def _imatrix_cols(imatrix: np.ndarray, rows: int, size: int) -> np.ndarray:
+    """The importance of every value in the position-major layout [size, G] (G = rows * n / size)."""
+    cols = imatrix.reshape(-1, size).T  # [size, n/size]
+    return np.tile(cols, (1, rows))
+
+
+class Q4_K(Kernel, qtype=T.Q4_K):
+    uses_imatrix = True
+
+    @classmethod
+    def quantize_rows(cls, x, imatrix):  # quantize_q4_K
+        rows, n = x.shape
+        d_bits, m_bits, scales, L = _quantize_q45k(x, imatrix, 15)
+        nsb = L.shape[0]
+        out = np.empty((nsb, cls.type_size), np.uint8)
+        out[:, 0:2] = d_bits.view(np.uint8).reshape(nsb, 2)
+        out[:, 2:4] = m_bits.view(np.uint8).reshape(nsb, 2)
+        out[:, 4:16] = scales
+        qs = out[:, 16:].reshape(nsb, 4, 32)  # q[l] = L[j+l] | L[j+l+32] << 4
+        np.left_shift(L[:, 1::2], 4, out=qs)
+        qs |= L[:, 0::2]
+        return out.reshape(rows, -1)
+
+    @classmethod
+    @_quiet
+    def dequantize_rows(cls, q, n):  # dequantize_row_q4_K
+        blk = q.reshape(-1, cls.type_size)
+        nb = blk.shape[0]
+        dm = fp16_value(np.ascontiguousarray(blk[:, 0:4]).view("<u2"))  # [nb, 2]
+        sc, m = _unpack_scales_k4(blk[:, 4:16])
+        d1 = np.repeat(dm[:, 0:1] * sc.astype(np.float32), 32)  # per value: d * sc, min * m
+        m1 = np.repeat(dm[:, 1:2] * m.astype(np.float32), 32)
+        qs = _words(blk[:, 16:], (nb, 4, 8))  # 4 groups of 32 bytes, as 8 little-endian words
+        iv = np.empty((nb, 4, 2, 8), np.uint32)  # low nibbles: sub-block 2k, high nibbles: 2k+1
+        np.bitwise_and(qs, _NIB, out=iv[:, :, 0])
+        np.right_shift(qs, 4, out=iv[:, :, 1])
+        iv[:, :, 1] &= _NIB
+        v = iv.view(np.uint8).astype(np.float32).reshape(-1)
+        v *= d1
+        v -= m1
+        return v.reshape(q.shape[0], n)
+
+
+class Q5_K(Kernel, qtype=T.Q5_K):
+    uses_imatrix = True
+
+    @classmethod
+    def quantize_rows(cls, x, imatrix):  # quantize_q5_K
+        rows, n = x.shape
+        d_bits, m_bits, scales, L = _quantize_q45k(x, imatrix, 31)
+        nsb = L.shape[0]
+        out = np.empty((nsb, cls.type_size), np.uint8)
+        out[:, 0:2] = d_bits.view(np.uint8).reshape(nsb, 2)
+        out[:, 2:4] = m_bits.view(np.uint8).reshape(nsb, 2)
+        out[:, 4:16] = scales
+        hb = L >> 4  # [nsb, 8, 32], 0 or 1: qh[l] bit j is the fifth bit of sub-block j's value l
+        qh = out[:, 16:48]
+        qh[:] = hb[:, 0]
+        for j in range(1, 8):
+            qh |= hb[:, j] << j
+        qs = out[:, 48:].reshape(nsb, 4, 32)
+        np.left_shift(L[:, 1::2], 4, out=qs)
+        qs |= L[:, 0::2] & 0xF
+        return out.reshape(rows, -1)
+
+    @classmethod
+    @_quiet
+    def dequantize_rows(cls, q, n):  # dequantize_row_q5_K
+        blk = q.reshape(-1, cls.type_size)
+        nb = blk.shape[0]
+        dm = fp16_value(np.ascontiguousarray(blk[:, 0:4]).view("<u2"))
+        sc, m = _unpack_scales_k4(blk[:, 4:16])
+        d1 = np.repeat(dm[:, 0:1] * sc.astype(np.float32), 32)  # per value: d * sc, min * m
+        m1 = np.repeat(dm[:, 1:2] * m.astype(np.float32), 32)
+        qs = _words(blk[:, 48:], (nb, 32))  # 4 groups of 32 bytes, 8 words each
+        qh = np.tile(_words(blk[:, 16:48], (nb, 8)), 4)  # bit j of qh[l]: fifth bit of value l of sub-block j
+        iv = np.empty((nb, 4, 2, 8), np.uint32)  # low nibbles: sub-block 2k, high nibbles: 2k+1
+        lo = np.bitwise_and(qs, _NIB)
+        lo |= ((qh >> _SH_LO) & _BIT) << 4
+        iv[:, :, 0] = lo.reshape(nb, 4, 8)
+        hi = np.right_shift(qs, 4)
+        hi &= _NIB
+        hi |= ((qh >> _SH_HI) & _BIT) << 4
+        iv[:, :, 1] = hi.reshape(nb, 4, 8)
+        v = iv.view(np.uint8).astype(np.float32).reshape(-1)
+        v *= d1
+        v -= m1
+        return v.reshape(q.shape[0], n)
+
+
+# -- Q6_K ----------------------------------------------------------------------------------------------
+
+class Q6_K(Kernel, qtype=T.Q6_K):
+    uses_imatrix = True
+
+    @classmethod
+    @_quiet
+    def quantize_rows(cls, x, imatrix):  # quantize_q6_K: quantize_row_q6_K_ref / quantize_row_q6_K_impl
+        rows, n = x.shape
+        nsb = rows * n // QK_K
+        G = nsb * 16
+        xn = x.reshape(G, 16)
+        xt = np.ascontiguousarray(xn.T)  # [16, G], group g = 16 * superblock + ib
+        qw = None if imatrix is None else _imatrix_cols(imatrix, rows, 16)
+        scales, best_isc, zero, xmin, xmax = _qx(xt, 32, qw)
+        sc2 = scales.reshape(nsb, 16)
+        smax = np.fmax.reduce(sc2, axis=1)  # C skips NaN scales (`fabsf(scale) > max_abs_scale`)
+        smin = np.fmin.reduce(sc2, axis=1)
+        smax[np.isnan(smax)] = 0
+        smin[np.isnan(smin)] = 0
+        max_abs, max_scale = _first_by_abs(sc2.T, smax, smin)
+        blk0 = max_abs < _EPS  # memset(&y[i], 0, sizeof(block_q6_K))
+        iscale = F32(-128) / np.where(blk0, F32(1), max_scale)
+        d_bits = fp16_bits(F32(1) / iscale)
+        sc = np.minimum(127, _nint(iscale[:, None] * sc2)).astype(np.int8)  # [nsb, 16]
+        d = (fp16_value(d_bits)[:, None] * sc.astype(np.float32)).reshape(G)
+        t = np.divide(xn, d[:, None])  # nearest_int(x/d)
+        np.clip(t, F32(-32), F32(31), out=t)
+        L = np.rint(t, out=t).astype(np.int8).view(np.uint8)
+        L += 32
+        bad = np.flatnonzero(~((np.abs(xmax / d) < _SAFE) & (np.abs(xmin / d) < _SAFE)) & (d != 0))
+        if bad.size:
+            L[bad] = np.clip(_nint(xn[bad] / d[bad, None]), -32, 31) + 32
+        keep = np.flatnonzero(d == 0)  # `if (!d) continue;`: make_qx_quants' quants stay
+        if keep.size:
+            L[keep] = _qx_levels(_take_cols(xt, keep), best_isc[keep], zero[keep], 32).T
+        Ls = L.reshape(nsb, 2, 4, 32)  # [s, half, m, l]: value 128*half + 32*m + l
+        out = np.empty((nsb, cls.type_size), np.uint8)
+        ql = out[:, 0:128].reshape(nsb, 2, 2, 32)
+        np.left_shift(Ls[:, :, 2:4], 4, out=ql)
+        ql |= Ls[:, :, 0:2] & 0xF
+        hi = Ls >> 4
+        qh = out[:, 128:192].reshape(nsb, 2, 32)
+        qh[:] = hi[:, :, 0]
+        qh |= hi[:, :, 1] << 2
+        qh |= hi[:, :, 2] << 4
+        qh |= hi[:, :, 3] << 6
+        out[:, 192:208] = sc.view(np.uint8)
+        out[:, 208:210] = d_bits.view(np.uint8).reshape(nsb, 2)
+        if blk0.any():
+            out[blk0] = 0
+        return out.reshape(rows, -1)
+
+    @classmethod
+    @_quiet
+    def dequantize_rows(cls, q, n):  # dequantize_row_q6_K
+        blk = q.reshape(-1, cls.type_size)
+        nb = blk.shape[0]
+        d = fp16_value(np.ascontiguousarray(blk[:, 208:210]).view("<u2"))  # [nb, 1]
+        sc = blk[:, 192:208].view(np.int8).astype(np.float32)
+        ds = np.repeat(d * sc, 16)  # d * sc[is], per value
+        ql = _words(blk[:, 0:128], (nb, 2, 2, 8))  # [half, m & 1, word]
+        qh = _words(blk[:, 128:192], (nb, 2, 1, 8))  # bits 2m, 2m+1 of qh[l]: top of value 32*m + l
+        iv = np.empty((nb, 2, 4, 8), np.uint32)
+        np.bitwise_and(ql, _NIB, out=iv[:, :, 0:2])
+        np.right_shift(ql, 4, out=iv[:, :, 2:4])
+        iv[:, :, 2:4] &= _NIB
+        iv |= ((qh >> _SH4) & _TWO) << 4
+        b = iv.view(np.uint8)
+        b -= 32  # (int8_t)(q) - 32, as uint8 arithmetic
+        v = b.view(np.int8).astype(np.float32).reshape(-1)
+        v *= ds
+        return v.reshape(q.shape[0], n)

@@ -1,0 +1,692 @@
+"""Q2_K and Q3_K: 256-value super-blocks of sixteen 16-value sub-blocks, byte-exact with ggml.
+
+Layout used by the searches: a batch of sub-blocks is transposed to ``X[16, k]`` (row i = the i-th value
+of every sub-block), so every step of ggml's per-sub-block loops is one vector operation over k sub-blocks
+and the C loops' left-to-right float32 sums are plain row additions in the same order.
+
+Only the scales ggml's searches find reach the output in most sub-blocks: the quants are computed again
+from the stored (fp16 / 4- or 6-bit) scales.  The searches therefore keep just what is needed to rebuild
+their own quants for the few sub-blocks whose stored scale is zero (where ggml keeps the search's quants).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from .base import Kernel
+from .common import F32, fp16_bits, fp16_value
+
+QK_K = 256
+EPS = F32(1e-15)  # GROUP_MAX_EPS
+_MAGIC = F32(12582912.0)
+_BATCH = 16384  # sub-blocks per search batch (a whole 256k-value chunk: fewer, longer numpy calls)
+_ERR = dict(all="ignore")
+
+
+class _Workspace(threading.local):
+    """Per-thread scratch arrays reused across steps and calls: fresh multi-MB temporaries cost page faults
+    (often more than the arithmetic done in them)."""
+
+    def __init__(self):
+        self.bufs = {}
+
+    def get(self, name, shape, dtype=np.float32):
+        size = 1
+        for d in shape:
+            size *= d
+        b = self.bufs.get(name)
+        if b is None or b.dtype != dtype or b.size < size:
+            b = np.empty(max(size, 1), dtype)
+            self.bufs[name] = b
+        return b[:size].reshape(shape)
+
+
+_WS = _Workspace()
+
+
+# -- exact scalar semantics ----------------------------------------------------------------------
+
+def nearest_int_c(a: np.ndarray) -> np.ndarray:
+    """ggml's nearest_int, bit for bit (also for NaN, Inf and |a| >= 2^22, where it is not a rounding)."""
+    v = np.add(a, _MAGIC, dtype=np.float32)
+    i = v.view(np.int32)
+    i &= 0x007FFFFF
+    i -= 0x00400000
+    return i
+
+
+def _rsum_loop(a, from_zero):
+    if from_zero:
+        s = np.add(F32(0), a[0], dtype=np.float32)
+    else:
+        s = a[0].astype(np.float32, copy=True)
+    for i in range(1, a.shape[0]):
+        np.add(s, a[i], out=s)
+    return s
+
+
+def _reduce_is_sequential() -> bool:
+    """Whether np.add.reduce over axis 0 of a C-contiguous [n, k>=2] float32 array adds the rows in order
+    (numpy keeps the reduced axis outside its inner loop there; checked once, on data where order matters)."""
+    rng = np.random.default_rng(5)
+    for k in (2, 3, 17, 300):
+        a = (rng.standard_normal((256, k)) * 10.0 ** rng.integers(-4, 9, (256, k))).astype(np.float32)
+        if not np.array_equal(np.add.reduce(a, axis=0).view(np.uint32), _rsum_loop(a, False).view(np.uint32)):
+            return False
+    return True
+
+
+_REDUCE_SEQ = _reduce_is_sequential()
+
+
+def _rsum(a: np.ndarray, from_zero: bool = False) -> np.ndarray:
+    """Sum over axis 0 strictly in row order (a C ``for`` loop over the positions), float32.
+
+    ``from_zero``: the C loop starts from ``sum = 0``: that only turns an all -0.0 sum into +0.0, which is
+    what adding +0.0 at the end does."""
+    if _REDUCE_SEQ and a.ndim == 2 and a.shape[1] >= 2 and a.flags.c_contiguous and a.dtype == np.float32:
+        s = np.add.reduce(a, axis=0)
+        if from_zero:
+            s += F32(0)
+        return s
+    return _rsum_loop(a, from_zero)
+
+
+def _absmax_first(x: np.ndarray):
+    """C: ``amax = 0; max = 0; for i: if (fabsf(x[i]) > amax) {amax = fabsf(x[i]); max = x[i];}`` over
+    axis 0 of finite ``x`` [16, k]: (amax, max)."""
+    p = x.max(axis=0)
+    nn = -x.min(axis=0)
+    amax = np.maximum(p, nn)
+    mx = np.where(p >= nn, p, -nn)
+    tie = (p == nn) & (p > 0)
+    if tie.any():  # +v and -v both reach the max: the first one wins
+        idx = np.flatnonzero(tie)
+        sub = x[:, idx]
+        first = np.argmax(np.abs(sub) == amax[idx], axis=0)
+        mx[idx] = sub[first, np.arange(idx.size)]
+    mx[amax == 0] = 0
+    return amax, mx
+
+
+def _absmax_first_c(x: np.ndarray):
+    """As _absmax_first, also for NaN / Inf values (a NaN is never selected)."""
+    amax = np.zeros(x.shape[1], np.float32)
+    mx = np.zeros(x.shape[1], np.float32)
+    with np.errstate(**_ERR):
+        for i in range(x.shape[0]):
+            a = np.abs(x[i])
+            up = a > amax
+            amax = np.where(up, a, amax)
+            mx = np.where(up, x[i], mx)
+    return amax, mx
+
+
+# -- ggml's search helpers, over columns of [16, k] -----------------------------------------------
+
+_OFF = 0x00400000  # nearest_int's offset: bits & 0x7FFFFF of (v + 1.5*2^23) is nearest_int(v) + _OFF
+
+
+def _take_cols(arrays, keep):
+    """Columns ``keep`` of [n, k] arrays (a flat gather: np.take along axis 1 is slow for single items)."""
+    n, k = arrays[0].shape
+    flat = (np.arange(n)[:, None] * k + keep).ravel()
+    return [np.take(a.reshape(-1), flat).reshape(n, keep.size) for a in arrays]
+
+
+def _refine(x, w, wx, L, sumlx, suml2, lo, hi, qp):
+    """The ``itry`` loop of make_q3_quants (``qp=False``) / make_qp_quants (``qp=True``): up to five
+    sequential passes over the positions that move one quant at a time when that improves sumlx^2/suml2.
+
+    Columns of [n, k] arrays.  Event driven: each iteration finds, for every active column, the first
+    position (from its cursor on) whose move is accepted under the current sums, exactly as the C pass
+    meets it, and applies it.  ``L`` (float32; for qp the uint8 value 0..255), ``sumlx`` and ``suml2``
+    are updated in place."""
+    n, k = x.shape
+    if k == 0:
+        return
+    pos = np.arange(n, dtype=np.int8)[:, None]
+    rank = np.arange(n, 0, -1, dtype=np.uint8)[:, None]  # n - position
+    gidx = np.arange(k)
+    xa, wa, wxa, La = x, w, wx, L.copy()
+    Li = La.astype(np.int32)
+    Li += _OFF
+    sx, s2 = sumlx.copy(), suml2.copy()
+    kc = k
+    cur = np.zeros(k, np.int8)
+    npass = np.zeros(k, np.int8)
+    changed = np.zeros(k, bool)
+    alive = np.ones(k, bool)
+    lo_off = None if lo is None else lo + _OFF
+    hi_off = hi + _OFF
+    first = True
+    with np.errstate(**_ERR):
+        while True:
+            sh = (n, kc)
+            slx = np.multiply(wxa, La, out=_WS.get("r_slx", sh))
+            np.subtract(sx, slx, out=slx)
+            sl2 = np.multiply(wa, La, out=_WS.get("r_sl2", sh))
+            sl2 *= La
+            np.subtract(s2, sl2, out=sl2)
+            ok = np.greater(slx, 0, out=_WS.get("r_ok", sh, bool))
+            tb = _WS.get("r_tb", sh, bool)
+            if qp:
+                ok &= np.greater(sl2, 0, out=tb)
+            q = np.multiply(xa, sl2, out=_WS.get("r_q", sh))
+            q /= slx
+            q += _MAGIC
+            ni = q.view(np.int32)
+            ni &= 0x007FFFFF  # nearest_int(...) + _OFF
+            if lo_off is None:
+                np.minimum(ni, hi_off, out=ni)
+            else:
+                np.clip(ni, lo_off, hi_off, out=ni)
+            ok &= np.not_equal(ni, Li, out=tb)
+            if first:
+                first = False
+                cb = np.flatnonzero(np.logical_or.reduce(ok, axis=0))
+                if cb.size * 2 <= kc:  # columns without a candidate move are done: keep only the others
+                    if cb.size == 0:
+                        break
+                    gidx = cb
+                    xa, wa, wxa, La, Li = _take_cols((xa, wa, wxa, La, Li), cb)
+                    sx, s2 = sx[cb], s2[cb]
+                    kc = cb.size
+                    cur, npass = cur[:kc], npass[:kc]
+                    changed, alive = changed[:kc], alive[:kc]
+                    first = True
+                    continue
+            else:
+                ok &= np.greater_equal(pos, cur, out=tb)
+            nf = _WS.get("r_nf", sh)
+            nf[...] = ni
+            nf -= F32(_OFF)  # the new quant (exact: |value| < 2^23)
+            t = np.multiply(wxa, nf, out=_WS.get("r_t", sh))
+            slx += t
+            np.multiply(wa, nf, out=t)
+            t *= nf
+            sl2 += t
+            if not qp:
+                ok &= np.greater(sl2, 0, out=tb)
+            a1 = np.multiply(slx, slx, out=t)
+            a1 *= s2
+            a2 = np.multiply(sx, sx)
+            ok &= np.greater(a1, a2 * sl2, out=tb)  # slx*slx*suml2 > sumlx*sumlx*sl2
+            p = np.maximum.reduce(np.multiply(ok, rank, out=_WS.get("r_p", sh, np.uint8)), axis=0)
+            cols = np.flatnonzero(p)
+            if cols.size:
+                pr = n - p[cols].astype(np.intp)
+                nv = nf[pr, cols]
+                if qp:
+                    nv = (nv.astype(np.int32) & 0xFF).astype(np.float32)
+                La[pr, cols] = nv
+                Li[pr, cols] = nv.astype(np.int32) + _OFF
+                L[pr, gidx[cols]] = nv
+                sx[cols] = slx[pr, cols]
+                s2[cols] = sl2[pr, cols]
+                cur[cols] = pr + 1
+                changed[cols] = True
+            end = alive & (p == 0)
+            again = end & changed & (npass < 4)
+            cur[again] = 0
+            npass[again] += 1
+            changed[again] = False
+            fin = end & ~again
+            if fin.any():
+                fc = np.flatnonzero(fin)
+                sumlx[gidx[fc]] = sx[fc]
+                suml2[gidx[fc]] = s2[fc]
+                alive[fc] = False
+                cur[fc] = n
+            na = int(np.count_nonzero(alive))
+            if na == 0:
+                break
+            if na * 2 <= kc and kc - na >= 256:  # compact the still active columns
+                keep = np.flatnonzero(alive)
+                gidx = gidx[keep]
+                xa, wa, wxa, La, Li = _take_cols((xa, wa, wxa, La, Li), keep)
+                sx, s2, cur, npass, changed = sx[keep], s2[keep], cur[keep], npass[keep], changed[keep]
+                alive = np.ones(na, bool)
+                kc = na
+
+
+def _make_q3_quants(X):
+    """make_q3_quants(16, 4, x, L, true) for the columns of X [16, k]: (scale [k], L [16, k] float32 0..7)."""
+    amax, mx = _absmax_first(X)
+    zero = amax < EPS
+    with np.errstate(**_ERR):
+        iscale = F32(-4) / np.where(zero, F32(1), mx)
+    L = np.rint(X * iscale)
+    np.clip(L, F32(-4), F32(3), out=L)
+    w = X * X
+    wx = w * X
+    sumlx = _rsum(wx * L, True)
+    suml2 = _rsum((w * L) * L, True)
+    _refine(X, w, wx, L, sumlx, suml2, -4, 3, False)
+    with np.errstate(**_ERR):
+        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
+    scale[zero] = 0
+    return scale, L, zero
+
+
+def _make_qx_quants(X, W, nmax, exact):
+    """make_qx_quants(n, nmax, x, L, 1, qw) for the columns of X [n, k] with weights W.
+
+    Returns (scale [k], best iscale [k] (0 for all-zero columns), L [n, k] int (0..2*nmax-1)) where L is
+    only built when ``exact`` (the small second-level call); otherwise rebuild it with ``_qx_levels``."""
+    amax, mx = _absmax_first_c(X) if exact else _absmax_first(X)
+    zero = amax < EPS
+    mxs = np.where(zero, F32(1), mx)
+    wx = np.multiply(W, X, out=_WS.get(("e" if exact else "x") + "_wx", X.shape))
+    fmax, fmin = F32(nmax - 1), F32(-nmax)
+
+    shape = X.shape
+    tag = "e" if exact else "x"
+    tb = _WS.get(tag + "_t", shape)
+
+    def trial(isc):
+        if exact:
+            lv = np.clip(nearest_int_c(X * isc), -nmax, nmax - 1).astype(np.float32)
+        else:
+            lv = np.multiply(X, isc, out=_WS.get("x_lv", shape))
+            np.rint(lv, out=lv)
+            np.clip(lv, fmin, fmax, out=lv)
+        sx = _rsum(np.multiply(wx, lv, out=tb), True)
+        np.multiply(W, lv, out=tb)
+        np.multiply(tb, lv, out=tb)
+        return lv, sx, _rsum(tb, True)
+
+    with np.errstate(**_ERR):
+        iscale = F32(-nmax) / mxs
+        lv, sumlx, suml2 = trial(iscale)
+        L = lv if exact else None
+        nz = suml2 != 0
+        scale = np.where(nz, sumlx / np.where(nz, suml2, F32(1)), F32(0))
+        best = scale * sumlx
+        best_isc = iscale
+        for s in range(-9, 10):
+            if s == 0:
+                continue
+            isc = -(F32(nmax) + F32(0.1) * F32(s)) / mxs
+            lv, sx, s2 = trial(isc)
+            better = (s2 > 0) & ((sx * sx) > (best * s2))
+            if better.any():
+                scale = np.where(better, sx / s2, scale)
+                best = np.where(better, scale * sx, best)
+                best_isc = np.where(better, isc, best_isc)
+                if exact:
+                    L = np.where(better, lv, L)
+    scale[zero] = 0
+    best_isc = np.where(zero, F32(0), best_isc)
+    if exact:
+        L = (L + F32(nmax)).astype(np.int32)
+        L[:, zero] = 0
+    return scale, best_isc, L
+
+
+def _qx_levels(x, isc, nmax):
+    """The quants make_qx_quants stored for iscale ``isc`` (rows of x [m, n], isc [m]; 0 = all-zero block)."""
+    with np.errstate(**_ERR):
+        lv = np.clip(nearest_int_c(x * isc[:, None]), -nmax, nmax - 1) + nmax
+    lv[isc == 0] = 0
+    return lv
+
+
+def _qkx_eval(X, W, La, sum_w, sum_x, use_mad, tag):
+    """One step of make_qkx2/3_quants for the columns of X with quants La: (D, this_scale, this_min, error)."""
+    shape = X.shape
+    WL = np.multiply(W, La, out=_WS.get(tag + "wl", shape))
+    T2 = _WS.get(tag + "t2", shape)
+    sum_l = _rsum(WL, True)
+    sum_l2 = _rsum(np.multiply(WL, La, out=T2), True)
+    sum_xl = _rsum(np.multiply(WL, X, out=T2), True)
+    D = sum_w * sum_l2 - sum_l * sum_l
+    this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+    this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+    pos = this_min > 0
+    if pos.any():
+        this_min[pos] = 0
+        this_scale[pos] = sum_xl[pos] / sum_l2[pos]
+    np.multiply(La, this_scale, out=T2)
+    T2 += this_min
+    T2 -= X
+    if use_mad:
+        np.abs(T2, out=T2)
+    else:
+        T2 *= T2
+    T2 *= W
+    return D, this_scale, this_min, _rsum(T2, True)
+
+
+def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
+    """make_qkx2_quants / make_qkx3_quants (identical for finite x) over the columns of X [16, k].
+
+    Returns (scale, the_min, iscale, min) where the last two rebuild the chosen quants (``_qkx_levels``)."""
+    shape = X.shape
+    mn = np.minimum(X.min(axis=0), F32(0))
+    mx = X.max(axis=0)
+    sum_w = _rsum(W)
+    sum_x = _rsum(np.multiply(W, X, out=_WS.get("qat2", shape)))
+    flat = mx == mn
+    fmax = F32(nmax)
+    with np.errstate(**_ERR):
+        rng = mx - mn
+        iscale = fmax / np.where(flat, F32(1), rng)
+        scale = F32(1) / iscale
+        XM = np.subtract(X, mn, out=_WS.get("q_xm", shape))
+        La = _WS.get("q_la", shape)
+        La[...] = nearest_int_c(XM * iscale)
+        np.clip(La, F32(0), fmax, out=La)
+        E = np.multiply(La, scale, out=_WS.get("qat2", shape))
+        E += mn
+        E -= X
+        if use_mad:
+            np.abs(E, out=E)
+        else:
+            E *= E
+        E *= W
+        best = _rsum(E, True)
+        best_isc = iscale.copy()
+        used_mn = mn.copy()
+        mn = mn.copy()
+        stale = False
+        for s in range(nstep + 1):
+            if stale:
+                np.subtract(mx, mn, out=rng)
+                np.subtract(X, mn, out=XM)
+            isc = (F32(rmin) + F32(rdelta) * F32(s) + fmax) / rng
+            np.multiply(XM, isc, out=La)
+            np.rint(La, out=La)
+            np.clip(La, F32(0), fmax, out=La)
+            D, this_scale, this_min, cur = _qkx_eval(X, W, La, sum_w, sum_x, use_mad, "qa")
+            bi = np.flatnonzero((D > 0) & (cur < best))
+            stale = bi.size > 0
+            if stale:
+                best[bi] = cur[bi]
+                scale[bi] = this_scale[bi]
+                best_isc[bi] = isc[bi]
+                used_mn[bi] = mn[bi]
+                mn[bi] = this_min[bi]
+    scale = np.where(flat, F32(0), scale)
+    best_isc = np.where(flat, F32(0), best_isc)
+    return scale, -mn, best_isc, used_mn
+
+
+def _qkx_levels(x, isc, mn, nmax):
+    """The quants make_qkx2/3_quants stored: rows of x [m, 16] with the chosen iscale and min."""
+    with np.errstate(**_ERR):
+        return np.clip(nearest_int_c((x - mn[:, None]) * isc[:, None]), 0, nmax)
+
+
+def _make_qp_quants(x, qw, nmax):
+    """make_qp_quants(16, nmax, x, L, qw) for the columns of x [16, k]: (scale [k], L [16, k] int 0..255)."""
+    n, k = x.shape
+    with np.errstate(**_ERR):
+        mx = np.zeros(k, np.float32)
+        for i in range(n):  # MAX(max, x[i]) = max > x[i] ? max : x[i]
+            mx = np.where(mx > x[i], mx, x[i])
+        zero = mx < EPS
+        iscale = F32(nmax) / mx
+        scale = F32(1) / iscale
+        L0 = (nearest_int_c(x * iscale) & 0xFF).astype(np.float32)
+        diff = x - scale * L0
+        best = _rsum((qw * diff) * diff, True)
+        for s in range(-4, 5):
+            if s == 0:
+                continue
+            isc = (F32(0.1) * F32(s) + F32(nmax)) / mx
+            sc = F32(1) / isc
+            lv = np.minimum(nmax, nearest_int_c(x * isc)).astype(np.float32)
+            diff = x - sc * lv
+            mse = _rsum((qw * diff) * diff, True)
+            better = mse < best
+            best = np.where(better, mse, best)
+            iscale = np.where(better, isc, iscale)
+        lint = np.minimum(nmax, nearest_int_c(x * iscale))
+        lf = lint.astype(np.float32)
+        wx = qw * x
+        sumlx = _rsum(wx * lf, True)
+        suml2 = _rsum((qw * lf) * lf, True)
+        L = (lint & 0xFF).astype(np.float32)
+        _refine(x, qw, wx, L, sumlx, suml2, None, nmax, True)
+        out = np.where(suml2 > 0, sumlx / suml2, F32(0))
+    out[zero] = 0
+    Li = L.astype(np.int32)
+    Li[:, zero] = 0
+    return out, Li
+
+
+# -- packing ---------------------------------------------------------------------------------------
+
+def _pack_2bit(L):
+    """L uint8 [m, 256] (0..3) -> qs [m, 64]: byte 32h+l holds L[128h + 32s + l] at bits 2s."""
+    Lr = L.reshape(-1, 2, 4, 32)
+    qs = Lr[:, :, 0] | (Lr[:, :, 1] << 2)
+    qs |= Lr[:, :, 2] << 4
+    qs |= Lr[:, :, 3] << 6
+    return qs.reshape(-1, 64)
+
+
+def _to_T(xb, a, b, name="t_x"):
+    """Sub-blocks a..b of xb [k, 16] as [16, b - a] (in a reused scratch array)."""
+    src = xb[a:b]
+    out = _WS.get(name, (src.shape[1], src.shape[0]))
+    np.copyto(out, src.T)
+    return out
+
+
+def _superblock_weights(x, imatrix, factor):
+    """quant weights of the *_impl functions: qw[j] * sqrtf(sigma2 + x[j]^2), sigma2 = factor*sum(x^2)/QK_K
+    per super-block (the C loop's order). Returns [nsb, 256]."""
+    rows, n = x.shape
+    xs = x.reshape(-1, QK_K)
+    x2 = np.ascontiguousarray((xs * xs).T)
+    sumx2 = _rsum(x2, True)
+    if factor == 2:
+        sigma2 = (F32(2) * sumx2) / F32(QK_K)
+    else:
+        sigma2 = sumx2 / F32(QK_K)
+    qw = np.broadcast_to(imatrix.reshape(1, n // QK_K, QK_K), (rows, n // QK_K, QK_K)).reshape(-1, QK_K)
+    return (qw * np.sqrt(sigma2[:, None] + xs * xs)).astype(np.float32)
+
+
+# -- Q2_K ------------------------------------------------------------------------------------------
+
+class Q2_K(Kernel, qtype=T.Q2_K):
+    uses_imatrix = True
+
+    @classmethod
+    def quantize_rows(cls, x, imatrix):
+        rows, n = x.shape
+        nsb = rows * n // QK_K
+        nb = nsb * 16
+        xb = x.reshape(nb, 16)
+        scales = np.empty(nb, np.float32)
+        mins = np.empty(nb, np.float32)
+        iscs = np.empty(nb, np.float32)
+        used = np.empty(nb, np.float32)
+        if imatrix is None:  # quantize_row_q2_K_ref: make_qkx2_quants(16, 3, x, |x|, ..., -0.5, 0.1, 15, true)
+            for a in range(0, nb, _BATCH):
+                X = _to_T(xb, a, a + _BATCH)
+                res = _qkx_search(X, np.abs(X, out=_WS.get("t_w", X.shape)), 3, -0.5, 0.1, 15, True)
+                scales[a:a + _BATCH], mins[a:a + _BATCH], iscs[a:a + _BATCH], used[a:a + _BATCH] = res
+            S = scales.reshape(nsb, 16)
+            M = mins.reshape(nsb, 16)
+            with np.errstate(**_ERR):
+                max_scale = np.fmax(np.fmax.reduce(S, axis=1), F32(0))  # C: if (scale > max_scale)
+                max_min = np.fmax(np.fmax.reduce(M, axis=1), F32(0))
+                ps = max_scale > 0
+                pm = max_min > 0
+                ls = np.where(ps[:, None], nearest_int_c(S * (F32(15) / max_scale)[:, None]), 0)
+                lm = np.where(pm[:, None], nearest_int_c(M * (F32(15) / max_min)[:, None]), 0)
+                sc = ((ls & 0xFF) | ((lm << 4) & 0xFF)).astype(np.uint8)
+                d_bits = fp16_bits(np.where(ps, max_scale / F32(15), F32(0)))
+                m_bits = fp16_bits(np.where(pm, max_min / F32(15), F32(0)))
+        else:  # quantize_row_q2_K_impl: make_qkx3_quants(..., -0.9, 0.05, 36, false) + make_qp_quants
+            wt = _superblock_weights(x, imatrix, 1).reshape(nb, 16)
+            sw = np.empty(nb, np.float32)
+            for a in range(0, nb, _BATCH):
+                X = _to_T(xb, a, a + _BATCH)
+                Wt = _to_T(wt, a, a + _BATCH, "t_w")
+                sw[a:a + _BATCH] = _rsum(Wt, True)
+                res = _qkx_search(X, Wt, 3, -0.9, 0.05, 36, False)
+                scales[a:a + _BATCH], mins[a:a + _BATCH], iscs[a:a + _BATCH], used[a:a + _BATCH] = res
+            swT = sw.reshape(nsb, 16).T
+            both, Lb = _make_qp_quants(np.concatenate([scales.reshape(nsb, 16).T, mins.reshape(nsb, 16).T], axis=1),
+                                       np.concatenate([swT, swT], axis=1), 15)  # scales and mins in one go
+            dm, mm, Ls, Lm = both[:nsb], both[nsb:], Lb[:, :nsb], Lb[:, nsb:]
+            sc = ((Ls | (Lm << 4)) & 0xFF).T.astype(np.uint8)
+            d_bits = fp16_bits(dm)
+            m_bits = fp16_bits(mm)
+        # the quants again from the stored scales (sub-blocks whose scale is 0 keep the search's quants)
+        d = fp16_value(d_bits)[:, None] * (sc & 0xF).astype(np.float32)
+        dmn = fp16_value(m_bits)[:, None] * (sc >> 4).astype(np.float32)
+        xs = x.reshape(nsb, 16, 16)
+        with np.errstate(**_ERR):
+            q = (xs + dmn[:, :, None]) / d[:, :, None]
+            L = nearest_int_c(q)
+        np.clip(L, 0, 3, out=L)
+        L = L.astype(np.uint8)
+        dz = np.flatnonzero(d.reshape(-1) == 0)
+        if dz.size:
+            L.reshape(nb, 16)[dz] = _qkx_levels(xb[dz], iscs[dz], used[dz], 3)
+        out = np.empty((nsb, cls.type_size), np.uint8)
+        out[:, :16] = sc
+        out[:, 16:80] = _pack_2bit(L.reshape(nsb, QK_K))
+        out[:, 80:82] = d_bits.reshape(-1, 1).view(np.uint8)
+        out[:, 82:84] = m_bits.reshape(-1, 1).view(np.uint8)
+        return out.reshape(rows, -1)
+
+    @classmethod
+    def dequantize_rows(cls, q, n):  # dequantize_row_q2_K
+        blk = q.reshape(-1, cls.type_size)
+        m = blk.shape[0]
+        sc = blk[:, :16]
+        dm = fp16_value(np.ascontiguousarray(blk[:, 80:84]).view("<u2"))
+        dl = dm[:, :1] * (sc & 0xF).astype(np.float32)
+        ml = dm[:, 1:2] * (sc >> 4).astype(np.float32)
+        qs = blk[:, 16:80]
+        v = np.empty((m, 8, 32), np.uint8)
+        for k in range(8):  # value 32k + l: bits 2(k%4) of qs[32(k//4) + l]
+            t = np.right_shift(qs[:, 32 * (k // 4):32 * (k // 4) + 32], np.uint8(2 * (k % 4)), out=v[:, k])
+            t &= np.uint8(3)
+        y = v.astype(np.float32).reshape(m, QK_K)
+        y *= np.repeat(dl, 16, axis=1)
+        y -= np.repeat(ml, 16, axis=1)
+        return y.reshape(q.shape[0], n)
+
+
+# -- Q3_K ------------------------------------------------------------------------------------------
+
+def _pack_q3_scales(l):
+    """6-bit scales l [m, 16] (0..63) -> the 12 scale bytes of block_q3_K."""
+    l = l.astype(np.uint8)
+    lo = l & 0xF
+    hi = l >> 4
+    s = np.empty((l.shape[0], 12), np.uint8)
+    s[:, :8] = lo[:, :8] | (lo[:, 8:] << 4)
+    s[:, 8:] = hi[:, 0:4] | (hi[:, 4:8] << 2) | (hi[:, 8:12] << 4) | (hi[:, 12:16] << 6)
+    return s
+
+
+def _unpack_q3_scales(s):
+    """The 12 scale bytes -> 6-bit scales [m, 16] (dequantize_row_q3_K's kmask shuffle)."""
+    lo = np.concatenate([s[:, :8] & 0xF, s[:, :8] >> 4], axis=1)
+    hi = np.concatenate([(s[:, 8:] >> k) & 3 for k in (0, 2, 4, 6)], axis=1)
+    return lo | (hi << 4)
+
+
+class Q3_K(Kernel, qtype=T.Q3_K):
+    uses_imatrix = True
+
+    @classmethod
+    def quantize_rows(cls, x, imatrix):
+        rows, n = x.shape
+        nsb = rows * n // QK_K
+        nb = nsb * 16
+        xb = x.reshape(nb, 16)
+        scales = np.empty(nb, np.float32)
+        if imatrix is None:  # quantize_row_q3_K_ref: make_q3_quants(16, 4, x, L, true)
+            Lq, zq = [], []  # the search's quants and all-zero flags, per batch (only used where d == 0)
+            for a in range(0, nb, _BATCH):
+                X = _to_T(xb, a, a + _BATCH)
+                scales[a:a + _BATCH], Lb, zb = _make_q3_quants(X)
+                Lq.append(Lb)
+                zq.append(zb)
+            S = scales.reshape(nsb, 16)
+            with np.errstate(**_ERR):
+                A = np.abs(S)
+                A[np.isnan(A)] = -1  # never selected by `if (scale > amax)`
+                idx = np.argmax(A, axis=1)
+                r = np.arange(nsb)
+                max_scale = np.where(A[r, idx] > 0, S[r, idx], F32(0))
+                has = max_scale != 0
+                iscale = F32(-32) / max_scale
+                l8 = ((nearest_int_c(S * iscale[:, None]) + 128) & 0xFF) - 128  # int8_t l = nearest_int(...)
+                ls = np.clip(l8, -32, 31) + 32
+                ls[~has] = 0  # memset(y[i].scales, 0, 12)
+                d_bits = fp16_bits(np.where(has, F32(1) / iscale, F32(0)))
+        else:  # quantize_row_q3_K_impl: make_qx_quants(16, 4, x, L, 1, weight), then of the scales
+            wt = _superblock_weights(x, imatrix, 2).reshape(nb, 16)
+            sw = np.empty(nb, np.float32)
+            iscs = np.empty(nb, np.float32)
+            for a in range(0, nb, _BATCH):
+                X = _to_T(xb, a, a + _BATCH)
+                Wt = _to_T(wt, a, a + _BATCH, "t_w")
+                sw[a:a + _BATCH] = _rsum(Wt, True)
+                scales[a:a + _BATCH], iscs[a:a + _BATCH], _ = _make_qx_quants(X, Wt, 4, False)
+            d_block, _, Ls = _make_qx_quants(np.ascontiguousarray(scales.reshape(nsb, 16).T),
+                                             np.ascontiguousarray(sw.reshape(nsb, 16).T), 32, True)
+            ls = Ls.T
+            d_bits = fp16_bits(d_block)
+        sc = (ls - 32).astype(np.float32)  # also right for the memset case: d * -32 == 0 skips the sub-block
+        d = fp16_value(d_bits)[:, None] * sc
+        xs = x.reshape(nsb, 16, 16)
+        with np.errstate(**_ERR):
+            L = nearest_int_c(xs / d[:, :, None])
+        np.clip(L, -4, 3, out=L)
+        L += 4
+        L = L.astype(np.uint8)
+        dz = np.flatnonzero(d.reshape(-1) == 0)
+        if dz.size:
+            if imatrix is None:
+                Lz = np.empty((dz.size, 16), np.uint8)
+                for j, a in enumerate(range(0, nb, _BATCH)):
+                    m = (dz >= a) & (dz < a + _BATCH)
+                    if m.any():
+                        sel = dz[m] - a
+                        Lz[m] = np.where(zq[j][sel, None], 0, Lq[j][:, sel].T + 4)
+                L.reshape(nb, 16)[dz] = Lz
+            else:
+                L.reshape(nb, 16)[dz] = _qx_levels(xb[dz], iscs[dz], 4)
+        L = L.reshape(nsb, 8, 32)
+        out = np.empty((nsb, cls.type_size), np.uint8)
+        out[:, :32] = np.packbits(L > 3, axis=1, bitorder="little")[:, 0]
+        out[:, 32:96] = _pack_2bit((L & 3).reshape(nsb, QK_K))
+        out[:, 96:108] = _pack_q3_scales(ls)
+        out[:, 108:110] = d_bits.reshape(-1, 1).view(np.uint8)
+        return out.reshape(rows, -1)
+
+    @classmethod
+    def dequantize_rows(cls, q, n):  # dequantize_row_q3_K
+        blk = q.reshape(-1, cls.type_size)
+        m = blk.shape[0]
+        d_all = fp16_value(np.ascontiguousarray(blk[:, 108:110]).view("<u2")).reshape(-1)
+        sc = _unpack_q3_scales(blk[:, 96:108]).astype(np.int8) - np.int8(32)
+        dl = d_all[:, None] * sc.astype(np.float32)
+        hm = blk[:, :32]
+        qs = blk[:, 32:96]
+        v = np.empty((m, 8, 32), np.uint8)
+        for k in range(8):  # value 32k + l: bits 2(k%4) of qs[32(k//4) + l], bit k of hmask[l]
+            h = hm >> np.uint8(k)
+            h &= np.uint8(1)
+            h <<= np.uint8(2)
+            t = qs[:, 32 * (k // 4):32 * (k // 4) + 32] >> np.uint8(2 * (k % 4))
+            t &= np.uint8(3)
+            t |= h
+            np.subtract(t, np.uint8(4), out=v[:, k])  # (q & 3) - (hm ? 0 : 4), as int8
+        y = v.view(np.int8).astype(np.float32).reshape(m, QK_K)
+        y *= np.repeat(dl, 16, axis=1)
+        return y.reshape(q.shape[0], n)
