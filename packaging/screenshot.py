@@ -1,0 +1,90 @@
+"""Render Model Workbench offscreen and save a screenshot.
+
+    python packaging/screenshot.py MODEL_PATH OUT.png [--tensor NAME] [--tab tensor|metadata]
+                                   [--size 1280x800] [--filter TEXT] [--expand]
+
+Opens the model, selects a tensor (the given one, else the first 2-D tensor), waits for its
+histogram, and saves ``window.grab()``.  Uses an isolated settings file, never the user's.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from PySide6.QtCore import QEventLoop, QSettings, QTimer  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+TIMEOUT_MS = 120_000
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", help="model file or folder, or 'demo' for the built-in demo model")
+    p.add_argument("output", help="PNG file to write")
+    p.add_argument("--tensor", help="tensor to select (default: the first 2-D tensor)")
+    p.add_argument("--tab", choices=("tensor", "metadata"), default="tensor")
+    p.add_argument("--size", default="1280x800", help="window size WxH")
+    p.add_argument("--filter", help="text typed into the tensor filter")
+    p.add_argument("--expand", action="store_true", help="expand every layer of the tensor tree")
+    args = p.parse_args(argv)
+
+    from ui.app import ensure_app
+    from ui.main_window import MainWindow
+    from ui.worker import stop_all_workers
+
+    app = ensure_app()
+    settings = QSettings(os.path.join(tempfile.mkdtemp(prefix="wb-shot-"), "s.ini"), QSettings.Format.IniFormat)
+    window = MainWindow(settings=settings)
+    w, h = (int(x) for x in args.size.lower().split("x"))
+    window.resize(w, h)
+    window.show()
+
+    loop = QEventLoop()
+    state: dict[str, str] = {}
+
+    def finish(status: str) -> None:
+        state.setdefault("status", status)
+        loop.quit()
+
+    def loaded(model) -> None:
+        name = args.tensor or next((t.name for t in model.tensors if len(t.shape) == 2), model.tensors[0].name)
+        if args.filter:
+            window.tree.filter.set_text(args.filter)
+        if not window.tree.select(name):
+            finish(f"no tensor named {name!r}")
+            return
+        if args.expand:
+            window.tree.expand_all()
+            window.tree.select(name)
+        window.tabs.setCurrentIndex(1 if args.tab == "metadata" else 0)
+
+    window.model_loaded.connect(loaded)
+    window.load_failed.connect(lambda m: finish(f"load failed: {m}"))
+    window.detail.stats_shown.connect(lambda _s: finish("ok"))
+    window.detail.worker.error.connect(lambda m: finish(f"statistics failed: {m}"))
+    QTimer.singleShot(TIMEOUT_MS, lambda: finish("timed out"))
+    if args.path == "demo":
+        window.open_demo()
+    else:
+        window.open_path(args.path)
+    if "status" not in state:
+        loop.exec()
+    # let layouts and the plot settle for a few event-loop turns before grabbing
+    for _ in range(5):
+        app.processEvents()
+    ok = window.grab().save(args.output)
+    window.shutdown()
+    window.close()
+    stop_all_workers()
+    print(f"{state['status']}: {args.output}" + ("" if ok else " (could not write the PNG)"))
+    return 0 if state["status"] == "ok" and ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The generic background worker: results, progress, errors, superseding, cancel, shutdown."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from ui.worker import Worker, stop_all_workers
+from workbench import FormatError, Progress
+
+
+@pytest.fixture
+def worker(qtbot):
+    w = Worker(name="test")
+    yield w
+    assert w.shutdown(5000)
+
+
+def counting_job(n: int, result):
+    for i in range(n):
+        yield Progress(i + 1, n, f"step {i + 1}")
+    return result
+
+
+def blocking_job(gate: threading.Event, closed: threading.Event, result="slow"):
+    """Yields progress until ``gate`` is set; records that the generator was closed (cancel)."""
+    try:
+        i = 0
+        while not gate.wait(0.005):
+            i += 1
+            yield Progress(i, 0, "waiting")
+        return result
+    finally:
+        closed.set()
+
+
+def test_result_progress_and_finished(qtbot, worker):
+    progress, results = [], []
+    worker.progress.connect(lambda d, t, m: progress.append((d, t, m)))
+    worker.result.connect(results.append)
+    with qtbot.waitSignals([worker.result, worker.finished], timeout=5000, order="strict"):
+        job_id = worker.start(counting_job, 3, {"answer": 42})
+    assert results == [{"answer": 42}]
+    assert job_id == 1 and not worker.is_busy()
+    assert progress and progress[0] == (1, 3, "step 1")  # later steps may be throttled
+
+
+def test_plain_function_runs_on_a_pool_thread(qtbot, worker):
+    main = threading.current_thread()
+    with qtbot.waitSignal(worker.result, timeout=5000) as blocker:
+        worker.start(lambda: threading.current_thread())
+    assert blocker.args[0] is not main
+
+
+def test_workbench_error_message(qtbot, worker):
+    def failing():
+        yield Progress(0, 1)
+        raise FormatError("header is truncated", path="/tmp/x.gguf")
+
+    with qtbot.waitSignal(worker.error, timeout=5000) as blocker:
+        worker.start(failing)
+    assert blocker.args == ["/tmp/x.gguf: header is truncated"]
+
+
+def test_unexpected_error_is_reported_and_logged(qtbot, worker, caplog):
+    def buggy():
+        raise ValueError("boom")
+
+    with caplog.at_level(logging.ERROR, logger="ui.worker"):
+        with qtbot.waitSignal(worker.error, timeout=5000) as blocker:
+            worker.start(buggy)
+    assert blocker.args == ["Unexpected error: ValueError: boom"]
+    assert "Traceback" in caplog.text and "boom" in caplog.text
+
+
+def test_superseded_job_result_is_dropped(qtbot, worker):
+    gate, closed = threading.Event(), threading.Event()
+    results = []
+    worker.result.connect(results.append)
+    with qtbot.waitSignal(worker.progress, timeout=5000):  # the first job is running
+        first = worker.start(blocking_job, gate, closed, "first")
+    with qtbot.waitSignal(worker.result, timeout=5000):
+        second = worker.start(counting_job, 2, "second")
+    gate.set()
+    assert worker.wait(5000)
+    qtbot.waitUntil(lambda: not worker._tasks, timeout=5000)  # every queued signal delivered
+    assert second == first + 1
+    assert results == ["second"]
+    assert closed.is_set()  # the superseded generator was closed, its finally ran
+
+
+def test_cancel_stops_the_generator(qtbot, worker):
+    gate, closed = threading.Event(), threading.Event()
+    results = []
+    worker.result.connect(results.append)
+    with qtbot.waitSignal(worker.progress, timeout=5000):
+        worker.start(blocking_job, gate, closed)
+    with qtbot.waitSignals([worker.cancelled, worker.finished], timeout=5000):
+        worker.cancel()
+    assert not worker.is_busy()
+    assert worker.wait(5000)
+    assert closed.is_set() and results == []
+
+
+def test_stop_all_workers_waits_for_threads(qtbot):
+    gate, closed = threading.Event(), threading.Event()
+    w = Worker()
+    with qtbot.waitSignal(w.progress, timeout=5000):
+        w.start(blocking_job, gate, closed)
+    assert stop_all_workers(5000)
+    assert closed.is_set()
+
+
+def test_huge_progress_counts_fit_qt_ints(qtbot, worker):
+    seen = []
+    worker.progress.connect(lambda d, t, m: seen.append((d, t)))
+
+    def big():
+        yield Progress(3_000_000_000, 6_000_000_000, "big")
+        return None
+
+    with qtbot.waitSignal(worker.result, timeout=5000):
+        worker.start(big)
+    assert seen == [(500_000, 1_000_000)]

@@ -1,0 +1,302 @@
+"""The main window: assembles the widgets, menus, drag-and-drop, settings and the loading worker."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (QFileDialog, QMainWindow, QMessageBox, QSplitter, QStackedWidget, QTabWidget,
+                               QWidget)
+
+from workbench import Model, iter_open_model
+
+from . import APP_NAME, ORG_NAME
+from .about import show_about
+from .drop import DropForwarder, local_paths, path_to_open
+from .metadata_view import MetadataWidget
+from .recent_files import RecentFiles, RecentFilesMenu
+from .status_bar import StatusBar
+from .tensor_detail import TensorDetailWidget
+from .tensor_tree import TensorTreeWidget
+from .welcome import WelcomeWidget
+from .worker import Worker
+
+FILE_FILTER = ("Model files (*.gguf *.safetensors *.bin *.pt *.pth *.index.json);;"
+               "GGUF (*.gguf);;safetensors (*.safetensors *.safetensors.index.json);;All files (*)")
+
+
+def open_demo_job():
+    """Background job: generate the demo model on first use (file I/O), then open it."""
+    from workbench.demo import demo_model_path
+
+    return (yield from iter_open_model(demo_model_path()))
+
+
+def default_settings() -> QSettings:
+    """The user's settings.  Honours ``QSettings.setDefaultFormat``/``setPath`` (tests redirect them)."""
+    return QSettings(QSettings.defaultFormat(), QSettings.Scope.UserScope, ORG_NAME, APP_NAME)
+
+
+class MainWindow(QMainWindow):
+    """``model_loaded(Model)`` after a successful open; ``load_failed(str)`` with the message shown."""
+
+    model_loaded = Signal(object)
+    load_failed = Signal(str)
+
+    def __init__(self, settings: QSettings | None = None,
+                 show_error: Callable[[str, str], None] | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.settings = settings if settings is not None else default_settings()
+        self.show_error = show_error or self._error_box  # (title, message); tests may inject their own
+        self.open_job = iter_open_model  # the job generator factory used to load a path (injectable)
+        self.model: Model | None = None
+        self.error_box: QMessageBox | None = None
+        self._pending_path: str | None = None
+        self.setWindowTitle(APP_NAME)
+        self.setAcceptDrops(True)
+
+        self.loader = Worker(self, name="loader")
+        self.loader.result.connect(self._on_loaded)
+        self.loader.error.connect(self._on_load_error)
+        self.loader.cancelled.connect(lambda: self.statusBar().showMessage("Loading cancelled", 4000))
+
+        self.tree = TensorTreeWidget(self)
+        self.detail = TensorDetailWidget(self)
+        self.metadata = MetadataWidget(self)
+        self.tree.selected.connect(self._on_tree_selected)
+        self.tabs = QTabWidget(self)
+        self.tabs.addTab(self.detail, "Tensor")
+        self.tabs.addTab(self.metadata, "Metadata")
+        self.tabs.setTabToolTip(0, "The selected tensor: location, value statistics and histogram")
+        self.tabs.setTabToolTip(1, "Model metadata: GGUF keys, config.json, tokenizer, adapter settings")
+        self.splitter = QSplitter(Qt.Orientation.Horizontal, self)
+        self.splitter.setObjectName("mainSplitter")
+        self.splitter.addWidget(self.tree)
+        self.splitter.addWidget(self.tabs)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([620, 580])
+        self.splitter.setContentsMargins(6, 6, 6, 0)
+        self.splitter.setHandleWidth(8)
+        self.welcome = WelcomeWidget(self)
+        self.stack = QStackedWidget(self)
+        self.stack.addWidget(self.welcome)
+        self.stack.addWidget(self.splitter)
+        self.setCentralWidget(self.stack)
+
+        self.status = StatusBar(self)
+        self.setStatusBar(self.status)
+        self.status.track(self.loader)
+        self.status.cancel_requested.connect(self.cancel_load)
+
+        self.recent = RecentFiles(self.settings, self)
+        self._build_actions()
+        self._build_menus()
+        self.welcome.open_file.connect(self.open_file_dialog)
+        self.welcome.open_folder.connect(self.open_folder_dialog)
+        self.welcome.open_demo.connect(self.open_demo)
+        self._forward_drops()
+        self._restore_settings()
+
+    # -- construction ------------------------------------------------------------------------------
+    def _action(self, text: str, tip: str, slot, shortcut=None) -> QAction:
+        act = QAction(text, self)
+        act.setToolTip(tip)
+        if shortcut is not None:
+            act.setShortcut(QKeySequence(shortcut))
+        act.triggered.connect(lambda _checked=False: slot())
+        self.addAction(act)  # shortcuts work even while the menu bar is hidden
+        return act
+
+    def _build_actions(self) -> None:
+        K = QKeySequence.StandardKey
+        self.act_open_file = self._action("&Open File…", "Open a .gguf, .safetensors or PyTorch .bin file",
+                                          self.open_file_dialog, K.Open)
+        self.act_open_folder = self._action("Open &Folder…", "Open a Hugging Face model or PEFT adapter folder",
+                                            self.open_folder_dialog, "Ctrl+Shift+O")
+        self.act_open_demo = self._action("Open &Demo Model", "Open a tiny built-in llama-style GGUF",
+                                          self.open_demo)
+        self.act_quit = self._action("&Quit", "Quit Model Workbench", self.close, K.Quit)
+        self.act_quit.setShortcut(QKeySequence("Ctrl+Q"))
+        self.act_quit.setMenuRole(QAction.MenuRole.QuitRole)
+        self.act_focus_filter = self._action("&Filter…", "Jump to the filter box (tensors, or metadata when "
+                                             "that tab is shown)", self.focus_filter, K.Find)
+        self.act_expand = self._action("&Expand All", "Expand every layer of the tensor tree",
+                                       self.expand_all, "Ctrl+E")
+        self.act_collapse = self._action("&Collapse All", "Collapse the tensor tree to its layers",
+                                         self.collapse_all, "Ctrl+Shift+E")
+        self.act_tab_tensor = self._action("&Tensor Tab", "Show the selected tensor's details",
+                                           lambda: self.tabs.setCurrentIndex(0), "Ctrl+1")
+        self.act_tab_meta = self._action("&Metadata Tab", "Show the model's metadata",
+                                         lambda: self.tabs.setCurrentIndex(1), "Ctrl+2")
+        self.act_cancel = self._action("Cancel Loading", "Stop loading the model", self.cancel_load, "Esc")
+        self.act_about = self._action("&About Model Workbench", "Version information",
+                                      lambda: show_about(self))
+        self.act_about.setMenuRole(QAction.MenuRole.AboutRole)
+
+    def _build_menus(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        file_menu.setToolTipsVisible(True)
+        file_menu.addAction(self.act_open_file)
+        file_menu.addAction(self.act_open_folder)
+        self.recent_menu = RecentFilesMenu(self.recent, self)
+        self.recent_menu.open_requested.connect(self.open_path)
+        file_menu.addMenu(self.recent_menu)
+        file_menu.addAction(self.act_open_demo)
+        file_menu.addSeparator()
+        file_menu.addAction(self.act_quit)
+        view_menu = bar.addMenu("&View")
+        view_menu.setToolTipsVisible(True)
+        view_menu.addAction(self.act_focus_filter)
+        view_menu.addSeparator()
+        view_menu.addAction(self.act_expand)
+        view_menu.addAction(self.act_collapse)
+        view_menu.addSeparator()
+        view_menu.addAction(self.act_tab_tensor)
+        view_menu.addAction(self.act_tab_meta)
+        help_menu = bar.addMenu("&Help")
+        help_menu.setToolTipsVisible(True)
+        help_menu.addAction(self.act_about)
+
+    def _forward_drops(self) -> None:
+        forwarder = DropForwarder(self)
+        for w in self.findChildren(QWidget):
+            if w.acceptDrops():
+                w.installEventFilter(forwarder)
+
+    # -- settings ---------------------------------------------------------------------------------------
+    def _restore_settings(self) -> None:
+        geometry = self.settings.value("window/geometry")
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1280, 800)
+        splitter = self.settings.value("window/splitter")
+        if isinstance(splitter, QByteArray) and not splitter.isEmpty():
+            self.splitter.restoreState(splitter)
+        tab = self.settings.value("window/tab", 0)
+        try:
+            self.tabs.setCurrentIndex(int(tab))
+        except (TypeError, ValueError):
+            pass
+        self.last_dir = str(self.settings.value("window/last_dir", "") or "")
+
+    def save_settings(self) -> None:
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/splitter", self.splitter.saveState())
+        self.settings.setValue("window/tab", self.tabs.currentIndex())
+        self.settings.setValue("window/last_dir", self.last_dir)
+        self.settings.sync()
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        self.save_settings()
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self, timeout_ms: int = 5000) -> bool:
+        """Cancel every background job of this window and wait for the threads."""
+        ok = self.loader.shutdown(timeout_ms)
+        return self.detail.worker.shutdown(timeout_ms) and ok
+
+    # -- opening ------------------------------------------------------------------------------------------
+    def open_path(self, path: str | os.PathLike) -> int:
+        """Load a model file or folder in the background; returns the job id."""
+        path = os.fspath(path)
+        self._pending_path = path
+        self.statusBar().showMessage(f"Opening {os.path.basename(path.rstrip('/')) or path}…")
+        return self.loader.start(self.open_job, path)
+
+    def open_demo(self) -> int:
+        self._pending_path = None  # the demo lives in the cache: not worth a Recent entry
+        self.statusBar().showMessage("Opening the demo model…")
+        return self.loader.start(open_demo_job)
+
+    def open_file_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open Model File", self.last_dir, FILE_FILTER)
+        if path:
+            self.last_dir = os.path.dirname(path)
+            self.open_path(path)
+
+    def open_folder_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open Model Folder", self.last_dir)
+        if path:
+            self.last_dir = os.path.dirname(path.rstrip("/"))
+            self.open_path(path)
+
+    def cancel_load(self) -> None:
+        self.loader.cancel()
+
+    def _on_loaded(self, model: Model) -> None:
+        old, self.model = self.model, model
+        self.tree.set_model(model)
+        self.detail.set_model(model)
+        self.metadata.set_model(model)
+        self.status.set_model(model)
+        self.stack.setCurrentWidget(self.splitter)
+        self.setWindowTitle(f"{model.name} — {APP_NAME}")
+        self.setWindowFilePath(str(model.path))
+        if self._pending_path is not None:
+            self.recent.add(self._pending_path)
+        if old is not None and old is not model:
+            old.close()
+        self.model_loaded.emit(model)
+
+    def _on_load_error(self, message: str) -> None:
+        if self._pending_path is not None and not os.path.exists(self._pending_path) \
+                and self._pending_path in self.recent.paths():
+            self.recent.remove(self._pending_path)  # a recent entry that no longer exists
+        self.statusBar().showMessage("Could not open the model", 5000)
+        self.show_error("Could not open model", message)
+        self.load_failed.emit(message)
+
+    def _error_box(self, title: str, message: str) -> None:
+        """A critical message box that does not block (``open()``, not ``exec()``)."""
+        box = QMessageBox(QMessageBox.Icon.Critical, title, message, QMessageBox.StandardButton.Ok, self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        self.error_box = box
+        box.open()
+
+    # -- drag and drop -----------------------------------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        if local_paths(event.mimeData()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    dragMoveEvent = dragEnterEvent
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        path = path_to_open(local_paths(event.mimeData()))
+        if path is None:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        self.open_path(path)
+
+    # -- view commands --------------------------------------------------------------------------------
+    def focus_filter(self) -> None:
+        in_right = self.tabs.isAncestorOf(self.focusWidget()) if self.focusWidget() else False
+        if self.tabs.currentWidget() is self.metadata and in_right:
+            self.metadata.filter.focus()
+        else:
+            self.tree.filter.focus()
+
+    def expand_all(self) -> None:
+        if self.tabs.currentWidget() is self.metadata and self.tabs.isAncestorOf(self.focusWidget() or self):
+            self.metadata.view.expandAll()
+        else:
+            self.tree.expand_all()
+
+    def collapse_all(self) -> None:
+        if self.tabs.currentWidget() is self.metadata and self.tabs.isAncestorOf(self.focusWidget() or self):
+            self.metadata.view.collapseAll()
+        else:
+            self.tree.collapse_all()
+
+    def _on_tree_selected(self, item) -> None:
+        self.detail.show_item(item)

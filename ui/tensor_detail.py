@@ -1,0 +1,312 @@
+"""Details of the selected tensor: where it lives, value statistics and a histogram.
+
+Statistics run on a :class:`~ui.worker.Worker`; selecting another tensor supersedes the job, and a
+result is shown only if it belongs to the tensor currently selected.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFont, QPalette
+from PySide6.QtWidgets import (QCheckBox, QFrame, QGridLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy,
+                               QVBoxLayout, QWidget)
+
+from workbench import Model, TensorInfo
+from workbench.stats import TensorStats, tensor_stats
+
+from .formatting import count_with_percent, float_text, grouped, human_bytes, shape_text
+from .tensor_tree import TensorGroup
+from .worker import Worker
+
+INFO_FIELDS = ("Shape", "Type", "Parameters", "Size", "File", "Offset")
+STAT_FIELDS = (("min", "Min"), ("max", "Max"), ("mean", "Mean"), ("std", "Std"),
+               ("nan", "NaN"), ("inf", "Inf"), ("zeros", "Zeros"), ("sampled", "Histogram of"))
+CACHE_SIZE = 64
+BINS = 128
+
+
+def _stats_job(model: Model, name: str):
+    """Runs on the worker thread: look the tensor up and return the statistics generator."""
+    return tensor_stats(model.tensor(name), bins=BINS)
+
+
+def _value_label(parent: QWidget) -> QLabel:
+    lab = QLabel(parent)
+    lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return lab
+
+
+class TensorDetailWidget(QWidget):
+    """Shows a TensorInfo (with statistics and histogram), a layer group summary, or a hint."""
+
+    stats_shown = Signal(object)  # the TensorStats now on screen
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.worker = Worker(self, name="tensor-stats")
+        self.worker.progress.connect(self._on_progress)
+        self.worker.result.connect(self._on_result)
+        self.worker.error.connect(self._on_error)
+        self.worker.cancelled.connect(self._on_cancelled)
+        self._quiet = False
+        self._model: Model | None = None
+        self._item: TensorInfo | TensorGroup | None = None
+        self._cache: OrderedDict[str, TensorStats] = OrderedDict()
+        self.stats: TensorStats | None = None
+
+        self.title = QLabel(self)
+        self.title.setObjectName("detailTitle")
+        f = QFont(self.title.font())
+        f.setPointSizeF(f.pointSizeF() * 1.25)
+        f.setBold(True)
+        self.title.setFont(f)
+        self.title.setWordWrap(True)
+        self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        info = QGridLayout()
+        info.setHorizontalSpacing(12)
+        info.setVerticalSpacing(3)
+        self.info_labels: dict[str, QLabel] = {}
+        self._info_keys: dict[str, QLabel] = {}
+        for i, field in enumerate(INFO_FIELDS):
+            key = QLabel(field + ":", self)
+            key.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            self._info_keys[field] = key
+            val = _value_label(self)
+            val.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            self.info_labels[field] = val
+            info.addWidget(key, i, 0)
+            info.addWidget(val, i, 1)
+        info.setColumnStretch(1, 1)
+
+        self.stats_box = QFrame(self)
+        self.stats_box.setFrameShape(QFrame.Shape.StyledPanel)
+        grid = QGridLayout(self.stats_box)
+        grid.setHorizontalSpacing(12)
+        grid.setVerticalSpacing(3)
+        self.stat_labels: dict[str, QLabel] = {}
+        for i, (key, text) in enumerate(STAT_FIELDS):
+            r, c = divmod(i, 2)
+            k = QLabel(text + ":", self.stats_box)
+            k.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            v = _value_label(self.stats_box)
+            self.stat_labels[key] = v
+            grid.addWidget(k, r, 2 * c)
+            grid.addWidget(v, r, 2 * c + 1)
+        fm = self.fontMetrics()
+        grid.setColumnMinimumWidth(1, fm.horizontalAdvance("-0.000123456  (99.9 %)") + 16)
+        grid.setColumnMinimumWidth(2, fm.horizontalAdvance("Histogram of:") + 8)
+        grid.setColumnStretch(4, 1)
+
+        self.busy_label = QLabel(self)
+        self.progress = QProgressBar(self)
+        self.progress.setMaximumHeight(14)
+        self.progress.setTextVisible(False)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.setToolTip("Stop computing the statistics of this tensor")
+        self.cancel_button.clicked.connect(self.worker.cancel)
+        busy = QHBoxLayout()
+        busy.addWidget(self.busy_label)
+        busy.addWidget(self.progress, 1)
+        busy.addWidget(self.cancel_button)
+
+        self.plot = self._make_plot()
+        self.hist_item = self.plot.plot(np.array([0.0, 1.0]), np.array([0]), stepMode="center", fillLevel=0,
+                                        brush=(66, 133, 200, 150), pen=pg.mkPen((40, 90, 160), width=1))
+        self.hist_item.clear()
+        self.mean_line = pg.InfiniteLine(angle=90, movable=False,
+                                         pen=pg.mkPen((200, 70, 50), width=1, style=Qt.PenStyle.DashLine))
+        self.mean_line.setToolTip("mean")
+        self.plot.addItem(self.mean_line)
+        self.mean_line.hide()
+
+        self.log_box = QCheckBox("Log count", self)
+        self.log_box.setToolTip("Logarithmic count axis: shows the sparse tails of the distribution")
+        self.log_box.toggled.connect(self._set_log)
+        plot_bar = QHBoxLayout()
+        self.plot_title = QLabel(self)
+        plot_bar.addWidget(self.plot_title, 1)
+        plot_bar.addWidget(self.log_box)
+
+        self.hint = QLabel("Select a tensor in the tree to see its details and value histogram.", self)
+        self.hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.hint.setWordWrap(True)
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.title)
+        lay.addLayout(info)
+        lay.addWidget(self.stats_box)
+        lay.addLayout(busy)
+        lay.addLayout(plot_bar)
+        lay.addWidget(self.plot, 1)
+        lay.addWidget(self.hint, 1)
+        self._busy_widgets = (self.busy_label, self.progress, self.cancel_button)
+        self.show_item(None)
+
+    def _make_plot(self) -> pg.PlotWidget:
+        pal = self.palette()
+        fg = pal.color(QPalette.ColorRole.WindowText)
+        plot = pg.PlotWidget(self, background=pal.color(QPalette.ColorRole.Base))
+        plot.setAcceptDrops(False)  # file drops belong to the window
+        plot.setMinimumHeight(180)
+        pi = plot.getPlotItem()
+        pi.showGrid(x=True, y=True, alpha=0.15)
+        pi.setMenuEnabled(False)
+        for name, text in (("bottom", "value"), ("left", "count")):
+            ax = pi.getAxis(name)
+            ax.setPen(fg)
+            ax.setTextPen(fg)
+            ax.enableAutoSIPrefix(False)  # "-0.2", not "-200 (x0.001)"
+            ax.setLabel(text, color=fg.name())
+        plot.setToolTip("Distribution of the tensor's values (dequantized). Drag to pan, wheel to zoom, "
+                        "right-drag to stretch; the dashed line is the mean.")
+        return plot
+
+    # -- input -------------------------------------------------------------------------------------
+    def set_model(self, model: Model | None) -> None:
+        self._stop_job()
+        self._model = model
+        self._cache.clear()
+        self.show_item(None)
+
+    def show_item(self, item: TensorInfo | TensorGroup | None) -> None:
+        self._item = item
+        self._stop_job()
+        self._set_busy(False)
+        self.stats = None
+        self.hist_item.clear()
+        self.mean_line.hide()
+        is_tensor = isinstance(item, TensorInfo)
+        self.plot_title.setText("")
+        for w in (self.stats_box, self.plot, self.plot_title, self.log_box):
+            w.setVisible(is_tensor)
+        self.hint.setVisible(not is_tensor)
+        self.title.setVisible(item is not None)
+        for field in INFO_FIELDS:
+            self.info_labels[field].setVisible(item is not None)
+            self._info_keys[field].setVisible(item is not None)
+        if item is None:
+            self.hint.setText("Select a tensor in the tree to see its details and value histogram.")
+            return
+        if isinstance(item, TensorGroup):
+            self._show_group(item)
+            return
+        self._show_info(item)
+        cached = self._cache.get(item.name)
+        if cached is not None:
+            self._show_stats(cached)
+        elif self._model is not None:
+            for lab in self.stat_labels.values():
+                lab.setText("…")
+            self._set_busy(True, "Computing statistics…")
+            self.worker.start(_stats_job, self._model, item.name)
+
+    def _show_info(self, t: TensorInfo) -> None:
+        self.title.setText(t.name)
+        self._info_keys["Shape"].setText("Shape:")
+        values = {
+            "Shape": shape_text(t.shape),
+            "Type": t.dtype,
+            "Parameters": grouped(t.n_params),
+            "Size": f"{human_bytes(t.nbytes)}  ({grouped(t.nbytes)} bytes)",
+            "File": t.file.name,
+            "Offset": f"{grouped(t.offset)}  (0x{t.offset:X})",
+        }
+        for field, text in values.items():
+            self.info_labels[field].setText(text)
+            self.info_labels[field].setToolTip(str(t.file) if field == "File" else "")
+
+    def _show_group(self, g: TensorGroup) -> None:
+        self.title.setText(g.name)
+        self._info_keys["Shape"].setText("Tensors:")
+        files = sorted({t.file.name for t in g.tensors})
+        values = {
+            "Shape": str(len(g.tensors)),
+            "Type": g.dtype_text,
+            "Parameters": grouped(g.n_params),
+            "Size": f"{human_bytes(g.nbytes)}  ({grouped(g.nbytes)} bytes)",
+            "File": ", ".join(files),
+            "Offset": "–",
+        }
+        for field, text in values.items():
+            self.info_labels[field].setText(text)
+            self.info_labels[field].setToolTip("")
+        self.hint.setText("Select one of this layer's tensors to see its value histogram.")
+
+    # -- worker --------------------------------------------------------------------------------------
+    def _stop_job(self) -> None:
+        """Cancel the running job because the selection moved on (not a user cancel: no message)."""
+        self._quiet = True
+        try:
+            self.worker.cancel()
+        finally:
+            self._quiet = False
+
+    def _on_cancelled(self) -> None:
+        if not self._quiet:
+            self._set_busy(False, "Cancelled")
+
+    def _set_busy(self, busy: bool, text: str = "") -> None:
+        for w in self._busy_widgets:
+            w.setVisible(busy)
+        if busy:
+            self.busy_label.setText(text)
+            self.progress.setRange(0, 0)
+        elif text and isinstance(self._item, TensorInfo) and self.stats is None:
+            for lab in self.stat_labels.values():
+                lab.setText("–")
+            self.stat_labels["sampled"].setText(text)
+
+    def _on_progress(self, done: int, total: int, _message: str) -> None:
+        if total > 0:
+            self.progress.setRange(0, total)
+            self.progress.setValue(done)
+
+    def _on_result(self, stats: TensorStats) -> None:
+        if not isinstance(self._item, TensorInfo) or stats.name != self._item.name:
+            return  # belongs to a tensor no longer selected
+        self._cache[stats.name] = stats
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        self._set_busy(False)
+        self._show_stats(stats)
+
+    def _set_log(self, on: bool) -> None:
+        self.plot.setLogMode(y=on)
+        # the fill is drawn down to a display-space level: 0 counts linear, 0.5 counts in log10
+        self.hist_item.setFillLevel(-0.3 if on else 0)
+        self.plot.getPlotItem().enableAutoRange()
+
+    def _on_error(self, message: str) -> None:
+        self._set_busy(False, "Could not compute statistics")
+        self.stat_labels["sampled"].setToolTip(message)
+        self.hint.setText(message)
+        self.hint.setVisible(True)
+        self.plot.setVisible(False)
+
+    def _show_stats(self, s: TensorStats) -> None:
+        self.stats = s
+        L = self.stat_labels
+        L["min"].setText(float_text(s.min))
+        L["max"].setText(float_text(s.max))
+        L["mean"].setText(float_text(s.mean))
+        L["std"].setText(float_text(s.std))
+        L["nan"].setText(count_with_percent(s.nan, s.count))
+        L["inf"].setText(count_with_percent(s.inf, s.count))
+        L["zeros"].setText(count_with_percent(s.zeros, s.count))
+        L["sampled"].setText("all values" if s.sampled >= s.count else
+                             f"{grouped(s.sampled)} sampled values")
+        self.plot_title.setText(f"Value distribution · {len(s.hist_counts)} bins")
+        L["sampled"].setToolTip("" if s.sampled >= s.count else
+                                "The histogram is drawn from an evenly strided sample; the statistics use every value.")
+        if len(s.hist_counts):
+            self.hist_item.setData(np.asarray(s.hist_edges, dtype=np.float64),
+                                   np.asarray(s.hist_counts, dtype=np.float64))
+            self.plot.getPlotItem().enableAutoRange()
+        if np.isfinite(s.mean):
+            self.mean_line.setValue(s.mean)
+            self.mean_line.show()
+        self.stats_shown.emit(s)

@@ -1,0 +1,235 @@
+"""One generic background worker: runs a core job generator on a thread pool.
+
+A *job* is a callable that returns either a generator (``yield Progress(...)`` ... ``return result``,
+the shape of every long core operation) or a plain value.  The callable itself runs on the pool
+thread, so file I/O and tensor math never happen on the GUI thread.
+
+Every :meth:`Worker.start` gets a new job id and supersedes (cancels) the job before it; signals of
+superseded or cancelled jobs are dropped, so a slow old result can never overwrite a newer one.
+Cancel is cooperative: a flag checked between yields, after which the generator is closed (its
+``finally`` blocks run, e.g. a writer removes its temporary file).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+import traceback
+import weakref
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, QThreadPool, Signal, Slot
+
+from workbench import Cancelled, Progress, WorkbenchError
+
+log = logging.getLogger(__name__)
+
+_INT_MAX = 2**31 - 1
+_PROGRESS_INTERVAL = 0.03  # seconds between progress signals of one job
+_workers: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+_pool: QThreadPool | None = None
+
+
+def thread_pool() -> QThreadPool:
+    """The pool all workers share (not the global instance, so shutting down waits only for ours)."""
+    global _pool
+    if _pool is None:
+        _pool = QThreadPool()
+        _pool.setMaxThreadCount(max(2, min(4, QThreadPool.globalInstance().maxThreadCount())))
+    return _pool
+
+
+def _fit_int(done: float, total: float) -> tuple[int, int]:
+    """Qt signals carry 32-bit ints: scale huge counts (elements of a 2G-value tensor) down."""
+    done, total = max(0.0, float(done)), max(0.0, float(total))
+    if total > _INT_MAX or done > _INT_MAX:
+        scale = max(total, done) / 1_000_000
+        return int(done / scale), int(total / scale)
+    return int(done), int(total)
+
+
+class _Task:
+    """One run of a job on a pool thread.  Talks to its worker only through the worker's signals."""
+
+    def __init__(self, worker: "Worker", job_id: int, fn: Callable, args: tuple, kwargs: dict):
+        self.worker = worker
+        self.job_id = job_id
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.cancel_event = threading.Event()
+        self.done_event = threading.Event()
+
+    def _emit(self, signal_name: str, *args: Any) -> None:
+        try:
+            getattr(self.worker, signal_name).emit(self.job_id, *args)
+        except RuntimeError:  # the worker's C++ object is gone (window closed without shutdown)
+            self.cancel_event.set()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.done_event.set()
+            self._emit("_sig_done")
+
+    def _run(self) -> None:
+        try:
+            out = self.fn(*self.args, **self.kwargs)
+            if not inspect.isgenerator(out):
+                self._emit("_sig_result", out)
+                return
+            last = 0.0
+            while True:
+                if self.cancel_event.is_set():
+                    out.close()
+                    self._emit("_sig_cancelled")
+                    return
+                try:
+                    p = next(out)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                now = time.monotonic()
+                if isinstance(p, Progress) and now - last >= _PROGRESS_INTERVAL:
+                    last = now
+                    self._emit("_sig_progress", *_fit_int(p.done, p.total), str(p.message))
+            if self.cancel_event.is_set():
+                self._emit("_sig_cancelled")
+            else:
+                self._emit("_sig_result", result)
+        except Cancelled:
+            self._emit("_sig_cancelled")
+        except WorkbenchError as exc:
+            self._emit("_sig_error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the app down; it is logged in full
+            log.error("Unexpected error in background job %s:\n%s", getattr(self.fn, "__name__", self.fn),
+                      traceback.format_exc())
+            self._emit("_sig_error", f"Unexpected error: {type(exc).__name__}: {exc}")
+
+
+class Worker(QObject):
+    """Runs one job at a time (per worker) in the background and reports on the GUI thread.
+
+    Public signals concern the *current* job only: ``started()``, ``progress(done, total, message)``,
+    ``result(object)``, ``error(str)``, ``cancelled()`` and, after any of the last three,
+    ``finished()``.
+    """
+
+    started = Signal()
+    progress = Signal(int, int, str)
+    result = Signal(object)
+    error = Signal(str)
+    cancelled = Signal()
+    finished = Signal()
+
+    # emitted from pool threads, delivered (queued) on this object's thread
+    _sig_progress = Signal(int, int, int, str)
+    _sig_result = Signal(int, object)
+    _sig_error = Signal(int, str)
+    _sig_cancelled = Signal(int)
+    _sig_done = Signal(int)
+
+    def __init__(self, parent: QObject | None = None, name: str = "worker"):
+        super().__init__(parent)
+        self.setObjectName(name)
+        self._next_id = 0
+        self._current: int | None = None
+        self._tasks: dict[int, _Task] = {}
+        self._sig_progress.connect(self._on_progress)
+        self._sig_result.connect(self._on_result)
+        self._sig_error.connect(self._on_error)
+        self._sig_cancelled.connect(self._on_cancelled)
+        self._sig_done.connect(self._on_done)
+        _workers.add(self)
+
+    # -- API ---------------------------------------------------------------------------------------
+    @property
+    def job_id(self) -> int | None:
+        """Id of the current job, or None when idle."""
+        return self._current
+
+    def is_busy(self) -> bool:
+        return self._current is not None
+
+    def start(self, fn: Callable, *args: Any, **kwargs: Any) -> int:
+        """Run ``fn(*args, **kwargs)`` in the background, superseding the current job.  Returns the job id."""
+        for task in self._tasks.values():
+            task.cancel_event.set()
+        self._next_id += 1
+        job_id = self._next_id
+        task = _Task(self, job_id, fn, args, kwargs)
+        self._tasks[job_id] = task
+        self._current = job_id
+        self.started.emit()
+        thread_pool().start(task.run)
+        return job_id
+
+    def cancel(self) -> None:
+        """Cancel the current job.  ``cancelled`` and ``finished`` are emitted at once; the thread stops
+        at its next progress step and whatever it still reports is dropped."""
+        if self._current is None:
+            return
+        task = self._tasks.get(self._current)
+        if task is not None:
+            task.cancel_event.set()
+        self._current = None
+        self.cancelled.emit()
+        self.finished.emit()
+
+    def wait(self, timeout_ms: int = 5000) -> bool:
+        """Block until every thread this worker started has returned (for shutdown and tests)."""
+        deadline = time.monotonic() + timeout_ms / 1000.0
+        for task in list(self._tasks.values()):
+            if not task.done_event.wait(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    def shutdown(self, timeout_ms: int = 5000) -> bool:
+        """Cancel everything and wait for the threads; True when all of them stopped in time."""
+        for task in self._tasks.values():
+            task.cancel_event.set()
+        self._current = None
+        return self.wait(timeout_ms)
+
+    # -- delivery (GUI thread) -------------------------------------------------------------------
+    @Slot(int, int, int, str)
+    def _on_progress(self, job_id: int, done: int, total: int, message: str) -> None:
+        if job_id == self._current:
+            self.progress.emit(done, total, message)
+
+    @Slot(int, object)
+    def _on_result(self, job_id: int, value: object) -> None:
+        if job_id == self._current:
+            self._current = None
+            self.result.emit(value)
+            self.finished.emit()
+
+    @Slot(int, str)
+    def _on_error(self, job_id: int, message: str) -> None:
+        if job_id == self._current:
+            self._current = None
+            self.error.emit(message)
+            self.finished.emit()
+
+    @Slot(int)
+    def _on_cancelled(self, job_id: int) -> None:
+        if job_id == self._current:
+            self._current = None
+            self.cancelled.emit()
+            self.finished.emit()
+
+    @Slot(int)
+    def _on_done(self, job_id: int) -> None:
+        self._tasks.pop(job_id, None)
+
+
+def stop_all_workers(timeout_ms: int = 5000) -> bool:
+    """Cancel the jobs of every worker and wait for the pool to drain (on application exit)."""
+    for w in list(_workers):
+        try:
+            for task in w._tasks.values():
+                task.cancel_event.set()
+            w._current = None
+        except RuntimeError:
+            pass
+    return thread_pool().waitForDone(timeout_ms)
