@@ -7,6 +7,7 @@ the chunks over threads (numpy releases the GIL), so results do not depend on ch
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
@@ -73,14 +74,26 @@ def _chunks(rows: int, n: int) -> list[tuple[int, int]]:
     return [(s, min(rows, s + step)) for s in range(0, rows, step)]
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A persistent pool per thread count: kernels keep per-thread scratch arrays warm between calls."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wb-kernel")
+        return pool
+
+
 def _run(jobs, fn, threads: int) -> None:
     if threads <= 1 or len(jobs) <= 1:
         for job in jobs:
             fn(job)
         return
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for _ in pool.map(fn, jobs):
-            pass
+    for _ in _pool(threads).map(fn, jobs):
+        pass
 
 
 def quantize(x, qtype, imatrix=None, *, threads: int | None = None, name: str | None = None) -> np.ndarray:
