@@ -131,3 +131,14 @@ def test_one_dimensional_input_and_type_enum():
     a = kernels.quantize(x, GGMLQuantizationType.Q8_0)
     assert a.shape == (1, 68)
     np.testing.assert_allclose(kernels.dequantize(a, "q8_0")[0], x, atol=1 / 127)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "IQ4_NL"])
+def test_worker_processes_give_the_same_bytes(qtype, monkeypatch):
+    x = np.random.default_rng(11).standard_normal((96, 512)).astype(np.float32)
+    one = kernels.quantize(x, qtype, threads=1)
+    monkeypatch.setattr(kernels.base, "PROCESS_MIN_ELEMENTS", 1)  # force the process pool
+    np.testing.assert_array_equal(kernels.quantize(x, qtype, threads=2), one)
+    x[50, 3] = np.nan
+    with pytest.raises(WorkbenchError, match="w.weight: row 50 contains NaN"):
+        kernels.quantize(x, qtype, threads=2, name="w.weight")

@@ -17,6 +17,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..errors import UnsupportedError, WorkbenchError
 
 CHUNK_ELEMENTS = 1 << 18  # float32 values per chunk: temporaries stay a few MB per thread
+PROCESS_MIN_ELEMENTS = 1 << 22  # GIL-bound kernels use worker processes from this tensor size up
 
 
 class Kernel:
@@ -28,6 +29,9 @@ class Kernel:
     block_size: ClassVar[int]
     type_size: ClassVar[int]
     uses_imatrix: ClassVar[bool] = False  # whether ggml's quantizer takes quant weights for this type
+    # searches made of many small numpy calls hold the GIL much of the time: threads barely scale,
+    # so large tensors of these types are spread over worker processes instead
+    gil_bound: ClassVar[bool] = False
 
     def __init_subclass__(cls, qtype: GGMLQuantizationType | None = None, **kw):
         super().__init_subclass__(**kw)
@@ -117,20 +121,28 @@ def quantize(x, qtype, imatrix=None, *, threads: int | None = None, name: str | 
         if not kernel.uses_imatrix:
             imatrix = None
     label = name or "tensor"
+    threads = default_threads() if threads is None else threads
+    if threads > 1 and kernel.gil_bound and x.size >= PROCESS_MIN_ELEMENTS:
+        from . import procpool
 
-    def work(span):
-        a, b = span
-        part = x[a:b]
-        if not np.isfinite(part).all():
-            bad = a + int(np.argwhere(~np.isfinite(part))[0][0])
-            raise WorkbenchError(f"{label}: row {bad} contains NaN or Inf values; it cannot be quantized to "
-                                 f"{kernel.name}", hint="Check the source weights (they may be corrupt), or keep "
-                                 "this tensor in F32/F16.")
-        with np.errstate(all="ignore"):  # C semantics: tiny scales overflow to inf exactly as in ggml
-            out[a:b] = kernel.quantize_rows(np.ascontiguousarray(part), imatrix)
-
-    _run(_chunks(rows, n), work, default_threads() if threads is None else threads)
+        if procpool.available():
+            procpool.quantize_in_processes(kernel.name, x, out, imatrix, label, threads)
+            return out
+    _run(_chunks(rows, n), lambda span: quantize_span(kernel, x, out, imatrix, label, span), threads)
     return out
+
+
+def quantize_span(kernel: type[Kernel], x: np.ndarray, out: np.ndarray, imatrix, label: str, span) -> None:
+    """Quantize rows ``span`` of ``x`` into ``out`` (one chunk; also the unit of work of the process pool)."""
+    a, b = span
+    part = x[a:b]
+    if not np.isfinite(part).all():
+        bad = a + int(np.argwhere(~np.isfinite(part))[0][0])
+        raise WorkbenchError(f"{label}: row {bad} contains NaN or Inf values; it cannot be quantized to "
+                             f"{kernel.name}", hint="Check the source weights (they may be corrupt), or keep "
+                             "this tensor in F32/F16.")
+    with np.errstate(all="ignore"):  # C semantics: tiny scales overflow to inf exactly as in ggml
+        out[a:b] = kernel.quantize_rows(np.ascontiguousarray(part), imatrix)
 
 
 def dequantize(q, qtype, n: int | None = None, *, threads: int | None = None) -> np.ndarray:

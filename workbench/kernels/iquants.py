@@ -319,6 +319,7 @@ def _final_L(x: np.ndarray, inv: np.ndarray, amax: np.ndarray) -> np.ndarray:
 
 
 class IQ4_NL(Kernel, qtype=T.IQ4_NL):
+    gil_bound = True
     uses_imatrix = True
 
     @classmethod
@@ -344,6 +345,7 @@ class IQ4_NL(Kernel, qtype=T.IQ4_NL):
 
 
 class IQ4_XS(Kernel, qtype=T.IQ4_XS):
+    gil_bound = True
     uses_imatrix = True
 
     @classmethod

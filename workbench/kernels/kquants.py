@@ -497,6 +497,7 @@ def _imatrix_cols(imatrix: np.ndarray, rows: int, size: int) -> np.ndarray:
 
 
 class Q4_K(Kernel, qtype=T.Q4_K):
+    gil_bound = True
     uses_imatrix = True
 
     @classmethod
@@ -534,6 +535,7 @@ class Q4_K(Kernel, qtype=T.Q4_K):
 
 
 class Q5_K(Kernel, qtype=T.Q5_K):
+    gil_bound = True
     uses_imatrix = True
 
     @classmethod
@@ -583,6 +585,7 @@ class Q5_K(Kernel, qtype=T.Q5_K):
 # -- Q6_K ----------------------------------------------------------------------------------------------
 
 class Q6_K(Kernel, qtype=T.Q6_K):
+    gil_bound = True
     uses_imatrix = True
 
     @classmethod

@@ -495,6 +495,7 @@ def _superblock_weights(x, imatrix, factor):
 # -- Q2_K ------------------------------------------------------------------------------------------
 
 class Q2_K(Kernel, qtype=T.Q2_K):
+    gil_bound = True
     uses_imatrix = True
 
     @classmethod
@@ -599,6 +600,7 @@ def _unpack_q3_scales(s):
 
 
 class Q3_K(Kernel, qtype=T.Q3_K):
+    gil_bound = True
     uses_imatrix = True
 
     @classmethod
