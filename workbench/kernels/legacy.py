@@ -5,7 +5,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
-from .common import (F32, first_max, first_min, fp16_bits, fp16_value, make_qkx_quants, make_qx_quants, pack_bits,
+from .common import (F32, fp16_bits, fp16_value, make_qkx_quants, make_qx_quants, pack_bits,
                      roundf, safe_recip, seqsum)
 
 QK = 32
@@ -22,7 +22,52 @@ def row_weights(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
     return (imatrix[None, :] * np.sqrt(sigma2[:, None] + x * x)).astype(np.float32)
 
 
-def _absmax_signed(b: np.ndarray) -> np.ndarray:
+# The reference paths work on blocks transposed to [32, nb]: numpy reduces and broadcasts far faster
+# along the long axis than over 32-value rows.
+
+def _transposed(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.reshape(-1, QK).T)
+
+
+def _first_extreme(bt: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Patch zero extremes with the sign of the first zero, as a C ``if (x < min) min = x`` loop keeps it."""
+    zero = value == 0
+    if zero.any():
+        sub = bt[:, zero]
+        value[zero] = sub[np.argmax(sub == 0, axis=0), np.arange(sub.shape[1])]
+    return value
+
+
+def _quant_offset(bt: np.ndarray, iv: np.ndarray, offset: float, top: int) -> np.ndarray:
+    """``MIN(top, (int8_t)(x*id + offset))`` as uint8 [32, nb]."""
+    q = bt * iv
+    q += F32(offset)
+    L = q.astype(np.int8).view(np.uint8)
+    np.minimum(L, top, out=L)
+    return L
+
+
+def _pack(Lt: np.ndarray, *heads: np.ndarray, qh: bool = False) -> np.ndarray:
+    """Block bytes from quants [32, nb]: fp16 fields (``heads``), the qh bits of 5-bit types, the nibbles."""
+    nb = Lt.shape[1]
+    h = 2 * len(heads) + (4 if qh else 0)
+    out = np.empty((nb, h + 16), np.uint8)
+    for k, bits in enumerate(heads):
+        out[:, 2 * k:2 * k + 2] = bits.reshape(nb, 1).view(np.uint8)
+    if qh:
+        fifth = (Lt >> 4).reshape(4, 8, nb)  # qh bit j of byte k is the fifth bit of quant 8k+j
+        qhb = np.zeros((4, nb), np.uint8)
+        for j in range(8):
+            qhb |= fifth[:, j] << j
+        out[:, 2 * len(heads):h] = qhb.T
+        Lt = Lt & 0x0F
+    out[:, h:] = (Lt[:16] | (Lt[16:] << 4)).T
+    return out
+
+
+# Row layout [nb, 32]: faster for the symmetric types, whose block maximum is one argmax
+
+def _absmax_signed_rows(b: np.ndarray) -> np.ndarray:
     """The value with the largest magnitude, first one on ties (C: ``if (amax < fabsf(v))``); +0.0 when
     every value is zero, since C starts from ``max = 0.0f``."""
     mx, mn = b.max(axis=1), b.min(axis=1)
@@ -35,7 +80,7 @@ def _absmax_signed(b: np.ndarray) -> np.ndarray:
     return v
 
 
-def _pack(L: np.ndarray, *heads: np.ndarray, qh: bool = False) -> np.ndarray:
+def _pack_rows(L: np.ndarray, *heads: np.ndarray, qh: bool = False) -> np.ndarray:
     """Block bytes: fp16 fields (``heads``), then for 5-bit types the qh bits, then the low nibbles."""
     nb = L.shape[0]
     h = 2 * len(heads) + (4 if qh else 0)
@@ -49,7 +94,7 @@ def _pack(L: np.ndarray, *heads: np.ndarray, qh: bool = False) -> np.ndarray:
     return out
 
 
-def _quant_offset(b: np.ndarray, iv: np.ndarray, offset: float, top: int) -> np.ndarray:
+def _quant_offset_rows(b: np.ndarray, iv: np.ndarray, offset: float, top: int) -> np.ndarray:
     """``MIN(top, (int8_t)(x*id + offset))`` as uint8."""
     q = b * iv[:, None]
     q += F32(offset)
@@ -58,13 +103,40 @@ def _quant_offset(b: np.ndarray, iv: np.ndarray, offset: float, top: int) -> np.
     return L
 
 
-def _unpack_nibbles(qs: np.ndarray) -> np.ndarray:
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
-
-
 def _unpack_qh(qh: np.ndarray) -> np.ndarray:
     bits = np.unpackbits(qh, axis=1, bitorder="little")
     return bits.astype(np.uint8) << 4
+
+
+_CODES = np.arange(256)
+
+
+def _dequant(q: np.ndarray, n: int, type_size: int, heads: int, offset: int, qh: bool) -> np.ndarray:
+    """dequantize_row_q4_0/q4_1/q5_0/q5_1: y = (code - offset) * d (+ m), codes via table lookups."""
+    blk = q.reshape(-1, type_size)
+    nb = blk.shape[0]
+    hf = fp16_value(np.ascontiguousarray(blk[:, :2 * heads]).view("<u2"))  # d (and m)
+    start = 2 * heads + (4 if qh else 0)
+    qs = blk[:, start:]
+    out = np.empty((nb, 32), np.float32)
+    if qh:
+        bits = _unpack_qh(blk[:, 2 * heads:start])  # 0 or 16 per value
+        lo = _TABLE[offset][(qs & 0x0F) | bits[:, :16]]
+        hi = _TABLE[offset][(qs >> 4) | bits[:, 16:]]
+    else:
+        lo = _LOW[offset][qs]
+        hi = _HIGH[offset][qs]
+    np.multiply(lo, hf[:, :1], out=out[:, :16])
+    np.multiply(hi, hf[:, :1], out=out[:, 16:])
+    if heads == 2:
+        out += hf[:, 1:2]
+    return out.reshape(q.shape[0], n)
+
+
+# code -> float(code - offset) for 5-bit codes, and byte -> low/high nibble - offset for 4-bit ones
+_TABLE = {off: (_CODES[:32] - off).astype(np.float32) for off in (0, 16)}
+_LOW = {off: ((_CODES & 0x0F) - off).astype(np.float32) for off in (0, 8)}
+_HIGH = {off: ((_CODES >> 4) - off).astype(np.float32) for off in (0, 8)}
 
 
 class Q4_0(Kernel, qtype=T.Q4_0):
@@ -75,20 +147,16 @@ class Q4_0(Kernel, qtype=T.Q4_0):
         rows, n = x.shape
         b = _blocks(x)
         if imatrix is None:  # quantize_row_q4_0_ref
-            d = (_absmax_signed(b) / F32(-8)).astype(np.float32)
-            iv = safe_recip(d)
-            L = _quant_offset(b, iv, 8.5, 15)
+            d = (_absmax_signed_rows(b) / F32(-8)).astype(np.float32)
+            L = _quant_offset_rows(b, safe_recip(d), 8.5, 15)
         else:  # quantize_row_q4_0_impl
             w = _blocks(row_weights(x, imatrix))
             d, L = make_qx_quants(b, 8, 1, w)
-        return _pack(L, fp16_bits(d)).reshape(rows, -1)
+        return _pack_rows(L, fp16_bits(d)).reshape(rows, -1)
 
     @classmethod
     def dequantize_rows(cls, q, n):
-        blk = q.reshape(-1, cls.type_size)
-        d = fp16_value(np.ascontiguousarray(blk[:, :2]).view("<u2"))
-        v = _unpack_nibbles(blk[:, 2:]).astype(np.int32) - 8
-        return (v.astype(np.float32) * d).reshape(q.shape[0], n)
+        return _dequant(q, n, cls.type_size, 1, 8, False)
 
 
 class Q4_1(Kernel, qtype=T.Q4_1):
@@ -99,23 +167,21 @@ class Q4_1(Kernel, qtype=T.Q4_1):
         rows, n = x.shape
         b = _blocks(x)
         if imatrix is None:  # quantize_row_q4_1_ref
-            mn, mx = first_min(b), first_max(b)
+            bt = _transposed(x)
+            mn, mx = _first_extreme(bt, bt.min(axis=0)), _first_extreme(bt, bt.max(axis=0))
             d = ((mx - mn) / F32(15)).astype(np.float32)
-            iv = safe_recip(d)
-            L = _quant_offset(b - mn[:, None], iv, 0.5, 15)
+            L = _quant_offset(bt - mn, safe_recip(d), 0.5, 15)
             m = mn
         else:  # quantize_row_q4_1_impl
             w = _blocks(row_weights(x, imatrix))
             d, the_min, L = make_qkx_quants(b, 15, w, -0.9, 0.05, 36, False, qkx3=True)
+            L = np.ascontiguousarray(L.T)
             m = -the_min
         return _pack(L, fp16_bits(d), fp16_bits(m)).reshape(rows, -1)
 
     @classmethod
     def dequantize_rows(cls, q, n):
-        blk = q.reshape(-1, cls.type_size)
-        dm = fp16_value(np.ascontiguousarray(blk[:, :4]).view("<u2"))
-        v = _unpack_nibbles(blk[:, 4:]).astype(np.float32)
-        return (v * dm[:, :1] + dm[:, 1:2]).reshape(q.shape[0], n)
+        return _dequant(q, n, cls.type_size, 2, 0, False)
 
 
 class Q5_0(Kernel, qtype=T.Q5_0):
@@ -126,20 +192,16 @@ class Q5_0(Kernel, qtype=T.Q5_0):
         rows, n = x.shape
         b = _blocks(x)
         if imatrix is None:  # quantize_row_q5_0_ref
-            d = (_absmax_signed(b) / F32(-16)).astype(np.float32)
-            iv = safe_recip(d)
-            L = _quant_offset(b, iv, 16.5, 31)
+            d = (_absmax_signed_rows(b) / F32(-16)).astype(np.float32)
+            L = _quant_offset_rows(b, safe_recip(d), 16.5, 31)
         else:  # quantize_row_q5_0_impl
             w = _blocks(row_weights(x, imatrix))
             d, L = make_qx_quants(b, 16, 1, w)
-        return _pack(L, fp16_bits(d), qh=True).reshape(rows, -1)
+        return _pack_rows(L, fp16_bits(d), qh=True).reshape(rows, -1)
 
     @classmethod
     def dequantize_rows(cls, q, n):
-        blk = q.reshape(-1, cls.type_size)
-        d = fp16_value(np.ascontiguousarray(blk[:, :2]).view("<u2"))
-        v = (_unpack_nibbles(blk[:, 6:]) | _unpack_qh(blk[:, 2:6])).astype(np.int32) - 16
-        return (v.astype(np.float32) * d).reshape(q.shape[0], n)
+        return _dequant(q, n, cls.type_size, 1, 16, True)
 
 
 class Q5_1(Kernel, qtype=T.Q5_1):
@@ -150,23 +212,21 @@ class Q5_1(Kernel, qtype=T.Q5_1):
         rows, n = x.shape
         b = _blocks(x)
         if imatrix is None:  # quantize_row_q5_1_ref
-            mn, mx = first_min(b), first_max(b)
+            bt = _transposed(x)
+            mn, mx = _first_extreme(bt, bt.min(axis=0)), _first_extreme(bt, bt.max(axis=0))
             d = ((mx - mn) / F32(31)).astype(np.float32)
-            iv = safe_recip(d)
-            L = _quant_offset(b - mn[:, None], iv, 0.5, 31)  # C: (uint8_t)(x + 0.5f), never above 31
+            L = _quant_offset(bt - mn, safe_recip(d), 0.5, 31)  # C: (uint8_t)(x + 0.5f), never above 31
             m = mn
         else:  # quantize_row_q5_1_impl
             w = _blocks(row_weights(x, imatrix))
             d, the_min, L = make_qkx_quants(b, 31, w, -0.9, 0.05, 36, False, qkx3=True)
+            L = np.ascontiguousarray(L.T)
             m = -the_min
         return _pack(L, fp16_bits(d), fp16_bits(m), qh=True).reshape(rows, -1)
 
     @classmethod
     def dequantize_rows(cls, q, n):
-        blk = q.reshape(-1, cls.type_size)
-        dm = fp16_value(np.ascontiguousarray(blk[:, :4]).view("<u2"))
-        v = (_unpack_nibbles(blk[:, 8:]) | _unpack_qh(blk[:, 4:8])).astype(np.float32)
-        return (v * dm[:, :1] + dm[:, 1:2]).reshape(q.shape[0], n)
+        return _dequant(q, n, cls.type_size, 2, 0, True)
 
 
 class Q8_0(Kernel, qtype=T.Q8_0):  # quantize_row_q8_0_ref (ggml ignores quant weights for Q8_0)
@@ -175,9 +235,10 @@ class Q8_0(Kernel, qtype=T.Q8_0):  # quantize_row_q8_0_ref (ggml ignores quant w
         rows, n = x.shape
         b = _blocks(x)
         d = (np.abs(b).max(axis=1) / F32(127)).astype(np.float32)
-        iv = safe_recip(d)
-        qs = roundf(b * iv[:, None], np.int8)
-        return np.concatenate([fp16_bits(d).reshape(-1, 1).view(np.uint8), qs.view(np.uint8)], axis=1).reshape(rows, -1)
+        out = np.empty((b.shape[0], cls.type_size), np.uint8)
+        out[:, :2] = fp16_bits(d).reshape(-1, 1).view(np.uint8)
+        out[:, 2:] = roundf(b * safe_recip(d)[:, None], np.int8).view(np.uint8)
+        return out.reshape(rows, -1)
 
     @classmethod
     def dequantize_rows(cls, q, n):
