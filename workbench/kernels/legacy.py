@@ -139,20 +139,41 @@ _LOW = {off: ((_CODES & 0x0F) - off).astype(np.float32) for off in (0, 8)}
 _HIGH = {off: ((_CODES >> 4) - off).astype(np.float32) for off in (0, 8)}
 
 
+def _quantize_symmetric(x: np.ndarray, imatrix, nmax: int) -> np.ndarray:
+    """quantize_row_q4_0/q5_0 (_ref without quant weights, _impl with): d = max / -nmax, codes 0..2*nmax-1."""
+    rows, n = x.shape
+    b = _blocks(x)
+    if imatrix is None:
+        d = (_absmax_signed_rows(b) / F32(-nmax)).astype(np.float32)
+        L = _quant_offset_rows(b, safe_recip(d), nmax + 0.5, 2 * nmax - 1)
+    else:
+        d, L = make_qx_quants(b, nmax, 1, _blocks(row_weights(x, imatrix)))
+    return _pack_rows(L, fp16_bits(d), qh=nmax == 16).reshape(rows, -1)
+
+
+def _quantize_min_max(x: np.ndarray, imatrix, nmax: int) -> np.ndarray:
+    """quantize_row_q4_1/q5_1 (_ref without quant weights, _impl with): d = (max - min) / nmax, stored min."""
+    rows, n = x.shape
+    if imatrix is None:
+        bt = _transposed(x)
+        mn, mx = _first_extreme(bt, bt.min(axis=0)), _first_extreme(bt, bt.max(axis=0))
+        d = ((mx - mn) / F32(nmax)).astype(np.float32)
+        L = _quant_offset(bt - mn, safe_recip(d), 0.5, nmax)  # Q5_1's C cast has no MIN(): never above 31 anyway
+        m = mn
+    else:
+        b = _blocks(x)
+        d, the_min, L = make_qkx_quants(b, nmax, _blocks(row_weights(x, imatrix)), -0.9, 0.05, 36, False, qkx3=True)
+        L = np.ascontiguousarray(L.T)
+        m = -the_min
+    return _pack(L, fp16_bits(d), fp16_bits(m), qh=nmax == 31).reshape(rows, -1)
+
+
 class Q4_0(Kernel, qtype=T.Q4_0):
     uses_imatrix = True
 
     @classmethod
     def quantize_rows(cls, x, imatrix):
-        rows, n = x.shape
-        b = _blocks(x)
-        if imatrix is None:  # quantize_row_q4_0_ref
-            d = (_absmax_signed_rows(b) / F32(-8)).astype(np.float32)
-            L = _quant_offset_rows(b, safe_recip(d), 8.5, 15)
-        else:  # quantize_row_q4_0_impl
-            w = _blocks(row_weights(x, imatrix))
-            d, L = make_qx_quants(b, 8, 1, w)
-        return _pack_rows(L, fp16_bits(d)).reshape(rows, -1)
+        return _quantize_symmetric(x, imatrix, 8)
 
     @classmethod
     def dequantize_rows(cls, q, n):
@@ -164,20 +185,7 @@ class Q4_1(Kernel, qtype=T.Q4_1):
 
     @classmethod
     def quantize_rows(cls, x, imatrix):
-        rows, n = x.shape
-        b = _blocks(x)
-        if imatrix is None:  # quantize_row_q4_1_ref
-            bt = _transposed(x)
-            mn, mx = _first_extreme(bt, bt.min(axis=0)), _first_extreme(bt, bt.max(axis=0))
-            d = ((mx - mn) / F32(15)).astype(np.float32)
-            L = _quant_offset(bt - mn, safe_recip(d), 0.5, 15)
-            m = mn
-        else:  # quantize_row_q4_1_impl
-            w = _blocks(row_weights(x, imatrix))
-            d, the_min, L = make_qkx_quants(b, 15, w, -0.9, 0.05, 36, False, qkx3=True)
-            L = np.ascontiguousarray(L.T)
-            m = -the_min
-        return _pack(L, fp16_bits(d), fp16_bits(m)).reshape(rows, -1)
+        return _quantize_min_max(x, imatrix, 15)
 
     @classmethod
     def dequantize_rows(cls, q, n):
@@ -189,15 +197,7 @@ class Q5_0(Kernel, qtype=T.Q5_0):
 
     @classmethod
     def quantize_rows(cls, x, imatrix):
-        rows, n = x.shape
-        b = _blocks(x)
-        if imatrix is None:  # quantize_row_q5_0_ref
-            d = (_absmax_signed_rows(b) / F32(-16)).astype(np.float32)
-            L = _quant_offset_rows(b, safe_recip(d), 16.5, 31)
-        else:  # quantize_row_q5_0_impl
-            w = _blocks(row_weights(x, imatrix))
-            d, L = make_qx_quants(b, 16, 1, w)
-        return _pack_rows(L, fp16_bits(d), qh=True).reshape(rows, -1)
+        return _quantize_symmetric(x, imatrix, 16)
 
     @classmethod
     def dequantize_rows(cls, q, n):
@@ -209,20 +209,7 @@ class Q5_1(Kernel, qtype=T.Q5_1):
 
     @classmethod
     def quantize_rows(cls, x, imatrix):
-        rows, n = x.shape
-        b = _blocks(x)
-        if imatrix is None:  # quantize_row_q5_1_ref
-            bt = _transposed(x)
-            mn, mx = _first_extreme(bt, bt.min(axis=0)), _first_extreme(bt, bt.max(axis=0))
-            d = ((mx - mn) / F32(31)).astype(np.float32)
-            L = _quant_offset(bt - mn, safe_recip(d), 0.5, 31)  # C: (uint8_t)(x + 0.5f), never above 31
-            m = mn
-        else:  # quantize_row_q5_1_impl
-            w = _blocks(row_weights(x, imatrix))
-            d, the_min, L = make_qkx_quants(b, 31, w, -0.9, 0.05, 36, False, qkx3=True)
-            L = np.ascontiguousarray(L.T)
-            m = -the_min
-        return _pack(L, fp16_bits(d), fp16_bits(m), qh=True).reshape(rows, -1)
+        return _quantize_min_max(x, imatrix, 31)
 
     @classmethod
     def dequantize_rows(cls, q, n):
