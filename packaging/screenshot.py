@@ -1,10 +1,14 @@
 """Render Model Workbench offscreen and save a screenshot.
 
-    python packaging/screenshot.py MODEL_PATH OUT.png [--tensor NAME] [--tab tensor|metadata]
+    python packaging/screenshot.py MODEL_PATH OUT.png [--tensor NAME] [--tab tensor|metadata|error]
                                    [--size 1280x800] [--filter TEXT] [--expand]
+                                   [--preset Q4_K_M] [--rule REGEX=TYPE ...] [--override NAME=TYPE ...]
+                                   [--types Q8_0,Q4_0,Q2_K] [--analyze plan|PRESET,PRESET...]
 
-Opens the model, selects a tensor (the given one, else the first 2-D tensor), waits for its
-histogram, and saves ``window.grab()``.  Uses an isolated settings file, never the user's.
+Opens the model, sets up the plan (preset, rules, overrides), selects a tensor (the given one, else the
+first 2-D tensor), waits for its histogram (``--tab error``: for the error histograms of ``--types``;
+``--analyze``: for the model analysis in its dock), and saves ``window.grab()``.  Uses an isolated
+settings file, never the user's.
 """
 from __future__ import annotations
 
@@ -17,8 +21,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PySide6.QtCore import QEventLoop, QSettings, QTimer  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
+from PySide6.QtCore import QEventLoop, QSettings, Qt, QTimer  # noqa: E402
 
 TIMEOUT_MS = 120_000
 
@@ -28,10 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", help="model file or folder, or 'demo' for the built-in demo model")
     p.add_argument("output", help="PNG file to write")
     p.add_argument("--tensor", help="tensor to select (default: the first 2-D tensor)")
-    p.add_argument("--tab", choices=("tensor", "metadata"), default="tensor")
+    p.add_argument("--tab", choices=("tensor", "metadata", "error"), default="tensor")
     p.add_argument("--size", default="1280x800", help="window size WxH")
     p.add_argument("--filter", help="text typed into the tensor filter")
     p.add_argument("--expand", action="store_true", help="expand every layer of the tensor tree")
+    p.add_argument("--preset", help="plan preset (default: the window's default)")
+    p.add_argument("--rule", action="append", default=[], help="plan rule REGEX=TYPE (repeatable)")
+    p.add_argument("--override", action="append", default=[], help="plan override TENSOR=TYPE (repeatable)")
+    p.add_argument("--types", help="comma-separated types for the error tab")
+    p.add_argument("--analyze", help="'plan' (the current plan) or comma-separated presets to compare")
+    p.add_argument("--dock-height", type=int, default=260, help="height of the analysis dock")
     args = p.parse_args(argv)
 
     from ui.app import ensure_app
@@ -47,12 +56,31 @@ def main(argv: list[str] | None = None) -> int:
 
     loop = QEventLoop()
     state: dict[str, str] = {}
+    waiting = {"stats" if args.tab != "error" else "error"}
+    if args.analyze:
+        waiting.add("analysis")
 
     def finish(status: str) -> None:
         state.setdefault("status", status)
         loop.quit()
 
+    def done(what: str) -> None:
+        waiting.discard(what)
+        if not waiting:
+            finish("ok")
+
     def loaded(model) -> None:
+        if args.preset:
+            window.plan.set_preset(args.preset)
+        if args.rule:
+            window.plan.set_rules([r.rsplit("=", 1) for r in args.rule])
+        for o in args.override:
+            name, qtype = o.rsplit("=", 1)
+            window.plan.set_types([name], qtype)
+        if args.tab == "error":
+            window.tabs.setCurrentWidget(window.error_view)
+            if args.types:
+                window.error_view.set_types(t.strip() for t in args.types.split(","))
         name = args.tensor or next((t.name for t in model.tensors if len(t.shape) == 2), model.tensors[0].name)
         if args.filter:
             window.tree.filter.set_text(args.filter)
@@ -62,12 +90,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.expand:
             window.tree.expand_all()
             window.tree.select(name)
-        window.tabs.setCurrentIndex(1 if args.tab == "metadata" else 0)
+        if args.tab != "error":
+            window.tabs.setCurrentIndex(1 if args.tab == "metadata" else 0)
+        if args.analyze:
+            window.resizeDocks([window.analysis_dock], [args.dock_height], Qt.Orientation.Vertical)
+            window.plan_actions.analyze(None if args.analyze == "plan" else args.analyze.split(","))
 
     window.model_loaded.connect(loaded)
     window.load_failed.connect(lambda m: finish(f"load failed: {m}"))
-    window.detail.stats_shown.connect(lambda _s: finish("ok"))
+    window.detail.stats_shown.connect(lambda _s: done("stats"))
     window.detail.worker.error.connect(lambda m: finish(f"statistics failed: {m}"))
+    window.error_view.shown.connect(lambda s: done("error") if s else None)
+    window.error_view.worker.error.connect(lambda m: finish(f"error view failed: {m}"))
+    window.analysis.analyzed.connect(lambda _r: done("analysis"))
+    window.analysis.worker.error.connect(lambda m: finish(f"analysis failed: {m}"))
     QTimer.singleShot(TIMEOUT_MS, lambda: finish("timed out"))
     if args.path == "demo":
         window.open_demo()

@@ -2,20 +2,24 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QMainWindow, QMessageBox, QSplitter, QStackedWidget, QTabWidget,
-                               QWidget)
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QMainWindow, QMessageBox, QSplitter, QStackedWidget,
+                               QTabWidget, QVBoxLayout, QWidget)
 
-from workbench import Model, iter_open_model
+from workbench import Model, WorkbenchError, iter_open_model
 
 from . import APP_NAME, ORG_NAME
 from .about import show_about
+from .analysis_view import AnalysisView
 from .drop import DropForwarder, local_paths, path_to_open
+from .error_view import ErrorView
 from .metadata_view import MetadataWidget
+from .plan_actions import PlanActions
+from .plan_bar import PlanBar
+from .plan_controller import PlanController
 from .recent_files import RecentFiles, RecentFilesMenu
 from .status_bar import StatusBar
 from .tensor_detail import TensorDetailWidget
@@ -62,18 +66,31 @@ class MainWindow(QMainWindow):
         self.loader.error.connect(self._on_load_error)
         self.loader.cancelled.connect(lambda: self.statusBar().showMessage("Loading cancelled", 4000))
 
+        self.plan = PlanController(self)
+        self.plan.changed.connect(self._on_plan_changed)
+        self.plan_bar = PlanBar(self)
         self.tree = TensorTreeWidget(self)
         self.detail = TensorDetailWidget(self)
         self.metadata = MetadataWidget(self)
+        self.error_view = ErrorView(self)
         self.tree.selected.connect(self._on_tree_selected)
         self.tabs = QTabWidget(self)
         self.tabs.addTab(self.detail, "Tensor")
         self.tabs.addTab(self.metadata, "Metadata")
+        self.tabs.addTab(self.error_view, "Quantization error")
         self.tabs.setTabToolTip(0, "The selected tensor: location, value statistics and histogram")
         self.tabs.setTabToolTip(1, "Model metadata: GGUF keys, config.json, tokenizer, adapter settings")
+        self.tabs.setTabToolTip(2, "What quantization types would do to the selected tensor: overlaid error "
+                                   "histograms and statistics")
+        left = QWidget(self)
+        left_lay = QVBoxLayout(left)
+        left_lay.setContentsMargins(0, 0, 0, 0)
+        left_lay.setSpacing(4)
+        left_lay.addWidget(self.plan_bar)
+        left_lay.addWidget(self.tree, 1)
         self.splitter = QSplitter(Qt.Orientation.Horizontal, self)
         self.splitter.setObjectName("mainSplitter")
-        self.splitter.addWidget(self.tree)
+        self.splitter.addWidget(left)
         self.splitter.addWidget(self.tabs)
         self.splitter.setChildrenCollapsible(False)
         self.splitter.setStretchFactor(0, 1)
@@ -86,14 +103,25 @@ class MainWindow(QMainWindow):
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(self.splitter)
         self.setCentralWidget(self.stack)
+        self.analysis = AnalysisView(self)
+        self.analysis.tensor_activated.connect(self.tree.select)
+        self.analysis_dock = QDockWidget("Analysis", self)
+        self.analysis_dock.setObjectName("analysisDock")
+        self.analysis_dock.setWidget(self.analysis)
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.analysis_dock)
+        self.analysis_dock.hide()
 
         self.status = StatusBar(self)
         self.setStatusBar(self.status)
         self.status.track(self.loader)
-        self.status.cancel_requested.connect(self.cancel_load)
+        self.status.track(self.analysis.worker, "Stop the analysis (Esc)")
 
         self.recent = RecentFiles(self.settings, self)
         self._build_actions()
+        self.plan_actions = PlanActions(self)
+        self.plan_bar.preset_chosen.connect(self.plan.set_preset)
+        self.plan_bar.rules_requested.connect(self.plan_actions.edit_rules)
+        self.plan_bar.analyze_requested.connect(self.plan_actions.analyze_dialog)
         self._build_menus()
         self.welcome.open_file.connect(self.open_file_dialog)
         self.welcome.open_folder.connect(self.open_folder_dialog)
@@ -132,7 +160,10 @@ class MainWindow(QMainWindow):
                                            lambda: self.tabs.setCurrentIndex(0), "Ctrl+1")
         self.act_tab_meta = self._action("&Metadata Tab", "Show the model's metadata",
                                          lambda: self.tabs.setCurrentIndex(1), "Ctrl+2")
-        self.act_cancel = self._action("Cancel Loading", "Stop loading the model", self.cancel_load, "Esc")
+        self.act_tab_error = self._action("&Quantization Error Tab", "Compare the error of quantization types on "
+                                          "the selected tensor", lambda: self.tabs.setCurrentIndex(2), "Ctrl+3")
+        self.act_cancel = self._action("Cancel", "Stop the running job (loading or analysis)", self.cancel_running,
+                                       "Esc")
         self.act_about = self._action("&About Model Workbench", "Version information",
                                       lambda: show_about(self))
         self.act_about.setMenuRole(QAction.MenuRole.AboutRole)
@@ -148,7 +179,20 @@ class MainWindow(QMainWindow):
         file_menu.addMenu(self.recent_menu)
         file_menu.addAction(self.act_open_demo)
         file_menu.addSeparator()
+        pa = self.plan_actions
+        for a in (pa.act_save, pa.act_load, pa.act_export):
+            file_menu.addAction(a)
+        file_menu.addSeparator()
         file_menu.addAction(self.act_quit)
+        edit_menu = bar.addMenu("&Edit")
+        edit_menu.setToolTipsVisible(True)
+        for a in (pa.act_undo, pa.act_redo, None, pa.act_set_type, pa.act_clear, pa.act_clear_all, None, pa.act_rules):
+            if a is None:
+                edit_menu.addSeparator()
+            else:
+                edit_menu.addAction(a)
+        for a in (pa.act_set_type, pa.act_clear):  # the tree's context menu
+            self.tree.view.addAction(a)
         view_menu = bar.addMenu("&View")
         view_menu.setToolTipsVisible(True)
         view_menu.addAction(self.act_focus_filter)
@@ -158,6 +202,13 @@ class MainWindow(QMainWindow):
         view_menu.addSeparator()
         view_menu.addAction(self.act_tab_tensor)
         view_menu.addAction(self.act_tab_meta)
+        view_menu.addAction(self.act_tab_error)
+        dock_action = self.analysis_dock.toggleViewAction()
+        dock_action.setToolTip("Show or hide the model analysis results")
+        view_menu.addAction(dock_action)
+        tools_menu = bar.addMenu("&Tools")
+        tools_menu.setToolTipsVisible(True)
+        tools_menu.addAction(pa.act_analyze)
         help_menu = bar.addMenu("&Help")
         help_menu.setToolTipsVisible(True)
         help_menu.addAction(self.act_about)
@@ -175,6 +226,10 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         else:
             self.resize(1280, 800)
+        state = self.settings.value("window/state")
+        if isinstance(state, QByteArray) and not state.isEmpty():
+            self.restoreState(state)
+            self.analysis_dock.hide()  # shown again by the next analysis
         splitter = self.settings.value("window/splitter")
         if isinstance(splitter, QByteArray) and not splitter.isEmpty():
             self.splitter.restoreState(splitter)
@@ -187,6 +242,7 @@ class MainWindow(QMainWindow):
 
     def save_settings(self) -> None:
         self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/state", self.saveState())
         self.settings.setValue("window/splitter", self.splitter.saveState())
         self.settings.setValue("window/tab", self.tabs.currentIndex())
         self.settings.setValue("window/last_dir", self.last_dir)
@@ -200,6 +256,8 @@ class MainWindow(QMainWindow):
     def shutdown(self, timeout_ms: int = 5000) -> bool:
         """Cancel every background job of this window and wait for the threads."""
         ok = self.loader.shutdown(timeout_ms)
+        ok = self.analysis.shutdown(timeout_ms) and ok
+        ok = self.error_view.shutdown(timeout_ms) and ok
         return self.detail.worker.shutdown(timeout_ms) and ok
 
     # -- opening ------------------------------------------------------------------------------------------
@@ -230,8 +288,20 @@ class MainWindow(QMainWindow):
     def cancel_load(self) -> None:
         self.loader.cancel()
 
+    def cancel_running(self) -> None:
+        """Esc: cancel the job the status bar shows (loading or analysis)."""
+        self.status.cancel_active()
+
     def _on_loaded(self, model: Model) -> None:
         old, self.model = self.model, model
+        self.analysis.reset()
+        self.error_view.set_model(model)
+        self.plan_bar.set_model(model)
+        try:
+            self.plan.set_model(model)
+        except WorkbenchError as exc:
+            self.statusBar().showMessage(f"No quantization plan for this model: {exc}", 8000)
+        self.tree.set_plan(self.plan.plan, self.plan.set_types)
         self.tree.set_model(model)
         self.detail.set_model(model)
         self.metadata.set_model(model)
@@ -300,3 +370,12 @@ class MainWindow(QMainWindow):
 
     def _on_tree_selected(self, item) -> None:
         self.detail.show_item(item)
+        self.error_view.show_item(item)
+
+    def _on_plan_changed(self) -> None:
+        plan = self.plan.plan
+        self.tree.refresh_plan()
+        self.plan_bar.show_plan(plan)
+        self.status.set_plan(plan)
+        self.error_view.set_plan(plan)
+        self.analysis.plan_changed()

@@ -15,7 +15,8 @@ from PySide6.QtCore import (QAbstractItemModel, QModelIndex, QPoint, QRegularExp
 from PySide6.QtGui import QFont, QGuiApplication, QPalette
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTreeView, QVBoxLayout, QWidget
 
-from workbench import MetaEntry, Model
+from workbench.formats.hf import json_type
+from workbench import Model
 
 from .filter_edit import FilterEdit
 
@@ -142,7 +143,7 @@ class _Node:
                 self.children = [_Node(self, i, e.key, e.vtype, e.value, e.decoded) for i, e in enumerate(v)]
                 self.total = len(self.children)
             elif isinstance(v, dict):
-                self.children = [_Node(self, i, str(k), _json_type(x), x) for i, (k, x) in enumerate(v.items())]
+                self.children = [_Node(self, i, str(k), json_type(x), x) for i, (k, x) in enumerate(v.items())]
                 self.total = len(self.children)
             elif _expandable(v):
                 self.total = len(v)  # paged: fetchMore appends
@@ -154,26 +155,9 @@ class _Node:
         items = self.value[start:stop]
         items = items.tolist() if isinstance(items, np.ndarray) else items
         etype = self.vtype[6:-1] if self.vtype.startswith("array[") and self.vtype.endswith("]") else None
-        new = [_Node(self, start + i, f"[{start + i}]", etype or _json_type(x), x) for i, x in enumerate(items)]
+        new = [_Node(self, start + i, f"[{start + i}]", etype or json_type(x), x) for i, x in enumerate(items)]
         self.children = (self.children or []) + new
         return new
-
-
-def _json_type(v: Any) -> str:
-    v = _scalar(v)
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, dict):
-        return "object"
-    if _is_array(v):
-        return "array"
-    return "null" if v is None else type(v).__name__
 
 
 class MetadataModel(QAbstractItemModel):

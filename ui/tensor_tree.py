@@ -1,193 +1,21 @@
-"""The tensor tree: layer groups with their tensors, sortable and filterable."""
+"""The tensor tree: layer groups with their tensors, sortable and filterable, with the planned types."""
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Any
-
-from PySide6.QtCore import (QAbstractItemModel, QModelIndex, QRegularExpression,
-                            QSortFilterProxyModel, Qt, Signal)
-from PySide6.QtGui import QFont
-from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTreeView, QVBoxLayout, QWidget
+from PySide6.QtCore import QModelIndex, QItemSelection, QItemSelectionModel, QRegularExpression, \
+    QSortFilterProxyModel, Qt, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QTreeView, QVBoxLayout, QWidget
 
 from workbench import Model, TensorInfo
+from workbench.plan import Plan
 
 from .filter_edit import FilterEdit
-from .formatting import grouped, human_bytes, shape_text
+from .plan_delegate import PlanTypeDelegate
+from .tensor_tree_model import (FALLBACK_COLOR, FULL_NAME_ROLE, HEADERS, NAME, OBJECT_ROLE,  # noqa: F401
+                                PARAMS, PLAN, SHAPE, SIZE, SORT_ROLE, TYPE, TensorGroup, TensorTreeModel,
+                                is_editable)  # (the column and role names are re-exported for callers)
 
-NAME, SHAPE, TYPE, PARAMS, SIZE = range(5)
-HEADERS = ("Name", "Shape", "Type", "Parameters", "Size")
-HEADER_TIPS = (
-    "Tensor name; layers are grouped (blk.N, model.layers.N, ...). Hover a row for the full name.",
-    "Shape in row-major (numpy) order: rows × columns",
-    "Storage type: F32/F16/BF16 or a ggml quantization type such as Q4_K",
-    "Number of values (for a layer: the sum over its tensors)",
-    "Bytes on disk (for a layer: the sum over its tensors)",
-)
-SORT_ROLE = Qt.ItemDataRole.UserRole + 1       # real numbers / keys, never display strings
-FULL_NAME_ROLE = Qt.ItemDataRole.UserRole + 2  # full tensor name, or the layer name for a group
-OBJECT_ROLE = Qt.ItemDataRole.UserRole + 3     # the TensorInfo or TensorGroup behind the row
-
-_NUM_RE = re.compile(r"(\d+)")
-
-
-def natural_key(text: str) -> tuple:
-    """``blk.10`` after ``blk.9``: digits compare as numbers."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in _NUM_RE.split(text) if p)
-
-
-@dataclass(frozen=True)
-class TensorGroup:
-    """One layer's tensors (``blk.3``) with their totals."""
-
-    name: str
-    tensors: tuple[TensorInfo, ...]
-
-    @property
-    def n_params(self) -> int:
-        return sum(t.n_params for t in self.tensors)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
-
-    def dtype_counts(self) -> dict[str, int]:
-        """Tensor count per type, most frequent first."""
-        counts: dict[str, int] = {}
-        for t in self.tensors:
-            counts[t.dtype] = counts.get(t.dtype, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-
-    @property
-    def dtype_text(self) -> str:
-        """``Q4_1, F32``; with more than three types ``Q4_0, F32, … (6 types)``."""
-        names = list(self.dtype_counts())
-        return ", ".join(names) if len(names) <= 3 else f"{names[0]}, {names[1]}, … ({len(names)} types)"
-
-
-class TensorTreeModel(QAbstractItemModel):
-    """Top level: non-layer tensors first, then one row per layer group whose children are tensors.
-    Internal id 0 marks a top-level row; ``k > 0`` a child of top-level row ``k - 1``."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self._top: list[TensorInfo | TensorGroup] = []
-        self._bold = QFont()
-        self._bold.setBold(True)
-
-    def set_model(self, model: Model | None) -> None:
-        self.beginResetModel()
-        self._top = []
-        if model is not None:
-            for layer, tensors in model.layers().items():
-                if layer is None:
-                    self._top.extend(tensors)
-                else:
-                    self._top.append(TensorGroup(layer, tuple(tensors)))
-        self.endResetModel()
-
-    # -- structure ---------------------------------------------------------------------------------
-    def _item(self, index: QModelIndex) -> TensorInfo | TensorGroup | None:
-        if not index.isValid():
-            return None
-        pid = index.internalId()
-        if pid == 0:
-            return self._top[index.row()]
-        group = self._top[pid - 1]
-        return group.tensors[index.row()]  # type: ignore[union-attr]
-
-    def index(self, row: int, column: int, parent: QModelIndex = QModelIndex()) -> QModelIndex:
-        if not self.hasIndex(row, column, parent):
-            return QModelIndex()
-        if not parent.isValid():
-            return self.createIndex(row, column, 0)
-        return self.createIndex(row, column, parent.row() + 1)
-
-    def parent(self, index: QModelIndex = QModelIndex()) -> QModelIndex:  # type: ignore[override]
-        if not index.isValid() or index.internalId() == 0:
-            return QModelIndex()
-        return self.createIndex(index.internalId() - 1, 0, 0)
-
-    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:
-        if not parent.isValid():
-            return len(self._top)
-        if parent.column() != 0 or parent.internalId() != 0:
-            return 0
-        item = self._top[parent.row()]
-        return len(item.tensors) if isinstance(item, TensorGroup) else 0
-
-    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:
-        return len(HEADERS)
-
-    # -- data ------------------------------------------------------------------------------------
-    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        item = self._item(index)
-        if item is None:
-            return None
-        col = index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self._display(item, col, index.internalId() != 0)
-        if role == SORT_ROLE:
-            return self._sort_key(item, col)
-        if role == FULL_NAME_ROLE:
-            return item.name
-        if role == OBJECT_ROLE:
-            return item
-        if role == Qt.ItemDataRole.ToolTipRole:
-            if isinstance(item, TensorGroup):
-                types = ", ".join(f"{n} × {d}" for d, n in item.dtype_counts().items())
-                return (f"{item.name}: {len(item.tensors)} tensors, {grouped(item.n_params)} parameters, "
-                        f"{human_bytes(item.nbytes)}\nTypes: {types}")
-            return f"{item.name}\n{shape_text(item.shape)} {item.dtype}, {grouped(item.nbytes)} bytes"
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (PARAMS, SIZE):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if role == Qt.ItemDataRole.FontRole and isinstance(item, TensorGroup) and col == NAME:
-            return self._bold
-        return None
-
-    @staticmethod
-    def _display(item: TensorInfo | TensorGroup, col: int, in_group: bool) -> str:
-        if isinstance(item, TensorGroup):
-            return (item.name, f"{len(item.tensors)} tensors", item.dtype_text, grouped(item.n_params),
-                    human_bytes(item.nbytes))[col]
-        if col == NAME:
-            layer = item.layer
-            return item.name[len(layer) + 1:] if in_group and layer else item.name
-        return ("", shape_text(item.shape), item.dtype, grouped(item.n_params), human_bytes(item.nbytes))[col]
-
-    @staticmethod
-    def _sort_key(item: TensorInfo | TensorGroup, col: int) -> Any:
-        if col == NAME:
-            return natural_key(item.name)
-        if col == SHAPE:
-            return (item.n_params, tuple(item.shape) if isinstance(item, TensorInfo) else ())
-        if col == TYPE:
-            return item.dtype_text if isinstance(item, TensorGroup) else item.dtype
-        if col == PARAMS:
-            return item.n_params
-        return item.nbytes
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
-        if orientation != Qt.Orientation.Horizontal:
-            return None
-        if role == Qt.ItemDataRole.DisplayRole:
-            return HEADERS[section]
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return HEADER_TIPS[section]
-        if role == Qt.ItemDataRole.TextAlignmentRole and section in (PARAMS, SIZE):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        return None
-
-    def index_of(self, name: str) -> QModelIndex:
-        """The (column 0) index of a tensor or group by its full name, or an invalid index."""
-        for row, item in enumerate(self._top):
-            if item.name == name:
-                return self.index(row, 0)
-            if isinstance(item, TensorGroup) and name.startswith(item.name + "."):
-                for crow, t in enumerate(item.tensors):
-                    if t.name == name:
-                        return self.index(crow, 0, self.index(row, 0))
-        return QModelIndex()
+PLAN_LEGEND = f"Plan: <b>override</b> · <i>rule</i> · <span style='color:{FALLBACK_COLOR.name()}'>fallback</span>"
 
 
 class TensorFilterProxy(QSortFilterProxyModel):
@@ -210,9 +38,11 @@ class TensorFilterProxy(QSortFilterProxyModel):
 
 
 class TensorTreeWidget(QWidget):
-    """Filter box + tree.  Emits ``selected(object)``: a TensorInfo, a TensorGroup, or None."""
+    """Filter box + tree.  Emits ``selected(object)`` for the current row (a TensorInfo, a TensorGroup, or
+    None) and ``selection_changed()`` when the (extended) selection changes."""
 
     selected = Signal(object)
+    selection_changed = Signal()
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -227,19 +57,32 @@ class TensorTreeWidget(QWidget):
         self.view.setModel(self.proxy)
         self.view.setUniformRowHeights(True)
         self.view.setAlternatingRowColors(True)
-        self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.view.header().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)  # file order until a click
         self.view.setSortingEnabled(True)
         self.view.header().setSectionsMovable(False)
         self.view.selectionModel().currentRowChanged.connect(self._current_changed)
+        self.view.selectionModel().selectionChanged.connect(lambda *_: self.selection_changed.emit())
+        self.delegate = PlanTypeDelegate(self.view)
+        self.view.setItemDelegateForColumn(PLAN, self.delegate)
+        self.view.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked)
+        edit_key = QShortcut(QKeySequence(Qt.Key.Key_F2), self.view, self.edit_plan)
+        edit_key.setContext(Qt.ShortcutContext.WidgetShortcut)
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)  # actions added by the window
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(4)
         lay.addWidget(self.filter)
         lay.addWidget(self.view, 1)
-        lay.addWidget(self.count_label)
+        self.plan_legend = QLabel(PLAN_LEGEND, self)
+        self.plan_legend.setToolTip("How the Plan column marks where a type comes from; hover a cell for its reason")
+        self.plan_legend.setVisible(False)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.count_label, 1)
+        bottom.addWidget(self.plan_legend)
+        lay.addLayout(bottom)
         self._size_columns()
         self._total = 0
         self._update_count()
@@ -260,6 +103,7 @@ class TensorTreeWidget(QWidget):
                 for it in items:
                     for col in texts:
                         texts[col].add(it.siblingAtColumn(col).data())
+        texts[PLAN] = {"Q5_0, Q8_0 +2"}  # a layer's typical planned types (the plan changes, the width not)
         for col, values in texts.items():
             width = max(fm.horizontalAdvance(v) for v in values) + 24
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.Interactive)
@@ -272,6 +116,15 @@ class TensorTreeWidget(QWidget):
         self._total = len(model.tensors) if model is not None else 0
         self._update_count()
         self.selected.emit(None)
+
+    def set_plan(self, plan: Plan | None, type_setter=None) -> None:
+        """Show ``plan`` in the Plan column; edits there call ``type_setter(names, type_or_None)``."""
+        self.source.type_setter = type_setter
+        self.source.set_plan(plan)
+        self.plan_legend.setVisible(plan is not None)
+
+    def refresh_plan(self) -> None:
+        self.source.refresh_plan()
 
     def _set_filter(self, rx: QRegularExpression) -> None:
         self.proxy.setFilterRegularExpression(rx)
@@ -323,6 +176,53 @@ class TensorTreeWidget(QWidget):
             idx = self.proxy.mapFromSource(src)
         self.view.setCurrentIndex(idx)
         self.view.scrollTo(idx, QAbstractItemView.ScrollHint.PositionAtCenter)
+        return True
+
+    def select_names(self, names) -> int:
+        """Select several tensors/layers by full name (the first becomes current); returns how many."""
+        sel = QItemSelection()
+        first, found = None, 0
+        for name in names:
+            src = self.source.index_of(name)
+            idx = self.proxy.mapFromSource(src) if src.isValid() else QModelIndex()
+            if idx.isValid():
+                sel.select(idx, idx)
+                first = idx if first is None else first
+                found += 1
+        flags = QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows
+        if first is not None:
+            self.view.selectionModel().setCurrentIndex(first, QItemSelectionModel.SelectionFlag.NoUpdate)
+        self.view.selectionModel().select(sel, flags)
+        return found
+
+    def selected_tensors(self, editable_only: bool = False) -> list[TensorInfo]:
+        """Tensors of the selected rows in model order; a selected layer stands for all of its tensors.
+        With ``editable_only`` only tensors whose planned type may change (quantizable ones)."""
+        out: dict[str, TensorInfo] = {}
+
+        def model_order(idx: QModelIndex) -> tuple[int, int]:
+            src = self.proxy.mapToSource(idx)
+            return (src.parent().row(), src.row()) if src.parent().isValid() else (src.row(), -1)
+
+        for idx in sorted(self.view.selectionModel().selectedRows(NAME), key=model_order):
+            obj = idx.data(OBJECT_ROLE)
+            tensors = obj.tensors if isinstance(obj, TensorGroup) else (obj,)
+            for t in tensors:
+                if editable_only and not is_editable(self.source.entry(t.name)):
+                    continue
+                out.setdefault(t.name, t)
+        return list(out.values())
+
+    def edit_plan(self) -> bool:
+        """F2: open the type editor in the current row's Plan cell (whichever cell has the focus)."""
+        idx = self.view.currentIndex()
+        if not idx.isValid():
+            return False
+        idx = idx.siblingAtColumn(PLAN)
+        if not idx.flags() & Qt.ItemFlag.ItemIsEditable:
+            return False
+        self.view.selectionModel().setCurrentIndex(idx, QItemSelectionModel.SelectionFlag.NoUpdate)
+        self.view.edit(idx)
         return True
 
     def current(self) -> TensorInfo | TensorGroup | None:

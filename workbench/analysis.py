@@ -7,7 +7,7 @@ from typing import Generator, Iterable
 import numpy as np
 
 from . import kernels
-from .dtypes import block_info
+from .dtypes import block_info, is_quantized
 from .errors import Cancelled
 from .model import Model, Tensor
 from .plan import Plan, row_fits, tensor_nbytes
@@ -100,6 +100,11 @@ def error_stats(tensor: Tensor, qtype: str, imatrix: np.ndarray | None = None, *
                       rmse / rms_x if rms_x else 0.0, float(snr), float(cos), sample)
 
 
+def is_float_type(dtype: str) -> bool:
+    """Float tensors (plain or quantized) have a quantization error; integer and bool tensors do not."""
+    return dtype in ("F32", "F16", "BF16", "F64", "F8_E4M3", "F8_E5M2") or is_quantized(dtype)
+
+
 def compatible_types(shape: tuple[int, ...], types: Iterable[str]) -> list[str]:
     return [t for t in types if row_fits(t, shape)]
 
@@ -108,7 +113,9 @@ def analyze_plan(plan: Plan, imatrix: dict[str, np.ndarray] | None = None, *, na
                  cancel=None) -> Generator[Progress, None, list[ErrorStats]]:
     """Error statistics for every tensor under ``plan`` (progress in values processed over the model)."""
     model: Model = plan.model
-    entries = [e for e in plan.entries if names is None or e.name in set(names)]
+    wanted = None if names is None else set(names)
+    # integer tensors (token ids, position ids) are never quantized: nothing to measure
+    entries = [e for e in plan.entries if (wanted is None or e.name in wanted) and is_float_type(e.source)]
     total = sum(e.n_params for e in entries)
     done = 0
     results: list[ErrorStats] = []

@@ -316,6 +316,13 @@ class Plan:
                 self.overrides[n] = qtype.upper()
         self.validate()
 
+    def set_state(self, preset: str, rules, overrides: dict[str, str]) -> None:
+        """Replace preset, rules and overrides at once (undo/redo, loading a plan)."""
+        self.preset = preset
+        self.rules = [(str(p), str(t).upper()) for p, t in rules]
+        self.overrides = {str(k): str(v).upper() for k, v in overrides.items()}
+        self.validate()
+
     def copy(self) -> "Plan":
         return Plan(self.model, self.preset, list(self.rules), dict(self.overrides), self.has_imatrix)
 
@@ -324,13 +331,15 @@ class Plan:
     def entries(self) -> list[PlanEntry]:
         if self._entries is None:
             self._entries = self._resolve()
+            self._index = {e.name: i for i, e in enumerate(self._entries)}
         return self._entries
 
     def entry(self, name: str) -> PlanEntry:
-        for e in self.entries:
-            if e.name == name:
-                return e
-        raise WorkbenchError(f"no tensor named {name!r} in the plan")
+        entries = self.entries  # resolves (and fills the name index) if needed
+        try:
+            return entries[self._index[name]]
+        except KeyError:
+            raise WorkbenchError(f"no tensor named {name!r} in the plan") from None
 
     def type_of(self, name: str) -> str:
         return self.entry(name).type

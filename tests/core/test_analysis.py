@@ -75,3 +75,18 @@ def test_analyze_presets_and_cancel(model):
     assert q["Q4_0"]["w"].qtype == "F32"  # llama-quantize's rule: only names ending in "weight" are quantized
     with pytest.raises(Cancelled):
         run(analyze_plan(Plan(model, "Q4_0"), cancel=lambda: True))
+
+
+def test_integer_tensors_are_left_out(tmp_path):
+    write_safetensors(tmp_path / "i.safetensors", {"ids": ("I64", np.arange(64)),
+                                                   "w.weight": ("F32", np.ones((4, 64), np.float32))})
+    results = run(analyze_plan(Plan(workbench.open_model(tmp_path / "i.safetensors"), "Q8_0")))
+    assert [r.name for r in results] == ["w.weight"]
+
+
+def test_plan_set_state_and_lookup(model):
+    plan = Plan(model, "Q8_0")
+    plan.set_state("Q4_0", [("attn", "Q8_0")], {"w": "F16"})
+    assert plan.preset == "Q4_0" and plan.type_of("blk.0.attn_q.weight") == "Q8_0" and plan.type_of("w") == "F16"
+    with pytest.raises(workbench.WorkbenchError, match="no tensor named 'nope'"):
+        plan.entry("nope")

@@ -25,6 +25,9 @@ def load_json(path: Path) -> Any:
 
 
 def json_type(value: Any) -> str:
+    """A readable type name for a metadata value (JSON values, numpy scalars and arrays)."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
@@ -33,7 +36,7 @@ def json_type(value: Any) -> str:
         return "float"
     if isinstance(value, str):
         return "string"
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple, np.ndarray)):
         return "array"
     if isinstance(value, dict):
         return "object"

@@ -1,0 +1,154 @@
+"""Tools ▸ Analyze Model: the results table, its sort order, the link back to the tree, presets, cancel."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QDialogButtonBox
+
+from workbench import Progress
+from workbench.analysis import analyze_plan
+from workbench.plan import Plan
+from workbench.progress import run
+from ui.analysis_view import analysis_job
+from ui.plan_controller import DEFAULT_PRESET
+
+TIMEOUT = 30_000
+
+
+@pytest.fixture
+def demo(window, load, demo_path):
+    return load(window, demo_path)
+
+
+def snr_column(view):
+    col = view.model.column("snr_db")
+    return [view.proxy.index(r, col).data(Qt.ItemDataRole.UserRole + 1) for r in range(view.proxy.rowCount())]
+
+
+def test_analyze_the_plan_fills_a_sorted_table_that_links_to_the_tree(qtbot, window, demo):
+    view = window.analysis
+    window.plan.set_types(["blk.0.attn_q.weight"], "Q4_0")  # the analysis follows the edited plan
+    with qtbot.waitSignal(view.analyzed, timeout=TIMEOUT):
+        window.plan_actions.analyze()
+    assert window.analysis_dock.isVisible()
+    assert view.proxy.rowCount() == len(demo.tensors)
+    snr = snr_column(view)
+    assert snr == sorted(snr)  # worst first
+    expected = {s.name: s for s in run(analyze_plan(window.plan.plan.copy()))}
+    for row in range(view.model.rowCount()):
+        s = view.model.rows[row][1]
+        e = expected[s.name]
+        assert (s.qtype, s.nbytes) == (e.qtype, e.nbytes)
+        assert s.rmse == pytest.approx(e.rmse, rel=1e-12) and s.cosine == pytest.approx(e.cosine, rel=1e-12)
+    assert expected["blk.0.attn_q.weight"].qtype == "Q4_0"
+    assert view.view.isColumnHidden(view.model.column("plan"))
+    # double-click a row: the tree selects that tensor
+    idx = view.proxy.index(3, view.model.column("type"))
+    name = view.row_names()[3]
+    view.view.scrollTo(idx)
+    rect = view.view.visualRect(idx)
+    qtbot.mouseClick(view.view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    qtbot.mouseDClick(view.view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert window.tree.current().name == name
+    # an edit afterwards marks the results as out of date
+    window.plan.set_preset("Q8_0")
+    assert "out of date" in view.summary.text()
+
+
+def test_compare_presets_from_the_dialog(qtbot, window, demo):
+    dlg = window.plan_actions.analyze_dialog()
+    dlg.set_presets(["Q8_0", "Q4_0"])
+    assert dlg.presets() == ["Q8_0", "Q4_0"]
+    view = window.analysis
+    with qtbot.waitSignal(view.analyzed, timeout=TIMEOUT) as blocker:
+        dlg.box.button(QDialogButtonBox.StandardButton.Ok).click()
+    assert list(blocker.args[0]) == ["Q8_0", "Q4_0"]
+    assert view.model.rowCount() == 2 * len(demo.tensors)
+    assert not view.view.isColumnHidden(view.model.column("plan"))
+    for preset, stats in blocker.args[0].items():
+        assert [s.qtype for s in stats] == [Plan(demo, preset).type_of(s.name) for s in stats]
+    assert "Q8_0" in view.summary.text() and "Q4_0" in view.summary.text()
+    view.filter.setText("ffn_down")
+    assert set(view.row_names()) == {"blk.0.ffn_down.weight", "blk.1.ffn_down.weight"}
+    assert view.proxy.rowCount() == 4
+    assert window.plan.plan.preset == DEFAULT_PRESET  # comparing presets does not touch the plan
+
+
+def test_cancel_a_running_analysis(qtbot, window, demo):
+    view = window.analysis
+    gate = threading.Event()
+    closed = threading.Event()
+
+    def slow_job(model, plan, presets):
+        try:
+            while not gate.wait(0.01):
+                yield Progress(1, 10, "analyzing slowly")
+            return {"Plan": []}
+        finally:
+            closed.set()
+
+    view.job = slow_job
+    window.plan_actions.analyze()
+    qtbot.waitUntil(lambda: window.status.progress_bar.isVisible(), timeout=5000)
+    assert view.worker.is_busy() and window.status.active_worker() is view.worker
+    assert "analysis" in window.status.cancel_button.toolTip()
+    with qtbot.waitSignal(view.worker.cancelled, timeout=5000):
+        qtbot.mouseClick(window.status.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(closed.is_set, timeout=5000)  # the job's generator was closed
+    gate.set()
+    qtbot.waitUntil(lambda: not window.status.is_busy_visible(), timeout=5000)
+    assert not view.worker.is_busy() and view.model.rowCount() == 0 and view.results == {}
+    assert "cancelled" in view.summary.text()
+    assert window.model is demo  # cancelling the analysis does not touch the model
+
+
+def test_esc_cancels_the_analysis_and_a_new_model_clears_the_table(qtbot, window, load, demo, st_folder):
+    view = window.analysis
+    with qtbot.waitSignal(view.analyzed, timeout=TIMEOUT):
+        window.plan_actions.analyze()
+    assert view.model.rowCount() == len(demo.tensors)
+    gate = threading.Event()
+
+    def slow_job(model, plan, presets):
+        while not gate.wait(0.01):
+            yield Progress(1, 10, "analyzing slowly")
+        return {"Plan": []}
+
+    view.job = slow_job
+    window.plan_actions.analyze()
+    assert view.model.rowCount() == 0  # the old results went with the new run
+    qtbot.waitUntil(lambda: view.worker.is_busy(), timeout=5000)
+    assert window.act_cancel.shortcut().toString() == "Esc"
+    with qtbot.waitSignal(view.worker.cancelled, timeout=5000):
+        window.act_cancel.trigger()
+    gate.set()
+    assert view.model.rowCount() == 0 and not view.worker.is_busy()
+    view.job = analysis_job
+    with qtbot.waitSignal(view.analyzed, timeout=TIMEOUT):
+        window.plan_actions.analyze()
+    load(window, st_folder)
+    assert view.model.rowCount() == 0 and "No analysis yet" in view.summary.text()
+
+
+def test_integer_tensors_are_left_out_of_the_analysis(qtbot, window, load, tmp_path):
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "bert-like"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    save_file({"embeddings.position_ids": np.arange(64, dtype=np.int64)[None, :],
+               "encoder.layer.0.dense.weight": rng.standard_normal((32, 64), dtype=np.float32),
+               "encoder.layer.0.norm.weight": np.ones(64, np.float32)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    model = load(window, folder)
+    view = window.analysis
+    with qtbot.waitSignal(view.analyzed, timeout=TIMEOUT):
+        window.plan_actions.analyze(["Q8_0", "Q4_0"])
+    assert view.model.rowCount() == 2 * (len(model.tensors) - 1)
+    assert "embeddings.position_ids" not in view.row_names()
+    assert "1 tensor of an integer type" in view.summary.text()
