@@ -149,6 +149,46 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _run_job(job) -> list:
+    """Drive a job with a progress bar on stderr; print the written paths on stdout."""
+    bar = TextProgressBar()
+    try:
+        paths = run(job, bar)
+    finally:
+        bar.close()
+    for path in paths or ():
+        print(path)
+    return paths
+
+
+def parse_size(text: str) -> int:
+    """``2G``, ``500M``, ``1.5G``, ``4096`` -> bytes."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("B")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise WorkbenchError(f"{text!r} is not a size (examples: 2G, 500M, 4096)") from None
+
+
+def cmd_export(args) -> int:
+    from .convert.export import export_hf
+
+    _run_job(export_hf(args.src, args.output, dtype=None if args.dtype == "keep" else args.dtype.upper(),
+                       format=args.format, max_shard_size=parse_size(args.max_shard_size), overwrite=args.overwrite))
+    return 0
+
+
+def cmd_set_metadata(args) -> int:
+    from .convert.metadata_edit import parse_assignment, set_metadata
+
+    assignments = dict(parse_assignment(a) for a in args.assignments)
+    _run_job(set_metadata(args.src, args.output, assignments, remove=args.remove or (), overwrite=args.overwrite))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Model Workbench: inspect, quantize and convert model weights.")
     p.add_argument("--version", action="version", version=f"Model Workbench {__version__}")
@@ -171,11 +211,37 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--tensor-type-file", metavar="FILE", help="export llama-quantize's --tensor-type-file")
     pl.add_argument("--json", action="store_true", help="print JSON")
     pl.set_defaults(func=cmd_plan)
+    ex = sub.add_parser("export", help="write a Hugging Face folder (safetensors or .bin) from a GGUF or any model",
+                        description="GGUF -> HF folder (dequantized, Q/K un-permuted, config and tokenizer rebuilt), "
+                                    "or a .bin checkpoint -> safetensors.")
+    ex.add_argument("src", help="a model file or folder")
+    ex.add_argument("-o", "--output", required=True, help="output folder")
+    ex.add_argument("--format", choices=("safetensors", "bin"), default="safetensors")
+    ex.add_argument("--dtype", choices=("f32", "f16", "bf16", "keep"), default="f16",
+                    help="float type of the written tensors (keep: as stored; quantized ones become f32)")
+    ex.add_argument("--max-shard-size", default="5G", help="shard above this size (default 5G)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    ex.set_defaults(func=cmd_export)
+    sm = sub.add_parser("set-metadata", help="add, change or remove GGUF keys (tensors copied unchanged)",
+                        description="Write a copy of a GGUF with metadata edited; tensor data is copied byte for byte.")
+    sm.add_argument("src", help="a .gguf file")
+    sm.add_argument("-o", "--output", required=True, help="the new .gguf file")
+    sm.add_argument("assignments", nargs="*", metavar="KEY=VALUE",
+                    help="e.g. general.name=\"My Model\", tokenizer.chat_template=@template.jinja, llama.context_length=uint32:8192")
+    sm.add_argument("--remove", action="append", metavar="KEY", help="remove a key (repeatable)")
+    sm.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    sm.set_defaults(func=cmd_set_metadata)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE assignments may follow options (SRC -o OUT KEY=VALUE ...), which argparse leaves over
+    if getattr(args, "func", None) is cmd_set_metadata and all("=" in e and not e.startswith("-") for e in extra):
+        args.assignments = [*args.assignments, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except WorkbenchError as err:

@@ -75,3 +75,32 @@ def test_plan_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Preset Q4_K_M:" in out and "rule attn_q" in out
     assert main(["plan", str(src), "--rule", "no-equals-sign"]) == 1
+
+
+def test_set_metadata_and_export_commands(tmp_path, gguf_file, capsys):
+    import workbench
+
+    src, expected = gguf_file
+    out = tmp_path / "edited.gguf"
+    assert main(["set-metadata", str(src), "-o", str(out), "general.name=Renamed Model",
+                 "custom.count=uint32:7"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    m = workbench.open_model(out)
+    assert m.meta("general.name") == "Renamed Model" and m.meta("custom.count") == 7
+    assert main(["set-metadata", str(src), "-o", str(out), "general.name=again"]) == 1  # no overwrite
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", str(src), "-o", str(tmp_path / "hf"), "--dtype", "f32"]) == 0
+    written = capsys.readouterr().out.split()
+    assert str(tmp_path / "hf" / "model.safetensors") in written
+    back = workbench.open_model(tmp_path / "hf")
+    name = "blk.0.ffn_up.weight"  # an F32 tensor in the fixture: exported unchanged
+    assert expected[name][0] == "F32"
+    hf_name = next(t.name for t in back.tensors if t.name.endswith("layers.0.mlp.up_proj.weight"))
+    np.testing.assert_array_equal(back.tensor(hf_name).to_float32(), expected[name][1])
+
+
+def test_parse_size():
+    from workbench.cli import parse_size
+
+    assert parse_size("2G") == 2 * 2**30 and parse_size("500M") == 500 * 2**20 and parse_size("4096") == 4096
+    assert parse_size("1.5GB") == int(1.5 * 2**30)
