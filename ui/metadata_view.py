@@ -329,14 +329,14 @@ class MetadataWidget(QWidget):
     def _fetch_visible(self) -> None:
         """Fetch the next page of an array whose last loaded item is scrolled into view (Qt itself
         only does this when the view is scrolled to its very bottom)."""
-        vp = self.view.viewport()
-        idx = self.view.indexAt(QPoint(4, vp.height() - 2))
-        while idx.isValid():
+        height = self.view.viewport().height()
+        idx = self.view.indexAt(QPoint(4, 2))
+        while idx.isValid() and self.view.visualRect(idx).top() < height:
             parent = idx.parent()
-            if parent.isValid() and idx.row() >= self.proxy.rowCount(parent) - 1 and self.proxy.canFetchMore(parent):
+            if parent.isValid() and idx.row() == self.proxy.rowCount(parent) - 1 and self.proxy.canFetchMore(parent):
                 self.proxy.fetchMore(parent)
                 return
-            idx = parent
+            idx = self.view.indexBelow(idx)
 
     def find(self, key: str, group: str | None = None) -> QModelIndex:
         """The proxy index (column 0) of a top-level key, optionally within one group."""
