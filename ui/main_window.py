@@ -93,9 +93,9 @@ class MainWindow(QMainWindow):
         self.splitter.addWidget(left)
         self.splitter.addWidget(self.tabs)
         self.splitter.setChildrenCollapsible(False)
-        self.splitter.setStretchFactor(0, 1)
-        self.splitter.setStretchFactor(1, 1)
-        self.splitter.setSizes([620, 580])
+        self.splitter.setStretchFactor(0, 3)  # the tree has six columns: it gets the larger share
+        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setSizes([730, 550])
         self.splitter.setContentsMargins(6, 6, 6, 0)
         self.splitter.setHandleWidth(8)
         self.welcome = WelcomeWidget(self)
