@@ -181,6 +181,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .convert.hf_to_gguf import convert_hf_to_gguf
+    from .plan import Plan
+
+    preset = args.type.upper()
+    plan = preset
+    if args.plan:
+        plan = Plan.load(run(iter_open_model(args.src)), args.plan)
+    _run_job(convert_hf_to_gguf(args.src, args.output, plan, name=args.name,
+                                split_max_size=parse_size(args.split_max_size) if args.split_max_size else 0,
+                                split_max_tensors=args.split_max_tensors or 0, overwrite=args.overwrite))
+    return 0
+
+
 def cmd_set_metadata(args) -> int:
     from .convert.metadata_edit import parse_assignment, set_metadata
 
@@ -211,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--tensor-type-file", metavar="FILE", help="export llama-quantize's --tensor-type-file")
     pl.add_argument("--json", action="store_true", help="print JSON")
     pl.set_defaults(func=cmd_plan)
+    cv = sub.add_parser("convert", help="convert a Hugging Face folder to GGUF with a preset or plan",
+                        description="HF folder (llama, mistral, qwen2, bert, t5) -> GGUF with full metadata and "
+                                    "tokenizer, tensors typed by a preset or a saved plan.")
+    cv.add_argument("src", help="a Hugging Face model folder")
+    cv.add_argument("-o", "--output", required=True, help="output folder (or a .gguf file name)")
+    cv.add_argument("--type", default="F16", help="preset: F32, F16, BF16, Q8_0, Q4_K_M, ... (default F16)")
+    cv.add_argument("--plan", help="a saved plan (JSON) instead of a preset")
+    cv.add_argument("--name", help="output file name (default: the GGUF naming convention from the metadata)")
+    cv.add_argument("--split-max-size", metavar="SIZE", help="split into shards of at most SIZE (e.g. 2G)")
+    cv.add_argument("--split-max-tensors", type=int, metavar="N", help="split into shards of at most N tensors")
+    cv.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    cv.set_defaults(func=cmd_convert)
     ex = sub.add_parser("export", help="write a Hugging Face folder (safetensors or .bin) from a GGUF or any model",
                         description="GGUF -> HF folder (dequantized, Q/K un-permuted, config and tokenizer rebuilt), "
                                     "or a .bin checkpoint -> safetensors.")

@@ -104,3 +104,20 @@ def test_parse_size():
 
     assert parse_size("2G") == 2 * 2**30 and parse_size("500M") == 500 * 2**20 and parse_size("4096") == 4096
     assert parse_size("1.5GB") == int(1.5 * 2**30)
+
+
+def test_convert_command(tmp_path, hf_folder, capsys):
+    import workbench
+
+    folder, expected = hf_folder
+    assert main(["convert", str(folder), "-o", str(tmp_path / "out"), "--type", "Q8_0"]) == 0
+    paths = capsys.readouterr().out.split()
+    assert len(paths) == 1 and paths[0].endswith("-Q8_0.gguf")
+    m = workbench.open_model(paths[0])
+    assert m.architecture == "llama" and m.meta("general.file_type") == 7
+    assert m.info("blk.0.attn_q.weight").dtype == "Q8_0" and m.info("blk.0.attn_norm.weight").dtype == "F32"
+    assert main(["convert", str(folder), "-o", str(tmp_path / "out"), "--type", "Q8_0"]) == 1  # exists
+    assert main(["convert", str(folder), "-o", str(tmp_path / "split"), "--split-max-tensors", "8"]) == 0
+    shards = capsys.readouterr().out.split()
+    assert len(shards) > 1 and all("-of-" in s for s in shards)
+    assert len(workbench.open_model(shards[0]).tensors) == len(m.tensors)
