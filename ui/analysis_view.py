@@ -13,9 +13,9 @@ from PySide6.QtCore import QModelIndex, Qt, Signal
 from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QTableView, QVBoxLayout, \
     QWidget
 
-from workbench import Model, Progress
-from workbench.analysis import ErrorStats, analyze_plan
-from workbench.plan import TYPES, Plan
+from workbench import Model
+from workbench.analysis import ErrorStats, analyze_plans
+from workbench.plan import Plan
 
 from .error_table import ErrorStatsModel, ErrorStatsProxy
 from .formatting import human_bytes
@@ -24,28 +24,10 @@ from .worker import Worker
 COLUMNS = ("plan", "tensor", "type", "bpw", "size", "rmse", "max_abs", "rel_rmse", "snr_db", "cosine")
 
 
-def measurable(plan: Plan) -> list[str]:
-    """Tensors whose planned type the kernels implement (integer tensors such as BERT's position ids keep
-    their I64/I32 type and cannot be measured)."""
-    return [e.name for e in plan.entries if e.type in TYPES]
-
-
 def analysis_job(model: Model, plan: Plan | None, presets: list[str] | None):
-    """Worker job: ``{label: [ErrorStats]}`` for the plan (a private copy) or for each preset, like the core's
-    ``analyze_presets`` but over the measurable tensors only."""
+    """Worker job: ``{label: [ErrorStats]}`` for the plan (a private copy) or for each preset."""
     plans = {f"Plan {plan.preset}": plan} if presets is None else {p: Plan(model, p) for p in presets}
-    out: dict[str, list[ErrorStats]] = {}
-    for k, (label, pl) in enumerate(plans.items()):
-        job = analyze_plan(pl, names=measurable(pl))
-        while True:
-            try:
-                p = next(job)
-            except StopIteration as stop:
-                out[label] = stop.value
-                break
-            prefix = f"{label}: " if len(plans) > 1 else ""
-            yield Progress(k * p.total + p.done, len(plans) * p.total, prefix + p.message)
-    return out
+    return analyze_plans(plans)
 
 
 def summary_line(label: str, stats: list[ErrorStats]) -> str:

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeade
 from workbench import Model, Progress, TensorInfo
 from workbench.analysis import ErrorStats, error_stats, shared_histograms
 from workbench.plan import TYPES, Plan, row_fits
+from workbench.progress import relay
 
 from .error_table import ErrorStatsModel
 from .type_toggles import TYPE_COLORS, TypeToggles
@@ -35,14 +36,8 @@ def error_job(model: Model, name: str, types: list[str]):
     n = max(1, tensor.info.n_params)
     out: dict[str, ErrorStats] = {}
     for k, qtype in enumerate(types):
-        job = error_stats(tensor, qtype)
-        while True:
-            try:
-                p = next(job)
-            except StopIteration as stop:
-                out[qtype] = stop.value
-                break
-            yield Progress(k * n + p.done, len(types) * n, f"{name} → {qtype} ({k + 1}/{len(types)})")
+        out[qtype] = yield from relay(error_stats(tensor, qtype), lambda p, k=k, qtype=qtype: Progress(
+            k * n + p.done, len(types) * n, f"{name} → {qtype} ({k + 1}/{len(types)})"))
     return name, out
 
 

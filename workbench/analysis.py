@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Generator, Iterable
+from typing import Generator, Iterable, Mapping
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from .dtypes import block_info, is_quantized
 from .errors import Cancelled
 from .model import Model, Tensor
 from .plan import Plan, row_fits, tensor_nbytes
-from .progress import Progress
+from .progress import Progress, relay
 
 SAMPLE_LIMIT = 1 << 20  # error values kept per tensor and type for histograms
 
@@ -123,36 +123,30 @@ def analyze_plan(plan: Plan, imatrix: dict[str, np.ndarray] | None = None, *, na
         job = error_stats(model.tensor(e.name), e.type, (imatrix or {}).get(e.gguf_name), keep_sample=False,
                           cancel=cancel)
         base = done
-        while True:
-            try:
-                p = next(job)
-            except StopIteration as stop:
-                results.append(stop.value)
-                break
-            yield Progress(base + p.done, total, f"[{i + 1}/{len(entries)}] {e.name} → {e.type}")
+        results.append((yield from relay(job, lambda p, base=base, i=i, e=e: Progress(
+            base + p.done, total, f"[{i + 1}/{len(entries)}] {e.name} → {e.type}"))))
         done += e.n_params
     return results
 
 
-def analyze_presets(model: Model, presets: Iterable[str], cancel=None) -> Generator[Progress, None, dict[str, list[ErrorStats]]]:
-    """:func:`analyze_plan` for several presets, one after the other."""
-    presets = list(presets)
+def analyze_plans(plans: Mapping[str, Plan], cancel=None) -> Generator[Progress, None, dict[str, list[ErrorStats]]]:
+    """:func:`analyze_plan` for several plans (e.g. presets) one after the other: label -> results."""
     out: dict[str, list[ErrorStats]] = {}
-    for k, preset in enumerate(presets):
-        job = analyze_plan(Plan(model, preset), cancel=cancel)
-        while True:
-            try:
-                p = next(job)
-            except StopIteration as stop:
-                out[preset] = stop.value
-                break
-            yield Progress(k * p.total + p.done, len(presets) * p.total, f"{preset}: {p.message}")
+    for k, (label, plan) in enumerate(plans.items()):
+        prefix = f"{label}: " if len(plans) > 1 else ""
+        out[label] = yield from relay(analyze_plan(plan, cancel=cancel), lambda p, k=k, prefix=prefix: Progress(
+            k * p.total + p.done, len(plans) * p.total, prefix + p.message))
     return out
+
+
+def analyze_presets(model: Model, presets: Iterable[str], cancel=None) -> Generator[Progress, None, dict[str, list[ErrorStats]]]:
+    """:func:`analyze_plans` for presets of one model."""
+    return (yield from analyze_plans({p: Plan(model, p) for p in presets}, cancel=cancel))
 
 
 def without_sample(s: ErrorStats) -> ErrorStats:
     return replace(s, sample=None)
 
 
-__all__ = ["ErrorStats", "analyze_plan", "analyze_presets", "compatible_types", "error_histogram", "error_stats",
+__all__ = ["ErrorStats", "analyze_plan", "analyze_plans", "analyze_presets", "compatible_types", "error_histogram", "error_stats",
            "shared_histograms", "block_info"]

@@ -38,6 +38,16 @@ def run(job: Job[T], on_progress: Callable[[Progress], Any] | None = None) -> T:
             on_progress(p)
 
 
+def relay(job: Job[T], transform: Callable[[Progress], Progress]) -> Job[T]:
+    """Re-yield a job's progress through ``transform`` and return its result (``x = yield from relay(...)``)."""
+    while True:
+        try:
+            p = next(job)
+        except StopIteration as stop:
+            return stop.value
+        yield transform(p)
+
+
 class TextProgressBar:
     """A one-line progress bar with ETA for a terminal (used by the CLI on stderr)."""
 
