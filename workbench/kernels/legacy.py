@@ -108,35 +108,25 @@ def _unpack_qh(qh: np.ndarray) -> np.ndarray:
     return bits.astype(np.uint8) << 4
 
 
-_CODES = np.arange(256)
+def _unpack_nibbles(qs: np.ndarray) -> np.ndarray:
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
 
 
 def _dequant(q: np.ndarray, n: int, type_size: int, heads: int, offset: int, qh: bool) -> np.ndarray:
-    """dequantize_row_q4_0/q4_1/q5_0/q5_1: y = (code - offset) * d (+ m), codes via table lookups."""
+    """dequantize_row_q4_0/q4_1/q5_0/q5_1: y = (code - offset) * d (+ m)."""
     blk = q.reshape(-1, type_size)
-    nb = blk.shape[0]
     hf = fp16_value(np.ascontiguousarray(blk[:, :2 * heads]).view("<u2"))  # d (and m)
     start = 2 * heads + (4 if qh else 0)
-    qs = blk[:, start:]
-    out = np.empty((nb, 32), np.float32)
+    codes = _unpack_nibbles(blk[:, start:])
     if qh:
-        bits = _unpack_qh(blk[:, 2 * heads:start])  # 0 or 16 per value
-        lo = _TABLE[offset][(qs & 0x0F) | bits[:, :16]]
-        hi = _TABLE[offset][(qs >> 4) | bits[:, 16:]]
-    else:
-        lo = _LOW[offset][qs]
-        hi = _HIGH[offset][qs]
-    np.multiply(lo, hf[:, :1], out=out[:, :16])
-    np.multiply(hi, hf[:, :1], out=out[:, 16:])
+        codes |= _unpack_qh(blk[:, 2 * heads:start])
+    v = codes.astype(np.float32)
+    if offset:
+        v -= F32(offset)  # exact: small integers
+    v *= hf[:, :1]
     if heads == 2:
-        out += hf[:, 1:2]
-    return out.reshape(q.shape[0], n)
-
-
-# code -> float(code - offset) for 5-bit codes, and byte -> low/high nibble - offset for 4-bit ones
-_TABLE = {off: (_CODES[:32] - off).astype(np.float32) for off in (0, 16)}
-_LOW = {off: ((_CODES & 0x0F) - off).astype(np.float32) for off in (0, 8)}
-_HIGH = {off: ((_CODES >> 4) - off).astype(np.float32) for off in (0, 8)}
+        v += hf[:, 1:2]
+    return v.reshape(q.shape[0], n)
 
 
 def _quantize_symmetric(x: np.ndarray, imatrix, nmax: int) -> np.ndarray:
@@ -231,4 +221,6 @@ class Q8_0(Kernel, qtype=T.Q8_0):  # quantize_row_q8_0_ref (ggml ignores quant w
     def dequantize_rows(cls, q, n):
         blk = q.reshape(-1, cls.type_size)
         d = fp16_value(np.ascontiguousarray(blk[:, :2]).view("<u2"))
-        return (blk[:, 2:].view(np.int8).astype(np.float32) * d).reshape(q.shape[0], n)
+        v = blk[:, 2:].view(np.int8).astype(np.float32)
+        v *= d
+        return v.reshape(q.shape[0], n)
