@@ -101,6 +101,8 @@ def decode(raw: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
             out = _F8_E4M3[arr.view(np.uint8)]
         elif dtype == "F8_E5M2":
             out = _F8_E5M2[arr.view(np.uint8)]
+        elif arr.dtype == np.float32:
+            out = arr  # already float32 (e.g. a read-only view of a mapped file): no copy
         else:
             out = arr.astype(np.float32)
         return out.reshape(shape)

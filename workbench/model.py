@@ -90,7 +90,8 @@ class Tensor:
         return data.view(dtypes.PLAIN_DTYPES[info.dtype]).reshape(info.shape)
 
     def to_float32(self) -> np.ndarray:
-        """The whole tensor as float32 of ``info.shape`` (dequantized or widened)."""
+        """The whole tensor as float32 of ``info.shape`` (dequantized or widened; F32 data comes back as a
+        read-only view of the mapped file, so copy it before changing it)."""
         return dtypes.decode(self.raw(), self.info.dtype, self.info.shape)
 
     def iter_float32(self, max_elements: int = 1 << 22) -> Iterator[np.ndarray]:
