@@ -1,6 +1,7 @@
 """The opened model: lazy tensors, grouped metadata, totals and layer grouping."""
 from __future__ import annotations
 
+import mmap
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -152,6 +153,24 @@ class Model:
             mm = np.memmap(file, dtype=np.uint8, mode="r") if file.stat().st_size else np.zeros(0, np.uint8)
             self._maps[file] = mm
         return mm
+
+    def release(self, name: str) -> None:
+        """Tell the OS this tensor's mapped pages are not needed any more (they are re-read on next use).
+
+        Streaming jobs call it after each tensor, so the process does not keep a whole model's pages
+        resident.  No-op where ``madvise`` is unavailable."""
+        info = self._by_name.get(name)
+        mm = self._maps.get(info.file) if info is not None else None
+        raw = getattr(mm, "_mmap", None)
+        if raw is None or not hasattr(mmap, "MADV_DONTNEED") or not info.nbytes:
+            return
+        page = mmap.PAGESIZE
+        start = info.offset // page * page
+        end = min(len(mm), info.offset + info.nbytes)
+        try:
+            raw.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            pass
 
     def close(self) -> None:
         self._maps.clear()

@@ -200,3 +200,23 @@ def test_opening_reads_headers_only(gguf_file, monkeypatch):
     assert m._maps == {}
     m.tensor("blk.0.ffn_up.weight").to_float32()
     assert list(m._maps) == [path]
+
+
+def test_release_drops_mapped_pages_and_data_stays_readable(tmp_path):
+    from workbench.formats.safetensors import write_safetensors
+
+    x = np.random.default_rng(4).standard_normal((512, 1024)).astype(np.float32)
+    write_safetensors(tmp_path / "big.safetensors", {"w": ("F32", x)})
+    m = workbench.open_model(tmp_path / "big.safetensors")
+
+    def rss_kb():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+    before = rss_kb()
+    assert float(m.tensor("w").to_float32().sum()) == pytest.approx(float(x.sum()), rel=1e-4)  # touches 2 MiB
+    touched = rss_kb()
+    m.release("w")
+    assert rss_kb() < touched - 1024 <= touched  # the pages left the process
+    np.testing.assert_array_equal(m.tensor("w").to_float32(), x)  # and are read again on demand
+    assert before <= touched

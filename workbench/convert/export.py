@@ -277,6 +277,7 @@ def _write_stream(f, model: Model, item: _Item, cancel) -> int:
         written += view.nbytes
     if written != item.nbytes:
         raise WorkbenchError(f"internal error: tensor {item.src.name} produced {written} bytes, expected {item.nbytes}")
+    model.release(item.src.name)  # stream: drop the source pages of a finished tensor
     return written
 
 

@@ -553,6 +553,8 @@ def _write_tensors(w: gguf.GGUFWriter, conv: HfToGguf, cancel, imatrix) -> Gener
             yield Progress(done, total, f"{t.name} → {t.type}")
         if written != nbytes:  # pragma: no cover - a bug, not a user error
             raise WorkbenchError(f"{t.name}: wrote {written} bytes, expected {nbytes}")
+        if t.source is not None:
+            model.release(t.source)  # stream: drop the source pages of a finished tensor
         w.write_padding(fout, nbytes)
         w.state = gguf.gguf_writer.WriterState.WEIGHTS
 
