@@ -45,7 +45,7 @@ SUPPORTED_ARCHITECTURES = {
     "BertModel": "bert", "BertForMaskedLM": "bert",
     "T5ForConditionalGeneration": "t5", "T5WithLMHeadModel": "t5",
 }
-CHUNK_ELEMENTS = 1 << 21  # source values quantized per step (bounded memory, progress granularity)
+CHUNK_ELEMENTS = 1 << 22  # source values quantized per step (bounded memory, progress granularity)
 
 # transformers' config defaults for the keys the converter reads (its config class fills them in)
 _DEFAULTS = {

@@ -17,7 +17,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..errors import UnsupportedError, WorkbenchError
 
 CHUNK_ELEMENTS = 1 << 18  # float32 values per chunk: temporaries stay a few MB per thread
-PROCESS_MIN_ELEMENTS = 1 << 22  # GIL-bound kernels use worker processes from this tensor size up
+PROCESS_MIN_ELEMENTS = 1 << 23  # GIL-bound kernels use worker processes from this tensor size up
 
 
 class Kernel:
