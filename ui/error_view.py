@@ -23,6 +23,7 @@ from workbench.progress import relay
 
 from .error_table import ErrorStatsModel
 from .type_toggles import TYPE_COLORS, TypeToggles
+from .plots import histogram_plot
 from .worker import Worker
 
 BINS = 101
@@ -148,22 +149,8 @@ class ErrorView(QWidget):
         self.show_item(None)
 
     def _make_plot(self) -> pg.PlotWidget:
-        pal = self.palette()
-        fg = pal.color(QPalette.ColorRole.WindowText)
-        plot = pg.PlotWidget(self, background=pal.color(QPalette.ColorRole.Base))
-        plot.setAcceptDrops(False)  # file drops belong to the window
-        plot.setMinimumHeight(160)
-        pi = plot.getPlotItem()
-        pi.showGrid(x=True, y=True, alpha=0.15)
-        pi.setMenuEnabled(False)
-        for name, text in (("bottom", "error (dequantized − original)"), ("left", "count")):
-            ax = pi.getAxis(name)
-            ax.setPen(fg)
-            ax.setTextPen(fg)
-            ax.enableAutoSIPrefix(False)
-            ax.setLabel(text, color=fg.name())
-        plot.setToolTip("Error distribution of each type over one common range. Drag to pan, wheel to zoom.")
-        return plot
+        return histogram_plot(self, "error (dequantized − original)",
+                              "Error distribution of each type over one common range. Drag to pan, wheel to zoom.", 160)
 
     def _set_log(self, on: bool) -> None:
         self.plot.setLogMode(y=on)

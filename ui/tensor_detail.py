@@ -10,7 +10,7 @@ from collections import OrderedDict
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QFont, QPalette
+from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (QCheckBox, QFrame, QGridLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy,
                                QVBoxLayout, QWidget)
 
@@ -19,6 +19,7 @@ from workbench.stats import TensorStats, tensor_stats
 
 from .formatting import count_with_percent, float_text, grouped, human_bytes, shape_text
 from .tensor_tree import TensorGroup
+from .plots import histogram_plot
 from .worker import Worker
 
 INFO_FIELDS = ("Shape", "Type", "Parameters", "Size", "File", "Offset")
@@ -147,23 +148,8 @@ class TensorDetailWidget(QWidget):
         self.show_item(None)
 
     def _make_plot(self) -> pg.PlotWidget:
-        pal = self.palette()
-        fg = pal.color(QPalette.ColorRole.WindowText)
-        plot = pg.PlotWidget(self, background=pal.color(QPalette.ColorRole.Base))
-        plot.setAcceptDrops(False)  # file drops belong to the window
-        plot.setMinimumHeight(180)
-        pi = plot.getPlotItem()
-        pi.showGrid(x=True, y=True, alpha=0.15)
-        pi.setMenuEnabled(False)
-        for name, text in (("bottom", "value"), ("left", "count")):
-            ax = pi.getAxis(name)
-            ax.setPen(fg)
-            ax.setTextPen(fg)
-            ax.enableAutoSIPrefix(False)  # "-0.2", not "-200 (x0.001)"
-            ax.setLabel(text, color=fg.name())
-        plot.setToolTip("Distribution of the tensor's values (dequantized). Drag to pan, wheel to zoom, "
-                        "right-drag to stretch; the dashed line is the mean.")
-        return plot
+        return histogram_plot(self, "value", "Distribution of the tensor's values (dequantized). Drag to pan, "
+                              "wheel to zoom, right-drag to stretch; the dashed line is the mean.", 180)
 
     # -- input -------------------------------------------------------------------------------------
     def set_model(self, model: Model | None) -> None:
