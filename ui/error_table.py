@@ -19,7 +19,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "plan": ("Plan", "Preset (or the current plan) this row was computed for"),
     "tensor": ("Tensor", "Tensor name"),
     "type": ("Type", "Quantization type"),
-    "bpw": ("Bits/weight", "Bits per weight of the type (block scales included)"),
+    "bpw": ("bpw", "Bits per weight of the type (block scales included)"),
     "size": ("Size", "Size of the tensor in this type"),
     "rmse": ("RMSE", "Root-mean-square error of the dequantized values"),
     "max_abs": ("Max |err|", "Largest absolute error of any value"),
