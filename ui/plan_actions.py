@@ -21,6 +21,7 @@ from workbench.plan import Plan
 from .analyze_dialog import AnalyzeDialog
 from .rules_dialog import RulesDialog
 from .set_type_menu import SetTypeMenu
+from .worker import Worker
 
 if TYPE_CHECKING:
     from .main_window import MainWindow
@@ -35,6 +36,12 @@ class PlanActions(QObject):
         self.w = window
         self.controller = window.plan
         self.dialog: QDialog | None = None  # the open rules/analyze dialog (tests reach it here)
+        # plan files are small, but file I/O still never runs on the GUI thread
+        self.files = Worker(self, name="plan-files")
+        self._file_done = lambda value: None
+        self._file_error_title = ""
+        self.files.result.connect(lambda value: self._file_done(value))
+        self.files.error.connect(lambda message: self.w.show_error(self._file_error_title, message))
         stack = self.controller.undo_stack
         self.act_undo = stack.createUndoAction(window, "&Undo")
         self.act_undo.setShortcut(QKeySequence(QKeySequence.StandardKey.Undo))
@@ -132,36 +139,30 @@ class PlanActions(QObject):
         dlg.open()
         return dlg
 
-    # -- files (tiny: written on the GUI thread, atomically, by the core) -----------------------------
-    def save_plan(self, path) -> bool:
-        try:
-            self.controller.plan.save(path)
-        except (WorkbenchError, OSError) as exc:
-            self.w.show_error("Could not save the plan", str(exc))
-            return False
-        self.w.statusBar().showMessage(f"Plan saved to {path}", 4000)
-        return True
+    # -- files (read and written on the worker, atomically, by the core) ------------------------------
+    def _file_job(self, fn, args: tuple, title: str, on_done) -> int:
+        self._file_done, self._file_error_title = on_done, title
+        return self.files.start(fn, *args)
 
-    def load_plan(self, path) -> bool:
-        try:
-            plan = Plan.load(self.controller.plan.model, path)
-        except (WorkbenchError, OSError) as exc:
-            self.w.show_error("Could not load the plan", str(exc))
-            return False
-        self.controller.replace(plan, f"Load plan {Path(path).name}")
-        self.w.statusBar().showMessage(f"Plan loaded from {path}", 4000)
-        return True
+    def save_plan(self, path) -> int:
+        """Save a snapshot of the plan in the background; returns the job id (``files.result`` when done)."""
+        return self._file_job(self.controller.plan.copy().save, (path,), "Could not save the plan",
+                              lambda _: self.w.statusBar().showMessage(f"Plan saved to {path}", 4000))
 
-    def export_tensor_types(self, path) -> bool:
-        try:
-            with atomic_write_path(path) as tmp:
-                Path(tmp).write_text(self.controller.plan.tensor_type_file(), encoding="utf-8")
-        except (WorkbenchError, OSError) as exc:
-            self.w.show_error("Could not export the tensor types", str(exc))
-            return False
-        self.w.statusBar().showMessage(f"Tensor types written to {path} (use with llama-quantize "
-                                       f"--tensor-type-file … {self.controller.plan.preset})", 8000)
-        return True
+    def load_plan(self, path) -> int:
+        """Read a plan in the background; it replaces the current one (one undoable step) when it arrives."""
+        def done(plan: Plan) -> None:
+            self.controller.replace(plan, f"Load plan {Path(path).name}")
+            self.w.statusBar().showMessage(f"Plan loaded from {path}", 4000)
+
+        return self._file_job(Plan.load, (self.controller.plan.model, path), "Could not load the plan", done)
+
+    def export_tensor_types(self, path) -> int:
+        text, preset = self.controller.plan.tensor_type_file(), self.controller.plan.preset
+        return self._file_job(_write_text, (path, text), "Could not export the tensor types",
+                              lambda _: self.w.statusBar().showMessage(
+                                  f"Tensor types written to {path} (use with llama-quantize "
+                                  f"--tensor-type-file … {preset})", 8000))
 
     def _ask(self, save: bool, title: str, suffix: str, file_filter: str) -> str:
         model = self.controller.plan.model
@@ -184,3 +185,8 @@ class PlanActions(QObject):
         if self.controller.plan is not None and (path := self._ask(True, "Export Tensor Types", ".tensor-types.txt",
                                                                    TYPES_FILTER)):
             self.export_tensor_types(path)
+
+
+def _write_text(path, text: str) -> None:
+    with atomic_write_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")

@@ -211,23 +211,28 @@ def test_plan_json_round_trip_and_tensor_type_export(qtbot, make_window, load, d
     saved = window.plan.plan.to_json()
     types = plan_column(window.tree)
     path = tmp_path / "demo.plan.json"
-    assert window.plan_actions.save_plan(path)
+    files = window.plan_actions.files
+    with qtbot.waitSignal(files.result, timeout=5000):
+        window.plan_actions.save_plan(path)  # on the worker, not the GUI thread
     assert json.loads(path.read_text()) == saved
     window.plan.set_preset("Q8_0")
     window.plan.set_types(["blk.1.ffn_up.weight"], None)
     assert plan_column(window.tree) != types
-    assert window.plan_actions.load_plan(path)
+    with qtbot.waitSignal(files.result, timeout=5000):
+        window.plan_actions.load_plan(path)
     assert window.plan.plan.to_json() == saved and plan_column(window.tree) == types
     assert plan_column(window.tree) == Plan.load(model, path).types()
     window.plan_actions.act_undo.trigger()  # loading is one undoable step
     assert window.plan.plan.preset == "Q8_0"
     out = tmp_path / "types.txt"
-    assert window.plan_actions.export_tensor_types(out)
+    with qtbot.waitSignal(files.result, timeout=5000):
+        window.plan_actions.export_tensor_types(out)
     assert out.read_text() == window.plan.plan.tensor_type_file()
     # a plan that names tensors this model does not have is refused with a message
     bad = tmp_path / "other.plan.json"
     bad.write_text(json.dumps({**saved, "overrides": {"no.such.tensor": "Q8_0"}}))
-    assert not window.plan_actions.load_plan(bad)
+    with qtbot.waitSignal(files.error, timeout=5000):
+        window.plan_actions.load_plan(bad)
     assert errors and "no.such.tensor" in errors[-1][1]
     assert window.plan.plan.preset == "Q8_0"
 
