@@ -195,6 +195,17 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_merge_lora(args) -> int:
+    from .convert.lora import merge_lora
+
+    if args.to != "safetensors":
+        raise WorkbenchError("merge-lora writes a safetensors folder for now",
+                             hint="Convert the merged folder with `workbench convert` to get a GGUF.")
+    _run_job(merge_lora(args.base, args.adapter, args.output, dtype=args.dtype.upper() if args.dtype else None,
+                        overwrite=args.overwrite))
+    return 0
+
+
 def cmd_set_metadata(args) -> int:
     from .convert.metadata_edit import parse_assignment, set_metadata
 
@@ -248,6 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-shard-size", default="5G", help="shard above this size (default 5G)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing export")
     ex.set_defaults(func=cmd_export)
+    ml = sub.add_parser("merge-lora", help="merge a PEFT LoRA adapter into its base model",
+                        description="W + scale * B @ A for every LoRA module (rsLoRA, fan_in_fan_out, "
+                                    "modules_to_save); config and tokenizer files copied beside the result.")
+    ml.add_argument("base", help="the base model folder (safetensors or .bin)")
+    ml.add_argument("adapter", help="the PEFT adapter folder (adapter_config.json + adapter_model.*)")
+    ml.add_argument("-o", "--output", required=True, help="output folder")
+    ml.add_argument("--to", choices=("safetensors",), default="safetensors", help="output format")
+    ml.add_argument("--dtype", choices=("f32", "f16", "bf16"), help="float type of the result (default: the base's)")
+    ml.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    ml.set_defaults(func=cmd_merge_lora)
     sm = sub.add_parser("set-metadata", help="add, change or remove GGUF keys (tensors copied unchanged)",
                         description="Write a copy of a GGUF with metadata edited; tensor data is copied byte for byte.")
     sm.add_argument("src", help="a .gguf file")

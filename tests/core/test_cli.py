@@ -121,3 +121,22 @@ def test_convert_command(tmp_path, hf_folder, capsys):
     shards = capsys.readouterr().out.split()
     assert len(shards) > 1 and all("-of-" in s for s in shards)
     assert len(workbench.open_model(shards[0]).tensors) == len(m.tensors)
+
+
+def test_merge_lora_command(tmp_path, capsys):
+    from builders import build_hf_folder, build_peft_adapter
+
+    import workbench
+
+    base_expected = build_hf_folder(tmp_path / "base")
+    adapter = build_peft_adapter(tmp_path / "adapter")
+    assert main(["merge-lora", str(tmp_path / "base"), str(tmp_path / "adapter"), "-o", str(tmp_path / "merged"),
+                 "--dtype", "f32"]) == 0
+    assert str(tmp_path / "merged" / "model.safetensors") in capsys.readouterr().out.split()
+    merged = workbench.open_model(tmp_path / "merged")
+    name = "model.layers.1.self_attn.v_proj"
+    a, b = adapter[f"base_model.model.{name}.lora_A.weight"], adapter[f"base_model.model.{name}.lora_B.weight"]
+    want = base_expected[name + ".weight"] + np.float32(8 / 4) * (b @ a)
+    np.testing.assert_allclose(merged.tensor(name + ".weight").to_float32(), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(merged.tensor("model.norm.weight").to_float32(), base_expected["model.norm.weight"])
+    assert (tmp_path / "merged" / "tokenizer.json").is_file() and (tmp_path / "merged" / "config.json").is_file()
