@@ -9,15 +9,7 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
-import fetch_models  # noqa: E402
-
-
-def real_model(key: str) -> Path:
-    """A real model from the test cache, fetched on first use; skips (with the reason) if it can't be had."""
-    try:
-        return fetch_models.ensure(key)
-    except Exception as exc:  # network or registry trouble: the reason is printed in the skip summary
-        pytest.skip(f"real model {key!r} not available: {exc}")
+from fetch_models import real_model  # noqa: E402,F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session")

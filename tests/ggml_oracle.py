@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from conftest import real_model
+from fetch_models import real_model
 
 
 class GGML:

@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 from builders import LLAMA_CONFIG, bf16_bits, bf16_value, llama_tensors
-from conftest import real_model
+from fetch_models import real_model
 
 import workbench
 from workbench import kernels

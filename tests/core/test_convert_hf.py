@@ -11,7 +11,7 @@ import pytest
 from gguf import GGUFReader, LlamaFileType, TokenType
 
 import convert_fixtures as cf
-from conftest import real_model
+from fetch_models import real_model
 from workbench import Cancelled, UnsupportedError, WorkbenchError, kernels, open_model
 from workbench.convert import convert_hf_to_gguf, prepare_hf_to_gguf
 from workbench.convert import hf_to_gguf as h2g

@@ -59,7 +59,7 @@ def _no_leftovers(parent: Path, out: Path):
 # -- the real T5 adapter -------------------------------------------------------------------------
 
 def test_real_t5_lora_merge(tmp_path):
-    from conftest import real_model
+    from fetch_models import real_model
 
     adapter_dir = real_model("t5-lora")
     if not (adapter_dir / "adapter_model.safetensors").is_file():

@@ -1,6 +1,6 @@
 """The real models named in the brief, fetched into the cache by tests/fetch_models.py."""
 import numpy as np
-from conftest import real_model
+from fetch_models import real_model
 
 import workbench
 from workbench.progress import run
