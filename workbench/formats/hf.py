@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUFValueType, LlamaFileType, TokenType
+from gguf import LlamaFileType, TokenType
 
-from ..errors import FormatError
+from ..errors import FormatError, MissingFileError
 from ..model import MetaEntry
 from .gguf import GGUFField
 
@@ -22,6 +22,29 @@ def load_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"not valid JSON: {exc}", path=path, hint="Fix or remove the file and open the model again.") from None
+
+
+def read_shard_index(index_path: Path) -> tuple[list[Path], dict[str, str], dict[str, Any]]:
+    """Parse a sharded checkpoint's index (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``):
+    (shard files in order of first use, weight_map, index metadata).  Every shard must be in the folder."""
+    index_path = Path(index_path)
+    if not index_path.is_file():
+        raise MissingFileError("no such index file", path=index_path)
+    index = load_json(index_path)
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
+        raise FormatError("index has no weight_map of tensor name -> shard file", path=index_path)
+    files: list[Path] = []
+    for shard in dict.fromkeys(wmap.values()):
+        if not shard or Path(shard).name != shard or shard in (".", ".."):
+            raise FormatError(f"index names shard {shard!r} outside the model folder", path=index_path)
+        p = index_path.parent / shard
+        if not p.is_file():
+            raise MissingFileError(f"shard {shard} named by the index is missing", path=index_path,
+                                   hint="Download the complete set of shards into the same folder.")
+        files.append(p)
+    meta = index.get("metadata") or {}
+    return files, dict(wmap), meta if isinstance(meta, dict) else {}
 
 
 def json_type(value: Any) -> str:

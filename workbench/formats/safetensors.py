@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import PLAIN_DTYPES
-from ..errors import FormatError, MissingFileError, UnsupportedError
+from ..errors import FormatError, UnsupportedError
 from ..model import TensorInfo
 
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
@@ -87,24 +87,9 @@ def _check_overlaps(path: Path, tensors: list[TensorInfo]) -> None:
 
 def read_index(index_path: Path) -> tuple[list[Path], dict[str, str], dict[str, Any]]:
     """Parse ``model.safetensors.index.json``: (shard files in order, weight_map, index metadata)."""
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"index is not valid JSON: {exc}", path=index_path) from None
-    wmap = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
-        raise FormatError("index has no weight_map of tensor name -> shard file", path=index_path)
-    files: list[Path] = []
-    for shard in dict.fromkeys(wmap.values()):
-        p = index_path.parent / shard
-        if Path(shard).name != shard:
-            raise FormatError(f"index names shard {shard!r} outside the model folder", path=index_path)
-        if not p.is_file():
-            raise MissingFileError(f"shard {shard} named by the index is missing", path=index_path,
-                                   hint="Download the complete set of shards into the same folder.")
-        files.append(p)
-    meta = index.get("metadata") or {}
-    return files, wmap, meta if isinstance(meta, dict) else {}
+    from .hf import read_shard_index
+
+    return read_shard_index(index_path)
 
 
 def open_sharded(index_path: Path) -> tuple[list[Path], list[TensorInfo], dict[str, str], dict[str, Any]]:

@@ -16,7 +16,6 @@ members), so ``torch.load(path, weights_only=True)`` reads it back.
 from __future__ import annotations
 
 import io
-import json
 import math
 import pickle
 import pickletools
@@ -535,26 +534,10 @@ def _tensor_infos(records: list[tuple[str, _TensorRec]], zf: zipfile.ZipFile, f,
 
 def read_bin_index(index_path: Path) -> tuple[list[Path], dict[str, str]]:
     """Parse ``pytorch_model.bin.index.json``: (shard files in order of first use, weight_map)."""
-    index_path = Path(index_path)
-    if not index_path.is_file():
-        raise MissingFileError("no such index file", path=index_path)
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"index is not valid JSON: {exc}", path=index_path) from None
-    wmap = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
-        raise FormatError("index has no weight_map of tensor name -> shard file", path=index_path)
-    files: list[Path] = []
-    for shard in dict.fromkeys(wmap.values()):
-        if not shard or Path(shard).name != shard or shard in (".", ".."):
-            raise FormatError(f"index names shard {shard!r} outside the model folder", path=index_path)
-        p = index_path.parent / shard
-        if not p.is_file():
-            raise MissingFileError(f"shard {shard} named by the index is missing", path=index_path,
-                                   hint="Download the complete set of shards into the same folder.")
-        files.append(p)
-    return files, dict(wmap)
+    from .hf import read_shard_index
+
+    files, wmap, _ = read_shard_index(Path(index_path))
+    return files, wmap
 
 
 # -- writing ---------------------------------------------------------------------------------------
