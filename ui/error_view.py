@@ -13,7 +13,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont, QPalette
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel, QProgressBar,
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel,
                                QPushButton, QSplitter, QTableView, QVBoxLayout, QWidget)
 
 from workbench import Model, Progress, TensorInfo
@@ -23,6 +23,7 @@ from workbench.progress import relay
 
 from .error_table import ErrorStatsModel
 from .type_toggles import TYPE_COLORS, TypeToggles
+from .busy_row import BusyRow
 from .plots import histogram_plot
 from .worker import Worker
 
@@ -84,18 +85,7 @@ class ErrorView(QWidget):
         pick.addWidget(self.toggles, 1)
         pick.addWidget(self.defaults_button, 0, Qt.AlignmentFlag.AlignTop)
 
-        self.busy_label = QLabel(self)
-        self.progress = QProgressBar(self)
-        self.progress.setMaximumHeight(14)
-        self.progress.setTextVisible(False)
-        self.cancel_button = QPushButton("Cancel", self)
-        self.cancel_button.setToolTip("Stop computing the quantization errors")
-        self.cancel_button.clicked.connect(self.worker.cancel)
-        busy = QHBoxLayout()
-        busy.addWidget(self.busy_label)
-        busy.addWidget(self.progress, 1)
-        busy.addWidget(self.cancel_button)
-        self._busy_widgets = (self.busy_label, self.progress, self.cancel_button)
+        self.busy = BusyRow(self, self.worker.cancel, "Stop computing the quantization errors")
 
         self.plot = self._make_plot()
         pal = self.palette()
@@ -145,7 +135,7 @@ class ErrorView(QWidget):
         lay = QVBoxLayout(self)
         lay.addWidget(self.title)
         lay.addLayout(pick)
-        lay.addLayout(busy)
+        lay.addWidget(self.busy)
         lay.addWidget(self.splitter, 1)
         lay.addWidget(self.hint, 1)
         self.show_item(None)
@@ -240,10 +230,7 @@ class ErrorView(QWidget):
         self.worker.start(self.job, self._model, self._item.name, missing)
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
-        if total > 0:
-            self.progress.setRange(0, total)
-            self.progress.setValue(done)
-        self.busy_label.setText(message)
+        self.busy.update_progress(done, total, message)
 
     def _on_result(self, result) -> None:
         name, by_type = result
@@ -262,11 +249,10 @@ class ErrorView(QWidget):
         self.plot_title.setText("Could not compute the error: " + message)
 
     def _set_busy(self, busy: bool, text: str = "") -> None:
-        for w in self._busy_widgets:
-            w.setVisible(busy)
         if busy:
-            self.busy_label.setText(text)
-            self.progress.setRange(0, 0)
+            self.busy.start(text)
+        else:
+            self.busy.stop()
 
     # -- showing ---------------------------------------------------------------------------------------
     def _clear_results(self) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont
-from PySide6.QtWidgets import (QCheckBox, QFrame, QGridLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy,
+from PySide6.QtWidgets import (QCheckBox, QFrame, QGridLayout, QHBoxLayout, QLabel, QSizePolicy,
                                QVBoxLayout, QWidget)
 
 from workbench import Model, TensorInfo
@@ -19,6 +19,7 @@ from workbench.stats import TensorStats, tensor_stats
 
 from .formatting import count_with_percent, float_text, grouped, human_bytes, shape_text
 from .tensor_tree import TensorGroup
+from .busy_row import BusyRow
 from .plots import histogram_plot
 from .worker import Worker
 
@@ -102,17 +103,7 @@ class TensorDetailWidget(QWidget):
         grid.setColumnMinimumWidth(2, fm.horizontalAdvance("Histogram of:") + 8)
         grid.setColumnStretch(4, 1)
 
-        self.busy_label = QLabel(self)
-        self.progress = QProgressBar(self)
-        self.progress.setMaximumHeight(14)
-        self.progress.setTextVisible(False)
-        self.cancel_button = QPushButton("Cancel", self)
-        self.cancel_button.setToolTip("Stop computing the statistics of this tensor")
-        self.cancel_button.clicked.connect(self.worker.cancel)
-        busy = QHBoxLayout()
-        busy.addWidget(self.busy_label)
-        busy.addWidget(self.progress, 1)
-        busy.addWidget(self.cancel_button)
+        self.busy = BusyRow(self, self.worker.cancel, "Stop computing the statistics of this tensor")
 
         self.plot = self._make_plot()
         self.hist_item = self.plot.plot(np.array([0.0, 1.0]), np.array([0]), stepMode="center", fillLevel=0,
@@ -140,11 +131,10 @@ class TensorDetailWidget(QWidget):
         lay.addWidget(self.title)
         lay.addLayout(info)
         lay.addWidget(self.stats_box)
-        lay.addLayout(busy)
+        lay.addWidget(self.busy)
         lay.addLayout(plot_bar)
         lay.addWidget(self.plot, 1)
         lay.addWidget(self.hint, 1)
-        self._busy_widgets = (self.busy_label, self.progress, self.cancel_button)
         self.show_item(None)
 
     def _make_plot(self) -> pg.PlotWidget:
@@ -236,20 +226,17 @@ class TensorDetailWidget(QWidget):
             self._set_busy(False, "Cancelled")
 
     def _set_busy(self, busy: bool, text: str = "") -> None:
-        for w in self._busy_widgets:
-            w.setVisible(busy)
         if busy:
-            self.busy_label.setText(text)
-            self.progress.setRange(0, 0)
-        elif text and isinstance(self._item, TensorInfo) and self.stats is None:
+            self.busy.start(text)
+            return
+        self.busy.stop()
+        if text and isinstance(self._item, TensorInfo) and self.stats is None:
             for lab in self.stat_labels.values():
                 lab.setText("–")
             self.stat_labels["sampled"].setText(text)
 
     def _on_progress(self, done: int, total: int, _message: str) -> None:
-        if total > 0:
-            self.progress.setRange(0, total)
-            self.progress.setValue(done)
+        self.busy.update_progress(done, total)
 
     def _on_result(self, stats: TensorStats) -> None:
         if not isinstance(self._item, TensorInfo) or stats.name != self._item.name:
