@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from typing import Any, Sequence
 
@@ -214,6 +215,33 @@ def cmd_set_metadata(args) -> int:
     return 0
 
 
+def _print_desktop_report(report, verb: str) -> None:
+    for path in report.files:
+        print(path)
+    for text in report.ran:
+        print(f"ran: {text}", file=sys.stderr)
+    if report.skipped:
+        print(f"not found (skipped): {', '.join(report.skipped)}", file=sys.stderr)
+    for text in report.failed:
+        print(f"warning: {text}", file=sys.stderr)
+    print(f"{verb} {len(report.files)} files under {report.data_dir}", file=sys.stderr)
+
+
+def cmd_install_desktop(args) -> int:
+    from .desktop import install_desktop
+
+    command = shlex.split(args.exec) if args.exec else None
+    _print_desktop_report(install_desktop(args.prefix, command, set_default=not args.no_default), "installed")
+    return 0
+
+
+def cmd_uninstall_desktop(args) -> int:
+    from .desktop import uninstall_desktop
+
+    _print_desktop_report(uninstall_desktop(args.prefix), "removed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Model Workbench: inspect, quantize and convert model weights.")
     p.add_argument("--version", action="version", version=f"Model Workbench {__version__}")
@@ -278,6 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--remove", action="append", metavar="KEY", help="remove a key (repeatable)")
     sm.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     sm.set_defaults(func=cmd_set_metadata)
+    idk = sub.add_parser("install-desktop", help="add the app to the desktop menu and open .gguf/.safetensors with it",
+                         description="Install a .desktop entry, the GGUF and safetensors file types and the icon for "
+                                     "the current user (freedesktop.org desktops: Linux, BSD).")
+    idk.add_argument("--prefix", help="install under PREFIX/share (default: $XDG_DATA_HOME or ~/.local/share)")
+    idk.add_argument("--exec", metavar="COMMAND", help="the command the entry runs (default: this installation's "
+                                                       "model-workbench, or the bundle when run from it)")
+    idk.add_argument("--no-default", action="store_true",
+                     help="register the file types without making the app their default")
+    idk.set_defaults(func=cmd_install_desktop)
+    udk = sub.add_parser("uninstall-desktop", help="remove what install-desktop installed",
+                         description="Remove the .desktop entry, file types and icons install-desktop wrote.")
+    udk.add_argument("--prefix", help="the prefix given to install-desktop")
+    udk.set_defaults(func=cmd_uninstall_desktop)
     return p
 
 
