@@ -97,7 +97,7 @@ def test_fixture_models_are_what_they_claim(fixture, engine):
     assert engine.gated == flan and engine.act == ("gelu_new" if flan else "relu")
     assert engine.scale_output == (not flan) and cfg["tie_word_embeddings"] == (not flan)
     assert ("lm_head.weight" in fixture.weights.tensors) == flan
-    assert engine.lm_head is (engine.embed if not flan else engine.lm_head)
+    assert (engine.lm_head is engine.embed) == (not flan)
     assert engine.n_dec >= 1 and engine.vocab_size == 64
     assert isinstance(engine, Engine) and engine.is_encoder_decoder
 
@@ -223,6 +223,21 @@ def test_gguf_f32_gives_the_same_logits(tmp_path, name):
     close(logits, ref["logits"])
     ids, _ = greedy(e_gguf, ref["input_ids"], len(ref["greedy"]) - 1, use_cache=True)
     assert ids == ref["greedy"].tolist()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_load_engine_builds_the_t5_engine_at_each_level(name):
+    weights = pytest.importorskip("workbench.infer.weights")
+    ref = np.load(DATA / name / "reference.npz")
+    err = {}
+    for plan in (None, "Q8_0", "Q4_0"):
+        e = run(weights.load_engine(DATA / name, plan))
+        assert isinstance(e, T5Engine)
+        logits = e.score(ref["input_ids"], ref["decoder_ids"])
+        err[plan] = float(np.abs(logits - ref["logits"]).mean())
+        if plan is None:
+            close(logits, ref["logits"])
+    assert 0 < err["Q8_0"] < err["Q4_0"], err
 
 
 # -- pieces and errors ----------------------------------------------------------------------------
