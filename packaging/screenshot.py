@@ -1,14 +1,19 @@
 """Render Model Workbench offscreen and save a screenshot.
 
     python packaging/screenshot.py MODEL_PATH OUT.png [--tensor NAME] [--tab tensor|metadata|error]
-                                   [--size 1280x800] [--filter TEXT] [--expand]
+                                   [--size 1280x800] [--filter TEXT] [--expand] [--theme light|dark]
                                    [--preset Q4_K_M] [--rule REGEX=TYPE ...] [--override NAME=TYPE ...]
                                    [--types Q8_0,Q4_0,Q2_K] [--analyze plan|PRESET,PRESET...]
+                                   [--compare OTHER_PATH]
+    python packaging/screenshot.py --welcome OUT.png [--recent PATH ...] [--hf-cache DIR] [--theme dark]
 
 Opens the model, sets up the plan (preset, rules, overrides), selects a tensor (the given one, else the
 first 2-D tensor), waits for its histogram (``--tab error``: for the error histograms of ``--types``;
-``--analyze``: for the model analysis in its dock), and saves ``window.grab()``.  Uses an isolated
-settings file, never the user's.
+``--analyze``: for the model analysis in its dock), and saves ``window.grab()``.  ``--welcome``
+shows the first-run page instead, with ``--recent`` entries (missing ones are greyed) and the models of a
+Hugging Face cache (``--hf-cache``, default the user's), after its background scan.  ``--compare``
+opens a second model in the comparison view (only where the window has one: ``compare_with``).
+Uses an isolated settings file, never the user's.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ TIMEOUT_MS = 120_000
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", help="model file or folder, or 'demo' for the built-in demo model")
+    p.add_argument("path", nargs="?", help="model file or folder, or 'demo' for the built-in demo model")
     p.add_argument("output", help="PNG file to write")
     p.add_argument("--tensor", help="tensor to select (default: the first 2-D tensor)")
     p.add_argument("--tab", choices=("tensor", "metadata", "error"), default="tensor")
@@ -41,17 +46,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--types", help="comma-separated types for the error tab")
     p.add_argument("--analyze", help="'plan' (the current plan) or comma-separated presets to compare")
     p.add_argument("--dock-height", type=int, default=260, help="height of the analysis dock")
+    p.add_argument("--theme", choices=("system", "light", "dark"), default="light", help="colour scheme")
+    p.add_argument("--welcome", action="store_true", help="the welcome page (no model)")
+    p.add_argument("--recent", action="append", default=[], help="a recent entry for the welcome page (repeatable)")
+    p.add_argument("--hf-cache", help="the Hugging Face hub cache the welcome page lists")
+    p.add_argument("--compare", metavar="OTHER_PATH", help="compare with a second model (comparison view)")
     args = p.parse_args(argv)
+    if not args.welcome and not args.path:
+        p.error("a model path (or --welcome) is required")
 
     from ui.app import ensure_app
     from ui.main_window import MainWindow
     from ui.worker import stop_all_workers
 
-    app = ensure_app()
+    app = ensure_app(args.theme)
     settings = QSettings(os.path.join(tempfile.mkdtemp(prefix="wb-shot-"), "s.ini"), QSettings.Format.IniFormat)
+    if args.recent:
+        settings.setValue("recent/paths", [os.path.abspath(r) for r in args.recent])
     window = MainWindow(settings=settings)
     w, h = (int(x) for x in args.size.lower().split("x"))
     window.resize(w, h)
+    if args.welcome:
+        return welcome_shot(app, window, args)
     window.show()
 
     loop = QEventLoop()
@@ -70,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
             finish("ok")
 
     def loaded(model) -> None:
+        if args.compare:
+            compare_with = getattr(window, "compare_with", None)  # the comparison view's entry point
+            if compare_with is None:
+                finish("this build has no comparison view (MainWindow.compare_with)")
+                return
+            waiting.add("compare")
+            window.compared.connect(lambda *_a: done("compare"))
+            compare_with(args.compare)
         if args.preset:
             window.plan.set_preset(args.preset)
         if args.rule:
@@ -112,6 +136,35 @@ def main(argv: list[str] | None = None) -> int:
     if "status" not in state:
         loop.exec()
     # let layouts and the plot settle for a few event-loop turns before grabbing
+    for _ in range(5):
+        app.processEvents()
+    ok = window.grab().save(args.output)
+    window.shutdown()
+    window.close()
+    stop_all_workers()
+    print(f"{state['status']}: {args.output}" + ("" if ok else " (could not write the PNG)"))
+    return 0 if state["status"] == "ok" and ok else 1
+
+
+def welcome_shot(app, window, args) -> int:
+    """The first-run page after its background scan of the recent entries and the Hugging Face cache."""
+    from ui.worker import stop_all_workers
+
+    if args.hf_cache:
+        window.welcome.hub_cache = Path(args.hf_cache)
+    loop = QEventLoop()
+    state: dict[str, str] = {}
+
+    def finish(status: str) -> None:
+        state.setdefault("status", status)
+        loop.quit()
+
+    window.welcome.scanned.connect(lambda: finish("ok"))
+    window.welcome.worker.error.connect(lambda m: finish(f"scan failed: {m}"))
+    QTimer.singleShot(TIMEOUT_MS, lambda: finish("timed out"))
+    window.show()  # the page scans when shown
+    if "status" not in state:
+        loop.exec()
     for _ in range(5):
         app.processEvents()
     ok = window.grab().save(args.output)

@@ -24,7 +24,7 @@ from workbench.progress import relay
 from .error_table import ErrorStatsModel
 from .type_toggles import TYPE_COLORS, TypeToggles
 from .busy_row import BusyRow
-from .plots import histogram_plot
+from .plots import curve_color, histogram_plot
 from .worker import Worker
 
 BINS = 101
@@ -275,7 +275,7 @@ class ErrorView(QWidget):
         edges, counts = shared_histograms(stats, BINS)
         edges = np.asarray(edges, dtype=np.float64)
         for s, c in zip(stats, counts):
-            color = TYPE_COLORS[s.qtype]
+            color = curve_color(TYPE_COLORS[s.qtype], self.plot.palette())  # Q2_K's near-black on a dark theme
             curve = self.plot.plot(edges, np.asarray(c, dtype=np.float64), stepMode="center",
                                    pen=pg.mkPen(color, width=2), name=f"{s.qtype}  ({s.snr_db:.1f} dB)"
                                    if np.isfinite(s.snr_db) else f"{s.qtype}  (exact)")
@@ -286,7 +286,8 @@ class ErrorView(QWidget):
         n = stats[0].n
         self.plot_title.setText(f"Error distribution · {BINS} bins · " +
                                 ("all values" if sampled >= n else f"{sampled:,} sampled values"))
-        self.table_model.set_rows([("", s) for s in stats], [TYPE_COLORS[s.qtype] for s in stats])
+        self.table_model.set_rows([("", s) for s in stats],
+                                  [curve_color(TYPE_COLORS[s.qtype], self.plot.palette()) for s in stats])
         self.shown.emit(stats)
 
     def shutdown(self, timeout_ms: int = 5000) -> bool:

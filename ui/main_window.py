@@ -126,6 +126,8 @@ class MainWindow(QMainWindow):
         self.welcome.open_file.connect(self.open_file_dialog)
         self.welcome.open_folder.connect(self.open_folder_dialog)
         self.welcome.open_demo.connect(self.open_demo)
+        self.welcome.open_path.connect(self.open_path)
+        self.welcome.set_recent(self.recent)
         self._forward_drops()
         self._restore_settings()
 
@@ -258,6 +260,7 @@ class MainWindow(QMainWindow):
         ok = self.loader.shutdown(timeout_ms)
         ok = self.analysis.shutdown(timeout_ms) and ok
         ok = self.error_view.shutdown(timeout_ms) and ok
+        ok = self.welcome.shutdown(timeout_ms) and ok
         return self.detail.worker.shutdown(timeout_ms) and ok
 
     # -- opening ------------------------------------------------------------------------------------------
