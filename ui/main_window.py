@@ -14,8 +14,10 @@ from workbench import Model, WorkbenchError, iter_open_model
 from . import APP_NAME, ORG_NAME
 from .about import show_about
 from .analysis_view import AnalysisView
+from .conversion_actions import ConversionActions
 from .drop import DropForwarder, local_paths, path_to_open
 from .error_view import ErrorView
+from .metadata_editor import MetadataEditActions
 from .metadata_view import MetadataWidget
 from .plan_actions import PlanActions
 from .plan_bar import PlanBar
@@ -119,6 +121,8 @@ class MainWindow(QMainWindow):
         self.recent = RecentFiles(self.settings, self)
         self._build_actions()
         self.plan_actions = PlanActions(self)
+        self.conversion = ConversionActions(self)
+        self.metadata_edit = MetadataEditActions(self)
         self.plan_bar.preset_chosen.connect(self.plan.set_preset)
         self.plan_bar.rules_requested.connect(self.plan_actions.edit_rules)
         self.plan_bar.analyze_requested.connect(self.plan_actions.analyze_dialog)
@@ -157,7 +161,7 @@ class MainWindow(QMainWindow):
         self.act_expand = self._action("&Expand All", "Expand every layer of the tensor tree",
                                        self.expand_all, "Ctrl+E")
         self.act_collapse = self._action("&Collapse All", "Collapse the tensor tree to its layers",
-                                         self.collapse_all, "Ctrl+Shift+E")
+                                         self.collapse_all, "Ctrl+Shift+C")
         self.act_tab_tensor = self._action("&Tensor Tab", "Show the selected tensor's details",
                                            lambda: self.tabs.setCurrentIndex(0), "Ctrl+1")
         self.act_tab_meta = self._action("&Metadata Tab", "Show the model's metadata",
@@ -185,6 +189,11 @@ class MainWindow(QMainWindow):
         for a in (pa.act_save, pa.act_load, pa.act_export):
             file_menu.addAction(a)
         file_menu.addSeparator()
+        conv = self.conversion
+        file_menu.addAction(conv.act_convert)
+        file_menu.addAction(conv.act_export)
+        file_menu.addAction(self.metadata_edit.act_save)
+        file_menu.addSeparator()
         file_menu.addAction(self.act_quit)
         edit_menu = bar.addMenu("&Edit")
         edit_menu.setToolTipsVisible(True)
@@ -193,6 +202,10 @@ class MainWindow(QMainWindow):
                 edit_menu.addSeparator()
             else:
                 edit_menu.addAction(a)
+        meta_menu = edit_menu.addMenu("&Metadata")
+        meta_menu.setToolTipsVisible(True)
+        for a in self.metadata_edit.menu_actions:
+            meta_menu.addSeparator() if a is None else meta_menu.addAction(a)
         for a in (pa.act_set_type, pa.act_clear):  # the tree's context menu
             self.tree.view.addAction(a)
         view_menu = bar.addMenu("&View")
@@ -211,6 +224,9 @@ class MainWindow(QMainWindow):
         tools_menu = bar.addMenu("&Tools")
         tools_menu.setToolTipsVisible(True)
         tools_menu.addAction(pa.act_analyze)
+        tools_menu.addSeparator()
+        tools_menu.addAction(conv.act_merge)
+        tools_menu.addAction(conv.act_lora_gguf)
         help_menu = bar.addMenu("&Help")
         help_menu.setToolTipsVisible(True)
         help_menu.addAction(self.act_about)
@@ -260,6 +276,7 @@ class MainWindow(QMainWindow):
         ok = self.loader.shutdown(timeout_ms)
         ok = self.analysis.shutdown(timeout_ms) and ok
         ok = self.error_view.shutdown(timeout_ms) and ok
+        ok = self.conversion.shutdown(timeout_ms) and ok
         ok = self.welcome.shutdown(timeout_ms) and ok
         return self.detail.worker.shutdown(timeout_ms) and ok
 

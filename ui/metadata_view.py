@@ -21,6 +21,8 @@ from workbench import Model
 from .filter_edit import FilterEdit
 
 KEY, TYPE, VALUE = range(3)
+EDITED, ADDED, REMOVED = "edited", "added", "removed"
+KEY_ROLE = Qt.ItemDataRole.UserRole + 1  # the top-level key of a row's group entry (None for nested rows)
 HEADERS = ("Key", "Type", "Value")
 HEADER_TIPS = ("Metadata key (GGUF key, config.json field, ...); [i] is an array index",
                "Stored type (GGUF value type or JSON type)",
@@ -126,13 +128,16 @@ def _expandable(value: Any) -> bool:
 class _Node:
     """A row.  ``children`` is None until first needed; arrays fill it page by page."""
 
-    __slots__ = ("parent", "row", "key", "vtype", "value", "decoded", "is_group", "children", "total")
+    __slots__ = ("parent", "row", "key", "vtype", "value", "decoded", "is_group", "children", "total", "mark",
+                 "was")
 
     def __init__(self, parent, row, key, vtype, value, decoded=None, is_group=False):
         self.parent, self.row, self.key, self.vtype = parent, row, key, vtype
         self.value, self.decoded, self.is_group = value, decoded, is_group
         self.children: list[_Node] | None = None
         self.total = 0
+        self.mark: str | None = None  # an unsaved edit: EDITED, ADDED or REMOVED
+        self.was: str | None = None  # the value before the edit (tooltip)
 
     def ensure(self) -> list["_Node"]:
         """Build the children that are not paged (groups, dicts, short arrays)."""
@@ -167,6 +172,8 @@ class MetadataModel(QAbstractItemModel):
         self._root.children = []
         self._bold = QFont()
         self._bold.setBold(True)
+        self._struck = QFont()
+        self._struck.setStrikeOut(True)
 
     def set_model(self, model: Model | None) -> None:
         self.beginResetModel()
@@ -232,7 +239,8 @@ class MetadataModel(QAbstractItemModel):
         col = index.column()
         if role == Qt.ItemDataRole.DisplayRole:
             if node.is_group:
-                return (node.key, "", f"{len(node.value)} keys")[col]
+                n = len(node.children) if node.children is not None else len(node.value)
+                return (node.key, "", f"{n} keys")[col]
             if col == KEY:
                 return node.key
             if col == TYPE:
@@ -240,8 +248,14 @@ class MetadataModel(QAbstractItemModel):
             return value_text(node.value, node.decoded)
         if role == Qt.ItemDataRole.ToolTipRole:
             return self._tooltip(node, col)
-        if role == Qt.ItemDataRole.FontRole and node.is_group:
+        if role == Qt.ItemDataRole.FontRole and (node.is_group or node.mark in (EDITED, ADDED)):
             return self._bold
+        if role == Qt.ItemDataRole.FontRole and node.mark == REMOVED:
+            return self._struck
+        if role == Qt.ItemDataRole.ForegroundRole and node.mark == REMOVED:
+            return QGuiApplication.palette().brush(QPalette.ColorRole.PlaceholderText)
+        if role == KEY_ROLE:
+            return node.key if node.parent is not None and node.parent.is_group else None
         if role == Qt.ItemDataRole.ForegroundRole and col == VALUE and not node.is_group:
             if _scalar(node.value) is None:
                 return QGuiApplication.palette().brush(QPalette.ColorRole.PlaceholderText)
@@ -251,6 +265,10 @@ class MetadataModel(QAbstractItemModel):
 
     @staticmethod
     def _tooltip(node: _Node, col: int) -> str | None:
+        if node.mark is not None:
+            what = {EDITED: f"Edited (not saved yet); was: {node.was}", ADDED: "Added (not saved yet)",
+                    REMOVED: "Removed (not saved yet)"}[node.mark]
+            return what + "\nUndo with Ctrl+Z; File ▸ Save Metadata As… writes a new file"
         if node.is_group:
             return f"{node.key}: {len(node.value)} keys"
         if col == KEY:
@@ -264,6 +282,54 @@ class MetadataModel(QAbstractItemModel):
             if node.decoded:
                 return f"{node.decoded} (stored value {scalar_text(v)})"
         return None
+
+    # -- unsaved edits of a group's keys (ui.metadata_editor) ------------------------------------------
+    def group_index(self, group: str) -> QModelIndex:
+        for node in self._root.ensure():
+            if node.key == group:
+                return self.createIndex(node.row, 0, node)
+        return QModelIndex()
+
+    def show_edit(self, group: str, key: str, entry, mark: str | None, was: str | None = None) -> None:
+        """Show ``entry`` (a MetaEntry, or None to drop an added row) for ``key`` of ``group`` with ``mark``."""
+        gidx = self.group_index(group)
+        if not gidx.isValid():
+            return
+        gnode: _Node = gidx.internalPointer()
+        children = gnode.ensure()
+        node = next((n for n in children if n.key == key), None)
+        if entry is None:
+            if node is not None:
+                self.beginRemoveRows(gidx, node.row, node.row)
+                del children[node.row]
+                for i, n in enumerate(children):
+                    n.row = i
+                gnode.total = len(children)
+                self.endRemoveRows()
+            return
+        if node is None:
+            row = len(children)
+            self.beginInsertRows(gidx, row, row)
+            node = _Node(gnode, row, key, entry.vtype, entry.value, entry.decoded)
+            children.append(node)
+            gnode.total = len(children)
+            node.mark, node.was = mark, was
+            self.endInsertRows()
+            self._group_changed(gidx)
+            return
+        idx = self.createIndex(node.row, 0, node)
+        if node.children:  # the old value's items
+            self.beginRemoveRows(idx, 0, len(node.children) - 1)
+            node.children, node.total = None, 0
+            self.endRemoveRows()
+        node.children, node.total = None, 0
+        node.vtype, node.value, node.decoded = entry.vtype, entry.value, entry.decoded
+        node.mark, node.was = mark, was
+        self.dataChanged.emit(idx, idx.siblingAtColumn(VALUE))
+        self._group_changed(gidx)
+
+    def _group_changed(self, gidx: QModelIndex) -> None:
+        self.dataChanged.emit(gidx, gidx.siblingAtColumn(VALUE))
 
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
         if orientation != Qt.Orientation.Horizontal:

@@ -1,0 +1,290 @@
+"""File ▸ Convert / Export and Tools ▸ Merge LoRA through their dialogs and the job window: fields, name
+preview and size follow the inputs, outputs are read back, cancel leaves nothing, existing outputs are
+refused, errors reach the error dialog.  Expectations come from the core functions."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QSettings
+
+import workbench
+from builders import build_hf_folder, build_peft_adapter
+from workbench.convert import prepare_hf_to_gguf
+from workbench.plan import Plan
+from ui.convert_dialog import GGUF, SAFETENSORS, SETTINGS_DIR
+from ui.formatting import human_bytes
+from ui.lora_dialog import LoraDialog, MERGE
+
+JOB_TIMEOUT = 30_000
+
+
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("conv") / "tiny-llama"
+    return folder, build_hf_folder(folder)
+
+
+@pytest.fixture(scope="module")
+def adapter_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lora") / "tiny-adapter"
+    return folder, build_peft_adapter(folder)
+
+
+@pytest.fixture
+def errors():
+    return []
+
+
+@pytest.fixture
+def win(make_window, errors):
+    return make_window(show_error=lambda title, message: errors.append((title, message)))
+
+
+def open_convert(qtbot, window, target=None):
+    dlg = window.conversion.convert_dialog(target)
+    qtbot.waitUntil(lambda: dlg.current is not None or dlg.prep_error is not None, timeout=JOB_TIMEOUT)
+    return dlg
+
+
+def wait_prepared(qtbot, dlg, change):
+    with qtbot.waitSignal(dlg.prepared, timeout=JOB_TIMEOUT):
+        change()
+
+
+def run_dialog(qtbot, window, dlg, signal="succeeded"):
+    """Press the dialog's OK and wait for the job window to finish."""
+    jobs = window.conversion.jobs
+    n = len(jobs.dialogs)
+    dlg.ok.click()
+    assert len(jobs.dialogs) == n + 1, "no job was started"
+    job = jobs.last()
+    qtbot.waitUntil(lambda: not job.is_running(), timeout=JOB_TIMEOUT)
+    return job
+
+
+def test_dialog_fields_preview_and_size_follow_the_inputs(qtbot, win, load, llama_folder, tmp_path):
+    folder, _ = llama_folder
+    model = load(win, folder)
+    dlg = open_convert(qtbot, win)
+    assert dlg.target_key() == GGUF and dlg.use_plan.isChecked()
+    conv = prepare_hf_to_gguf(None, Plan(model, "Q4_K_M"))
+    assert dlg.preview.full_text() == conv.output_name().filename()
+    assert dlg.basename.text() == conv.output_name().base_name and dlg.size_label.text() == conv.metadata.size_label
+    assert human_bytes(conv.nbytes) in dlg.size_info.text()
+    # another preset: size and encoding change
+    wait_prepared(qtbot, dlg, lambda: dlg.use_preset.setChecked(True))
+    wait_prepared(qtbot, dlg, lambda: dlg.preset.setCurrentIndex(dlg.preset.findData("Q8_0")))
+    q8 = prepare_hf_to_gguf(None, Plan(model, "Q8_0"))
+    assert q8.nbytes != conv.nbytes and human_bytes(q8.nbytes) in dlg.size_info.text()
+    assert dlg.preview.full_text() == q8.output_name().filename() and dlg.preview.full_text().endswith("-Q8_0.gguf")
+    # editable parts, validated
+    dlg.out_dir.setText(str(tmp_path))
+    dlg.basename.setText("My-Model")
+    dlg.finetune.setText("Chat")
+    dlg.version.setText("v2.1")
+    assert dlg.preview.full_text() == f"My-Model-{q8.metadata.size_label}-Chat-v2.1-Q8_0.gguf"
+    assert dlg.ok.isEnabled() and not dlg.name_note.text()
+    dlg.version.setText("2.1")
+    assert "v1" in dlg.name_note.text() and dlg.ok.isEnabled()  # a convention warning, not an error
+    dlg.version.setText("v2.1")
+    dlg.basename.setText("bad/name")
+    assert not dlg.ok.isEnabled() and "character" in dlg.message.text()
+    dlg.basename.setText("My-Model")
+    dlg.split.setText("lots")
+    assert not dlg.ok.isEnabled() and "Split size" in dlg.message.text()
+    dlg.split.setText("20K")
+    expected_parts = -(-q8.nbytes // 20480)
+    assert f"about {expected_parts} parts" in dlg.preview.full_text()
+    assert dlg.preview.full_text().startswith(f"My-Model-{q8.metadata.size_label}-Chat-v2.1-Q8_0-00001-of-")
+    # a Hugging Face target: dtype and folder name
+    wait_prepared(qtbot, dlg, lambda: dlg.set_target(SAFETENSORS))
+    assert not dlg.types_box.isVisible() and dlg.dtype_box.isVisible()
+    wait_prepared(qtbot, dlg, lambda: dlg.dtype.setCurrentIndex(dlg.dtype.findData("F32")))
+    assert human_bytes(model.n_params * 4) in dlg.size_info.text()
+    assert dlg.folder_name.text() == "tiny-llama-F32"
+    assert dlg.preview.full_text().startswith("tiny-llama-F32/model.safetensors")
+    dlg.reject()
+
+
+def test_convert_through_the_dialog_writes_the_gguf(qtbot, win, load, llama_folder, tmp_path, settings):
+    folder, _ = llama_folder
+    model = load(win, folder)
+    win.plan.set_types(["model.layers.0.mlp.down_proj.weight"], "Q8_0")  # the current plan has an override
+    dlg = open_convert(qtbot, win)
+    assert "1 override" in dlg.use_plan.text()
+    out = tmp_path / "out"
+    dlg.out_dir.setText(str(out))
+    job = run_dialog(qtbot, win, dlg)
+    assert job.state == "done", job.error
+    expected = prepare_hf_to_gguf(None, win.plan.plan.copy())
+    path = out / expected.output_name().filename()
+    assert job.outcome.paths == [path] and path.is_file()
+    got = workbench.open_model(path)
+    types = {t.name: t.dtype for t in got.tensors}
+    assert types == expected.types() and types["blk.0.ffn_down.weight"] == "Q8_0"
+    meta = {e.key: e.value for e in got.metadata["GGUF"]}
+    assert meta["general.size_label"] == expected.metadata.size_label
+    assert settings.value(SETTINGS_DIR) == str(out)  # remembered for the next dialog
+    assert job.paths.item(0).text() == str(path) and job.open_button.isVisible()
+    # Open in Workbench opens the result in the window
+    with qtbot.waitSignal(win.model_loaded, timeout=JOB_TIMEOUT) as blocker:
+        job.open_button.click()
+    assert blocker.args[0].path == path
+    got.close()
+
+
+def test_cancel_leaves_nothing(qtbot, win, load, llama_folder, tmp_path, monkeypatch):
+    import workbench.convert.hf_to_gguf as h2g
+
+    monkeypatch.setattr(h2g, "CHUNK_ELEMENTS", 64)  # many small steps: the cancel lands mid-file
+    folder, _ = llama_folder
+    load(win, folder)
+    dlg = open_convert(qtbot, win)
+    out = tmp_path / "out"
+    out.mkdir()
+    dlg.out_dir.setText(str(out))
+    dlg.ok.click()
+    job = win.conversion.jobs.last()
+    seen = []
+
+    def on_progress(done, total, message):
+        seen.append(done)
+        if len(seen) == 3:
+            job.cancel_button.click()
+
+    job.worker.progress.connect(on_progress)
+    with qtbot.waitSignal(job.was_cancelled, timeout=JOB_TIMEOUT):
+        pass
+    assert len(seen) >= 3 and job.state == "cancelled" and "nothing was written" in job.result_label.text()
+    assert list(out.iterdir()) == []  # no output, no temporary file
+
+
+def test_existing_output_is_refused_unless_allowed(qtbot, win, load, llama_folder, tmp_path, monkeypatch):
+    warnings = []
+    monkeypatch.setattr("ui.convert_dialog.QMessageBox.warning",
+                        lambda parent, title, text: warnings.append((title, text)))
+    folder, _ = llama_folder
+    load(win, folder)
+    dlg = open_convert(qtbot, win)
+    dlg.out_dir.setText(str(tmp_path))
+    target = tmp_path / dlg.preview.full_text()
+    target.write_bytes(b"keep me")
+    dlg.update_preview()
+    assert "Already exists" in dlg.name_note.text()
+    dlg.ok.click()
+    assert len(warnings) == 1 and str(target) in warnings[0][1] and "Replace existing files" in warnings[0][1]
+    assert win.conversion.jobs.dialogs == [] and dlg.isVisible() and target.read_bytes() == b"keep me"
+    dlg.overwrite.setChecked(True)
+    assert "will be replaced" in dlg.name_note.text()
+    job = run_dialog(qtbot, win, dlg)
+    assert job.state == "done" and target.read_bytes()[:4] == b"GGUF"
+
+
+def test_export_a_gguf_to_safetensors(qtbot, win, load, demo_path, tmp_path):
+    model = load(win, demo_path)
+    dlg = open_convert(qtbot, win, SAFETENSORS)
+    wait_prepared(qtbot, dlg, lambda: dlg.dtype.setCurrentIndex(dlg.dtype.findData("F32")))
+    dlg.out_dir.setText(str(tmp_path))
+    dlg.folder_name.setText("exported")
+    job = run_dialog(qtbot, win, dlg)
+    assert job.state == "done", job.error
+    assert job.open_target() == str(tmp_path / "exported")
+    got = workbench.open_model(tmp_path / "exported")
+    assert got.format == "safetensors" and {t.dtype for t in got.tensors} == {"F32"}
+    # the embedding keeps its values (GGUF token_embd -> model.embed_tokens)
+    src = model.tensor("token_embd.weight").to_float32()
+    np.testing.assert_array_equal(got.tensor("model.embed_tokens.weight").to_float32(), src)
+
+
+def test_errors_are_shown_in_a_dialog(qtbot, win, errors, load, llama_folder, tmp_path):
+    folder, _ = llama_folder
+    broken = tmp_path / "no-tokenizer"
+    shutil.copytree(folder, broken)
+    (broken / "tokenizer.json").unlink()  # prepare works; the job fails reading the tokenizer
+    load(win, broken)
+    dlg = open_convert(qtbot, win)
+    dlg.out_dir.setText(str(tmp_path / "out"))
+    job = run_dialog(qtbot, win, dlg)
+    assert job.state == "failed"
+    assert len(errors) == 1 and errors[0][0].endswith("failed") and "tokenizer" in errors[0][1].lower()
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert win.isVisible()  # the app keeps running
+
+
+def test_a_model_the_converter_refuses_shows_why(qtbot, win, load, st_folder):
+    load(win, st_folder)  # its config.json lacks the head counts
+    dlg = open_convert(qtbot, win)
+    assert dlg.prep_error and "num_attention_heads" in dlg.message.text() and not dlg.ok.isEnabled()
+    dlg.reject()
+
+
+# -- LoRA ------------------------------------------------------------------------------------------
+
+def test_lora_merge_through_the_dialog(qtbot, win, load, llama_folder, adapter_folder, tmp_path):
+    base, base_values = llama_folder
+    adapter, tensors = adapter_folder
+    load(win, adapter)
+    dlg = win.conversion.merge_dialog()
+    assert dlg.adapter.text() == str(adapter) and dlg.base.text() == ""  # the opened adapter is the adapter
+    with qtbot.waitSignal(dlg.inputs_read, timeout=JOB_TIMEOUT):
+        dlg.set_paths(base=base)
+    summary = dlg.summary.text()
+    assert "lora_alpha" in summary and "q_proj, v_proj" in summary
+    assert "loftq_config" in dlg.notes.text()  # keys older PEFT releases reject
+    dlg.dtype.setCurrentIndex(dlg.dtype.findData("F32"))
+    dlg.out_dir.setText(str(tmp_path))
+    assert dlg.out_name.text() == "tiny-llama-tiny-adapter-F32" and dlg.ok.isEnabled()
+    job = run_dialog(qtbot, win, dlg)
+    assert job.state == "done", job.error
+    merged = workbench.open_model(tmp_path / "tiny-llama-tiny-adapter-F32")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    a = tensors[f"base_model.model.{name[:-len('.weight')]}.lora_A.weight"]
+    b = tensors[f"base_model.model.{name[:-len('.weight')]}.lora_B.weight"]
+    expected = base_values[name] + (8 / 4) * (b @ a)
+    np.testing.assert_allclose(merged.tensor(name).to_float32(), expected, rtol=1e-6, atol=1e-5)
+    assert json.loads((tmp_path / "tiny-llama-tiny-adapter-F32" / "config.json").read_text())["hidden_size"] == 64
+
+
+def test_lora_dialog_defaults_and_wrong_inputs(qtbot, llama_folder, tmp_path):
+    base, _ = llama_folder
+    model = workbench.open_model(base)
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    dlg = LoraDialog(model, settings, MERGE)
+    qtbot.addWidget(dlg)
+    qtbot.waitUntil(lambda: dlg.inputs is not None, timeout=JOB_TIMEOUT)
+    assert dlg.base.text() == str(base) and dlg.adapter.text() == ""
+    assert not dlg.ok.isEnabled() and "adapter" in dlg.message.text()
+    with qtbot.waitSignal(dlg.inputs_read, timeout=JOB_TIMEOUT):
+        dlg.set_paths(adapter=base)  # a model, not an adapter
+    assert "not a PEFT adapter" in dlg.message.text() and not dlg.ok.isEnabled()
+    dlg.reader.shutdown()
+
+
+def test_lora_to_gguf_when_available(qtbot, win, load, llama_folder, adapter_folder, tmp_path):
+    pytest.importorskip("workbench.convert.lora_gguf")
+    base, _ = llama_folder
+    adapter, _ = adapter_folder
+    load(win, adapter)
+    dlg = win.conversion.lora_gguf_dialog()
+    with qtbot.waitSignal(dlg.inputs_read, timeout=JOB_TIMEOUT):
+        dlg.set_paths(base=base)
+    dlg.out_dir.setText(str(tmp_path))
+    assert dlg.out_name.text().endswith("-F16-LoRA.gguf")
+    job = run_dialog(qtbot, win, dlg)
+    assert job.state == "done", job.error
+    got = workbench.open_model(job.outcome.paths[0])
+    assert got.format == "gguf" and any("lora_a" in t.name for t in got.tensors)
+
+
+def test_job_window_eta_and_per_tensor_progress():
+    from ui.job_dialog import Segment, SegmentTracker, fmt_duration
+
+    tr = SegmentTracker([Segment("a", 100, 10), Segment("b", 300, 90)])
+    assert tr.at(0.0) == (0, 0.0, 0)
+    i, frac, nbytes = tr.at(0.5)  # 200 of 400 units: a third into b
+    assert i == 1 and abs(frac - 1 / 3) < 1e-9 and nbytes == 10 + 30
+    assert tr.at(1.0)[0] == 1 and tr.at(1.0)[2] == 100
+    assert fmt_duration(75) == "1:15" and fmt_duration(3725) == "1:02:05"
