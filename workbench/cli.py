@@ -153,10 +153,18 @@ def cmd_plan(args) -> int:
 def _run_job(job) -> list:
     """Drive a job with a progress bar on stderr; print the written paths on stdout."""
     bar = TextProgressBar()
+    last: list[str] = []
+
+    def on_progress(p) -> None:
+        bar(p)
+        last[:] = [p.message]
+
     try:
-        paths = run(job, bar)
+        paths = run(job, on_progress)
     finally:
         bar.close()
+    if last and "warning" in last[0].lower():  # e.g. ignored adapter keys, an already quantized source
+        print(last[0], file=sys.stderr)
     for path in paths or ():
         print(path)
     return paths
@@ -182,29 +190,66 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _is_gguf(path: str) -> bool:
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return False
+    with open(p, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
 def cmd_convert(args) -> int:
-    from .convert.hf_to_gguf import convert_hf_to_gguf
     from .plan import Plan
 
-    preset = args.type.upper()
-    plan = preset
+    gguf_src = _is_gguf(args.src)
+    plan = (args.type or ("Q8_0" if gguf_src else "F16")).upper()
     if args.plan:
         plan = Plan.load(run(iter_open_model(args.src)), args.plan)
-    _run_job(convert_hf_to_gguf(args.src, args.output, plan, name=args.name,
-                                split_max_size=parse_size(args.split_max_size) if args.split_max_size else 0,
-                                split_max_tensors=args.split_max_tensors or 0, overwrite=args.overwrite))
+    split = dict(split_max_size=parse_size(args.split_max_size) if args.split_max_size else 0,
+                 split_max_tensors=args.split_max_tensors or 0)
+    if gguf_src:  # GGUF -> GGUF: requantize (a single file or any part of a split set)
+        from .convert.requantize import requantize_gguf
+
+        _run_job(requantize_gguf(args.src, args.output, plan, name=args.name, overwrite=args.overwrite, **split))
+        return 0
+    from .convert.hf_to_gguf import convert_hf_to_gguf
+
+    _run_job(convert_hf_to_gguf(args.src, args.output, plan, name=args.name, overwrite=args.overwrite, **split))
     return 0
 
 
 def cmd_merge_lora(args) -> int:
     from .convert.lora import merge_lora
 
-    if args.to != "safetensors":
-        raise WorkbenchError("merge-lora writes a safetensors folder for now",
-                             hint="Convert the merged folder with `workbench convert` to get a GGUF.")
-    _run_job(merge_lora(args.base, args.adapter, args.output, dtype=args.dtype.upper() if args.dtype else None,
-                        overwrite=args.overwrite))
+    to = "gguf" if args.to == "gguf" or args.type or args.plan or _is_gguf(args.base) else "hf"
+    kw: dict = dict(dtype=args.dtype.upper() if args.dtype else None, overwrite=args.overwrite)
+    if to == "gguf":
+        plan = args.type.upper() if args.type else None
+        if args.plan:
+            from .plan import Plan
+
+            plan = Plan.load(run(iter_open_model(args.base)), args.plan)
+        kw.update(plan_or_preset=plan, name=args.name,
+                  split_max_size=parse_size(args.split_max_size) if args.split_max_size else 0,
+                  split_max_tensors=args.split_max_tensors or 0)
+    _run_job(merge_lora(args.base, args.adapter, args.output, to=to, **kw))
     return 0
+
+
+def cmd_lora_to_gguf(args) -> int:
+    from .convert.lora_gguf import lora_to_gguf
+
+    _run_job(_single(lora_to_gguf(args.adapter, args.output, base=args.base, outtype=args.outtype,
+                                  overwrite=args.overwrite)))
+    return 0
+
+
+def _single(job):
+    """A job returning one path, as a job returning a list (what _run_job prints)."""
+    path = yield from job
+    return [path]
 
 
 def cmd_set_metadata(args) -> int:
@@ -264,12 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--tensor-type-file", metavar="FILE", help="export llama-quantize's --tensor-type-file")
     pl.add_argument("--json", action="store_true", help="print JSON")
     pl.set_defaults(func=cmd_plan)
-    cv = sub.add_parser("convert", help="convert a Hugging Face folder to GGUF with a preset or plan",
+    cv = sub.add_parser("convert", help="convert a Hugging Face folder to GGUF, or requantize a GGUF",
                         description="HF folder (llama, mistral, qwen2, bert, t5) -> GGUF with full metadata and "
-                                    "tokenizer, tensors typed by a preset or a saved plan.")
-    cv.add_argument("src", help="a Hugging Face model folder")
+                                    "tokenizer, or GGUF -> GGUF (llama-quantize: metadata copied, tensors whose "
+                                    "type does not change copied byte for byte); tensors typed by a preset or a "
+                                    "saved plan.")
+    cv.add_argument("src", help="a Hugging Face model folder, or a .gguf file (any part of a split set)")
     cv.add_argument("-o", "--output", required=True, help="output folder (or a .gguf file name)")
-    cv.add_argument("--type", default="F16", help="preset: F32, F16, BF16, Q8_0, Q4_K_M, ... (default F16)")
+    cv.add_argument("--type", help="preset: F32, F16, BF16, Q8_0, Q4_K_M, ... (default F16 for a Hugging Face "
+                                   "folder, Q8_0 for a GGUF)")
     cv.add_argument("--plan", help="a saved plan (JSON) instead of a preset")
     cv.add_argument("--name", help="output file name (default: the GGUF naming convention from the metadata)")
     cv.add_argument("--split-max-size", metavar="SIZE", help="split into shards of at most SIZE (e.g. 2G)")
@@ -287,16 +335,38 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-shard-size", default="5G", help="shard above this size (default 5G)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing export")
     ex.set_defaults(func=cmd_export)
-    ml = sub.add_parser("merge-lora", help="merge a PEFT LoRA adapter into its base model",
-                        description="W + scale * B @ A for every LoRA module (rsLoRA, fan_in_fan_out, "
-                                    "modules_to_save); config and tokenizer files copied beside the result.")
-    ml.add_argument("base", help="the base model folder (safetensors or .bin)")
+    ml = sub.add_parser("merge-lora", help="merge a PEFT LoRA adapter into its base model (HF folder or GGUF)",
+                        description="W + scale * B @ A for every LoRA module (rsLoRA, rank/alpha patterns, "
+                                    "fan_in_fan_out, modules_to_save). A Hugging Face base gives a safetensors "
+                                    "folder with the config and tokenizer files copied beside it, or with --to gguf "
+                                    "a GGUF written directly; a GGUF base (any type, quantized too) gives a GGUF "
+                                    "with every other tensor copied.")
+    ml.add_argument("base", help="the base model: a Hugging Face folder (safetensors or .bin) or a .gguf")
     ml.add_argument("adapter", help="the PEFT adapter folder (adapter_config.json + adapter_model.*)")
-    ml.add_argument("-o", "--output", required=True, help="output folder")
-    ml.add_argument("--to", choices=("safetensors",), default="safetensors", help="output format")
-    ml.add_argument("--dtype", choices=("f32", "f16", "bf16"), help="float type of the result (default: the base's)")
+    ml.add_argument("-o", "--output", required=True, help="output folder (or a .gguf file name with --to gguf)")
+    ml.add_argument("--to", choices=("safetensors", "gguf"), default="safetensors",
+                    help="output format (gguf is implied for a GGUF base or with --type/--plan)")
+    ml.add_argument("--dtype", choices=("f32", "f16", "bf16"),
+                    help="float type of a safetensors result (default: the base's)")
+    ml.add_argument("--type", help="GGUF preset: F16, Q8_0, Q4_K_M, ... (default: F16 for a Hugging Face base; "
+                                   "a GGUF base keeps each tensor's type)")
+    ml.add_argument("--plan", help="a saved plan (JSON, made on the base) for the GGUF tensor types")
+    ml.add_argument("--name", help="GGUF file name (default: the GGUF naming convention)")
+    ml.add_argument("--split-max-size", metavar="SIZE", help="split the GGUF into shards of at most SIZE")
+    ml.add_argument("--split-max-tensors", type=int, metavar="N", help="split the GGUF into shards of at most N tensors")
     ml.add_argument("--overwrite", action="store_true", help="replace an existing output")
     ml.set_defaults(func=cmd_merge_lora)
+    lg = sub.add_parser("lora-to-gguf", help="convert a PEFT LoRA adapter to a GGUF adapter for llama.cpp --lora",
+                        description="PEFT LoRA adapter -> GGUF LoRA adapter as llama.cpp's convert_lora_to_gguf.py "
+                                    "writes it (lora_a / lora_b per module, llama Q/K permutation, one alpha per "
+                                    "file with differing per-module scales folded into lora_b).")
+    lg.add_argument("adapter", help="the PEFT adapter folder (adapter_config.json + adapter_model.*)")
+    lg.add_argument("-o", "--output", required=True, help="output folder or .gguf file name")
+    lg.add_argument("--base", required=True, help="the base model: a Hugging Face folder (config.json) or a .gguf")
+    lg.add_argument("--outtype", choices=("f32", "f16", "bf16", "q8_0"), default="f16",
+                    help="type of the LoRA tensors (default f16)")
+    lg.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    lg.set_defaults(func=cmd_lora_to_gguf)
     sm = sub.add_parser("set-metadata", help="add, change or remove GGUF keys (tensors copied unchanged)",
                         description="Write a copy of a GGUF with metadata edited; tensor data is copied byte for byte.")
     sm.add_argument("src", help="a .gguf file")

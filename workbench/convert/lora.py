@@ -1,4 +1,5 @@
-"""Merge a PEFT LoRA adapter into its Hugging Face base model, writing a new HF folder.
+"""Merge a PEFT LoRA adapter into its base model: a Hugging Face folder (written as a new HF folder, or
+with ``to="gguf"`` straight to GGUF) or a GGUF of any type (written as a GGUF, see :mod:`.lora_gguf`).
 
 Every target module's weight becomes ``W' = W + scale * (B @ A)`` (transposed when ``fan_in_fan_out``),
 computed in float32 a block of rows at a time, with ``scale = lora_alpha / r`` (``lora_alpha / sqrt(r)``
@@ -96,17 +97,18 @@ def _base_name(base: Model, module_name: str) -> str | None:
     return None
 
 
-def _config_warnings(cfg: dict) -> list[str]:
-    for key, what in (("use_dora", "DoRA"), ("lora_bias", "LoRA bias terms"), ("use_qalora", "QA-LoRA")):
+def _config_warnings(cfg: dict, what: str = "merging", handled=()) -> list[str]:
+    """Refuse adapters ``what`` (merging, a GGUF adapter) cannot express; list the config keys it ignores."""
+    for key, kind in (("use_dora", "DoRA"), ("lora_bias", "LoRA bias terms"), ("use_qalora", "QA-LoRA")):
         if cfg.get(key):
-            raise UnsupportedError(f"the adapter uses {what} ({key}: true), which merging does not support yet")
+            raise UnsupportedError(f"the adapter uses {kind} ({key}: true), which {what} does not support yet")
     peft_type = str(cfg.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
-        raise UnsupportedError(f"the adapter is {peft_type}, not LoRA", hint="Only LoRA adapters can be merged.")
+        raise UnsupportedError(f"the adapter is {peft_type}, not LoRA", hint="Only LoRA adapters are supported.")
     if cfg.get("layer_replication"):
-        raise UnsupportedError("the adapter uses layer_replication, which merging does not support yet")
-    extra = sorted(k for k in cfg if k not in KNOWN_LORA_KEYS and k not in _CHECKED_KEYS)
-    return [f"adapter_config.json keys ignored by the merge: {', '.join(extra)}"] if extra else []
+        raise UnsupportedError(f"the adapter uses layer_replication, which {what} does not support yet")
+    extra = sorted(k for k in cfg if k not in KNOWN_LORA_KEYS and k not in _CHECKED_KEYS and k not in handled)
+    return [f"adapter_config.json keys ignored: {', '.join(extra)}"] if extra else []
 
 
 def _plan(base: Model, adapter: Model, cfg: dict, dtype: str | None) -> list[_MergeItem]:
@@ -215,23 +217,42 @@ def _side_files(base: Model, adapter: Model, dtype: str | None, out_dir: Path) -
     return files
 
 
-def merge_lora(base, adapter, out_dir, *, dtype: str | None = None, overwrite: bool = False,
-               cancel: Callable[[], bool] | None = None,
-               max_shard_size: int = DEFAULT_MAX_SHARD_SIZE) -> Generator[Progress, None, list[Path]]:
-    """Merge the PEFT LoRA ``adapter`` (folder or Model) into ``base`` (HF folder or Model) and write a
-    Hugging Face safetensors folder at ``out_dir``.  ``dtype`` F32/F16/BF16 for every float tensor, or None
-    to keep each base tensor's type.  Returns the paths written; the last Progress message lists warnings
-    (e.g. adapter_config.json keys the merge ignores)."""
-    dtype = normalize_dtype(dtype)
-    out_dir = Path(out_dir).expanduser()
+def merge_lora(base, adapter, out, *, to: str = "hf", plan_or_preset=None, dtype: str | None = None,
+               overwrite: bool = False, cancel: Callable[[], bool] | None = None,
+               max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, name=None, split_max_size: int = 0,
+               split_max_tensors: int = 0, imatrix: dict | None = None) -> Generator[Progress, None, list[Path]]:
+    """Merge the PEFT LoRA ``adapter`` (folder or Model) into ``base`` and write the merged model at ``out``.
+
+    ``to="hf"`` (a Hugging Face base): a safetensors folder at ``out``; ``dtype`` F32/F16/BF16 for every
+    float tensor, or None to keep each base tensor's type.  ``to="gguf"`` (implied for a GGUF base): a
+    GGUF at ``out`` (a ``.gguf`` path, or a folder where the file gets ``name`` or the naming convention's
+    name), streamed without an intermediate folder, with tensor types from ``plan_or_preset`` (a Plan on
+    the base or a preset name; for a GGUF base None keeps every tensor's type, for an HF base None means
+    ``dtype`` or F16), split by ``split_max_size`` / ``split_max_tensors``.  Returns the paths written;
+    the last Progress message lists warnings (e.g. adapter_config.json keys the merge ignores)."""
+    to = str(to).lower()
+    if to not in ("hf", "safetensors", "gguf"):
+        raise WorkbenchError(f"unknown output format {to!r}", hint="Choose hf (a safetensors folder) or gguf.")
     base_m = _open(base)
     adapter_m = _open(adapter)
     if adapter_m.format != "peft":
         raise WorkbenchError("this is not a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)",
                              path=adapter_m.path)
-    if base_m.format in ("peft", "gguf"):
-        raise UnsupportedError(f"the base model is a {base_m.format} model, not a Hugging Face folder",
-                               path=base_m.path, hint="Merge into the original safetensors or .bin base model.")
+    if base_m.format == "peft":
+        raise UnsupportedError("the base model is a PEFT adapter, not a model", path=base_m.path,
+                               hint="Give the base model the adapter was trained on.")
+    if base_m.format == "gguf" or to == "gguf":
+        from .lora_gguf import merge_lora_to_gguf
+
+        return (yield from merge_lora_to_gguf(base_m, adapter_m, out, plan_or_preset=plan_or_preset, dtype=dtype,
+                                              name=name, split_max_size=split_max_size,
+                                              split_max_tensors=split_max_tensors, overwrite=overwrite,
+                                              cancel=cancel, imatrix=imatrix))
+    if plan_or_preset is not None:
+        raise WorkbenchError("a plan or preset sets GGUF tensor types; a Hugging Face output takes dtype",
+                             hint="Merge with to='gguf' (CLI: --to gguf) to use a plan or preset.")
+    dtype = normalize_dtype(dtype)
+    out_dir = Path(out).expanduser()
     from ..formats import hf
 
     cfg = hf.load_json(adapter_m.path / "adapter_config.json")

@@ -1,0 +1,388 @@
+"""GGUF -> GGUF requantization (what llama-quantize does), with tensor types from a :class:`~workbench.plan.Plan`.
+
+The metadata is copied from the source (every key, the tokenizer included) except ``general.file_type``
+(the preset's file type, or the closest one for a plan with rules/overrides),
+``general.quantization_version`` and the ``split.*`` keys (rewritten for the output's own split).  A
+tensor whose planned type is its source type is copied byte for byte, as llama-quantize does; the others
+are decoded (our kernels for the ggml types they implement) and quantized by :mod:`workbench.kernels`
+a row block at a time, so only one block of one tensor is in memory.
+
+The streaming GGUF writer here (:func:`write_gguf_stream`) is shared by the LoRA jobs: a list of
+:class:`StreamTensor` (name, shape, type and a function producing its bytes in row blocks) written through
+gguf-py's ``GGUFWriter`` into temporary files beside the target, fsynced and renamed when complete.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Generator, Iterable, Iterator, Sequence
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType
+
+from .. import dtypes, kernels
+from ..errors import Cancelled, UnsupportedError, WorkbenchError
+from ..fsutil import atomic_write_path
+from ..model import Model, TensorInfo
+from ..naming import GGUFName, name_for_model
+from ..plan import PRESETS, Plan, allows_quantization
+from ..progress import Progress
+from .hf_to_gguf import CHUNK_ELEMENTS, _begin_tensor, _make_dir
+from .metadata_edit import TypedValue
+from .metadata_edit import _Writer as _EmptyArrayWriter
+
+# the file type that names a plan whose weights are mostly of one ggml type
+_TYPE_FILE_TYPES = {
+    "F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "BF16": LlamaFileType.MOSTLY_BF16,
+    "Q8_0": LlamaFileType.MOSTLY_Q8_0, "Q4_0": LlamaFileType.MOSTLY_Q4_0, "Q4_1": LlamaFileType.MOSTLY_Q4_1,
+    "Q5_0": LlamaFileType.MOSTLY_Q5_0, "Q5_1": LlamaFileType.MOSTLY_Q5_1, "Q2_K": LlamaFileType.MOSTLY_Q2_K,
+    "Q3_K": LlamaFileType.MOSTLY_Q3_K_M, "Q4_K": LlamaFileType.MOSTLY_Q4_K_M, "Q5_K": LlamaFileType.MOSTLY_Q5_K_M,
+    "Q6_K": LlamaFileType.MOSTLY_Q6_K, "IQ4_NL": LlamaFileType.MOSTLY_IQ4_NL, "IQ4_XS": LlamaFileType.MOSTLY_IQ4_XS,
+}
+
+
+# -- the shared streaming writer -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StreamTensor:
+    """One tensor of a GGUF being written: ``chunks()`` yields (bytes of whole rows, values covered)."""
+
+    name: str
+    shape: tuple[int, ...]  # numpy order
+    type: str  # ggml type written
+    chunks: Callable[[], Iterable[tuple[np.ndarray, int]]] = field(compare=False, repr=False)
+    message: str = ""  # progress text (default: "name → type")
+    done: Callable[[], None] | None = field(default=None, compare=False, repr=False)  # after the tensor
+
+    @property
+    def n_params(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return dtypes.nbytes_for(self.type, self.shape)
+
+
+class RawValue(bytes):
+    """A metadata value (type and payload) exactly as the source header stores it: copied byte for byte."""
+
+
+class _Writer(_EmptyArrayWriter):
+    def _pack_val(self, val, vtype, add_vtype, sub_type=None) -> bytes:
+        if isinstance(val, RawValue):
+            return bytes(val)
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
+def new_writer(arch: str, kv: "OrderedDict[str, RawValue | TypedValue] | None" = None, *, alignment: int | None = None,
+               split_max_size: int = 0, split_max_tensors: int = 0) -> gguf.GGUFWriter:
+    """A GGUFWriter (no file yet); with ``kv`` its key/values are exactly those, in that order."""
+    w = _Writer(None, arch, split_max_tensors=split_max_tensors, split_max_size=split_max_size)
+    if kv is not None:
+        w.kv_data[0].clear()  # the constructor's general.architecture: re-added in the source's order
+        for key, v in kv.items():
+            if isinstance(v, RawValue):
+                w.kv_data[0][key] = gguf.gguf_writer.GGUFValue(v, GGUFValueType.STRING)  # type unused: raw
+            else:
+                w.add_key_value(key, v.value, v.vtype, v.sub_type)
+    if alignment is not None:
+        w.data_alignment = alignment
+    return w
+
+
+def write_gguf_stream(w: gguf.GGUFWriter, target: Path, tensors: Sequence[StreamTensor], *,
+                      sources: Iterable[Path] = (), overwrite: bool = False,
+                      cancel: Callable[[], bool] | None = None) -> Generator[Progress, None, list[Path]]:
+    """Write ``tensors`` with the writer's metadata to ``target`` (split as the writer was told); return the paths.
+
+    Refuses to replace a file of ``sources`` and, unless ``overwrite``, any existing file.  Every part is
+    written to a temporary file beside it and renamed at the end; a failure or cancel leaves nothing.
+    """
+    for t in tensors:
+        w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=GGMLQuantizationType[t.type])
+    paths = w.format_shard_names(target)
+    source_set = {Path(f).resolve() for f in sources}
+    for p in paths:
+        if p.resolve() in source_set:
+            raise WorkbenchError("the output would replace a file of the source model", path=p,
+                                 hint="Choose another output name or folder.")
+        if p.exists() and not overwrite:
+            raise WorkbenchError("the output already exists", path=p, hint="Choose another name or allow overwriting.")
+    total = sum(t.n_params for t in tensors) or 1
+    done = 0
+    created_dirs = _make_dir(target.parent)
+    try:
+        with contextlib.ExitStack() as stack:
+            tmps = [stack.enter_context(atomic_write_path(p, overwrite=overwrite)) for p in paths]
+            w.fout = [stack.enter_context(open(t, "wb")) for t in tmps]
+            w.path, w.state = target, gguf.gguf_writer.WriterState.EMPTY
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            yield Progress(0, total, f"Writing {target.name}")
+            for t in tensors:
+                _check_cancel(cancel)
+                fout, nbytes = _begin_tensor(w)
+                written = 0
+                label = t.message or f"{t.name} → {t.type}"
+                for q, n_values in t.chunks():
+                    _check_cancel(cancel)
+                    view = memoryview(np.ascontiguousarray(q)).cast("B")
+                    fout.write(view)
+                    written += view.nbytes
+                    done += n_values
+                    yield Progress(done, total, label)
+                if written != nbytes:  # pragma: no cover - a bug, not a user error
+                    raise WorkbenchError(f"{t.name}: wrote {written} bytes, expected {nbytes}")
+                if t.done is not None:
+                    t.done()
+                w.write_padding(fout, nbytes)
+                w.state = gguf.gguf_writer.WriterState.WEIGHTS
+            _check_cancel(cancel)
+            w.flush()
+    except BaseException:
+        w.fout = None
+        for d in created_dirs:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    w.fout = None
+    return paths
+
+
+def _check_cancel(cancel) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled("conversion cancelled")
+
+
+def target_path(out, name: str | GGUFName | None, default: Callable[[], GGUFName]) -> Path:
+    """``out`` if it names a ``.gguf`` file, else ``out / name`` (or the conventional ``default()`` name)."""
+    out = Path(out).expanduser()
+    if out.suffix.lower() == ".gguf" and not out.is_dir():
+        return out
+    if out.exists() and not out.is_dir():
+        raise WorkbenchError("the output is neither a folder nor a .gguf file", path=out,
+                             hint="Choose a folder, or a file name ending in .gguf.")
+    if name is None:
+        fname = default().filename()
+    elif isinstance(name, GGUFName):
+        fname = name.filename()
+    else:
+        fname = str(name).strip()
+        if "/" in fname or "\\" in fname or not fname:
+            raise WorkbenchError(f"{fname!r} is not a file name", hint="Give a name without folders, like Model-1B-Q8_0.gguf.")
+        if not fname.lower().endswith(".gguf"):
+            fname += ".gguf"
+    return out / fname
+
+
+# -- tensor data in row blocks ---------------------------------------------------------------------
+
+def _rows_cols(info: TensorInfo) -> tuple[int, int]:
+    cols = info.shape[-1] if info.shape else 1
+    return info.n_params // max(cols, 1), cols
+
+
+def decode_rows(raw_rows: np.ndarray, dtype: str, rows: int, cols: int) -> np.ndarray:
+    """Rows of stored data as float32 [rows, cols]: our kernels for the ggml types they implement."""
+    if dtypes.is_quantized(dtype) and dtype in kernels.Kernel.registry:
+        return kernels.dequantize(np.ascontiguousarray(raw_rows).reshape(rows, -1), dtype, cols)
+    return dtypes.decode(np.asarray(raw_rows), dtype, (rows, cols))
+
+
+def float_rows(model: Model, info: TensorInfo, perm: np.ndarray | None = None,
+               chunk_elements: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, stop, float32 rows) of a tensor in blocks of ~``chunk_elements`` values.
+
+    ``perm``: the source row of each output row (the llama Q/K permutation), or None."""
+    rows, cols = _rows_cols(info)
+    raw = model.tensor(info.name).raw()
+    raw2 = raw.reshape(rows, -1) if raw.ndim != 2 else raw
+    step = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(cols, 1))
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        part = raw2[perm[a:b]] if perm is not None else raw2[a:b]
+        yield a, b, decode_rows(part, info.dtype, b - a, cols)
+
+
+def raw_chunks(model: Model, info: TensorInfo) -> Iterator[tuple[np.ndarray, int]]:
+    """The stored bytes of a tensor in row blocks (a byte-for-byte copy)."""
+    rows, cols = _rows_cols(info)
+    raw = model.tensor(info.name).raw()
+    raw2 = raw.reshape(rows, -1) if raw.ndim != 2 else raw
+    step = max(1, CHUNK_ELEMENTS // max(cols, 1))
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        yield np.ascontiguousarray(raw2[a:b]), (b - a) * cols
+
+
+def quantized_chunks(model: Model, info: TensorInfo, qtype: str, *, name: str | None = None,
+                     imatrix: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, int]]:
+    """A tensor decoded and quantized to ``qtype`` in row blocks."""
+    label = name or info.name
+    for _a, _b, x in float_rows(model, info):
+        yield kernels.quantize(x, qtype, imatrix=imatrix, name=label), x.size
+
+
+def check_writable_type(qtype: str, tensor: str, path=None) -> None:
+    if qtype not in kernels.Kernel.registry:
+        raise UnsupportedError(f"tensor {tensor} would have to be written as {qtype}, which cannot be quantized here",
+                               path=path, hint="Choose a plan that gives this tensor a type our kernels write "
+                                               "(F32, F16, BF16, Q8_0, Q4_K, ...).")
+
+
+# -- metadata ------------------------------------------------------------------------------------------
+
+def raw_metadata(path: Path) -> "OrderedDict[str, RawValue]":
+    """Every key of a GGUF header with its value's bytes (type + payload), in file order."""
+    import mmap
+
+    from ..formats.gguf import _Cursor, _read_value, _value_type
+
+    with open(path, "rb") as f:
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        cur = _Cursor(buf, Path(path))
+        cur.pos = 8  # magic, version (read_header has validated both)
+        cur.u64("tensor count")
+        n_kv = cur.u64("metadata count")
+        out: OrderedDict[str, RawValue] = OrderedDict()
+        for _ in range(n_kv):
+            key = cur.string("metadata key")
+            start = cur.pos
+            _read_value(cur, _value_type(cur.u32(f"type of {key!r}"), cur, key), key)
+            out[key] = RawValue(buf[start:cur.pos])
+        return out
+    finally:
+        buf.close()
+
+
+def copied_metadata(model: Model, set_values: dict[str, TypedValue] | None = None
+                    ) -> tuple["OrderedDict[str, RawValue | TypedValue]", int]:
+    """The GGUF source's key/values, byte for byte, without ``split.*``; ``set_values`` replace keys in place
+    or are added at the end.  Also returns the source's data alignment."""
+    from ..formats import gguf as gguf_fmt
+
+    header = gguf_fmt.read_header(model.files[0])
+    arch = header.fields.get("general.architecture")
+    if arch is None or not isinstance(arch.value, str):
+        raise WorkbenchError("the GGUF has no general.architecture string", path=model.files[0])
+    kv: OrderedDict[str, RawValue | TypedValue] = OrderedDict(
+        (k, v) for k, v in raw_metadata(model.files[0]).items() if not k.startswith("split."))
+    for key, value in (set_values or {}).items():
+        kv[key] = value
+    return kv, header.alignment
+
+
+def plan_file_type(plan: Plan) -> LlamaFileType:
+    """``general.file_type`` for a plan: the preset's, or for a plan with rules or overrides the file type
+    of the type that holds most of its quantizable weights."""
+    ftype, default = PRESETS[plan.preset]
+    if not plan.rules and not plan.overrides:
+        return ftype
+    weight: dict[str, int] = {}
+    for e in plan.entries:
+        if allows_quantization(e.gguf_name, e.shape):
+            weight[e.type] = weight.get(e.type, 0) + e.n_params
+    if not weight:
+        return ftype
+    dominant = max(weight, key=lambda t: (weight[t], t == default))
+    return ftype if dominant == default else _TYPE_FILE_TYPES.get(dominant, ftype)
+
+
+def file_type_values(ftype: LlamaFileType) -> dict[str, TypedValue]:
+    return {"general.file_type": TypedValue(GGUFValueType.UINT32, int(ftype)),
+            "general.quantization_version": TypedValue(GGUFValueType.UINT32, gguf.GGML_QUANT_VERSION)}
+
+
+def encoding_of(ftype: LlamaFileType) -> str:
+    return ftype.name.partition("_")[2]  # MOSTLY_Q4_K_M -> Q4_K_M, as llama.cpp names files
+
+
+def conventional_name(model: Model, encoding: str | None, kind: str | None = None) -> GGUFName:
+    meta = {k: model.meta(k) for k in ("general.name", "general.basename", "general.size_label",
+                                        "general.finetune", "general.version")}
+    meta = {k: v for k, v in meta.items() if isinstance(v, str) and v}
+    if "general.name" not in meta and "general.basename" not in meta:
+        stem = model.files[0].name.removesuffix(".gguf")
+        meta["general.name"] = stem.split("-0000")[0]
+    return name_for_model(meta, encoding, model.n_params, kind)
+
+
+# -- the job ---------------------------------------------------------------------------------------------
+
+def _source_and_plan(src, plan_or_preset, imatrix) -> tuple[Model, Plan]:
+    from .. import open_model
+
+    if isinstance(plan_or_preset, Plan):
+        plan = plan_or_preset
+        model = plan.model
+        if src is not None and not isinstance(src, Model):
+            if Path(src).expanduser().resolve() not in {Path(f).resolve() for f in model.files}:
+                raise WorkbenchError("the plan was made for another model", path=src,
+                                     hint=f"Make the plan on {model.path} or requantize the model the plan was made for.")
+    else:
+        model = src if isinstance(src, Model) else open_model(src)
+        preset = str(plan_or_preset).upper()
+        if preset not in PRESETS:
+            raise WorkbenchError(f"unknown preset {plan_or_preset!r}", hint="Choose one of: " + ", ".join(PRESETS))
+        plan = Plan(model, preset, has_imatrix=imatrix is not None)
+    if model.format != "gguf":
+        raise UnsupportedError(f"a {model.format} model is not a GGUF file", path=model.path,
+                               hint="Requantize a .gguf model; convert a Hugging Face folder with convert_hf_to_gguf.")
+    if str(model.meta("general.type", "model")) == "adapter":
+        raise UnsupportedError("this GGUF is a LoRA adapter, not a model", path=model.path,
+                               hint="Convert the PEFT adapter again with `workbench lora-to-gguf --outtype ...`.")
+    return model, plan
+
+
+def requantize_gguf(src, out_dir_or_file, plan_or_preset: Plan | str = "Q8_0", *,
+                    name: str | GGUFName | None = None, split_max_size: int = 0, split_max_tensors: int = 0,
+                    overwrite: bool = False, cancel: Callable[[], bool] | None = None,
+                    imatrix: dict[str, np.ndarray] | None = None) -> Generator[Progress, None, list[Path]]:
+    """Requantize a GGUF (a file or any part of a split set) into a new GGUF; returns the written paths.
+
+    ``plan_or_preset``: a preset name (``"Q8_0"``, ``"Q4_K_M"``...) or a :class:`Plan` made on the source.
+    ``out_dir_or_file``: a ``.gguf`` path, or a folder in which the file gets ``name`` or the GGUF naming
+    convention's name.  ``split_max_size`` (bytes) / ``split_max_tensors`` split the output.  ``imatrix``:
+    importance per tensor name (llama-imatrix's values).  The last Progress message says how many tensors
+    were requantized and copied, and warns when the source was already quantized.
+    """
+    model, plan = _source_and_plan(src, plan_or_preset, imatrix)
+    ftype = plan_file_type(plan)
+    kv, alignment = copied_metadata(model, file_type_values(ftype))
+    w = new_writer(model.meta("general.architecture"), kv, alignment=alignment, split_max_size=split_max_size, split_max_tensors=split_max_tensors)
+    tensors: list[StreamTensor] = []
+    requantized_from: set[str] = set()
+    n_copied = 0
+    for info in model.tensors:
+        qtype = plan.entry(info.name).type
+        release = (lambda n=info.name: model.release(n))
+        if qtype == info.dtype:
+            n_copied += 1
+            tensors.append(StreamTensor(info.name, info.shape, qtype, lambda i=info: raw_chunks(model, i),
+                                        f"{info.name} (copied, {qtype})", release))
+            continue
+        check_writable_type(qtype, info.name, model.path)
+        if dtypes.is_quantized(info.dtype):
+            requantized_from.add(info.dtype)
+        im = None
+        if imatrix is not None and info.name in imatrix and kernels.get_kernel(qtype).uses_imatrix:
+            im = imatrix[info.name]
+        tensors.append(StreamTensor(
+            info.name, info.shape, qtype,
+            lambda i=info, q=qtype, m=im: quantized_chunks(model, i, q, imatrix=m), done=release))
+    encoding = encoding_of(ftype)
+    target = target_path(out_dir_or_file, name, lambda: conventional_name(model, encoding))
+    paths = yield from write_gguf_stream(w, target, tensors, sources=model.files, overwrite=overwrite, cancel=cancel)
+    total = sum(t.n_params for t in tensors) or 1
+    message = (f"Requantized to {encoding}: {len(tensors) - n_copied} tensors converted, {n_copied} copied "
+               f"unchanged")
+    if requantized_from:
+        message += (f"; warning: the source is already quantized ({', '.join(sorted(requantized_from))}), so the "
+                    f"result carries both quantization errors; requantize from an F32/F16/BF16 model when you can")
+    yield Progress(total, total, message)
+    return paths
