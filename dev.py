@@ -3,6 +3,7 @@
 
     python3 dev.py app [PATH]     create .venv if needed, install, launch the app (demo model without PATH)
     python3 dev.py test [ARGS]    create .venv if needed, install with test extras, run all tests
+    python3 dev.py bundle [--smoke]   build the one-folder app with PyInstaller into build/dist (and smoke-test it)
 
 The environment is rebuilt only when pyproject.toml changes.
 """
@@ -38,14 +39,25 @@ def ensure_env() -> None:
     stamp.write_text(want)
 
 
+def ensure_pyinstaller() -> None:
+    if subprocess.call([str(PY), "-c", "import PyInstaller"], stderr=subprocess.DEVNULL) == 0:
+        return
+    print("Installing PyInstaller (first bundle only) …", flush=True)
+    subprocess.check_call([str(PY), "-m", "pip", "--disable-pip-version-check", "-q", "install", "-e",
+                           f"{ROOT}[test,package]"])
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("app", "test"):
+    if not argv or argv[0] not in ("app", "test", "bundle"):
         print(__doc__)
         return 2
     ensure_env()
     cmd, rest = argv[0], argv[1:]
     if cmd == "app":
         return subprocess.call([str(PY), "-m", "ui", *rest])
+    if cmd == "bundle":
+        ensure_pyinstaller()
+        return subprocess.call([str(PY), str(ROOT / "packaging" / "build_bundle.py"), *rest], cwd=ROOT)
     subprocess.call([str(PY), str(ROOT / "tests" / "fetch_models.py")])
     return subprocess.call([str(PY), "-m", "pytest", *rest], cwd=ROOT)
 
