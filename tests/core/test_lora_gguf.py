@@ -315,3 +315,33 @@ def test_cli_lora_to_gguf_and_merge_to_gguf(llama, tmp_path, capsys):
     assert open_model(printed[0]).info("blk.0.attn_q.weight").dtype == "Q8_0"
     assert main(["merge-lora", str(base_gguf), str(tmp_path / "ad"), "-o", str(tmp_path / "g.gguf")]) == 0
     assert capsys.readouterr().out.split() == [str(tmp_path / "g.gguf")]
+
+
+def test_t5_merge_to_gguf_with_the_adapters_tokenizer(tmp_path):
+    base = tmp_path / "t5"
+    cf.build_t5(base)
+    adapter = tmp_path / "ad"
+    adapter.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # as the real T5 adapter: the tokenizer ships with it
+        (base / name).rename(adapter / name)
+    rng = np.random.default_rng(4)
+    modules = ["encoder.block.0.layer.0.SelfAttention.q", "decoder.block.1.layer.1.EncDecAttention.v"]
+    tensors = {}
+    for m in modules:
+        tensors[f"{P}{m}.lora_A.weight"] = ("F32", rng.standard_normal((4, 32)).astype(np.float32))
+        tensors[f"{P}{m}.lora_B.weight"] = ("F32", rng.standard_normal((32, 4)).astype(np.float32))
+    write_safetensors(adapter / "adapter_model.safetensors", tensors)
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 32,
+                                                             "target_modules": ["q", "v"]}))
+    direct = run(merge_lora(base, adapter, tmp_path / "a.gguf", to="gguf", plan_or_preset="F32"))[0]
+    run(merge_lora(base, adapter, tmp_path / "merged", dtype="F32"))  # copies the adapter's tokenizer beside it
+    reference = run(convert_hf_to_gguf(tmp_path / "merged", tmp_path / "b.gguf", "F32"))[0]
+    a, b = open_model(direct), open_model(reference)
+    assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    for t in b.tensors:
+        assert a.tensor(t.name).raw().tobytes() == b.tensor(t.name).raw().tobytes(), t.name
+    assert a.meta("tokenizer.ggml.tokens") == b.meta("tokenizer.ggml.tokens") and a.meta("tokenizer.ggml.model") == "t5"
+    merged_q = a.tensor("enc.blk.0.attn_q.weight").to_float32()
+    base_q = open_model(base).tensor("encoder.block.0.layer.0.SelfAttention.q.weight").to_float32()
+    A, B = tensors[f"{P}{modules[0]}.lora_A.weight"][1], tensors[f"{P}{modules[0]}.lora_B.weight"][1]
+    np.testing.assert_array_equal(merged_q, base_q + np.float32(8.0) * (B @ A))
