@@ -465,10 +465,14 @@ class ConvertDialog(QDialog):
                 if name.version and not re.fullmatch(r"v\d+(\.\d+)*", name.version):
                     warnings.append("Naming convention: versions look like v1 or v1.0.")
                 back = parse_gguf_name(name.filename())
-                if (back.base_name, back.size_label, back.finetune, back.version) != \
-                        (name.base_name, name.size_label, name.finetune, name.version):
-                    warnings.append(f"Tools reading the name back would see base name {back.base_name!r}, size "
-                                    f"{back.size_label!r}, fine-tune {back.finetune!r}, version {back.version!r}.")
+                differ = [f"{what} “{b}”" if b else f"no {what}"
+                          for what, a, b in (("base name", name.base_name, back.base_name),
+                                             ("size label", name.size_label, back.size_label),
+                                             ("fine-tune", name.finetune, back.finetune),
+                                             ("version", name.version, back.version)) if a != b]
+                if differ:
+                    warnings.append("Tools reading this name back would see " + ", ".join(differ)
+                                    + " (size labels need digits, e.g. 135M or 7B).")
         else:
             folder = self.folder_name.text().strip()
             if not folder:

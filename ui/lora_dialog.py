@@ -16,7 +16,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog,
                                QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
-                               QPushButton, QRadioButton, QVBoxLayout, QWidget)
+                               QPushButton, QRadioButton, QSizePolicy, QVBoxLayout, QWidget)
 
 from workbench import Model, WorkbenchError, open_model
 from workbench.naming import name_for_model
@@ -54,6 +54,12 @@ class Inputs:
     summary: list[tuple[str, str]] = field(default_factory=list)  # (key, value text) of the adapter
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+
+def _buddy(text: str, buddy: QWidget, parent: QWidget) -> QLabel:
+    label = QLabel(text, parent)
+    label.setBuddy(buddy)
+    return label
 
 
 def _value_text(v) -> str:
@@ -135,6 +141,11 @@ class LoraDialog(QDialog):
         self.summary.setToolTip("Read from adapter_config.json and the adapter's tensors")
         self.notes = QLabel("", self)
         self.notes.setWordWrap(True)
+        self.notes.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.adapter_box = QGroupBox("Adapter", self)
+        ab = QVBoxLayout(self.adapter_box)
+        ab.addWidget(self.summary)
+        ab.addWidget(self.notes)
 
         # the result's form
         self.target_box = QGroupBox("Result", self)
@@ -195,13 +206,11 @@ class LoraDialog(QDialog):
 
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
-        form.addRow("&Base model:", base_row)
-        form.addRow("&Adapter:", adapter_row)
-        form.addRow("", self.summary)
-        form.addRow("", self.notes)
+        form.addRow(_buddy("&Base model:", self.base, self), base_row)
+        form.addRow(_buddy("&Adapter:", self.adapter, self), adapter_row)
         out_form = QFormLayout()
         out_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
-        out_form.addRow("&Folder:", out_row)
+        out_form.addRow(_buddy("&Folder:", self.out_dir, self), out_row)
         out_form.addRow("&Name:", self.out_name)
         out_form.addRow("", self.overwrite)
         out_box = QGroupBox("Output", self)
@@ -214,6 +223,7 @@ class LoraDialog(QDialog):
         lay = QVBoxLayout(self)
         lay.addWidget(intro)
         lay.addLayout(form)
+        lay.addWidget(self.adapter_box)
         lay.addWidget(self.target_box)
         lay.addWidget(out_box)
         lay.addWidget(self.message)
@@ -275,7 +285,6 @@ class LoraDialog(QDialog):
     def read_inputs(self) -> int:
         self.inputs = None
         self.ok.setEnabled(False)
-        self.summary.setText("Reading…" if self.adapter.text().strip() else "")
         base = self.base.text().strip()
         return self.reader.start(read_inputs, base, self.adapter.text().strip())
 
@@ -290,7 +299,10 @@ class LoraDialog(QDialog):
         self.notes.setText("\n".join(f"⚠ {w}" for w in inputs.warnings))
         self.notes.setStyleSheet(WARN_STYLE)
         self.notes.setVisible(bool(inputs.warnings))
+        self.adapter_box.setVisible(bool(inputs.summary or inputs.warnings))
         self._update_name()
+        if self.height() < self.sizeHint().height():
+            self.resize(self.width(), self.sizeHint().height())
         self.inputs_read.emit(inputs)
 
     def _update_name(self) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import shiboken6
 from gguf import GGUFValueType
 from PySide6.QtCore import QEvent, QModelIndex, QObject, Qt, Signal
 from PySide6.QtGui import QAction, QKeyEvent, QKeySequence, QUndoCommand, QUndoStack
@@ -66,6 +67,16 @@ def value_to_text(vtype: str, value: Any) -> str:
     return str(value)
 
 
+def _same(a: tuple[str, Any], b: tuple[str, Any]) -> bool:
+    """Same (type, value), arrays compared item by item."""
+    (ta, va), (tb, vb) = a, b
+    if ta != tb:
+        return False
+    if isinstance(va, (list, tuple, np.ndarray)) or isinstance(vb, (list, tuple, np.ndarray)):
+        return np.asarray(va, dtype=object).tolist() == np.asarray(vb, dtype=object).tolist()
+    return va == vb
+
+
 def entry_of(key: str, tv: TypedValue) -> MetaEntry:
     return MetaEntry(key, type_label(tv), tv.value)
 
@@ -97,7 +108,7 @@ class MetadataEdits(QObject):
         self.removed: set[str] = set()
         self.added: list[str] = []  # keys not in the file, in the order they were first added
         self.undo_stack = QUndoStack(self)
-        self.undo_stack.cleanChanged.connect(lambda clean: self.modified_changed.emit(self.is_modified()))
+        self.undo_stack.cleanChanged.connect(self._clean_changed)  # bound methods: no calls during teardown
         self.reason = "Open a GGUF file to edit its metadata"
 
     def set_model(self, model: Model | None) -> None:
@@ -117,6 +128,9 @@ class MetadataEdits(QObject):
             self.reason = ""
             self.original = {e.key: e for e in model.metadata.get(GROUP, []) if editable_key(e.key)}
         self.modified_changed.emit(False)
+
+    def _clean_changed(self, _clean: bool) -> None:
+        self.modified_changed.emit(self.is_modified())
 
     @property
     def editable(self) -> bool:
@@ -150,6 +164,8 @@ class MetadataEdits(QObject):
     def set_value(self, key: str, tv: TypedValue) -> None:
         if not self.editable:
             raise WorkbenchError(self.reason)
+        if self.exists(key) and _same(self.current(key), (type_label(tv), tv.value)):
+            return  # unchanged: no edit, no undo step
         if key not in self.original and key not in self.values:
             text = f"Add {key}"
         else:
@@ -205,11 +221,17 @@ class MetadataValueDialog(QDialog):
         self.type.addItems(list(TYPES))
         self.line = QLineEdit(self)
         self.line.setToolTip("The value (numbers, true/false)")
+        line_page = QWidget(self)
+        lp = QVBoxLayout(line_page)
+        lp.setContentsMargins(0, 0, 0, 0)
+        lp.addWidget(self.line)
+        lp.addStretch(1)
         self.text = QPlainTextEdit(self)
         self.text.setToolTip("The value: text as is (several lines allowed), arrays as a JSON list")
         self.text.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
         self.stack = QStackedWidget(self)
-        self.stack.addWidget(self.line)
+        self.stack.addWidget(line_page)
+        self.line_page = line_page
         self.stack.addWidget(self.text)
         self.error = QLabel("", self)
         self.error.setWordWrap(True)
@@ -246,8 +268,7 @@ class MetadataValueDialog(QDialog):
         self.line.textChanged.connect(lambda _t: self.validate())
         self.text.textChanged.connect(self.validate)
         self.validate()
-        self.resize(560, 360 if self.stack.currentWidget() is self.text else self.sizeHint().height())
-        (self.key if self.adding else self.stack.currentWidget()).setFocus()
+        (self.key if self.adding else self.value_label.buddy()).setFocus()
 
     def _multiline(self, vtype: str) -> bool:
         return vtype in TEXT_TYPES or vtype.startswith("array")
@@ -257,15 +278,17 @@ class MetadataValueDialog(QDialog):
         self.text.setPlainText(text)
 
     def value_text(self) -> str:
-        return self.text.toPlainText() if self.stack.currentWidget() is self.text else self.line.text()
+        return self.text.toPlainText() if self.stack.currentWidget() is self.text else self.line.text().strip()
 
     def _type_changed(self, vtype: str, keep: bool = False) -> None:
         text = self.value_text() if not keep else None
         multi = self._multiline(vtype)
-        self.stack.setCurrentWidget(self.text if multi else self.line)
-        self.value_label.setBuddy(self.stack.currentWidget())
+        self.stack.setCurrentWidget(self.text if multi else self.line_page)
+        self.value_label.setBuddy(self.text if multi else self.line)
         if text is not None:
             self._set_text(text)
+        if self.isVisible() or keep:
+            self.resize(max(self.width(), 560), 360 if multi else self.minimumSizeHint().height())
         hints = {"bool": "true or false", "string": "Any text; line breaks are kept"}
         self.hint.setText("A JSON list, e.g. [\"a\", \"b\"] or [1, 2]" if vtype.startswith("array")
                           else hints.get(vtype, "A number (0x… for hexadecimal)" if "int" in vtype else "A number"))
@@ -374,13 +397,13 @@ class MetadataEditActions(QObject):
             view.addAction(a)
         self.keys = _Keys(self)
         view.installEventFilter(self.keys)
-        view.selectionModel().currentChanged.connect(lambda *_a: self.update_enabled())
+        view.selectionModel().currentChanged.connect(self._current_changed)
         self.bar = self._build_bar()
         self.widget.layout().insertWidget(1, self.bar)
 
         self.edits.changed.connect(self._show_key)
-        self.edits.modified_changed.connect(lambda _m: self.update_enabled())
-        self.edits.undo_stack.indexChanged.connect(lambda _i: self.update_enabled())
+        self.edits.modified_changed.connect(self._modified_changed)
+        self.edits.undo_stack.indexChanged.connect(self._index_changed)
         window.model_loaded.connect(self.set_model)
         self.set_model(None)
 
@@ -389,26 +412,45 @@ class MetadataEditActions(QObject):
         lay = QHBoxLayout(bar)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(2)
-        for a, text in ((self.act_edit, "Edit…"), (self.act_add, "Add…"), (self.act_remove, "Remove"),
+        for a, text in ((self.act_edit, "Edit…"), (self.act_add, "Add Key…"), (self.act_remove, "Remove"),
                         (self.act_undo, "Undo"), (self.act_redo, "Redo")):
-            b = QToolButton(bar)
-            b.setDefaultAction(a)
-            b.setText(text)
-            b.setAutoRaise(True)
-            lay.addWidget(b)
+            lay.addWidget(self._bar_button(bar, a, text))
         lay.addStretch(1)
         self.modified_label = QLabel("", bar)
         self.modified_label.setStyleSheet("color: #b35900; font-weight: bold;")
         self.modified_label.setToolTip("Edits are kept until you save them to a new file with Save As…")
         lay.addWidget(self.modified_label)
-        save = QToolButton(bar)
-        save.setDefaultAction(self.act_save)
-        save.setText("Save As…")
-        save.setAutoRaise(True)
-        lay.addWidget(save)
+        lay.addWidget(self._bar_button(bar, self.act_save, "Save As…"))
         return bar
 
+    @staticmethod
+    def _bar_button(bar: QWidget, action: QAction, text: str) -> QToolButton:
+        """A button with a fixed short text that follows ``action`` (undo's text changes with every edit)."""
+        b = QToolButton(bar)
+        b.setText(text)
+        b.setAutoRaise(True)
+        b.clicked.connect(action.trigger)
+
+        def sync() -> None:
+            if not (shiboken6.isValid(action) and shiboken6.isValid(b)):  # the window is being torn down
+                return
+            b.setEnabled(action.isEnabled())
+            b.setToolTip(action.text().replace("&", "") + (f"\n{action.toolTip()}" if action.toolTip() else ""))
+
+        action.changed.connect(sync)
+        sync()
+        return b
+
     # -- state ---------------------------------------------------------------------------------------
+    def _current_changed(self, *_args) -> None:
+        self.update_enabled()
+
+    def _modified_changed(self, _modified: bool) -> None:
+        self.update_enabled()
+
+    def _index_changed(self, _index: int) -> None:
+        self.update_enabled()
+
     def set_model(self, model: Model | None) -> None:
         self.edits.set_model(model)
         self.last_saved = None
