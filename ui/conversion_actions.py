@@ -52,7 +52,7 @@ class ConversionActions(QObject):
         model = self.w.model
         if model is None:
             return None
-        if target is None and model.format == "gguf" and not requantize_available():
+        if target is None and (model.format == "peft" or model.format == "gguf" and not requantize_available()):
             target = SAFETENSORS
         elif target is None and model.format in ("safetensors", "pytorch"):
             target = GGUF

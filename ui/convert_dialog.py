@@ -286,10 +286,9 @@ class ConvertDialog(QDialog):
         lay.addStretch(1)
         lay.addWidget(self.box)
 
-        if target is not None:
-            self.set_target(target)
-        elif model.format == "gguf" and not requantize_available():
-            self.set_target(SAFETENSORS)
+        self.set_target(target or GGUF)
+        if not self.target.model().item(self.target.currentIndex()).isEnabled():
+            self.set_target(SAFETENSORS)  # GGUF is not possible for this model
         self.target.currentIndexChanged.connect(lambda _i: self._choices_changed())
         self.use_plan.toggled.connect(lambda _on: self._choices_changed())
         self.preset.currentIndexChanged.connect(lambda _i: self._choices_changed())

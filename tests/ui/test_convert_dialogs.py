@@ -199,6 +199,33 @@ def test_export_a_gguf_to_safetensors(qtbot, win, load, demo_path, tmp_path):
     np.testing.assert_array_equal(got.tensor("model.embed_tokens.weight").to_float32(), src)
 
 
+def test_requantize_a_gguf_through_the_dialog(qtbot, win, load, demo_path, tmp_path):
+    pytest.importorskip("workbench.convert.requantize")
+    model = load(win, demo_path)
+    dlg = open_convert(qtbot, win)
+    assert dlg.target_key() == GGUF and dlg.current.segments is not None
+    wait_prepared(qtbot, dlg, lambda: dlg.use_preset.setChecked(True))
+    wait_prepared(qtbot, dlg, lambda: dlg.preset.setCurrentIndex(dlg.preset.findData("Q8_0")))
+    plan = Plan(model, "Q8_0")
+    assert human_bytes(plan.nbytes) in dlg.size_info.text()
+    assert dlg.preview.full_text() == "Workbench-Demo-TINY-v1-Q8_0.gguf"
+    dlg.out_dir.setText(str(tmp_path))
+    job = run_dialog(qtbot, win, dlg)
+    assert job.state == "done", job.error
+    got = workbench.open_model(tmp_path / "Workbench-Demo-TINY-v1-Q8_0.gguf")
+    assert {t.name: t.dtype for t in got.tensors} == plan.types()
+    got.close()
+
+
+def test_an_adapter_is_exported_not_converted_to_gguf(qtbot, win, load, adapter_folder):
+    load(win, adapter_folder[0])
+    dlg = open_convert(qtbot, win)
+    assert dlg.target_key() == SAFETENSORS
+    assert not dlg.target.model().item(dlg.target.findData(GGUF)).isEnabled()
+    assert dlg.preview.full_text().startswith("tiny-adapter-F16/adapter_model.safetensors")
+    dlg.reject()
+
+
 def test_errors_are_shown_in_a_dialog(qtbot, win, errors, load, llama_folder, tmp_path):
     folder, _ = llama_folder
     broken = tmp_path / "no-tokenizer"
@@ -246,6 +273,29 @@ def test_lora_merge_through_the_dialog(qtbot, win, load, llama_folder, adapter_f
     expected = base_values[name] + (8 / 4) * (b @ a)
     np.testing.assert_allclose(merged.tensor(name).to_float32(), expected, rtol=1e-6, atol=1e-5)
     assert json.loads((tmp_path / "tiny-llama-tiny-adapter-F32" / "config.json").read_text())["hidden_size"] == 64
+
+
+def test_lora_merge_to_gguf_when_available(qtbot, win, load, llama_folder, adapter_folder, tmp_path):
+    from ui.lora_dialog import merge_to_gguf_available
+
+    if not merge_to_gguf_available():
+        pytest.skip("merge_lora(to='gguf') is not in this version of the core")
+    base, _ = llama_folder
+    adapter, _ = adapter_folder
+    load(win, base)
+    dlg = win.conversion.merge_dialog()
+    assert dlg.base.text() == str(base) and dlg.adapter.text() == ""  # the opened model is the base
+    with qtbot.waitSignal(dlg.inputs_read, timeout=JOB_TIMEOUT):
+        dlg.set_paths(adapter=adapter)
+    dlg.to_gguf.setChecked(True)
+    dlg.preset.setCurrentText("Q8_0")
+    dlg.out_dir.setText(str(tmp_path))
+    assert dlg.out_name.text().endswith("-Q8_0.gguf")
+    job = run_dialog(qtbot, win, dlg)
+    assert job.state == "done", job.error
+    got = workbench.open_model(job.outcome.paths[0])
+    assert got.format == "gguf" and got.info("blk.0.attn_q.weight").dtype == "Q8_0"
+    got.close()
 
 
 def test_lora_dialog_defaults_and_wrong_inputs(qtbot, llama_folder, tmp_path):
