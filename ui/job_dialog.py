@@ -330,6 +330,7 @@ class JobDialog(QDialog):
         self.error = message
         self._finish("failed")
         self.current.setText("Failed")
+        self.amount.setText("nothing kept")
         self.result_label.setText(f"The job failed; nothing was written.\n{message}")
         self.result_label.setStyleSheet("color: #b00020;")
         self.show_error(f"{self.request.title} failed", message)
@@ -338,6 +339,7 @@ class JobDialog(QDialog):
     def _on_cancelled(self) -> None:
         self._finish("cancelled")
         self.current.setText("Cancelled")
+        self.amount.setText("nothing kept")
         self.result_label.setText("Cancelled; nothing was written.")
         self.was_cancelled.emit()
 
