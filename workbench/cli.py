@@ -260,6 +260,44 @@ def cmd_set_metadata(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    import time
+
+    from .infer.generate import detect_repetition, generate
+    from .infer.tokenizer import load_tokenizer
+    from .infer.weights import load_engine
+
+    bar = TextProgressBar()
+    try:
+        model = run(iter_open_model(args.model), bar)
+        plan = args.type.upper() if args.type else None
+        if args.plan:
+            from .plan import Plan
+
+            plan = Plan.load(model, args.plan)
+        tokenizer = load_tokenizer(model)
+        engine = run(load_engine(model, plan), bar)
+    finally:
+        bar.close()
+    if not hasattr(engine, "start"):
+        raise WorkbenchError("this model is an encoder: it makes sentence embeddings, not text", path=model.path,
+                             hint="Generate with a llama-family, qwen2 or t5 model.")
+    ids: list[int] = []
+    t0 = time.perf_counter()
+    for tok in generate(engine, tokenizer, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                        top_k=args.top_k, top_p=args.top_p, seed=args.seed, chat=not args.no_chat):
+        ids.append(tok.id)
+        sys.stdout.write(tok.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    seconds = time.perf_counter() - t0
+    print(f"{len(ids)} tokens in {seconds:.1f} s ({len(ids) / seconds if seconds else 0:.1f} tokens/s)",
+          file=sys.stderr)
+    if detect_repetition(ids):
+        print("warning: the output ends in a repeating loop (try sampling: --temperature 0.8)", file=sys.stderr)
+    return 0
+
+
 def _print_desktop_report(report, verb: str) -> None:
     for path in report.files:
         print(path)
@@ -376,6 +414,21 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--remove", action="append", metavar="KEY", help="remove a key (repeatable)")
     sm.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     sm.set_defaults(func=cmd_set_metadata)
+    gn = sub.add_parser("generate", help="complete a prompt with the model (numpy test inference)",
+                        description="Run the model in float32 numpy (llama family, qwen2, t5) and stream the "
+                                    "completion to stdout; --type / --plan first round every tensor through that "
+                                    "quantization level (nothing is written).")
+    gn.add_argument("model", help="a .gguf file or a Hugging Face model folder")
+    gn.add_argument("--prompt", required=True, help="the prompt text")
+    gn.add_argument("--type", help="quantization level to test: Q8_0, Q4_K_M, ... (default: the weights as stored)")
+    gn.add_argument("--plan", help="a saved plan (JSON) instead of a preset")
+    gn.add_argument("--max-tokens", type=int, default=128, metavar="N", help="tokens to generate (default 128)")
+    gn.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    gn.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K most likely tokens (0: off)")
+    gn.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling threshold (1: off)")
+    gn.add_argument("--seed", type=int, help="random seed for sampling (repeatable output)")
+    gn.add_argument("--no-chat", action="store_true", help="use the prompt as is, without the chat template")
+    gn.set_defaults(func=cmd_generate)
     idk = sub.add_parser("install-desktop", help="add the app to the desktop menu and open .gguf/.safetensors with it",
                          description="Install a .desktop entry, the GGUF and safetensors file types and the icon for "
                                      "the current user (freedesktop.org desktops: Linux, BSD).")

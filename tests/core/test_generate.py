@@ -156,3 +156,30 @@ def test_smollm2_generates_paris_and_follows_the_chat_template():
     assert tok.chat_template
     answer = generate_text(eng, tok, "What is the capital of France?", max_tokens=24)
     assert "Paris" in answer
+
+
+# -- the generate command ------------------------------------------------------------------------------
+
+def test_cli_generate_streams_the_greedy_completion(capsys, models):
+    from workbench.cli import main
+
+    eng, tok = models["qwen2"]
+    expect = generate_text(eng, tok, "the cat", max_tokens=6, chat=False)
+    assert main(["generate", str(DATA / "qwen2"), "--prompt", "the cat", "--no-chat", "--max-tokens", "6"]) == 0
+    out, err = capsys.readouterr()
+    assert out == expect + "\n" and "6 tokens" in err
+    q8 = run(load_engine(DATA / "qwen2", "Q8_0"))
+    expect_q8 = generate_text(q8, tok, "the cat", max_tokens=6, chat=False, temperature=0.9, seed=3)
+    assert main(["generate", str(DATA / "qwen2"), "--prompt", "the cat", "--no-chat", "--max-tokens", "6",
+                 "--type", "q8_0", "--temperature", "0.9", "--seed", "3"]) == 0
+    assert capsys.readouterr().out == expect_q8 + "\n"
+
+
+def test_cli_generate_errors(capsys, tmp_path):
+    from workbench.cli import main
+
+    assert main(["generate", str(DATA / "qwen2"), "--prompt", "x", "--temperature", "-1"]) == 1
+    assert "temperature" in capsys.readouterr().err
+    assert main(["generate", str(DATA / "bert"), "--prompt", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
