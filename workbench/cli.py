@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from typing import Any, Sequence
@@ -313,7 +314,9 @@ def _print_desktop_report(report, verb: str) -> None:
 def cmd_install_desktop(args) -> int:
     from .desktop import install_desktop
 
-    command = shlex.split(args.exec) if args.exec else None
+    command = None
+    if args.exec:  # a program path (spaces allowed) or a command line
+        command = [args.exec] if os.path.isfile(args.exec) else shlex.split(args.exec)
     _print_desktop_report(install_desktop(args.prefix, command, set_default=not args.no_default), "installed")
     return 0
 

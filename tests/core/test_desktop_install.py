@@ -177,6 +177,15 @@ def test_cli_install_and_uninstall(tmp_path, capsys):
     assert not entry_path.exists()
 
 
+def test_cli_exec_that_is_a_path_with_spaces(tmp_path, capsys):
+    exe = tmp_path / "My Apps" / "model-workbench"
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\n")
+    assert cli_main(["install-desktop", "--prefix", str(tmp_path), "--exec", str(exe), "--no-default"]) == 0
+    entry = _entry(tmp_path / "share" / "applications" / "model-workbench.desktop")
+    assert entry["Exec"] == f'"{exe}" %F' and entry["TryExec"] == str(exe)
+
+
 def test_missing_template_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(desktop, "root_dir", lambda: tmp_path / "nowhere")
     assert cli_main(["install-desktop", "--prefix", str(tmp_path), "--exec", "/x/mw"]) == 1
