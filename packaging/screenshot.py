@@ -12,7 +12,8 @@ first 2-D tensor), waits for its histogram (``--tab error``: for the error histo
 ``--analyze``: for the model analysis in its dock), and saves ``window.grab()``.  ``--welcome``
 shows the first-run page instead, with ``--recent`` entries (missing ones are greyed) and the models of a
 Hugging Face cache (``--hf-cache``, default the user's), after its background scan.  ``--compare``
-opens a second model in the comparison view (only where the window has one: ``compare_with``).
+opens a second model in the comparison view; the hook expects ``MainWindow.compare_with(path)`` and a
+``MainWindow.compared`` signal once the comparison is shown (without them the shot fails with a message).
 Uses an isolated settings file, never the user's.
 """
 from __future__ import annotations
