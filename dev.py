@@ -54,7 +54,8 @@ def main(argv: list[str]) -> int:
     ensure_env()
     cmd, rest = argv[0], argv[1:]
     if cmd == "app":
-        return subprocess.call([str(PY), "-m", "ui", *rest])
+        paths = [a for a in rest if not a.startswith("-")]
+        return subprocess.call([str(PY), "-m", "ui", *rest, *([] if paths else ["--demo"])])
     if cmd == "bundle":
         ensure_pyinstaller()
         return subprocess.call([str(PY), str(ROOT / "packaging" / "build_bundle.py"), *rest], cwd=ROOT)

@@ -29,6 +29,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="model files or a folder to open (several files of one folder: that folder)")
     p.add_argument("--empty", action="store_true", help="start on the welcome page (the default without PATH)")
+    p.add_argument("--demo", action="store_true", help="open the built-in demo model (when no PATH is given)")
     p.add_argument("--new-window", action="store_true",
                    help="open PATH in a new window instead of the running Model Workbench")
     p.add_argument("--theme", choices=("system", "light", "dark"),
@@ -241,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         window.show()
         if args.path:
             window.open_path(args.path)
+        elif args.demo:
+            window.open_demo()
         return app.exec()
     finally:
         if server is not None:
