@@ -1,0 +1,381 @@
+"""Compare quantization levels of one model against its base: quality statistics, speed, memory and the
+text each level generates for the same prompt.
+
+``compare(model, ["F16", "Q8_0", "Q4_K_M"])`` is a job generator.  It loads the base (by default the stored
+weights in float32, i.e. the F32 plan), scores the calibration text window by window (see
+:mod:`workbench.infer.metrics`), keeps the base's logits of the scored positions, releases the base and then
+loads one level at a time (so memory holds one engine plus the base logits), scoring the same windows and
+generating from the same prompt.  Decoder-only and encoder-decoder models get perplexity and KL-divergence
+statistics; sentence encoders (bert) get the cosine similarity of their embeddings to the base's.
+"""
+from __future__ import annotations
+
+import csv
+import gc
+import io
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+
+from ..errors import Cancelled, WorkbenchError
+from ..model import Model
+from ..plan import PRESETS, Plan
+from ..progress import Progress
+from . import metrics as M
+
+DEFAULT_N_CTX = 512
+MAX_LEVELS = 8
+
+
+def default_calibration_text() -> str:
+    """The bundled calibration text (original prose, code and dialogue; about 3,500 tokens)."""
+    return resources.files(__package__).joinpath("calibration.txt").read_text(encoding="utf-8")
+
+
+@dataclass
+class LevelResult:
+    label: str
+    plan: str  # the plan's description ("Q4_K_M", "Q4_K_M + 2 rules", "stored")
+    nbytes: int  # size of a file of this level (tensor data)
+    bits_per_weight: float
+    memory: int  # bytes of weights the engine held
+    load_seconds: float = 0.0
+    stats: dict[str, Any] | None = None  # metrics.KldAccumulator.summary(); None for the base itself
+    ppl: float | None = None
+    prompt_tokens_per_s: float | None = None  # scoring throughput (prompt processing)
+    gen_tokens_per_s: float | None = None
+    generated_ids: list[int] = field(default_factory=list)
+    generated_text: str = ""
+    divergence: int | None = None  # index of the first generated token that differs from the base's
+    divergence_char: int | None = None  # where that token starts in generated_text
+    repetition: bool = False
+    kld_values: list[float] = field(default_factory=list)  # sorted per-token KLD (for plots)
+    embedding_cosine: dict[str, float] | None = None  # encoders: mean/min/max cosine to the base
+
+
+@dataclass
+class CompareResult:
+    model: str
+    architecture: str
+    kind: str  # "causal", "seq2seq" or "embedding"
+    n_ctx: int
+    n_windows: int
+    n_tokens_scored: int
+    prompt: str | None
+    base: LevelResult
+    levels: list[LevelResult]
+
+    # -- export ------------------------------------------------------------------------------------------
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per level (base first) with the table's columns."""
+        out = []
+        for r in [self.base, *self.levels]:
+            s = r.stats or {}
+            row = {"level": r.label, "plan": r.plan, "size_bytes": r.nbytes, "bpw": round(r.bits_per_weight, 4),
+                   "memory_bytes": r.memory, "ppl": r.ppl,
+                   "ln_ppl_ratio": s.get("ln_ppl_ratio"), "kld_mean": s.get("kld_mean"),
+                   "kld_median": s.get("kld_median"), "kld_p99": s.get("kld_p99"), "kld_max": s.get("kld_max"),
+                   "dp_rms": s.get("dp_rms"), "same_top": s.get("same_top"),
+                   "prompt_tok_s": r.prompt_tokens_per_s, "gen_tok_s": r.gen_tokens_per_s,
+                   "divergence": r.divergence, "repetition": r.repetition}
+            if r.embedding_cosine is not None:
+                row.update({f"cos_{k}": v for k, v in r.embedding_cosine.items()})
+            out.append(row)
+        return out
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        return json.dumps(d, indent=2, default=_json_default)
+
+    def to_csv(self) -> str:
+        rows = self.rows()
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt_csv(v) for k, v in r.items()})
+        return buf.getvalue()
+
+    def to_markdown(self) -> str:
+        head = ["level", "size", "bpw"]
+        if self.kind == "embedding":
+            head += ["cos mean", "cos min"]
+        else:
+            head += ["PPL", "ln(PPL/base)", "KLD mean", "KLD p99", "same top", "Δp RMS"]
+        head += ["prompt tok/s", "gen tok/s"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in [self.base, *self.levels]:
+            s = r.stats or {}
+            cells = [r.label, _human(r.nbytes), f"{r.bits_per_weight:.2f}"]
+            if self.kind == "embedding":
+                c = r.embedding_cosine or {}
+                cells += [_num(c.get("mean"), 6), _num(c.get("min"), 6)]
+            else:
+                cells += [_num(r.ppl, 4), _num(s.get("ln_ppl_ratio"), 5), _num(s.get("kld_mean"), 6),
+                          _num(s.get("kld_p99"), 5),
+                          "" if s.get("same_top") is None else f"{100 * s['same_top']:.2f} %",
+                          "" if s.get("dp_rms") is None else f"{100 * s['dp_rms']:.3f} %"]
+            cells += [_num(r.prompt_tokens_per_s, 1), _num(r.gen_tokens_per_s, 1)]
+            lines.append("| " + " | ".join(cells) + " |")
+        text = "\n".join(lines) + "\n"
+        if self.prompt is not None and self.kind != "embedding":
+            text += f"\nPrompt: {self.prompt!r}\n\n"
+            for r in [self.base, *self.levels]:
+                mark = "" if r.divergence is None else f" (differs from the base at token {r.divergence})"
+                rep = " — repeats itself" if r.repetition else ""
+                text += f"- **{r.label}**{mark}{rep}: {r.generated_text!r}\n"
+        return text
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def _fmt_csv(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
+
+
+def _num(v, digits):
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# -- levels -----------------------------------------------------------------------------------------------
+
+def resolve_level(model: Model, level: str | Plan) -> tuple[str, Plan]:
+    """(label, plan) for a preset name, a saved plan JSON path or a Plan."""
+    if isinstance(level, Plan):
+        from .weights import plan_label
+
+        return plan_label(level), level
+    text = str(level).strip()
+    if text.upper() in PRESETS:
+        return text.upper(), Plan(model, preset=text.upper())
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".json" and path.is_file():
+        return path.stem, Plan.load(model, path)
+    raise WorkbenchError(f"unknown level {text!r}",
+                         hint="Use a preset (" + ", ".join(PRESETS) + ") or the path of a saved plan (.json).")
+
+
+def _check(cancel):
+    if cancel is not None and cancel():
+        raise Cancelled("the comparison was cancelled")
+
+
+def _kind(engine) -> str:
+    if not hasattr(engine, "start"):  # sentence encoders (bert) only embed
+        return "embedding"
+    return "seq2seq" if getattr(engine, "is_encoder_decoder", False) else "causal"
+
+
+def _sentences(text: str, limit: int = 64) -> list[str]:
+    parts = re.split(r"(?<=[.!?])\s+|\n\s*\n", text)
+    out = [p.strip() for p in parts if len(p.split()) >= 4]
+    return out[:limit]
+
+
+# -- the job ------------------------------------------------------------------------------------------------
+
+def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: str | Plan = "F32",
+            text: str | None = None, prompt: str | None = "The capital of France is", n_ctx: int = DEFAULT_N_CTX,
+            max_windows: int | None = None, max_tokens: int = 32, chat: bool = False,
+            cancel: Callable[[], bool] | None = None) -> Generator[Progress, None, CompareResult]:
+    """Compare ``levels`` (presets or plans) of ``model`` against ``base`` (a job generator).
+
+    ``text``: the calibration text (default: the bundled one); ``n_ctx``: the window (the second half of
+    each window is scored, as llama-perplexity does); ``max_windows`` limits the work; ``prompt``: greedy
+    generation of ``max_tokens`` tokens by every level (None: no generation).
+    """
+    from ..formats import open_model
+    from .tokenizer import load_tokenizer
+    from .weights import load_engine
+
+    if not isinstance(model, Model):
+        model = open_model(model)
+    if not levels:
+        raise WorkbenchError("choose at least one level to compare")
+    if len(levels) > MAX_LEVELS:
+        raise WorkbenchError(f"at most {MAX_LEVELS} levels can be compared at once")
+    specs = [resolve_level(model, lv) for lv in levels]
+    base_label, base_plan = resolve_level(model, base)
+    text = default_calibration_text() if text is None else text
+    tok = load_tokenizer(model)
+    n_steps = 1 + len(specs)
+    step_size = 1000
+    total = n_steps * step_size
+
+    def sub(i: int, done: int, tot: int, msg: str) -> Progress:
+        frac = 0.0 if tot <= 0 else min(1.0, done / tot)
+        return Progress(i * step_size + int(frac * step_size), total, msg)
+
+    # the base ---------------------------------------------------------------------------------------------
+    yield Progress(0, total, f"Loading the base ({base_label})")
+    engine, load_s = yield from _load(load_engine, model, base_plan, cancel, lambda d, t, m: sub(0, d, 2 * t, m))
+    kind = _kind(engine)
+    arch = getattr(engine, "config", {}).get("model_type", model.architecture or "")
+    base_res = _level_result(base_label, base_plan, engine, load_s)
+    if kind == "embedding":
+        sentences = _sentences(text)
+        if len(sentences) < 2:
+            raise WorkbenchError("the calibration text has too few sentences to compare embeddings")
+        batches = [tok.encode(s) for s in sentences]
+        t0 = time.perf_counter()
+        base_emb = _embed(engine, batches)
+        base_res.prompt_tokens_per_s = sum(map(len, batches)) / max(time.perf_counter() - t0, 1e-9)
+        base_res.embedding_cosine = {"mean": 1.0, "min": 1.0, "max": 1.0}
+        windows: list[np.ndarray] = []
+        scored = 0
+    else:
+        # as llama-perplexity: the text tokenized with the model's specials, then every window starts with
+        # BOS when the model adds one
+        ids = tok.encode(text)
+        n_ctx = min(int(n_ctx), len(ids)) // 2 * 2
+        if n_ctx < 16:
+            raise WorkbenchError("the calibration text is too short: it needs at least 16 tokens")
+        add_bos = tok.bos_id is not None and bool(ids) and ids[0] == tok.bos_id
+        windows = M.windows(ids, n_ctx, tok.bos_id if add_bos and kind == "causal" else None)
+        if max_windows:
+            windows = windows[:max_windows]
+        base_logits: list[np.ndarray] = []
+        base_nll: list[np.ndarray] = []
+        t0 = time.perf_counter()
+        for wi, w in enumerate(windows):
+            _check(cancel)
+            lg, tg = _score_window(engine, w, kind)
+            base_logits.append(lg)
+            base_nll.append(M.nll_only(lg, tg))
+            yield sub(0, len(windows) + wi + 1, 2 * len(windows) + 1, f"Scoring the base: window {wi + 1}/{len(windows)}")
+        elapsed = time.perf_counter() - t0
+        scored = sum(len(x) for x in base_nll)
+        base_res.prompt_tokens_per_s = len(windows) * n_ctx / max(elapsed, 1e-9)
+        base_res.ppl = M.perplexity(np.concatenate(base_nll))[0]
+    if prompt is not None and kind != "embedding":
+        yield sub(0, 2 * len(windows) + 1, 2 * len(windows) + 1, "Generating with the base")
+        _generate(engine, tok, prompt, max_tokens, chat, base_res, cancel)
+    del engine
+    gc.collect()
+
+    # the levels -------------------------------------------------------------------------------------------
+    results = []
+    for li, (label, plan) in enumerate(specs, start=1):
+        _check(cancel)
+        yield sub(li, 0, 1, f"Loading {label}")
+        engine, load_s = yield from _load(load_engine, model, plan, cancel,
+                                          lambda d, t, m, li=li: sub(li, d, 2 * t, f"Loading {label}: {m}"))
+        res = _level_result(label, plan, engine, load_s)
+        if kind == "embedding":
+            t0 = time.perf_counter()
+            emb = _embed(engine, batches)
+            res.prompt_tokens_per_s = sum(map(len, batches)) / max(time.perf_counter() - t0, 1e-9)
+            cos = np.einsum("ij,ij->i", emb, base_emb) / (
+                np.linalg.norm(emb, axis=1) * np.linalg.norm(base_emb, axis=1))
+            res.embedding_cosine = {"mean": float(cos.mean()), "min": float(cos.min()), "max": float(cos.max())}
+        else:
+            acc = M.KldAccumulator()
+            t0 = time.perf_counter()
+            for wi, w in enumerate(windows):
+                _check(cancel)
+                lg, tg = _score_window(engine, w, kind)
+                acc.add(M.token_stats(lg, base_logits[wi], tg))
+                yield sub(li, len(windows) + wi + 1, 2 * len(windows) + 1,
+                          f"Scoring {label}: window {wi + 1}/{len(windows)}")
+            res.prompt_tokens_per_s = len(windows) * n_ctx / max(time.perf_counter() - t0, 1e-9)
+            res.stats = acc.summary()
+            res.ppl = res.stats["ppl"]
+            res.kld_values = np.sort(acc.kld_values()).astype(float).tolist()
+            if prompt is not None:
+                _generate(engine, tok, prompt, max_tokens, chat, res, cancel)
+                res.divergence = M.first_divergence(base_res.generated_ids, res.generated_ids)
+                res.divergence_char = _char_offset(tok, res.generated_ids, res.divergence)
+        results.append(res)
+        del engine
+        gc.collect()
+        yield sub(li, 1, 1, f"{label} done")
+    return CompareResult(model=str(model.path), architecture=str(arch), kind=kind, n_ctx=n_ctx if windows else 0,
+                         n_windows=len(windows), n_tokens_scored=scored, prompt=prompt if kind != "embedding" else None,
+                         base=base_res, levels=results)
+
+
+def _load(load_engine, model, plan, cancel, progress):
+    t0 = time.perf_counter()
+    job = load_engine(model, plan, cancel=cancel)
+    try:
+        while True:
+            p = next(job)
+            yield progress(p.done, p.total, p.message)
+    except StopIteration as stop:
+        return stop.value, time.perf_counter() - t0
+
+
+def _level_result(label: str, plan: Plan, engine, load_s: float) -> LevelResult:
+    from .weights import plan_label
+
+    return LevelResult(label=label, plan=plan_label(plan), nbytes=int(plan.nbytes),
+                       bits_per_weight=float(plan.bits_per_weight), memory=int(engine.nbytes()),
+                       load_seconds=load_s)
+
+
+def _score_window(engine, w: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(logits of the scored positions, their target tokens) for one window."""
+    if kind == "seq2seq":
+        half = len(w) // 2
+        start = int(engine.config.get("decoder_start_token_id") or 0)
+        targets = w[half:]
+        dec = np.concatenate([[start], targets[:-1]])
+        return np.asarray(engine.score(w[:half].tolist(), dec.tolist()), np.float32), targets
+    sl = M.scored_positions(len(w))
+    logits = np.asarray(engine.score(w.tolist()), np.float32)
+    return logits[sl], w[sl.start + 1:sl.stop + 1]
+
+
+def _embed(engine, batches: list[list[int]], batch_size: int = 16) -> np.ndarray:
+    parts = [np.asarray(engine.embed(batches[i:i + batch_size]), np.float64)
+             for i in range(0, len(batches), batch_size)]
+    return np.concatenate(parts)
+
+
+def _generate(engine, tok, prompt: str, max_tokens: int, chat: bool, res: LevelResult, cancel) -> None:
+    from .generate import detect_repetition, generate
+
+    ids: list[int] = []
+    t0 = time.perf_counter()
+    first_t = None
+    for t in generate(engine, tok, prompt, max_tokens=max_tokens, temperature=0.0, chat=chat):
+        _check(cancel)
+        if first_t is None:
+            first_t = time.perf_counter()
+        ids.append(int(t.id if hasattr(t, "id") else t[0]))
+    end = time.perf_counter()
+    res.generated_ids = ids
+    res.generated_text = tok.decode(ids)
+    if len(ids) > 1 and first_t is not None:
+        res.gen_tokens_per_s = (len(ids) - 1) / max(end - first_t, 1e-9)
+    res.repetition = bool(detect_repetition(ids))
+    del t0
+
+
+def _char_offset(tok, ids: list[int], index: int | None) -> int | None:
+    if index is None:
+        return None
+    return len(tok.decode(ids[:index]))
