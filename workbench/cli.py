@@ -299,6 +299,41 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from .infer.compare import compare
+
+    levels = [x.strip() for x in args.levels.split(",") if x.strip()]
+    text = None
+    if args.text:
+        try:
+            text = Path(args.text).expanduser().read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise WorkbenchError(f"cannot read the calibration text: {exc.strerror}", path=args.text) from None
+    bar = TextProgressBar()
+    try:
+        model = run(iter_open_model(args.model), bar)
+        result = run(compare(model, levels, base=args.base, text=text, prompt=None if args.no_generate else args.prompt,
+                             n_ctx=args.ctx, max_windows=args.chunks, max_tokens=args.max_tokens,
+                             chat=args.chat), bar)
+    finally:
+        bar.close()
+    if args.json:
+        print(result.to_json())
+    elif args.csv:
+        sys.stdout.write(result.to_csv())
+    else:
+        sys.stdout.write(result.to_markdown())
+        if result.kind != "embedding":
+            print(f"\n{result.n_tokens_scored} tokens scored in {result.n_windows} windows of {result.n_ctx} "
+                  f"(the second half of each), base: {result.base.label} ({result.base.plan})")
+    for r in result.levels:
+        if r.repetition:
+            print(f"warning: {r.label}: the generated text ends in a repeating loop", file=sys.stderr)
+    return 0
+
+
 def _print_desktop_report(report, verb: str) -> None:
     for path in report.files:
         print(path)
@@ -432,6 +467,24 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--seed", type=int, help="random seed for sampling (repeatable output)")
     gn.add_argument("--no-chat", action="store_true", help="use the prompt as is, without the chat template")
     gn.set_defaults(func=cmd_generate)
+    cp = sub.add_parser("compare", help="compare quantization levels against the base: PPL, KL divergence, texts",
+                        description="Score a calibration text (the bundled one by default) with the base and with each "
+                                    "level (the second half of each context window, as llama-perplexity "
+                                    "--kl-divergence does) and generate from one prompt with every level.")
+    cp.add_argument("model", help="a .gguf file or a Hugging Face model folder")
+    cp.add_argument("--levels", required=True, help="comma-separated presets or saved plans: F16,Q8_0,Q4_K_M,plan.json")
+    cp.add_argument("--base", default="F32", help="the reference level (default F32: the weights as stored)")
+    cp.add_argument("--text", metavar="FILE", help="calibration text file (default: the bundled text)")
+    cp.add_argument("--prompt", default="The capital of France is", help="prompt every level completes greedily")
+    cp.add_argument("--no-generate", action="store_true", help="skip the generation")
+    cp.add_argument("--max-tokens", type=int, default=32, metavar="N", help="tokens to generate (default 32)")
+    cp.add_argument("--chat", action="store_true", help="apply the chat template to the prompt")
+    cp.add_argument("--ctx", type=int, default=512, metavar="N", help="context window (default 512)")
+    cp.add_argument("--chunks", type=int, metavar="N", help="score at most N windows")
+    fmt = cp.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the full result as JSON")
+    fmt.add_argument("--csv", action="store_true", help="print the table as CSV")
+    cp.set_defaults(func=cmd_compare)
     idk = sub.add_parser("install-desktop", help="add the app to the desktop menu and open .gguf/.safetensors with it",
                          description="Install a .desktop entry, the GGUF and safetensors file types and the icon for "
                                      "the current user (freedesktop.org desktops: Linux, BSD).")

@@ -132,3 +132,21 @@ def test_sentence_encoder_compares_embeddings(tmp_path):
     assert res.levels[0].embedding_cosine["min"] == pytest.approx(1.0, abs=1e-6)
     assert 0.5 < res.levels[1].embedding_cosine["mean"] < 1.0
     assert "cos mean" in res.to_markdown()
+
+
+def test_cli_compare_prints_the_table_and_json(capsys, tmp_path):
+    from workbench.cli import main
+
+    text = tmp_path / "calib.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    assert main(["compare", str(DATA / "llama"), "--levels", "Q8_0,Q4_0", "--text", str(text), "--ctx", "64",
+                 "--chunks", "2", "--max-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("| level |")
+    assert "| Q4_0 |" in out and "62 tokens scored in 2 windows of 64" in out
+    assert main(["compare", str(DATA / "llama"), "--levels", "Q8_0", "--text", str(text), "--ctx", "64",
+                 "--chunks", "1", "--no-generate", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["levels"][0]["label"] == "Q8_0" and data["prompt"] is None and data["n_tokens_scored"] == 31
+    assert main(["compare", str(DATA / "llama"), "--levels", "Q9"]) == 1
+    assert "unknown level 'Q9'" in capsys.readouterr().err
