@@ -18,7 +18,6 @@ Unlike the reference, any plan type can be written (K-quants, IQ4...), quantized
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,15 +26,15 @@ from typing import Callable, Generator
 
 import gguf
 import numpy as np
-from gguf import GGMLQuantizationType, LlamaFileType
+from gguf import LlamaFileType
 
 from .. import dtypes, kernels
-from ..errors import Cancelled, FormatError, MissingFileError, UnsupportedError, WorkbenchError
-from ..fsutil import atomic_write_path
+from ..errors import FormatError, MissingFileError, UnsupportedError, WorkbenchError
 from ..model import Model
 from ..naming import GGUFName, name_for_model
 from ..plan import PRESETS, Plan
 from ..progress import Progress
+from .gguf_stream import StreamTensor, target_path, write_gguf_stream
 from .hf_vocab import GGUFVocab, read_vocab
 
 # Hugging Face architectures[0] -> GGUF architecture, the ones this converter supports
@@ -472,101 +471,17 @@ def convert_hf_to_gguf(src, out_dir_or_file, plan_or_preset: Plan | str | HfToGg
     yield Progress(0, 1, "Reading the tokenizer")
     vocab = read_vocab(conv.folder, conv.arch, conv.hparams)
     target = _target_path(conv, out_dir_or_file, name)
-    sources = {Path(f).resolve() for f in conv.model.files}
     w = gguf.GGUFWriter(None, conv.arch, split_max_tensors=split_max_tensors, split_max_size=split_max_size)
-    for t in conv.tensors:
-        w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=GGMLQuantizationType[t.type])
-    paths = w.format_shard_names(target)
-    for p in paths:
-        if p.resolve() in sources:
-            raise WorkbenchError("the output would replace a file of the source model", path=p,
-                                 hint="Choose another output name or folder.")
-        if p.exists() and not overwrite:
-            raise WorkbenchError("the output already exists", path=p, hint="Choose another name or allow overwriting.")
     _write_metadata(w, conv, vocab)
-    created_dirs = _make_dir(target.parent)
-    try:
-        with contextlib.ExitStack() as stack:
-            tmps = [stack.enter_context(atomic_write_path(p, overwrite=overwrite)) for p in paths]
-            w.fout = [stack.enter_context(open(t, "wb")) for t in tmps]
-            w.path, w.state = target, gguf.gguf_writer.WriterState.EMPTY
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_ti_data_to_file()
-            yield from _write_tensors(w, conv, cancel, imatrix)
-            w.flush()
-    except BaseException:
-        w.fout = None
-        for d in created_dirs:
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
-    w.fout = None
-    return paths
+    model = conv.model
+    tensors = [StreamTensor(t.name, t.shape, t.type, lambda t=t: _tensor_chunks(model, t, imatrix),
+                            done=(lambda n=t.source: model.release(n)) if t.source is not None else None)
+               for t in conv.tensors]
+    return (yield from write_gguf_stream(w, target, tensors, sources=model.files, overwrite=overwrite, cancel=cancel))
 
 
 def _target_path(conv: HfToGguf, out, name) -> Path:
-    out = Path(out).expanduser()
-    if out.suffix.lower() == ".gguf" and not out.is_dir():
-        return out
-    if out.exists() and not out.is_dir():
-        raise WorkbenchError("the output is neither a folder nor a .gguf file", path=out,
-                             hint="Choose a folder, or a file name ending in .gguf.")
-    if name is None:
-        fname = conv.output_name().filename()
-    elif isinstance(name, GGUFName):
-        fname = name.filename()
-    else:
-        fname = str(name).strip()
-        if "/" in fname or "\\" in fname or not fname:
-            raise WorkbenchError(f"{fname!r} is not a file name", hint="Give a name without folders, like Model-1B-F16.gguf.")
-        if not fname.lower().endswith(".gguf"):
-            fname += ".gguf"
-    return out / fname
-
-
-def _make_dir(folder: Path) -> list[Path]:
-    """Create the output folder if needed; return the folders created, deepest first (removed on failure)."""
-    missing = []
-    p = folder
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    return missing
-
-
-def _write_tensors(w: gguf.GGUFWriter, conv: HfToGguf, cancel, imatrix) -> Generator[Progress, None, None]:
-    total = sum(t.n_params for t in conv.tensors) or 1
-    done = 0
-    model = conv.model
-    for t in conv.tensors:
-        fout, nbytes = _begin_tensor(w)
-        written = 0
-        for part in _tensor_chunks(model, t, imatrix):
-            if cancel is not None and cancel():
-                raise Cancelled("conversion cancelled")
-            q, n_values = part
-            fout.write(memoryview(np.ascontiguousarray(q)).cast("B"))
-            written += q.nbytes
-            done += n_values
-            yield Progress(done, total, f"{t.name} → {t.type}")
-        if written != nbytes:  # pragma: no cover - a bug, not a user error
-            raise WorkbenchError(f"{t.name}: wrote {written} bytes, expected {nbytes}")
-        if t.source is not None:
-            model.release(t.source)  # stream: drop the source pages of a finished tensor
-        w.write_padding(fout, nbytes)
-        w.state = gguf.gguf_writer.WriterState.WEIGHTS
-
-
-def _begin_tensor(w: gguf.GGUFWriter):
-    """Start the next tensor of gguf-py's plan (as GGUFWriter.write_tensor_data does, but for streamed rows)."""
-    assert w.fout is not None
-    file_id = next(i for i, tensors in enumerate(w.tensors) if tensors)
-    fout = w.fout[file_id]
-    ti = w.tensors[file_id].pop(next(iter(w.tensors[file_id])))
-    w.write_padding(fout, fout.tell())
-    return fout, ti.nbytes
+    return target_path(out, name, conv.output_name)
 
 
 def _tensor_chunks(model: Model, t: OutTensor, imatrix):

@@ -7,32 +7,29 @@ tensor whose planned type is its source type is copied byte for byte, as llama-q
 are decoded (our kernels for the ggml types they implement) and quantized by :mod:`workbench.kernels`
 a row block at a time, so only one block of one tensor is in memory.
 
-The streaming GGUF writer here (:func:`write_gguf_stream`) is shared by the LoRA jobs: a list of
-:class:`StreamTensor` (name, shape, type and a function producing its bytes in row blocks) written through
-gguf-py's ``GGUFWriter`` into temporary files beside the target, fsynced and renamed when complete.
+The GGUF is written by :func:`~workbench.convert.gguf_stream.write_gguf_stream` (re-exported here with
+:class:`StreamTensor` for the LoRA jobs).
 """
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Generator, Iterable, Iterator, Sequence
+from typing import Callable, Generator, Iterator
 
 import gguf
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType
+from gguf import GGUFValueType, LlamaFileType
 
 from .. import dtypes, kernels
-from ..errors import Cancelled, UnsupportedError, WorkbenchError
-from ..fsutil import atomic_write_path
+from ..errors import UnsupportedError, WorkbenchError
 from ..model import Model, TensorInfo
 from ..naming import GGUFName, name_for_model
 from ..plan import PRESETS, Plan, allows_quantization
 from ..progress import Progress
-from .hf_to_gguf import CHUNK_ELEMENTS, _begin_tensor, _make_dir
+from .gguf_stream import RawValue, StreamTensor, new_writer, target_path, write_gguf_stream
+from .hf_to_gguf import CHUNK_ELEMENTS
 from .metadata_edit import TypedValue
-from .metadata_edit import _Writer as _EmptyArrayWriter
+
 
 # the file type that names a plan whose weights are mostly of one ggml type
 _TYPE_FILE_TYPES = {
@@ -42,141 +39,6 @@ _TYPE_FILE_TYPES = {
     "Q3_K": LlamaFileType.MOSTLY_Q3_K_M, "Q4_K": LlamaFileType.MOSTLY_Q4_K_M, "Q5_K": LlamaFileType.MOSTLY_Q5_K_M,
     "Q6_K": LlamaFileType.MOSTLY_Q6_K, "IQ4_NL": LlamaFileType.MOSTLY_IQ4_NL, "IQ4_XS": LlamaFileType.MOSTLY_IQ4_XS,
 }
-
-
-# -- the shared streaming writer -----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class StreamTensor:
-    """One tensor of a GGUF being written: ``chunks()`` yields (bytes of whole rows, values covered)."""
-
-    name: str
-    shape: tuple[int, ...]  # numpy order
-    type: str  # ggml type written
-    chunks: Callable[[], Iterable[tuple[np.ndarray, int]]] = field(compare=False, repr=False)
-    message: str = ""  # progress text (default: "name → type")
-    done: Callable[[], None] | None = field(default=None, compare=False, repr=False)  # after the tensor
-
-    @property
-    def n_params(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
-
-    @property
-    def nbytes(self) -> int:
-        return dtypes.nbytes_for(self.type, self.shape)
-
-
-class RawValue(bytes):
-    """A metadata value (type and payload) exactly as the source header stores it: copied byte for byte."""
-
-
-class _Writer(_EmptyArrayWriter):
-    def _pack_val(self, val, vtype, add_vtype, sub_type=None) -> bytes:
-        if isinstance(val, RawValue):
-            return bytes(val)
-        return super()._pack_val(val, vtype, add_vtype, sub_type)
-
-
-def new_writer(arch: str, kv: "OrderedDict[str, RawValue | TypedValue] | None" = None, *, alignment: int | None = None,
-               split_max_size: int = 0, split_max_tensors: int = 0) -> gguf.GGUFWriter:
-    """A GGUFWriter (no file yet); with ``kv`` its key/values are exactly those, in that order."""
-    w = _Writer(None, arch, split_max_tensors=split_max_tensors, split_max_size=split_max_size)
-    if kv is not None:
-        w.kv_data[0].clear()  # the constructor's general.architecture: re-added in the source's order
-        for key, v in kv.items():
-            if isinstance(v, RawValue):
-                w.kv_data[0][key] = gguf.gguf_writer.GGUFValue(v, GGUFValueType.STRING)  # type unused: raw
-            else:
-                w.add_key_value(key, v.value, v.vtype, v.sub_type)
-    if alignment is not None:
-        w.data_alignment = alignment
-    return w
-
-
-def write_gguf_stream(w: gguf.GGUFWriter, target: Path, tensors: Sequence[StreamTensor], *,
-                      sources: Iterable[Path] = (), overwrite: bool = False,
-                      cancel: Callable[[], bool] | None = None) -> Generator[Progress, None, list[Path]]:
-    """Write ``tensors`` with the writer's metadata to ``target`` (split as the writer was told); return the paths.
-
-    Refuses to replace a file of ``sources`` and, unless ``overwrite``, any existing file.  Every part is
-    written to a temporary file beside it and renamed at the end; a failure or cancel leaves nothing.
-    """
-    for t in tensors:
-        w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=GGMLQuantizationType[t.type])
-    paths = w.format_shard_names(target)
-    source_set = {Path(f).resolve() for f in sources}
-    for p in paths:
-        if p.resolve() in source_set:
-            raise WorkbenchError("the output would replace a file of the source model", path=p,
-                                 hint="Choose another output name or folder.")
-        if p.exists() and not overwrite:
-            raise WorkbenchError("the output already exists", path=p, hint="Choose another name or allow overwriting.")
-    total = sum(t.n_params for t in tensors) or 1
-    done = 0
-    created_dirs = _make_dir(target.parent)
-    try:
-        with contextlib.ExitStack() as stack:
-            tmps = [stack.enter_context(atomic_write_path(p, overwrite=overwrite)) for p in paths]
-            w.fout = [stack.enter_context(open(t, "wb")) for t in tmps]
-            w.path, w.state = target, gguf.gguf_writer.WriterState.EMPTY
-            w.write_header_to_file()
-            w.write_kv_data_to_file()
-            w.write_ti_data_to_file()
-            yield Progress(0, total, f"Writing {target.name}")
-            for t in tensors:
-                _check_cancel(cancel)
-                fout, nbytes = _begin_tensor(w)
-                written = 0
-                label = t.message or f"{t.name} → {t.type}"
-                for q, n_values in t.chunks():
-                    _check_cancel(cancel)
-                    view = memoryview(np.ascontiguousarray(q)).cast("B")
-                    fout.write(view)
-                    written += view.nbytes
-                    done += n_values
-                    yield Progress(done, total, label)
-                if written != nbytes:  # pragma: no cover - a bug, not a user error
-                    raise WorkbenchError(f"{t.name}: wrote {written} bytes, expected {nbytes}")
-                if t.done is not None:
-                    t.done()
-                w.write_padding(fout, nbytes)
-                w.state = gguf.gguf_writer.WriterState.WEIGHTS
-            _check_cancel(cancel)
-            w.flush()
-    except BaseException:
-        w.fout = None
-        for d in created_dirs:
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
-    w.fout = None
-    return paths
-
-
-def _check_cancel(cancel) -> None:
-    if cancel is not None and cancel():
-        raise Cancelled("conversion cancelled")
-
-
-def target_path(out, name: str | GGUFName | None, default: Callable[[], GGUFName]) -> Path:
-    """``out`` if it names a ``.gguf`` file, else ``out / name`` (or the conventional ``default()`` name)."""
-    out = Path(out).expanduser()
-    if out.suffix.lower() == ".gguf" and not out.is_dir():
-        return out
-    if out.exists() and not out.is_dir():
-        raise WorkbenchError("the output is neither a folder nor a .gguf file", path=out,
-                             hint="Choose a folder, or a file name ending in .gguf.")
-    if name is None:
-        fname = default().filename()
-    elif isinstance(name, GGUFName):
-        fname = name.filename()
-    else:
-        fname = str(name).strip()
-        if "/" in fname or "\\" in fname or not fname:
-            raise WorkbenchError(f"{fname!r} is not a file name", hint="Give a name without folders, like Model-1B-Q8_0.gguf.")
-        if not fname.lower().endswith(".gguf"):
-            fname += ".gguf"
-    return out / fname
 
 
 # -- tensor data in row blocks ---------------------------------------------------------------------
