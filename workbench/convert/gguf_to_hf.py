@@ -288,213 +288,76 @@ def derived_notes(model: Model) -> list[str]:
 
 # -- tokenizers ----------------------------------------------------------------------------------
 
-# llama.cpp's pre-tokenizer regexes (llama-vocab.cpp, llm_tokenizer_bpe), by tokenizer.ggml.pre
-_GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_DEFAULT_RES = (r"[\p{P}\$\+<=>\^~\|]+", _GPT2_RE, r"\p{N}+", r"[0-9][0-9][0-9]")
-# name -> (regexes, ignore_merges, add_bos default, NFC normalizer)
-_PRE: dict[str, tuple[tuple[str, ...], bool, bool, bool]] = {}
-for _names, _spec in (
-    (("gpt-2", "gpt2", "phi-2", "mpt", "olmo", "jais", "trillion", "jina-es", "jina-de", "jina-v2-es",
-      "jina-v2-de", "gigachat", "mellum"), ((_GPT2_RE,), False, False, False)),
-    (("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"),
-     ((r"\p{N}", _GPT2_RE), False, False, False)),
-    (("llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe"),
-     ((_LLAMA3_RE,), True, True, False)),
-    (("qwen2", "deepseek-r1-qwen", "stablelm2"), ((_QWEN2_RE,), False, False, True)),
-    (("default",), (_DEFAULT_RES, False, False, False)),
-):
-    for _n in _names:
-        _PRE[_n] = _spec
-
-
-def _special_name(tokens: list[str], tid: Any) -> str | None:
-    if tid is None:
-        return None
-    tid = int(tid)
-    return tokens[tid] if 0 <= tid < len(tokens) else None
-
-
-def _added_token(tid: int, content: str, special: bool) -> dict[str, Any]:
-    return {"id": tid, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
-            "normalized": False, "special": special}
-
-
-def _token_types(model: Model, n: int) -> list[int]:
-    types = _meta(model, "tokenizer.ggml.token_type")
-    if types is None:
-        return [int(TokenType.NORMAL)] * n
-    return [int(t) for t in np.asarray(types).tolist()]
-
-
-def _post_processor(tokens: list[str], bos: int | None, eos: int | None, add_bos: bool, add_eos: bool):
-    if not ((add_bos and bos is not None) or (add_eos and eos is not None)):
-        return None
-    single: list[dict] = []
-    pair: list[dict] = []
-    specials: dict[str, dict] = {}
-
-    def special(tid: int) -> dict:
-        specials[tokens[tid]] = {"id": tokens[tid], "ids": [tid], "tokens": [tokens[tid]]}
-        return {"SpecialToken": {"id": tokens[tid], "type_id": 0}}
-
-    if add_bos and bos is not None:
-        single.append(special(bos))
-    single.append({"Sequence": {"id": "A", "type_id": 0}})
-    if add_eos and eos is not None:
-        single.append(special(eos))
-    pair = single + [s if "SpecialToken" in s else {"Sequence": {"id": "B", "type_id": 1}} for s in single]
-    return {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials}
-
-
-def _gpt2_tokenizer(model: Model, tokens: list[str]) -> tuple[dict, list[str]]:
-    notes = []
-    pre = str(_meta(model, "tokenizer.ggml.pre", "default"))
-    if pre not in _PRE:
-        notes.append(f"pre-tokenizer {pre!r} is not known to the exporter: tokenizer.json uses llama.cpp's default "
-                     "splitting, which may differ from the original")
-    regexes, ignore_merges, bos_default, nfc = _PRE.get(pre, _PRE["default"])
-    types = _token_types(model, len(tokens))
-    merges = list(_meta(model, "tokenizer.ggml.merges") or [])
-    vocab: dict[str, int] = {}
-    added = []
-    for tid, (tok, ttype) in enumerate(zip(tokens, types)):
-        if ttype in (TokenType.CONTROL, TokenType.USER_DEFINED):
-            added.append(_added_token(tid, tok, ttype == TokenType.CONTROL))
-        if tok in vocab:
-            notes.append(f"token {tid} {tok!r} repeats token {vocab[tok]}; kept the first")
-            continue
-        vocab[tok] = tid
-    bos = _meta(model, "tokenizer.ggml.bos_token_id")
-    eos = _meta(model, "tokenizer.ggml.eos_token_id")
-    add_bos = bool(_meta(model, "tokenizer.ggml.add_bos_token", bos_default))
-    add_eos = bool(_meta(model, "tokenizer.ggml.add_eos_token", False))
-    split = [{"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False} for r in regexes]
-    tok_json = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
-        "normalizer": {"type": "NFC"} if nfc else None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            *split, {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
-        "post_processor": _post_processor(tokens, _int(bos), _int(eos), add_bos, add_eos)
-        or {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                  "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges},
-    }
-    return tok_json, notes
-
-
-def _wordpiece_tokenizer(model: Model, tokens: list[str]) -> tuple[dict, list[str], str]:
-    """BERT: GGUF keeps words as '▁word' and pieces bare (convert_hf_to_gguf's 'phantom space'); undo it."""
-    types = _token_types(model, len(tokens))
-    words = []
-    for tok, ttype in zip(tokens, types):
-        if ttype == TokenType.CONTROL:
-            words.append(tok)
-        elif tok.startswith("\u2581"):
-            words.append(tok[1:])
-        else:
-            words.append("##" + tok)
-    vocab: dict[str, int] = {}
-    for tid, w in enumerate(words):
-        vocab.setdefault(w, tid)
-    added = [_added_token(tid, w, True) for tid, (w, t) in enumerate(zip(words, types)) if t == TokenType.CONTROL]
-    unk = _special_name(words, _meta(model, "tokenizer.ggml.unknown_token_id"))
-    cls = _special_name(words, _meta(model, "tokenizer.ggml.bos_token_id", _meta(model, "tokenizer.ggml.cls_token_id")))
-    sep = _special_name(words, _meta(model, "tokenizer.ggml.seperator_token_id",
-                                     _meta(model, "tokenizer.ggml.eos_token_id")))
-    post = None
-    if cls and sep:
-        post = {"type": "TemplateProcessing",
-                "single": [{"SpecialToken": {"id": cls, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                           {"SpecialToken": {"id": sep, "type_id": 0}}],
-                "pair": [{"SpecialToken": {"id": cls, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                         {"SpecialToken": {"id": sep, "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}},
-                         {"SpecialToken": {"id": sep, "type_id": 1}}],
-                "special_tokens": {t: {"id": t, "ids": [vocab[t]], "tokens": [t]} for t in (cls, sep)}}
-    tok_json = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
-        # llama.cpp's WPM tokenizer lowercases and strips accents like do_lower_case=True
-        "normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
-                       "strip_accents": None, "lowercase": True},
-        "pre_tokenizer": {"type": "BertPreTokenizer"},
-        "post_processor": post,
-        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True},
-        "model": {"type": "WordPiece", "unk_token": unk or "[UNK]", "continuing_subword_prefix": "##",
-                  "max_input_chars_per_word": 100, "vocab": vocab},
-    }
-    return tok_json, [], "\n".join(words) + "\n"
-
-
 def tokenizer_files(model: Model) -> tuple[dict[str, str], list[str]]:
     """Tokenizer files (name -> text) rebuilt from the GGUF vocabulary, and notes on what could not be.
 
-    A GGUF that embeds the original ``tokenizer.huggingface.json`` gives it back unchanged.
+    ``tokenizer.json`` is the document :mod:`workbench.infer.tokenizer` builds for its own tokenizer (gpt2 BPE,
+    llama SentencePiece, t5 Unigram, bert WordPiece, gemma4), so the exported file encodes exactly like the
+    app's tokenizer of the GGUF.  A GGUF that embeds the original ``tokenizer.huggingface.json`` gives it back
+    unchanged.  ``tokenizer_config.json`` carries the special tokens, add_bos/add_eos and the chat template.
     """
+    from ..infer.tokenizer import gguf_tokenizer_json, read_gguf_vocab, wordpiece_words
+
     files: dict[str, str] = {}
     notes: list[str] = []
-    tokens = _meta(model, "tokenizer.ggml.tokens")
     kind = _meta(model, "tokenizer.ggml.model")
-    if tokens is None or kind is None:
+    if _meta(model, "tokenizer.ggml.tokens") is None or kind is None:
         return files, notes
-    tokens = list(tokens)
+    try:
+        v = read_gguf_vocab(model)
+    except UnsupportedError:
+        notes.append(f"tokenizer model {kind!r} is not rebuilt as tokenizer.json (gpt2, llama, t5, bert and "
+                     "gemma4 vocabularies are); copy the original tokenizer files")
+        return files, notes
     embedded = _meta(model, "tokenizer.huggingface.json")
-    words = tokens
     if embedded:
         files["tokenizer.json"] = str(embedded)
-    elif kind == "gpt2":
-        tok_json, more = _gpt2_tokenizer(model, tokens)
-        files["tokenizer.json"] = json.dumps(tok_json, ensure_ascii=False, indent=2)
-        notes += more
-    elif kind == "bert":
-        tok_json, more, vocab_txt = _wordpiece_tokenizer(model, tokens)
-        files["tokenizer.json"] = json.dumps(tok_json, ensure_ascii=False, indent=2)
-        files["vocab.txt"] = vocab_txt
-        words = [line for line in vocab_txt.split("\n")[:-1]]
-        notes += more
     else:
-        notes.append(f"tokenizer model {kind!r} is not rebuilt as tokenizer.json (only gpt2 BPE and bert "
-                     "WordPiece are); copy the original tokenizer files")
-        return files, notes
+        doc, more = gguf_tokenizer_json(v)
+        files["tokenizer.json"] = json.dumps(doc, ensure_ascii=False, indent=2)
+        notes += more
+    words = v.tokens
+    if v.kind == "bert":
+        words = wordpiece_words(v)
+        files["vocab.txt"] = "\n".join(words) + "\n"
 
-    special = {}
-    for hf_key, key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"),
-                        ("pad_token", "padding"), ("sep_token", "seperator"), ("mask_token", "mask"),
-                        ("cls_token", "cls")):
-        name = _special_name(words, _meta(model, f"tokenizer.ggml.{key}_token_id"))
-        if name is not None:
-            special[hf_key] = name
-    if kind == "bert":  # gguf-py's SpecialVocab stores BERT's [CLS] as the BOS token; BERT has no BOS/EOS
-        cls_name = special.pop("bos_token", None)
-        special.pop("eos_token", None)
-        if cls_name is not None:
-            special.setdefault("cls_token", cls_name)
-    types = _token_types(model, len(words))
-    decoder = {str(tid): {k: v for k, v in _added_token(tid, w, t == TokenType.CONTROL).items() if k != "id"}
-               for tid, (w, t) in enumerate(zip(words, types)) if t in (TokenType.CONTROL, TokenType.USER_DEFINED)}
-    cfg: dict[str, Any] = {}
-    if kind == "gpt2":
-        pre = _PRE.get(str(_meta(model, "tokenizer.ggml.pre", "default")), _PRE["default"])
-        cfg["add_bos_token"] = bool(_meta(model, "tokenizer.ggml.add_bos_token", pre[2]))
-        cfg["add_eos_token"] = bool(_meta(model, "tokenizer.ggml.add_eos_token", False))
-        cfg["add_prefix_space"] = False
+    def name(key: str) -> str | None:
+        tid = v.special.get(key)
+        return words[tid] if tid is not None else None
+
+    special: dict[str, str] = {}
+    if v.kind == "bert":  # gguf-py's SpecialVocab stores BERT's [CLS] as the BOS token; BERT has no BOS/EOS
+        keys = (("cls_token", "cls"), ("cls_token", "bos"), ("sep_token", "sep"), ("unk_token", "unk"),
+                ("pad_token", "pad"), ("mask_token", "mask"))
     else:
-        cfg["do_lower_case"] = True
+        keys = (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unk"), ("pad_token", "pad"),
+                ("sep_token", "sep"), ("mask_token", "mask"), ("cls_token", "cls"))
+    for hf_key, key in keys:
+        text = name(key)
+        if text is not None:
+            special.setdefault(hf_key, text)
+    decoder = {}
+    for tid in np.flatnonzero(np.isin(v.types, [int(TokenType.CONTROL), int(TokenType.USER_DEFINED),
+                                                int(TokenType.UNKNOWN)])).tolist():
+        decoder[str(tid)] = {"content": words[tid], "single_word": False, "lstrip": tid in v.lstrip,
+                             "rstrip": tid in v.rstrip, "normalized": False,
+                             "special": int(v.types[tid]) != TokenType.USER_DEFINED}
+    cfg: dict[str, Any] = {}
+    if v.kind == "bert":
+        cfg["do_lower_case"] = v.lowercase
+    else:
+        cfg["add_bos_token"] = v.add_bos
+        cfg["add_eos_token"] = v.add_eos
+        if v.kind == "gpt2":
+            cfg["add_prefix_space"] = False
     cfg["added_tokens_decoder"] = decoder
     cfg.update(special)
-    cfg["clean_up_tokenization_spaces"] = kind == "bert"
-    arch = gguf_arch(model)
-    ctx = _meta(model, f"{arch}.context_length")
-    if ctx is not None:
-        cfg["model_max_length"] = int(ctx)
-    template = _meta(model, "tokenizer.chat_template")
-    if template:
-        cfg["chat_template"] = str(template)
-    cfg["tokenizer_class"] = "BertTokenizer" if kind == "bert" else "PreTrainedTokenizerFast"
+    cfg["clean_up_tokenization_spaces"] = v.kind == "bert"
+    if v.context_length is not None:
+        cfg["model_max_length"] = v.context_length
+    if v.chat_template:
+        cfg["chat_template"] = v.chat_template
+    cfg["tokenizer_class"] = "BertTokenizer" if v.kind == "bert" else "PreTrainedTokenizerFast"
     files["tokenizer_config.json"] = json.dumps(cfg, ensure_ascii=False, indent=2)
     if special:
         files["special_tokens_map.json"] = json.dumps(special, ensure_ascii=False, indent=2)

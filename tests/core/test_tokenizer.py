@@ -1,0 +1,305 @@
+"""Tokenizers: GGUF vocabularies against llama.cpp's tokenizer test vectors and llama-tokenize, tokenizer.json
+folders, streaming decode, chat templates, and the tokenizer.json the GGUF -> HF export writes."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+import workbench
+from fetch_models import real_model
+from workbench.errors import MissingFileError, UnsupportedError
+from workbench.infer.chat import FALLBACK_TEMPLATE, TemplateError, apply_chat_template
+from workbench.infer.tokenizer import (IncrementalDecoder, folder_tokenizer, gguf_tokenizer, gguf_tokenizer_json,
+                                       load_tokenizer, spm_merges)
+
+DATA = Path(__file__).parent / "data" / "tokenizer_vectors"
+sys.path.insert(0, str(DATA))
+from make_fixtures import read_inputs, write_t5_vocab  # noqa: E402
+
+# Every llama.cpp test-vector vocabulary of llama-cpp-python 0.3.36 (models/ggml-vocab-*.gguf.inp/.out) and the
+# cases we pass.  All of them pass 100%; a vocabulary with known gaps would be listed in GAPS with the reason.
+CLAIMED = {
+    "bert-bge": 46, "command-r": 46, "deepseek-coder": 46, "deepseek-llm": 46, "falcon": 46, "gemma-4": 46,
+    "gpt-2": 46, "llama-bpe": 46, "llama-spm": 46, "mpt": 46, "phi-3": 46, "qwen2": 46, "qwen35": 50,
+    "refact": 46, "starcoder": 46,
+}
+GAPS: dict[str, str] = {}
+
+_TOKENIZERS: dict[str, object] = {}
+
+
+def vocab_dir() -> Path:
+    return real_model("llama-vocabs")
+
+
+def vocab_tokenizer(name: str):
+    if name not in _TOKENIZERS:
+        _TOKENIZERS[name] = gguf_tokenizer(workbench.open_model(vocab_dir() / f"ggml-vocab-{name}.gguf"))
+    return _TOKENIZERS[name]
+
+
+def vector_cases(name: str) -> list[tuple[str, list[int]]]:
+    """test-tokenizer-0's cases: inputs split on the separator line, one line of ids per input."""
+    folder = vocab_dir()
+    inputs = read_inputs(folder / f"ggml-vocab-{name}.gguf.inp")
+    lines = (folder / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").split("\n")
+    lines = lines[:len(inputs)]
+    assert len(lines) == len(inputs)
+    return [(text, [int(x) for x in line.split()]) for text, line in zip(inputs, lines)]
+
+
+# -- llama.cpp's test vectors --------------------------------------------------------------------------------
+
+@pytest.mark.realmodel
+def test_every_vector_vocabulary_is_claimed_or_a_listed_gap():
+    found = sorted(p.name[len("ggml-vocab-"):-len(".gguf.inp")] for p in vocab_dir().glob("ggml-vocab-*.gguf.inp"))
+    assert found and set(found) == set(CLAIMED) | set(GAPS)
+
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize("name", sorted(CLAIMED))
+def test_vocab_vectors(name):
+    """Tokens as llama.cpp's test-tokenizer-0 checks them: no BOS/EOS, special tokens not parsed."""
+    tok = vocab_tokenizer(name)
+    cases = vector_cases(name)
+    failed = [(text, ids, tok.encode(text, add_special=False, parse_special=False)) for text, ids in cases]
+    failed = [f for f in failed if f[1] != f[2]]
+    passed = len(cases) - len(failed)
+    print(f"{name}: {passed}/{len(cases)} test vectors pass")
+    assert passed == CLAIMED[name] == len(cases), f"{name}: {passed}/{len(cases)} pass; first failures: {failed[:3]}"
+
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize("name", ["gpt-2", "llama-bpe", "llama-spm", "phi-3", "gemma-4", "starcoder"])
+def test_vectors_decode_back(name):
+    """Byte-level and byte-fallback vocabularies give back the exact text (SPM: minus the prefix space)."""
+    tok = vocab_tokenizer(name)
+    for text, ids in vector_cases(name):
+        assert tok.decode(ids) == text, (name, text)
+
+
+@pytest.mark.realmodel
+def test_vocabs_without_vectors_match_llama_tokenize(tmp_path):
+    """t5 Unigram (with a charsmap, and one written by our hf_vocab), a second SentencePiece vocabulary and two
+    gpt2 vocabularies on llama.cpp's default pre-tokenizer, against ids llama-tokenize gave (committed)."""
+    fixture = json.loads((DATA / "ugm_spm_bpe.json").read_text(encoding="utf-8"))
+    texts = read_inputs(vocab_dir() / fixture["inputs"])
+    for name, expected in fixture["ids"].items():
+        if name == "t5-lora":
+            path = write_t5_vocab(real_model("t5-lora"), tmp_path / "t5.gguf")
+        else:
+            path = vocab_dir() / f"ggml-vocab-{name}.gguf"
+        tok = gguf_tokenizer(workbench.open_model(path))
+        got = [tok.encode(t, add_special=False, parse_special=False) for t in texts]
+        bad = [(t, e, g) for t, e, g in zip(texts, expected, got) if e != g]
+        assert not bad, f"{name}: {len(bad)}/{len(texts)} differ, first: {bad[:2]}"
+
+
+@pytest.mark.realmodel
+def test_t5_vocab_from_gguf_matches_its_tokenizer_json(tmp_path):
+    """The Unigram built from the GGUF encodes like the t5 tokenizer.json it was converted from (texts without
+    tabs or newlines, which llama.cpp keeps as unknown pieces and that tokenizer.json drops)."""
+    folder = real_model("t5-lora")
+    ours = gguf_tokenizer(workbench.open_model(write_t5_vocab(folder, tmp_path / "t5.gguf")))
+    theirs = folder_tokenizer(folder)
+    texts = ["translate English to German: The house is wonderful.", "  Hello   world  ", "Äpfel und Birnen",
+             "résumé naïve 3.14159 <extra_id_0> </s>", "", "x"]
+    for text in texts:
+        assert ours.encode(text) == theirs.encode(text), text
+    assert ours.encode("Hello")[-1] == ours.eos_id == theirs.eos_id == 1
+    assert ours.decode(ours.encode("Hello world")) == "Hello world"
+
+
+# -- special tokens, ids, pieces -----------------------------------------------------------------------------
+
+@pytest.mark.realmodel
+def test_special_tokens_and_eos_sets():
+    spm = vocab_tokenizer("llama-spm")
+    assert (spm.bos_id, spm.eos_id, spm.unk_id) == (1, 2, 0)
+    assert spm.encode("Hello world") == [1, 15043, 3186]  # add_bos from the vocabulary
+    assert spm.encode("<s>x", add_special=False) == [1, 921]  # parsed control token, then the prefix space
+    assert spm.encode("<s>x", add_special=False, parse_special=False)[0] != 1
+    assert spm.is_special(1) and not spm.is_special(15043)
+    assert spm.token_piece(15043) == " Hello" and spm.token_piece(13) == "\n"  # <0x0A>
+    assert spm.decode([1, 15043, 3186, 2]) == "Hello world"
+    assert spm.decode([1, 15043, 2], skip_special=False) == "<s> Hello</s>"
+    llama3 = vocab_tokenizer("llama-bpe")
+    ids = {t: llama3.token_id(t) for t in ("<|eot_id|>", "<|end_of_text|>")}
+    assert set(ids.values()) <= llama3.eos_ids and llama3.bos_id == llama3.token_id("<|begin_of_text|>")
+    assert llama3.encode("hi")[0] == llama3.bos_id  # llama-bpe adds BOS (llama.cpp's default for it)
+    bert = vocab_tokenizer("bert-bge")
+    assert bert.encode("Hello world") == [101, 7592, 2088, 102]  # [CLS] ... [SEP]
+    assert bert.decode(bert.encode("Hello, world!")) == "hello, world!"
+    assert bert.vocab_size == 30522 and bert.pad_id == 0
+
+
+@pytest.mark.realmodel
+def test_smollm2_gguf_tokenizer_matches_llama_tokenize():
+    fixture = json.loads((DATA / "smollm2.json").read_text(encoding="utf-8"))
+    tok = load_tokenizer(workbench.open_model(real_model("smollm2")))
+    assert tok.source == "gguf" and tok.vocab_size == 49152
+    for case in fixture["tokenize"]:
+        assert tok.encode(case["text"]) == case["ids"], case["text"]
+        assert tok.encode(case["text"], parse_special=False) == case["ids_no_parse_special"], case["text"]
+    assert tok.bos_id == 1 and tok.eos_id == 2 and {0, 2} <= tok.eos_ids  # <|endoftext|>, <|im_end|>
+
+
+@pytest.mark.realmodel
+def test_smollm2_chat_template_renders_like_llama_cpp():
+    """llama-completion --jinja rendered these prompts (committed ids and text); so do we."""
+    fixture = json.loads((DATA / "smollm2.json").read_text(encoding="utf-8"))
+    tok = load_tokenizer(workbench.open_model(real_model("smollm2")))
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    for case in fixture["chat"]:
+        text = tok.apply_chat_template(case["messages"])
+        assert text == case["text"]
+        assert tok.encode(text) == case["ids"]
+    no_prompt = tok.apply_chat_template(fixture["chat"][0]["messages"], add_generation_prompt=False)
+    assert no_prompt == fixture["chat"][0]["text"][:-len("<|im_start|>assistant\n")]
+
+
+@pytest.mark.realmodel
+def test_minilm_tokenizer_json_folder():
+    folder = real_model("minilm")
+    tok = load_tokenizer(workbench.open_model(folder))
+    assert tok.source == "tokenizer.json"
+    assert tok.encode("Hello world") == [101, 7592, 2088, 102]
+    assert tok.encode("Hello world", add_special=False) == [7592, 2088]
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.unk_id) == (101, 102, 0, 100)
+    assert tok.decode(tok.encode("The capital of France is Paris.")) == "the capital of france is paris."
+    assert tok.is_special(101) and not tok.is_special(7592)
+    assert tok.token_piece(2088) == " world" and tok.token_piece(tok.token_id("##s")) == "s"
+    assert tok.chat_template is None
+
+
+@pytest.mark.realmodel
+def test_peft_adapter_with_tokenizer_json():
+    tok = load_tokenizer(workbench.open_model(real_model("t5-lora")))
+    ids = tok.encode("translate English to German: Hello")
+    assert ids[-1] == tok.eos_id == 1 and tok.pad_id == 0
+    assert tok.decode(ids) == "translate English to German: Hello"
+
+
+def write_vocab_gguf(path: Path, arch: str, model: str | None, tokens: list[str], merges=(), pre=None) -> Path:
+    w = gguf.GGUFWriter(path, arch)
+    if model is not None:
+        w.add_tokenizer_model(model)
+        if pre is not None:
+            w.add_tokenizer_pre(pre)
+        w.add_token_list(tokens)
+        w.add_token_types([1] * len(tokens))
+        if merges:
+            w.add_token_merges(list(merges))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_missing_tokenizers_are_reported(tmp_path):
+    bare = workbench.open_model(write_vocab_gguf(tmp_path / "bare.gguf", "llama", None, []))
+    with pytest.raises(MissingFileError, match="no tokenizer"):
+        load_tokenizer(bare)
+    rwkv = workbench.open_model(write_vocab_gguf(tmp_path / "rwkv.gguf", "rwkv6", "rwkv", ["a", "b"]))
+    with pytest.raises(UnsupportedError, match="rwkv"):
+        load_tokenizer(rwkv)
+    with pytest.raises(MissingFileError, match="tokenizer.json"):
+        folder_tokenizer(tmp_path)
+
+
+def test_spm_merges_rank_by_merged_score():
+    tokens = ["a", "b", "c", "ab", "bc", "abc"]
+    scores = np.array([0, 0, 0, -2, -1, -3], np.float32)
+    assert spm_merges(tokens, scores) == ["b c", "a b", "a bc", "ab c"]
+
+
+# -- streaming -----------------------------------------------------------------------------------------------
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize("name", ["llama-spm", "gpt-2", "qwen2", "bert-bge"])
+def test_incremental_decoder_never_splits_characters(name):
+    tok = vocab_tokenizer(name)
+    text = "Hello 🦙 world: 日本語のテキスト, naïve café ✅ 3.14"
+    ids = tok.encode(text)
+    dec = IncrementalDecoder(tok)
+    pieces = [dec.push(i) for i in ids] + [dec.flush()]
+    assert "".join(pieces) == tok.decode(ids)
+    assert not any("\ufffd" in p for p in pieces)
+    if name != "bert-bge":  # WordPiece maps the emoji to [UNK]
+        assert "".join(pieces) == text
+        multi_token_chars = sum(1 for p in pieces[:-1] if p == "")
+        assert multi_token_chars > 0  # some characters really did span several tokens
+
+
+# -- chat templates ------------------------------------------------------------------------------------------
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+
+
+def test_chat_template_helpers_and_fallback():
+    tmpl = ("{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
+            "{{ raise_exception('system must come first') }}{% endif %}[{{ m['role'] }}]{{ m['content'] }}"
+            "{% endfor %}{{ messages | tojson }}|{{ strftime_now('%Y') | length }}")
+    out = apply_chat_template(tmpl, [{"role": "user", "content": "héllo"}])
+    assert out == '[user]héllo[{"role": "user", "content": "héllo"}]|4'
+    with pytest.raises(TemplateError, match="system must come first"):
+        apply_chat_template(tmpl, [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}])
+    fallback = apply_chat_template(None, MESSAGES, bos_token="<s>")
+    assert fallback == "<s>System: Be brief.\n\nUser: Hi\n\nAssistant:"
+    assert apply_chat_template(FALLBACK_TEMPLATE, MESSAGES, add_generation_prompt=False).endswith("User: Hi\n\n")
+
+
+def test_chat_template_is_sandboxed():
+    with pytest.raises(TemplateError, match="sandbox|unsafe|forbid"):
+        apply_chat_template("{{ ''.__class__.__mro__[1].__subclasses__() }}", MESSAGES)
+    with pytest.raises(TemplateError):  # immutable: templates cannot change the messages
+        apply_chat_template("{{ messages.append({'role': 'x'}) }}", MESSAGES)
+    with pytest.raises(TemplateError, match="syntax error"):
+        apply_chat_template("{% for m in messages %}", MESSAGES)
+
+
+# -- export: tokenizer.json rebuilt from the GGUF --------------------------------------------------------------
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize("name", ["llama-spm", "nomic-bert-moe", "gpt-2", "bert-bge", "gemma-4", "phi-3"])
+def test_exported_tokenizer_json_encodes_like_the_gguf(name, tmp_path):
+    from tokenizers import Tokenizer
+
+    from workbench.convert.gguf_to_hf import tokenizer_files
+
+    model = workbench.open_model(vocab_dir() / f"ggml-vocab-{name}.gguf")
+    files, notes = tokenizer_files(model)
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(files), notes
+    for fname, text in files.items():
+        (tmp_path / fname).write_text(text, encoding="utf-8")
+    exported = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    ours = gguf_tokenizer(model)
+    texts = read_inputs(vocab_dir() / "ggml-vocab-llama-spm.gguf.inp") + ["<s>[CLS]</s> x <|endoftext|>"]
+    for text in texts:
+        assert exported.encode(text).ids == ours.encode(text), text
+        assert exported.encode(text, add_special_tokens=False).ids == ours.encode(text, add_special=False), text
+    cfg = json.loads(files["tokenizer_config.json"])
+    if name == "llama-spm":
+        assert (cfg["bos_token"], cfg["eos_token"], cfg["unk_token"], cfg["add_bos_token"]) == ("<s>", "</s>",
+                                                                                               "<unk>", True)
+        assert cfg["added_tokens_decoder"]["1"]["special"] is True
+    if name == "nomic-bert-moe":
+        assert json.loads(files["tokenizer.json"])["model"]["type"] == "Unigram"
+        assert cfg["add_eos_token"] is True
+    # and the folder loads as a tokenizer.json folder again, with the same special ids
+    again = folder_tokenizer(tmp_path)
+    assert (again.bos_id, again.eos_id) == (ours.bos_id, ours.eos_id)
+
+
+def test_gguf_tokenizer_json_notes_unknown_pre_tokenizer(tmp_path):
+    model = workbench.open_model(write_vocab_gguf(tmp_path / "v.gguf", "llama", "gpt2", ["a", "b", "ab", "Ġ"],
+                                                  merges=["a b"], pre="something-new"))
+    _doc, notes = gguf_tokenizer_json(model)
+    assert any("something-new" in n for n in notes)
+    assert gguf_tokenizer(model).encode("ab a") == [2, 3, 0]

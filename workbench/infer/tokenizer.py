@@ -1,0 +1,800 @@
+"""Tokenizers for test inference: a ``tokenizers.Tokenizer`` from the model's ``tokenizer.json``, or built from a
+GGUF's ``tokenizer.ggml.*`` vocabulary the way llama.cpp (``src/llama-vocab.cpp``) reads it.
+
+A GGUF vocabulary becomes a ``tokenizer.json`` document (:func:`gguf_tokenizer_json`), which the GGUF -> HF
+export writes out as is, so the exported file and the in-app tokenizer are the same thing:
+
+- ``gpt2``: byte-level BPE (GGUF tokens and merges as they are) with the pre-tokenizer named by
+  ``tokenizer.ggml.pre``, written the way the original Hugging Face ``tokenizer.json`` splits (the
+  llama.cpp test vectors were made by those tokenizers): regex ``Split`` steps, ``Digits``,
+  ``Punctuation``, NFC where the original normalizes, then ``ByteLevel``.
+- ``llama`` (SentencePiece): llama.cpp merges the adjacent pair whose concatenation is the vocabulary
+  token with the highest score; that is BPE whose merges are every (left, right) split of a token into two
+  tokens, ranked by the merged token's score.  ``▁`` for spaces, a leading ``▁`` when
+  ``add_space_prefix`` (every text fragment, also after a special token), byte fallback ``<0xXX>``.
+- ``bert``: WordPiece; GGUF keeps word starts as ``▁word`` and pieces bare, we give back ``##piece``.
+- ``t5``: SentencePiece Unigram over the token scores, the precompiled charsmap as the normalizer when the
+  GGUF has one, extra spaces merged as ``remove_extra_whitespaces`` says.  Without a charsmap only the
+  spaces are normalized (no NFKC): a documented approximation.
+- ``gemma4``: BPE on raw UTF-8 with ``▁`` for spaces and ``<0xXX>`` byte fallback.
+
+Special tokens: CONTROL and UNKNOWN tokens are special added tokens (matched in text only when
+``parse_special``), USER_DEFINED tokens are always matched, as in llama.cpp.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from gguf import TokenType
+
+from ..errors import FormatError, MissingFileError, UnsupportedError, WorkbenchError
+from ..model import Model
+
+SPACE = "\u2581"  # SentencePiece's escaped space
+
+# -- GGUF vocabulary ---------------------------------------------------------------------------------
+
+# token texts llama.cpp treats as end of generation (llama_vocab::impl::load, special_eog_ids)
+EOG_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~[",
+})
+_EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
+              "_<EOT>", "[EOT]", "<\uff5cend\u2581of\u2581sentence\uff5c>", "<end_of_utterance>")
+
+# texts llama.cpp looks for when the GGUF does not name its FIM tokens
+_FIM_TEXTS = ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uff5cfim\u2581begin\uff5c>", "<PRE>", "\u2581<PRE>",
+              "<|code_prefix|>", "<|prefix|>", "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>",
+              "<\uff5cfim\u2581hole\uff5c>", "<SUF>", "\u2581<SUF>", "<|code_suffix|>", "<|suffix|>", "<|fim_middle|>",
+              "<fim-middle>", "<fim_middle>", "<\uff5cfim\u2581end\uff5c>", "<MID>", "\u2581<MID>", "<|code_middle|>",
+              "<|middle|>", "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", "<|fim_repo|>", "<|repo_name|>",
+              "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>")
+
+KINDS = ("gpt2", "llama", "bert", "t5", "gemma4")
+
+
+@dataclass
+class GGUFVocab:
+    """What llama.cpp reads from ``tokenizer.ggml.*`` (with its defaults for missing keys)."""
+
+    kind: str  # gpt2, llama, bert, t5, gemma4
+    pre: str
+    tokens: list[str]
+    types: np.ndarray  # int32 TokenType per token
+    scores: np.ndarray | None
+    merges: list[str]
+    special: dict[str, int] = field(default_factory=dict)  # bos, eos, unk, sep, pad, mask, eot, eom, cls
+    add_bos: bool = False
+    add_eos: bool = False
+    add_sep: bool = False
+    add_space_prefix: bool = False
+    remove_extra_whitespaces: bool = False
+    charsmap: bytes | None = None
+    lowercase: bool = True
+    strip_accents: bool = True
+    lstrip: frozenset[int] = frozenset()  # special tokens that swallow the whitespace before them
+    rstrip: frozenset[int] = frozenset()  # ... after them
+    chat_template: str | None = None
+    context_length: int | None = None
+
+    def text(self, tid: int | None) -> str | None:
+        return self.tokens[tid] if tid is not None and 0 <= tid < len(self.tokens) else None
+
+    def is_special(self, tid: int) -> bool:
+        return int(self.types[tid]) in (TokenType.CONTROL, TokenType.UNKNOWN)
+
+    def eog_ids(self) -> set[int]:
+        """End-of-generation ids as llama.cpp collects them: eos, eot, eom and the known end-of-turn texts."""
+        out = {self.special[k] for k in ("eos", "eot", "eom") if self.special.get(k) is not None}
+        for tid, tok in enumerate(self.tokens):
+            if tok in EOG_TEXTS and not (tok == "</s>" and int(self.types[tid]) == TokenType.NORMAL):
+                out.add(tid)
+        return out
+
+
+def _meta(model: Model, key: str, default: Any = None) -> Any:
+    return model.meta(key, default)
+
+
+def read_gguf_vocab(model: Model) -> GGUFVocab:
+    """The vocabulary of a GGUF model, with llama.cpp's per-kind defaults for missing keys."""
+    kind = _meta(model, "tokenizer.ggml.model")
+    tokens = _meta(model, "tokenizer.ggml.tokens")
+    if kind is None or tokens is None:
+        raise MissingFileError("the GGUF has no tokenizer (tokenizer.ggml.model / tokenizer.ggml.tokens missing)",
+                               path=model.path, hint="Use a GGUF converted with its vocabulary, or the HF folder.")
+    kind = str(kind)
+    if kind not in KINDS:
+        raise UnsupportedError(f"tokenizer model {kind!r} is not supported (supported: {', '.join(KINDS)})",
+                               path=model.path)
+    tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]  # llama.cpp renames empty tokens
+    n = len(tokens)
+    types = _meta(model, "tokenizer.ggml.token_type")
+    types = np.full(n, int(TokenType.NORMAL), np.int32) if types is None else np.asarray(types, np.int32)[:n]
+    if len(types) < n:
+        raise FormatError(f"tokenizer.ggml.token_type has {len(types)} entries for {n} tokens", path=model.path)
+    scores = _meta(model, "tokenizer.ggml.scores")
+    if scores is not None:
+        scores = np.asarray(scores, np.float32)[:n]
+        if len(scores) < n:
+            raise FormatError(f"tokenizer.ggml.scores has {len(scores)} entries for {n} tokens", path=model.path)
+    merges = [str(m) for m in (_meta(model, "tokenizer.ggml.merges") or [])]
+    pre = str(_meta(model, "tokenizer.ggml.pre", "") or "default")
+    if kind in ("gpt2", "gemma4") and not merges:
+        raise FormatError(f"the {kind} vocabulary has no tokenizer.ggml.merges", path=model.path)
+
+    # llama.cpp's defaults by kind (llama_vocab::impl::load), then what the file says
+    special: dict[str, int | None]
+    v = GGUFVocab(kind, pre, tokens, types, scores, merges)
+    if kind == "llama":
+        special = {"bos": 1, "eos": 2, "unk": 0}
+        v.add_bos, v.add_space_prefix = True, True
+    elif kind == "bert":
+        special = {"bos": 101, "unk": 100, "sep": 102, "pad": 0, "mask": 103}
+        v.add_bos, v.add_sep = True, True
+    elif kind == "t5":
+        special = {"eos": 1, "unk": 2, "pad": 0}
+        v.add_eos = True
+    elif kind == "gemma4":
+        special = {}
+        v.pre = "gemma4"
+        v.add_bos = True
+    else:
+        special = {"bos": 11, "eos": 11}
+        v.add_bos = _PRE.get(pre, _PRE["default"]).add_bos
+    for key, name in (("bos", "bos"), ("eos", "eos"), ("eot", "eot"), ("eom", "eom"), ("unk", "unknown"),
+                      ("sep", "seperator"), ("pad", "padding"), ("mask", "mask"), ("cls", "cls"),
+                      *((k, k) for k in ("fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep"))):
+        val = _meta(model, f"tokenizer.ggml.{name}_token_id")
+        if val is not None and 0 <= int(val) < n:
+            special[key] = int(val)
+    if special.get("eot") is None:
+        for tid, tok in enumerate(tokens):
+            if tok in _EOT_TEXTS:
+                special["eot"] = tid
+                break
+    v.special = {k: int(i) for k, i in special.items() if i is not None and 0 <= int(i) < n}
+    v.add_bos = bool(_meta(model, "tokenizer.ggml.add_bos_token", v.add_bos))
+    v.add_eos = bool(_meta(model, "tokenizer.ggml.add_eos_token", v.add_eos))
+    v.add_sep = bool(_meta(model, "tokenizer.ggml.add_sep_token", v.add_sep))
+    v.add_space_prefix = bool(_meta(model, "tokenizer.ggml.add_space_prefix", v.add_space_prefix))
+    v.remove_extra_whitespaces = bool(_meta(model, "tokenizer.ggml.remove_extra_whitespaces", False))
+    charsmap = _meta(model, "tokenizer.ggml.precompiled_charsmap")
+    if charsmap is not None and len(charsmap):
+        v.charsmap = np.asarray(charsmap).astype(np.uint8).tobytes()
+    v.lowercase = bool(_meta(model, "tokenizer.ggml.normalizer.lowercase", True))
+    v.strip_accents = bool(_meta(model, "tokenizer.ggml.normalizer.strip_accents", v.lowercase))
+    _llama_cpp_attributes(v, str(_meta(model, "general.name", "") or ""), str(_meta(model, "general.architecture", "")))
+    template = _meta(model, "tokenizer.chat_template")
+    v.chat_template = str(template) if template else None
+    arch = _meta(model, "general.architecture")
+    ctx = _meta(model, f"{arch}.context_length")
+    v.context_length = int(ctx) if ctx is not None else None
+    return v
+
+
+def _llama_cpp_attributes(v: GGUFVocab, name: str, arch: str) -> None:
+    """The token attributes llama.cpp fixes up after loading (llama_vocab::impl::load): end-of-generation and
+    FIM texts become control tokens, a few known tokens strip the spaces beside them."""
+    types = v.types.copy()
+    ids = {t: i for i, t in enumerate(v.tokens)}
+    control = set(EOG_TEXTS) | set(_EOT_TEXTS)
+    fim_keys = ("fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep")
+    if not any(k in v.special for k in fim_keys):
+        control |= set(_FIM_TEXTS)
+    normal_s = "<|tool_response>" in ids or "<|plamo:eos|>" in ids  # gemma4 / plamo: </s> is ordinary text
+    for text in control:
+        tid = ids.get(text)
+        if tid is None or (text == "</s>" and normal_s):
+            continue
+        if types[tid] not in (TokenType.CONTROL, TokenType.UNKNOWN):
+            types[tid] = TokenType.CONTROL
+    if all(t in ids for t in ("<|return|>", "<|call|>", "<|end|>")) or \
+            all(t in ids for t in ("<|calls|>", "<|flush|>", "<|end|>")):
+        types[ids["<|end|>"]] = TokenType.USER_DEFINED  # o200k_harmony / solar-open: <|end|> is not the end
+    for text in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):  # gpt-oss: always rendered
+        if text in ids:
+            types[ids[text]] = TokenType.USER_DEFINED
+    v.types = types
+    special = np.isin(types, [int(TokenType.CONTROL), int(TokenType.USER_DEFINED), int(TokenType.UNKNOWN)])
+    name = name.lower()
+    if any(p in v.pre for p in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or \
+            any(a in arch for a in ("nomic-bert-moe", "jina-bert-v3")):
+        v.lstrip = frozenset({ids["<mask>"]} if "<mask>" in ids else ())
+    elif "phi-3" in name or "phi3" in name:
+        rstrip = set(np.flatnonzero(special).tolist()) | ({ids["</s>"]} if "</s>" in ids else set())
+        v.rstrip = frozenset(rstrip - {ids[t] for t in ("<unk>", "<s>", "<|endoftext|>") if t in ids})
+    elif "modern-bert" in name and "[MASK]" in ids:
+        v.lstrip = frozenset({ids["[MASK]"]})
+
+
+# -- pre-tokenizers (by tokenizer.ggml.pre) ------------------------------------------------------------
+
+# The original tokenizer.json regexes (llama.cpp keeps them in comments beside its adapted versions).
+GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+            r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN35_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_DEEPSEEK_LETTERS = (
+    "A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373"
+    "\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481"
+    "\u048a-\u052f\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b"
+    "\u1d6b-\u1d77\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b"
+    "\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb"
+    "\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128"
+    "\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4"
+    "\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf"
+    "\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3"
+    "\U000104d8-\U000104fb\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943")
+_CJK = "\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff"
+
+
+def _split(regex: str, behavior: str = "Isolated") -> dict:
+    return {"type": "Split", "pattern": {"Regex": regex}, "behavior": behavior, "invert": False}
+
+
+def _digits(individual: bool) -> dict:
+    return {"type": "Digits", "individual_digits": individual}
+
+
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+
+
+@dataclass(frozen=True)
+class PreSpec:
+    """How one ``tokenizer.ggml.pre`` splits text before BPE (all end with the byte-level mapping)."""
+
+    steps: tuple[dict, ...]
+    nfc: bool = False
+    ignore_merges: bool = False
+    add_bos: bool = False
+
+
+_GPT2 = PreSpec((_split(GPT2_RE),))
+_PRE: dict[str, PreSpec] = {}
+for _names, _spec in (
+    (("gpt-2", "gpt2", "phi-2", "jina-es", "jina-de", "jina-v2-es", "jina-v2-de", "gigachat", "mellum", "a.x-4.0",
+      "modern-bert", "jais", "trillion", "granite-docling", "exaone4", "roberta-bpe", "jina-v1-en", "jina-v2-code"),
+     _GPT2),
+    (("mpt", "olmo"), PreSpec((_split(GPT2_RE),), nfc=True)),  # gpt-neox tokenizers normalize NFC
+    (("starcoder", "refact", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"),
+     PreSpec((_digits(True), _split(GPT2_RE)))),
+    (("command-r",), PreSpec((_digits(True), _split(GPT2_RE)), nfc=True)),
+    (("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"),
+     PreSpec((_split(LLAMA3_RE),), ignore_merges=True, add_bos=True)),
+    (("dbrx", "smaug-bpe", "chatglm-bpe"), PreSpec((_split(LLAMA3_RE),))),
+    (("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", "hunyuan", "solar-open", "kormo", "f2llmv2"),
+     PreSpec((_split(QWEN2_RE),), nfc=True)),
+    (("qwen35",), PreSpec((_split(QWEN35_RE),))),
+    (("deepseek-llm",), PreSpec((_split(r"[\r\n]"), _split(r"\s?[" + _DEEPSEEK_LETTERS + r"]+"),
+                                 _split("\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+"),
+                                 _split(r"\s+$"), _split("[" + _CJK + "]+"), _digits(False)))),
+    (("deepseek-coder",), PreSpec((_split(r"[\r\n]"), _split(r"\s?\p{L}+"), _split(r"\s?\p{P}+"),
+                                   _split("[" + _CJK + "]+"), _digits(True)))),
+    (("falcon",), PreSpec(({"type": "Punctuation", "behavior": "Contiguous"},
+                           {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+                           _digits(False), _split(r"[0-9][0-9][0-9]")))),
+    (("default",), PreSpec((_split(r"[\p{P}\$\+<=>\^~\|]+"), _split(GPT2_RE), _split(r"\p{N}+"),
+                            _split(r"[0-9][0-9][0-9]")))),
+):
+    for _n in _names:
+        _PRE[_n] = _spec
+KNOWN_PRE = frozenset(_PRE)
+
+
+# -- tokenizer.json from a GGUF vocabulary ---------------------------------------------------------------
+
+def _added(tid: int, content: str, special: bool, **kw) -> dict[str, Any]:
+    d = {"id": tid, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
+         "normalized": False, "special": special}
+    d.update(kw)
+    return d
+
+
+def _added_tokens(v: GGUFVocab, texts: Sequence[str] | None = None) -> list[dict]:
+    texts = v.tokens if texts is None else texts
+    keep = (TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN)
+    ids = np.flatnonzero(np.isin(v.types, [int(t) for t in keep]))
+    return [_added(int(i), texts[i], int(v.types[i]) != TokenType.USER_DEFINED, lstrip=int(i) in v.lstrip,
+                   rstrip=int(i) in v.rstrip) for i in ids]
+
+
+def _template(v: GGUFVocab, texts: Sequence[str], first: int | None, last: int | None) -> dict | None:
+    """A TemplateProcessing post-processor that adds ``first`` before and ``last`` after the text."""
+    if first is None and last is None:
+        return None
+
+    def tok(tid: int, type_id: int) -> dict:
+        return {"SpecialToken": {"id": texts[tid], "type_id": type_id}}
+
+    single, pair = [], []
+    if first is not None:
+        single.append(tok(first, 0))
+        pair.append(tok(first, 0))
+    single.append({"Sequence": {"id": "A", "type_id": 0}})
+    pair.append({"Sequence": {"id": "A", "type_id": 0}})
+    if last is not None:
+        single.append(tok(last, 0))
+        pair.append(tok(last, 0))
+    pair.append({"Sequence": {"id": "B", "type_id": 1}})
+    if last is not None:
+        pair.append(tok(last, 1))
+    specials = {texts[t]: {"id": texts[t], "ids": [t], "tokens": [texts[t]]} for t in (first, last) if t is not None}
+    return {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials}
+
+
+def _vocab_dict(texts: Sequence[str], notes: list[str]) -> dict[str, int]:
+    vocab: dict[str, int] = {}
+    for tid, tok in enumerate(texts):
+        if tok in vocab:
+            notes.append(f"token {tid} {tok!r} repeats token {vocab[tok]}; kept the first")
+            continue
+        vocab[tok] = tid
+    return vocab
+
+
+def _bpe_model(vocab: dict, merges: list[str], *, byte_fallback: bool, ignore_merges: bool = False,
+               unk: str | None = None) -> dict:
+    return {"type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
+            "end_of_word_suffix": None, "fuse_unk": unk is not None, "byte_fallback": byte_fallback,
+            "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges}
+
+
+def _doc(v: GGUFVocab, *, normalizer, pre_tokenizer, model: dict, decoder, post, added) -> dict:
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": post,
+            "decoder": decoder, "model": model}
+
+
+def _gpt2_json(v: GGUFVocab, notes: list[str]) -> dict:
+    spec = _PRE.get(v.pre)
+    if spec is None:
+        notes.append(f"pre-tokenizer {v.pre!r} is not known: text is split with llama.cpp's default regexes, "
+                     "which may differ from the original tokenizer")
+        spec = _PRE["default"]
+    vocab = _vocab_dict(v.tokens, notes)
+    steps = list(spec.steps)
+    if not any(s["type"] == "ByteLevel" for s in steps):
+        steps.append(_BYTE_LEVEL)
+    bos, eos = v.special.get("bos"), v.special.get("eos")
+    return _doc(
+        v, normalizer={"type": "NFC"} if spec.nfc else None,
+        pre_tokenizer={"type": "Sequence", "pretokenizers": steps},
+        model=_bpe_model(vocab, v.merges, byte_fallback=False, ignore_merges=spec.ignore_merges),
+        decoder={"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        post=_template(v, v.tokens, bos if v.add_bos else None, eos if v.add_eos else None)
+        or {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        added=_added_tokens(v))
+
+
+def spm_merges(tokens: Sequence[str], scores: np.ndarray) -> list[str]:
+    """BPE merges equivalent to llama.cpp's SentencePiece (SPM) tokenizer.
+
+    llama.cpp repeatedly merges the adjacent pair whose concatenation is the vocabulary token with the highest
+    score (ties: the leftmost).  As BPE: every split of a token into two vocabulary tokens is a merge, ranked by
+    the merged token's score (higher first; equal scores by token id).  Pieces holding a real space cannot be
+    written as ``"left right"`` merges and are left out.
+    """
+    ids = {t: i for i, t in enumerate(tokens)}
+    found: list[tuple[float, int, int, str]] = []
+    for tid, tok in enumerate(tokens):
+        if len(tok) < 2 or " " in tok:
+            continue
+        score = float(scores[tid])
+        for cut in range(1, len(tok)):
+            left, right = tok[:cut], tok[cut:]
+            if left in ids and right in ids:
+                found.append((-score, tid, cut, f"{left} {right}"))
+    found.sort()
+    return [m for *_k, m in found]
+
+
+def _spm_decoder(strip_prefix: bool) -> dict:
+    steps = [{"type": "Replace", "pattern": {"String": SPACE}, "content": " "}, {"type": "ByteFallback"},
+             {"type": "Fuse"}]
+    if strip_prefix:
+        steps.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    return {"type": "Sequence", "decoders": steps}
+
+
+def _spm_json(v: GGUFVocab, notes: list[str]) -> dict:
+    scores = v.scores if v.scores is not None else np.zeros(len(v.tokens), np.float32)
+    vocab = _vocab_dict(v.tokens, notes)
+    normalizers = [{"type": "Replace", "pattern": {"String": " "}, "content": SPACE}]
+    if v.add_space_prefix:
+        normalizers.insert(0, {"type": "Prepend", "prepend": SPACE})
+    unk = v.text(v.special.get("unk"))
+    if not any(f"<0x{b:02X}>" in vocab for b in (0x0A, 0x20, 0xE2)):
+        notes.append("the SentencePiece vocabulary has no <0xXX> byte tokens: characters it lacks become the "
+                     "unknown token")
+    return _doc(
+        v, normalizer={"type": "Sequence", "normalizers": normalizers}, pre_tokenizer=None,
+        model=_bpe_model(vocab, spm_merges(v.tokens, scores), byte_fallback=True, unk=unk),
+        decoder=_spm_decoder(v.add_space_prefix),
+        post=_template(v, v.tokens, v.special.get("bos") if v.add_bos else None,
+                       v.special.get("eos") if v.add_eos else None),
+        added=_added_tokens(v))
+
+
+def _gemma4_json(v: GGUFVocab, notes: list[str]) -> dict:
+    vocab = _vocab_dict(v.tokens, notes)
+    return _doc(
+        v, normalizer={"type": "Replace", "pattern": {"String": " "}, "content": SPACE},
+        pre_tokenizer={"type": "Split", "pattern": {"Regex": r"[^\n]+|[\n]+"}, "behavior": "Isolated",
+                       "invert": False},
+        model=_bpe_model(vocab, v.merges, byte_fallback=True),
+        decoder=_spm_decoder(False),
+        post=_template(v, v.tokens, v.special.get("bos") if v.add_bos else None,
+                       v.special.get("eos") if v.add_eos else None),
+        added=_added_tokens(v))
+
+
+UNREACHABLE = -1e6  # the Unigram score of pieces text never produces
+
+
+def _unigram_json(v: GGUFVocab, notes: list[str]) -> dict:
+    scores = v.scores if v.scores is not None else np.zeros(len(v.tokens), np.float32)
+    _vocab_dict(v.tokens, notes)  # notes repeats
+    normalizers: list[dict] = []
+    if v.charsmap:
+        normalizers.append({"type": "Precompiled", "precompiled_charsmap": base64.b64encode(v.charsmap).decode()})
+    else:
+        notes.append("the t5 vocabulary has no precompiled charsmap: text is not NFKC-normalized")
+    if v.remove_extra_whitespaces:  # only ' ' counts, as in sentencepiece and llama.cpp (not tabs or newlines)
+        normalizers += [{"type": "Replace", "pattern": {"Regex": r"\A +| +\z"}, "content": ""},
+                        {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]
+    scheme = "always" if v.add_space_prefix else "never"
+    unk = v.special.get("unk")
+    # llama.cpp (like sentencepiece) scores user-defined tokens 0, so they win over the log-probabilities of
+    # normal tokens, and never matches control, unknown or byte tokens inside text: they get a score no path takes
+    vals = np.where(v.types == TokenType.USER_DEFINED, 0.0, scores).astype(np.float64)
+    vals[np.isin(v.types, [int(TokenType.CONTROL), int(TokenType.UNKNOWN), int(TokenType.BYTE)])] = UNREACHABLE
+    vals = vals.tolist()
+    return _doc(
+        v, normalizer={"type": "Sequence", "normalizers": normalizers} if normalizers else None,
+        pre_tokenizer={"type": "Metaspace", "replacement": SPACE, "prepend_scheme": scheme, "split": True},
+        model={"type": "Unigram", "unk_id": unk, "byte_fallback": False,
+               "vocab": [[t, s] for t, s in zip(v.tokens, vals)]},
+        decoder={"type": "Metaspace", "replacement": SPACE, "prepend_scheme": scheme, "split": True},
+        post=_template(v, v.tokens, v.special.get("bos") if v.add_bos else None,
+                       v.special.get("eos") if v.add_eos else None),
+        added=_added_tokens(v))
+
+
+def wordpiece_words(v: GGUFVocab) -> list[str]:
+    """BERT: GGUF keeps words as '▁word' and pieces bare (convert_hf_to_gguf's phantom space); give back
+    'word' and '##piece'."""
+    words = []
+    for tok, ttype in zip(v.tokens, v.types.tolist()):
+        if ttype in (TokenType.CONTROL, TokenType.UNKNOWN, TokenType.USER_DEFINED):
+            words.append(tok)
+        elif tok.startswith(SPACE):
+            words.append(tok[1:])
+        else:
+            words.append("##" + tok)
+    return words
+
+
+def _wordpiece_json(v: GGUFVocab, notes: list[str]) -> dict:
+    words = wordpiece_words(v)
+    vocab: dict[str, int] = {}
+    for tid, w in enumerate(words):
+        vocab.setdefault(w, tid)
+    cls = v.special.get("cls", v.special.get("bos"))
+    sep = v.special.get("sep", v.special.get("eos"))
+    unk = v.text(v.special.get("unk"))
+    return _doc(
+        v, normalizer={"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
+                       "strip_accents": v.strip_accents, "lowercase": v.lowercase},
+        pre_tokenizer={"type": "BertPreTokenizer"},
+        model={"type": "WordPiece", "unk_token": unk or "[UNK]", "continuing_subword_prefix": "##",
+               "max_input_chars_per_word": 100, "vocab": vocab},
+        decoder={"type": "WordPiece", "prefix": "##", "cleanup": True},
+        post=_template(v, words, cls if v.add_bos else None, sep if v.add_sep else None),
+        added=_added_tokens(v, words))
+
+
+_BUILDERS = {"gpt2": _gpt2_json, "llama": _spm_json, "t5": _unigram_json, "bert": _wordpiece_json,
+             "gemma4": _gemma4_json}
+
+
+def gguf_tokenizer_json(model_or_vocab: Model | GGUFVocab) -> tuple[dict, list[str]]:
+    """The ``tokenizer.json`` document of a GGUF vocabulary, and notes on what it approximates."""
+    v = model_or_vocab if isinstance(model_or_vocab, GGUFVocab) else read_gguf_vocab(model_or_vocab)
+    notes: list[str] = []
+    return _BUILDERS[v.kind](v, notes), notes
+
+
+# -- the tokenizer ---------------------------------------------------------------------------------------
+
+def _bytes_to_unicode() -> dict[str, int]:
+    """GPT-2's byte <-> printable character table, as char -> byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+_BYTE_DECODER = _bytes_to_unicode()
+
+
+class Tokenizer:
+    """Text <-> token ids for one model (a ``tokenizers.Tokenizer`` and the model's special tokens)."""
+
+    def __init__(self, hf, *, source: str, bos_id: int | None = None, eos_id: int | None = None,
+                 eos_ids: Iterable[int] = (), pad_id: int | None = None, unk_id: int | None = None,
+                 special_ids: Iterable[int] = (), chat_template: str | None = None, piece_style: str = "plain",
+                 add_space_prefix: bool = False, notes: Sequence[str] = ()):
+        self.hf = hf
+        self.source = source  # "tokenizer.json" or "gguf"
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.eos_ids = frozenset(int(i) for i in eos_ids) | ({eos_id} if eos_id is not None else set())
+        self.pad_id = pad_id
+        self.unk_id = unk_id
+        self.chat_template = chat_template
+        self.notes = list(notes)
+        self._special = frozenset(int(i) for i in special_ids)
+        self._piece_style = piece_style  # bytelevel, spm, wordpiece, plain
+        self._space_prefix = add_space_prefix
+
+    # -- sizes and ids
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def is_special(self, token_id: int) -> bool:
+        return int(token_id) in self._special
+
+    def token_id(self, text: str) -> int | None:
+        return self.hf.token_to_id(text)
+
+    def token_text(self, token_id: int) -> str:
+        """The vocabulary entry of a token (as stored: ``Ġ``, ``▁``, ``##``...)."""
+        t = self.hf.id_to_token(int(token_id))
+        if t is None:
+            raise WorkbenchError(f"token id {token_id} is outside the vocabulary (size {self.vocab_size})")
+        return t
+
+    @property
+    def bos_token(self) -> str:
+        return self.token_text(self.bos_id) if self.bos_id is not None else ""
+
+    @property
+    def eos_token(self) -> str:
+        return self.token_text(self.eos_id) if self.eos_id is not None else ""
+
+    # -- text <-> ids
+    def encode(self, text: str, add_special: bool | None = None, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``.  ``add_special`` (default: what the model says) adds BOS/EOS (CLS/SEP);
+        ``parse_special`` matches control tokens written in the text (``<|im_start|>``), as llama-tokenize does
+        by default; user-defined tokens are always matched."""
+        self.hf.encode_special_tokens = not parse_special
+        try:
+            return list(self.hf.encode(text, add_special_tokens=True if add_special is None else add_special).ids)
+        finally:
+            self.hf.encode_special_tokens = False
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    def piece_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for, as llama.cpp's token_to_piece (special tokens as their text)."""
+        tok = self.token_text(token_id)
+        if self.is_special(token_id):
+            return tok.encode("utf-8")
+        style = self._piece_style
+        if style == "bytelevel":
+            if all(c in _BYTE_DECODER for c in tok):
+                return bytes(_BYTE_DECODER[c] for c in tok)
+            return tok.encode("utf-8")  # an added token stored as plain text
+        if style in ("spm", "wordpiece-gguf") and len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
+            try:
+                return bytes([int(tok[3:5], 16)])
+            except ValueError:
+                pass
+        if style == "wordpiece":
+            return (tok[2:] if tok.startswith("##") else " " + tok).encode("utf-8")
+        return tok.replace(SPACE, " ").encode("utf-8")
+
+    def token_piece(self, token_id: int) -> str:
+        """The text of one token (invalid UTF-8 of a partial character shows as U+FFFD)."""
+        return self.piece_bytes(token_id).decode("utf-8", errors="replace")
+
+    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True, **extra) -> str:
+        from .chat import apply_chat_template
+
+        return apply_chat_template(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
+                                   bos_token=self.bos_token, eos_token=self.eos_token, **extra)
+
+    def __repr__(self) -> str:
+        return f"<Tokenizer {self.source} vocab={self.vocab_size} bos={self.bos_id} eos={sorted(self.eos_ids)}>"
+
+
+def _from_json(doc: dict | str):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    try:
+        return HFTokenizer.from_str(doc if isinstance(doc, str) else json.dumps(doc, ensure_ascii=False))
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exceptions
+        raise FormatError(f"tokenizer.json is not usable by the tokenizers library: {exc}") from None
+
+
+def gguf_tokenizer(model_or_vocab: Model | GGUFVocab) -> Tokenizer:
+    """A tokenizer built from a GGUF vocabulary."""
+    v = model_or_vocab if isinstance(model_or_vocab, GGUFVocab) else read_gguf_vocab(model_or_vocab)
+    doc, notes = gguf_tokenizer_json(v)
+    hf = _from_json(doc)
+    style = {"gpt2": "bytelevel", "llama": "spm", "gemma4": "spm", "t5": "spm", "bert": "wordpiece-gguf"}[v.kind]
+    special = np.flatnonzero(np.isin(v.types, [int(TokenType.CONTROL), int(TokenType.UNKNOWN)])).tolist()
+    bos = v.special.get("cls", v.special.get("bos")) if v.kind == "bert" else v.special.get("bos")
+    eos = v.special.get("sep") if v.kind == "bert" else v.special.get("eos")
+    tok = Tokenizer(hf, source="gguf", bos_id=bos, eos_id=eos, eos_ids=v.eog_ids() if v.kind != "bert" else (),
+                    pad_id=v.special.get("pad"), unk_id=v.special.get("unk"), special_ids=special,
+                    chat_template=v.chat_template, piece_style=style,
+                    add_space_prefix=v.add_space_prefix, notes=notes)
+    tok.vocab = v
+    return tok
+
+
+# -- tokenizer.json folders ------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"not valid JSON: {exc}", path=path) from None
+
+
+def _token_content(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _chat_template_of(folder: Path, cfg: dict) -> str | None:
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    tmpl = cfg.get("chat_template")
+    if isinstance(tmpl, list):  # [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in tmpl if isinstance(t, dict)}
+        tmpl = named.get("default") or next(iter(named.values()), None)
+    if tmpl is None:
+        data = _read_json(folder / "chat_template.json")
+        tmpl = data.get("chat_template") if isinstance(data, dict) else None
+    return tmpl if isinstance(tmpl, str) and tmpl else None
+
+
+def folder_tokenizer(folder: Path) -> Tokenizer:
+    """The tokenizer of a Hugging Face folder (``tokenizer.json`` + ``tokenizer_config.json`` and friends)."""
+    folder = Path(folder)
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise MissingFileError("no tokenizer.json in the model folder", path=folder,
+                               hint="Test inference needs tokenizer.json (the fast tokenizer file); save it with "
+                                    "transformers' tokenizer.save_pretrained.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        hf = _from_json(text)
+    except FormatError as exc:
+        raise FormatError(exc.message, path=path) from None
+    hf.no_padding()
+    hf.no_truncation()
+    doc = json.loads(text)
+    cfg = _read_json(folder / "tokenizer_config.json") or {}
+    smap = _read_json(folder / "special_tokens_map.json") or {}
+    config = _read_json(folder / "config.json") or {}
+    gen = _read_json(folder / "generation_config.json") or {}
+
+    def special_id(name: str) -> int | None:
+        text = _token_content(cfg.get(name)) or _token_content(smap.get(name))
+        return hf.token_to_id(text) if text else None
+
+    bos, eos, pad, unk = (special_id(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token"))
+    if bos is None and isinstance(config.get("bos_token_id"), int):
+        bos = config["bos_token_id"]
+    eos_ids: set[int] = set()
+    for src in (config, gen):
+        val = src.get("eos_token_id")
+        for x in (val if isinstance(val, list) else [val]):
+            if isinstance(x, int):
+                eos_ids.add(x)
+    if eos is None and eos_ids:
+        eos = min(eos_ids)
+    vocab = hf.get_vocab(with_added_tokens=True)
+    for text in EOG_TEXTS & set(t for t in vocab if t.startswith(("<", "[", "_"))):
+        if text != "</s>" or eos is not None and vocab[text] == eos:
+            eos_ids.add(vocab[text])
+    added = doc.get("added_tokens") or []
+    special = [a["id"] for a in added if isinstance(a, dict) and a.get("special")]
+    model = doc.get("model") or {}
+    dec = json.dumps(doc.get("decoder") or {})
+    if model.get("type") == "WordPiece":
+        style = "wordpiece"
+    elif '"ByteLevel"' in dec:
+        style = "bytelevel"
+    elif model.get("byte_fallback") or SPACE in dec or model.get("type") == "Unigram":
+        style = "spm"
+    else:
+        style = "plain"
+    if model.get("type") == "WordPiece" and bos is None:
+        bos = special_id("cls_token")
+        eos = special_id("sep_token") if eos is None else eos
+    return Tokenizer(hf, source="tokenizer.json", bos_id=bos, eos_id=eos, eos_ids=eos_ids, pad_id=pad, unk_id=unk,
+                     special_ids=special, chat_template=_chat_template_of(folder, cfg), piece_style=style)
+
+
+def load_tokenizer(model: Model) -> Tokenizer:
+    """The tokenizer of an opened model: its folder's tokenizer.json (HF folders, PEFT adapters that ship one),
+    else a GGUF's ``tokenizer.ggml.*`` vocabulary."""
+    folder = model.path if model.path.is_dir() else model.path.parent
+    if model.format != "gguf" and (folder / "tokenizer.json").is_file():
+        return folder_tokenizer(folder)
+    if model.format == "gguf":
+        return gguf_tokenizer(model)
+    raise MissingFileError("the model has no tokenizer.json", path=folder,
+                           hint="Put the tokenizer files of the model (tokenizer.json, tokenizer_config.json) "
+                                "beside the weights.")
+
+
+# -- streaming ---------------------------------------------------------------------------------------------
+
+class IncrementalDecoder:
+    """Text as tokens arrive, never cutting a multi-byte UTF-8 character (or a byte-fallback sequence) in half.
+
+    ``push(id)`` returns the text that became final with that token ('' while a character is incomplete);
+    ``flush()`` returns what is left.  The pieces joined equal ``tokenizer.decode(all_ids)``.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special = skip_special
+        self.ids: list[int] = []
+        self._prefix = 0  # window start: one token of context before the unread tokens
+        self._read = 0  # tokens whose text has been returned
+        self._emitted = ""
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special=self.skip_special)
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        prefix_text = self._decode(self.ids[self._prefix:self._read])
+        new_text = self._decode(self.ids[self._prefix:])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            delta = new_text[len(prefix_text):]
+            self._prefix, self._read = self._read, len(self.ids)
+            self._emitted += delta
+            return delta
+        return ""
+
+    def feed(self, ids: Iterable[int]) -> Iterator[str]:
+        for i in ids:
+            piece = self.push(i)
+            if piece:
+                yield piece
+
+    def flush(self) -> str:
+        """The rest of the text (an incomplete character at the end shows as U+FFFD)."""
+        full = self._decode(self.ids)
+        rest = full[len(self._emitted):] if full.startswith(self._emitted) else ""
+        self._emitted += rest
+        self._prefix = self._read = len(self.ids)
+        return rest
