@@ -237,6 +237,21 @@ def test_incremental_decoder_never_splits_characters(name):
         assert multi_token_chars > 0  # some characters really did span several tokens
 
 
+@pytest.mark.realmodel
+def test_incremental_decoder_after_a_prompt_keeps_the_leading_space():
+    spm = vocab_tokenizer("llama-spm")
+    prompt = spm.encode("The capital of France is")
+    out = spm.encode(" Paris. 🦙", add_special=False)[1:]  # the continuation, without the prefix-space token
+    assert spm.token_text(out[0]) == "\u2581Paris"
+    dec = IncrementalDecoder(spm, context=prompt)
+    text = "".join(dec.feed(out)) + dec.flush()
+    assert text == " Paris. 🦙"
+    assert "".join(IncrementalDecoder(spm).feed(out)) == "Paris. 🦙"  # alone, decode strips the prefix space
+    partial = IncrementalDecoder(spm, context=prompt)
+    assert [partial.push(i) for i in out[-4:-1]] == ["", "", ""]  # 3 of the emoji's 4 byte tokens
+    assert set(partial.flush()) == {"\ufffd"}
+
+
 # -- chat templates ------------------------------------------------------------------------------------------
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]

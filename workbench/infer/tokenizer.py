@@ -760,30 +760,38 @@ class IncrementalDecoder:
     """Text as tokens arrive, never cutting a multi-byte UTF-8 character (or a byte-fallback sequence) in half.
 
     ``push(id)`` returns the text that became final with that token ('' while a character is incomplete);
-    ``flush()`` returns what is left.  The pieces joined equal ``tokenizer.decode(all_ids)``.
+    ``flush()`` returns what is left.  Each step decodes a small window that starts a few tokens back, so
+    decoders that look at neighbours (SentencePiece's leading space, WordPiece's ``##``) see them.
+    ``context``: ids already shown (the prompt), whose text is not returned; with it the first generated token
+    keeps its leading space (``▁Paris`` after a prompt is `` Paris``).  Without context the pieces joined equal
+    ``tokenizer.decode(ids)``.
     """
 
-    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True):
+    CONTEXT = 5  # tokens of the prompt kept as the first window's context
+
+    def __init__(self, tokenizer: Tokenizer, skip_special: bool = True, context: Sequence[int] = ()):
         self.tokenizer = tokenizer
         self.skip_special = skip_special
-        self.ids: list[int] = []
-        self._prefix = 0  # window start: one token of context before the unread tokens
-        self._read = 0  # tokens whose text has been returned
-        self._emitted = ""
+        self.ids: list[int] = [int(i) for i in list(context)[-self.CONTEXT:]]
+        self._read = len(self.ids)  # tokens whose text has been returned (or was context)
+        self._prefix = 0  # window start: tokens of context before the unread ones
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special=self.skip_special)
 
-    def push(self, token_id: int) -> str:
-        self.ids.append(int(token_id))
+    def _delta(self, final: bool) -> str:
         prefix_text = self._decode(self.ids[self._prefix:self._read])
         new_text = self._decode(self.ids[self._prefix:])
-        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            delta = new_text[len(prefix_text):]
+        if len(new_text) > len(prefix_text) and (final or not new_text.endswith("\ufffd")):
             self._prefix, self._read = self._read, len(self.ids)
-            self._emitted += delta
-            return delta
+            return new_text[len(prefix_text):]
+        if final:
+            self._prefix = self._read = len(self.ids)
         return ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        return self._delta(final=False)
 
     def feed(self, ids: Iterable[int]) -> Iterator[str]:
         for i in ids:
@@ -793,8 +801,4 @@ class IncrementalDecoder:
 
     def flush(self) -> str:
         """The rest of the text (an incomplete character at the end shows as U+FFFD)."""
-        full = self._decode(self.ids)
-        rest = full[len(self._emitted):] if full.startswith(self._emitted) else ""
-        self._emitted += rest
-        self._prefix = self._read = len(self.ids)
-        return rest
+        return self._delta(final=True)
