@@ -549,8 +549,9 @@ class Tokenizer:
         self.chat_template = chat_template
         self.notes = list(notes)
         self._special = frozenset(int(i) for i in special_ids)
-        self._piece_style = piece_style  # bytelevel, spm, wordpiece, plain
-        self._space_prefix = add_space_prefix
+        self._piece_style = piece_style  # bytelevel, spm, wordpiece, wordpiece-gguf, plain
+        self.add_space_prefix = add_space_prefix
+        self.vocab: GGUFVocab | None = None  # the GGUF vocabulary it was built from
 
     # -- sizes and ids
     @property
@@ -583,9 +584,12 @@ class Tokenizer:
         """Token ids of ``text``.  ``add_special`` (default: what the model says) adds BOS/EOS (CLS/SEP);
         ``parse_special`` matches control tokens written in the text (``<|im_start|>``), as llama-tokenize does
         by default; user-defined tokens are always matched."""
-        self.hf.encode_special_tokens = not parse_special
+        add = True if add_special is None else bool(add_special)
+        if parse_special:
+            return list(self.hf.encode(text, add_special_tokens=add).ids)
+        self.hf.encode_special_tokens = True  # not thread-safe: one Tokenizer per thread when parse_special=False
         try:
-            return list(self.hf.encode(text, add_special_tokens=True if add_special is None else add_special).ids)
+            return list(self.hf.encode(text, add_special_tokens=add).ids)
         finally:
             self.hf.encode_special_tokens = False
 
