@@ -14,9 +14,11 @@ from workbench import Model, WorkbenchError, iter_open_model
 from . import APP_NAME, ORG_NAME
 from .about import show_about
 from .analysis_view import AnalysisView
+from .compare_view import CompareView
 from .conversion_actions import ConversionActions
 from .drop import DropForwarder, local_paths, path_to_open
 from .error_view import ErrorView
+from .generate_panel import GeneratePanel
 from .metadata_editor import MetadataEditActions
 from .metadata_view import MetadataWidget
 from .plan_actions import PlanActions
@@ -46,10 +48,12 @@ def default_settings() -> QSettings:
 
 
 class MainWindow(QMainWindow):
-    """``model_loaded(Model)`` after a successful open; ``load_failed(str)`` with the message shown."""
+    """``model_loaded(Model)`` after a successful open; ``load_failed(str)`` with the message shown;
+    ``compared(CompareResult)`` when the Compare tab shows a result."""
 
     model_loaded = Signal(object)
     load_failed = Signal(str)
+    compared = Signal(object)
 
     def __init__(self, settings: QSettings | None = None,
                  show_error: Callable[[str, str], None] | None = None, parent: QWidget | None = None):
@@ -84,6 +88,15 @@ class MainWindow(QMainWindow):
         self.tabs.setTabToolTip(1, "Model metadata: GGUF keys, config.json, tokenizer, adapter settings")
         self.tabs.setTabToolTip(2, "What quantization types would do to the selected tensor: overlaid error "
                                    "histograms and statistics")
+        self.compare_view = CompareView(self)
+        self.compare_view.compared.connect(self.compared)
+        self.generate_panel = GeneratePanel(self)
+        self.tabs.addTab(self.compare_view, "Compare")
+        self.tabs.addTab(self.generate_panel, "Generate")
+        self.tabs.setTabToolTip(self.tabs.indexOf(self.compare_view), "Quantization levels side by side: size, "
+                                "perplexity, KL divergence, speed and the text each level generates")
+        self.tabs.setTabToolTip(self.tabs.indexOf(self.generate_panel), "Generate text with the model at any "
+                                "quantization level, streamed as it is written")
         left = QWidget(self)
         left_lay = QVBoxLayout(left)
         left_lay.setContentsMargins(0, 0, 0, 0)
@@ -117,6 +130,7 @@ class MainWindow(QMainWindow):
         self.setStatusBar(self.status)
         self.status.track(self.loader)
         self.status.track(self.analysis.worker, "Stop the analysis (Esc)")
+        self.status.track(self.compare_view.worker, "Stop the comparison (Esc)")
 
         self.recent = RecentFiles(self.settings, self)
         self._build_actions()
@@ -168,6 +182,13 @@ class MainWindow(QMainWindow):
                                          lambda: self.tabs.setCurrentIndex(1), "Ctrl+2")
         self.act_tab_error = self._action("&Quantization Error Tab", "Compare the error of quantization types on "
                                           "the selected tensor", lambda: self.tabs.setCurrentIndex(2), "Ctrl+3")
+        self.act_tab_compare = self._action("C&ompare Tab", "Compare quantization levels of the model side by side",
+                                            lambda: self.tabs.setCurrentWidget(self.compare_view), "Ctrl+4")
+        self.act_tab_generate = self._action("&Generate Tab", "Generate text with the model",
+                                             lambda: self.tabs.setCurrentWidget(self.generate_panel), "Ctrl+5")
+        self.act_compare_levels = self._action("Compare &Levels…", "Compare quantization levels of the model "
+                                               "(perplexity, KL divergence, speed, generated text)",
+                                               self.show_compare)
         self.act_cancel = self._action("Cancel", "Stop the running job (loading or analysis)", self.cancel_running,
                                        "Esc")
         self.act_about = self._action("&About Model Workbench", "Version information",
@@ -218,12 +239,15 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self.act_tab_tensor)
         view_menu.addAction(self.act_tab_meta)
         view_menu.addAction(self.act_tab_error)
+        view_menu.addAction(self.act_tab_compare)
+        view_menu.addAction(self.act_tab_generate)
         dock_action = self.analysis_dock.toggleViewAction()
         dock_action.setToolTip("Show or hide the model analysis results")
         view_menu.addAction(dock_action)
         tools_menu = bar.addMenu("&Tools")
         tools_menu.setToolTipsVisible(True)
         tools_menu.addAction(pa.act_analyze)
+        tools_menu.addAction(self.act_compare_levels)
         tools_menu.addSeparator()
         tools_menu.addAction(conv.act_merge)
         tools_menu.addAction(conv.act_lora_gguf)
@@ -278,6 +302,8 @@ class MainWindow(QMainWindow):
         ok = self.error_view.shutdown(timeout_ms) and ok
         ok = self.conversion.shutdown(timeout_ms) and ok
         ok = self.welcome.shutdown(timeout_ms) and ok
+        ok = self.compare_view.shutdown(timeout_ms) and ok
+        ok = self.generate_panel.shutdown(timeout_ms) and ok
         return self.detail.worker.shutdown(timeout_ms) and ok
 
     # -- opening ------------------------------------------------------------------------------------------
@@ -322,6 +348,8 @@ class MainWindow(QMainWindow):
         except WorkbenchError as exc:
             self.statusBar().showMessage(f"No quantization plan for this model: {exc}", 8000)
         self.tree.set_plan(self.plan.plan, self.plan.set_types)
+        self.compare_view.set_model(model, self.plan_bar.preset_sizes)
+        self.generate_panel.set_model(model, self.plan_bar.preset_sizes)
         self.tree.set_model(model)
         self.detail.set_model(model)
         self.metadata.set_model(model)
@@ -388,6 +416,29 @@ class MainWindow(QMainWindow):
         else:
             self.tree.collapse_all()
 
+    def show_compare(self) -> None:
+        """Tools ▸ Compare Levels…: the Compare tab, its first level picker focused."""
+        self.tabs.setCurrentWidget(self.compare_view)
+        self.compare_view.pickers[0].setFocus()
+
+    def compare_with(self, levels, **options) -> int | None:
+        """Compare ``levels`` (presets, "current", plan files) of the opened model in the Compare tab;
+        ``options``: base, prompt, n_ctx, max_windows, max_tokens.  ``compared`` follows the result."""
+        view = self.compare_view
+        self.tabs.setCurrentWidget(view)
+        view.set_levels(levels)
+        spins = {"n_ctx": view.ctx_spin, "max_windows": view.windows_spin, "max_tokens": view.tokens_spin}
+        for key, value in options.items():
+            if key in spins:
+                spins[key].setValue(int(value or 0))
+            elif key == "base":
+                view.base_combo.setCurrentText(str(value))
+            elif key == "prompt":
+                view.prompt_edit.setText(value or "")
+            else:
+                raise TypeError(f"compare_with() got an unexpected option {key!r}")
+        return view.run()
+
     def _on_tree_selected(self, item) -> None:
         self.detail.show_item(item)
         self.error_view.show_item(item)
@@ -398,4 +449,6 @@ class MainWindow(QMainWindow):
         self.plan_bar.show_plan(plan)
         self.status.set_plan(plan)
         self.error_view.set_plan(plan)
+        self.compare_view.set_plan(plan)
+        self.generate_panel.set_plan(plan)
         self.analysis.plan_changed()

@@ -13,7 +13,7 @@ import numpy as np
 from .fsutil import atomic_write_path
 from .paths import cache_dir
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # bump when the file changes (v2: a merge list the tokenizer accepts)
 N_VOCAB, N_EMBD, N_FF, N_HEAD, N_HEAD_KV, N_LAYER, N_CTX = 320, 128, 352, 4, 2, 2, 256
 
 
@@ -36,21 +36,18 @@ def _byte_vocab() -> tuple[list[str], list[int], list[str]]:
             cs.append(256 + n)
             n += 1
     byte_tokens = [chr(c) for _, c in sorted(zip(bs, cs))]
-    merges_src = ["Ġ t", "Ġ a", "h e", "i n", "r e", "o n", "Ġt he", "e r", "Ġ s", "a t", "Ġ w", "Ġ o", "e n",
-                  "Ġ c", "i s", "o r", "e s", "Ġ b", "Ġ f", "a n", "Ġ m", "Ġ p", "i t", "a l", "Ġ d", "e d",
-                  "Ġ in", "in g", "o u", "Ġ h", "Ġ l", "l e", "a r", "Ġ n", "i c", "Ġ to", "Ġ of", "Ġ and",
-                  "a s", "Ġ is", "m o", "d e", "Ġ e", "Ġ re", "o m", "Ġ y", "l l", "Ġ g", "i on", "v e",
-                  "Ġ mo", "Ġmo de", "Ġmode l"]
-    merges, merged = [], []
-    for m in merges_src:
-        a, b = m.split(" ")
-        tok = (a + b).replace("Ġth e", "Ġthe")
-        merges.append(m if " " in m else m)
-        merged.append(a + b)
+    # every merge joins two tokens that exist by then (the tokenizers library refuses any other)
+    merges = ["Ġ t", "Ġ a", "h e", "i n", "r e", "o n", "Ġt he", "e r", "Ġ s", "a t", "Ġ w", "Ġ o", "e n",
+              "Ġ c", "i s", "o r", "e s", "Ġ b", "Ġ f", "a n", "Ġ m", "Ġ p", "i t", "a l", "Ġ d", "e d",
+              "Ġ in", "in g", "o u", "Ġ h", "Ġ l", "l e", "a r", "Ġ n", "i c", "Ġt o", "Ġo f", "Ġa n", "Ġan d",
+              "a s", "Ġ is", "m o", "d e", "Ġ e", "Ġ re", "o m", "Ġ y", "l l", "Ġ g", "i on", "v e",
+              "Ġ mo", "Ġmo de", "Ġmode l"]
+    merged = [m.replace(" ", "") for m in merges]
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tokens = special + byte_tokens + merged
     tokens += [f"<|reserved_{i}|>" for i in range(N_VOCAB - len(tokens))]
-    types = [3] * len(special) + [1] * (len(tokens) - len(special))
+    types = [3] * len(special) + [1] * (len(byte_tokens) + len(merged))
+    types += [3] * (N_VOCAB - len(types))  # the reserved tokens are control tokens, as in llama.cpp's vocabularies
     return tokens[:N_VOCAB], types[:N_VOCAB], merges
 
 
@@ -82,8 +79,14 @@ def write_demo_model(path: Path) -> Path:
         w(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF, T.Q8_0)
     tensors.append(("output_norm.weight", np.ones(N_EMBD, np.float32), T.F32))
     w("output.weight", N_VOCAB, N_EMBD, T.F16, 0.05)
-
     tokens, types, merges = _byte_vocab()
+    # damp the output rows of everything but printable ASCII and the merged words, so that the (random) model
+    # mostly writes readable characters instead of control bytes and broken UTF-8
+    readable = np.array([t.replace("Ġ", " ").isprintable() and len(t.replace("Ġ", " ").encode()) == len(t)
+                         and not t.startswith("<|") for t in tokens])
+    name, x, qtype = tensors[-1]
+    tensors[-1] = (name, np.where(readable[:, None], x, x * np.float32(0.1)), qtype)
+
     with atomic_write_path(path) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")
         writer.add_type("model")

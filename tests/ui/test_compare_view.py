@@ -1,0 +1,259 @@
+"""The Compare tab: a comparison run through the view shows the core's numbers, curves and texts; cancel,
+exports, levels from the current plan and plan files, encoders, and the window's wiring."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
+
+from workbench import open_model
+from workbench.infer.compare import PROGRESS_STEPS, CompareResult, LevelResult, compare
+from workbench.infer.weights import plan_label
+from workbench.plan import Plan
+from workbench.progress import run
+from ui.compare_view import CAUSAL, EMBEDDING, KLD_FLOOR, CompareView, Level
+
+TINY = Path(__file__).resolve().parents[1] / "core" / "data" / "infer" / "llama"
+TIMEOUT = 60_000
+SETTINGS = dict(n_ctx=64, max_windows=2, max_tokens=16)
+DETERMINISTIC = ("label", "plan", "nbytes", "bits_per_weight", "memory", "ppl", "generated_ids", "generated_text",
+                 "divergence", "divergence_char", "repetition")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return open_model(TINY)
+
+
+@pytest.fixture(scope="module")
+def expected(tiny):
+    return run(compare(tiny, ["Q8_0", "Q4_0"], **SETTINGS))
+
+
+@pytest.fixture
+def view(qtbot, tiny):
+    v = CompareView()
+    qtbot.addWidget(v)
+    v.resize(1200, 800)
+    v.show()
+    v.set_model(tiny)
+    v.ctx_spin.setValue(SETTINGS["n_ctx"])
+    v.windows_spin.setValue(SETTINGS["max_windows"])
+    v.tokens_spin.setValue(SETTINGS["max_tokens"])
+    yield v
+    v.shutdown()
+
+
+def run_view(qtbot, view, levels):
+    view.set_levels(levels)
+    with qtbot.waitSignal(view.compared, timeout=TIMEOUT) as blocker:
+        view.run()
+    return blocker.args[0]
+
+
+def test_a_comparison_shows_the_core_result(qtbot, view, expected, monkeypatch):
+    monkeypatch.setattr("ui.worker._PROGRESS_INTERVAL", 0.0)  # every progress step reaches the view
+    messages, bars = [], []
+
+    def on_progress(done, total, message):
+        messages.append(message)
+        bars.append([view.base_bar.value()] + [b.value() for b in view.bars])
+
+    view.worker.progress.connect(on_progress)
+    view.set_levels(["Q8_0", None, "Q4_0"])  # an empty row between: rows 1 and 3 run
+    with qtbot.waitSignal(view.compared, timeout=TIMEOUT) as blocker:
+        view.run()
+    result: CompareResult = blocker.args[0]
+    assert result is view.result
+    # the same numbers as the core's own run
+    for got, want in zip([result.base, *result.levels], [expected.base, *expected.levels]):
+        for key in DETERMINISTIC:
+            a, b = getattr(got, key), getattr(want, key)
+            assert (a == pytest.approx(b, rel=1e-6)) if isinstance(b, float) else a == b, key
+        assert got.kld_values == pytest.approx(want.kld_values, rel=1e-5, abs=1e-9)
+    assert [r.label for r in result.levels] == ["Q8_0", "Q4_0"]
+    # per-level progress: the messages name the levels, the bars of the running rows fill in order
+    assert any("Q8_0" in m for m in messages) and any("Q4_0" in m for m in messages)
+    assert any("base" in m for m in messages)
+    assert view.base_bar.value() == view.bars[0].value() == view.bars[2].value() == PROGRESS_STEPS
+    assert view.bars[1].value() == 0 and view.bars[3].value() == 0  # rows that did not run
+    for base, b0, b1, b2, b3 in bars:
+        assert b1 == 0 and b3 == 0
+        assert (base == PROGRESS_STEPS or b0 == 0) and (b0 == PROGRESS_STEPS or b2 == 0)  # one after the other
+    assert any(0 < b0 < PROGRESS_STEPS for _base, b0, _b1, _b2, _b3 in bars)  # a level's bar in between
+    assert view.run_button.isEnabled() and not view.cancel_button.isEnabled()
+
+    # the table: one row per level (base first) holding the result's values, displayed with their units
+    m = view.table_model
+    assert m.rowCount() == 3 and [c.key for c in m.columns] == [c.key for c in CAUSAL]
+    for row, r in enumerate([result.base, *result.levels]):
+        s = r.stats or {}
+        want = {"level": r.label, "size": r.nbytes, "bpw": r.bits_per_weight, "ppl": r.ppl, "memory": r.memory,
+                "ln_ppl_ratio": s.get("ln_ppl_ratio"), "kld_mean": s.get("kld_mean"), "kld_p99": s.get("kld_p99"),
+                "same_top": s.get("same_top"), "dp_rms": s.get("dp_rms"), "prompt_tok_s": r.prompt_tokens_per_s,
+                "gen_tok_s": r.gen_tokens_per_s}
+        for key, value in want.items():
+            assert m.value(row, key) == value, (row, key)
+    q4 = result.levels[1]
+    idx = lambda key: view.proxy.index(2, m.column(key))  # noqa: E731
+    assert idx("kld_mean").data() == f"{q4.stats['kld_mean']:.6f}"
+    assert idx("same_top").data() == f"{100 * q4.stats['same_top']:.2f} %"
+    assert idx("ppl").data() == f"{q4.ppl:.4f}"
+    assert view.proxy.index(0, m.column("kld_mean")).data() == ""  # the base has no KLD
+    assert view.table.isColumnHidden(m.column("plan"))  # plan == label for presets
+    # sorting by a column orders the rows by value, the base's empty cell last
+    view.table.sortByColumn(m.column("kld_mean"), Qt.SortOrder.DescendingOrder)
+    labels = [view.proxy.index(r, 0).data() for r in range(3)]
+    worst = max(result.levels, key=lambda r: r.stats["kld_mean"])
+    assert labels[0] == worst.label and labels[-1] == "F32"
+
+    # the plot: one CDF curve per level over its sorted KLD values (log x), distinct colours
+    assert len(view.curves) == 2
+    for curve, r in zip(view.curves, result.levels):
+        x, y = curve.getOriginalDataset()
+        v = np.asarray(r.kld_values)
+        np.testing.assert_allclose(x, np.maximum(v, KLD_FLOOR))  # fewer values than CDF_POINTS: all of them
+        np.testing.assert_allclose(y, np.arange(1, v.size + 1) / v.size)
+    assert len({c.opts["pen"].color().name() for c in view.curves}) == 2
+    assert [label.text.split()[0] for _item, label in view.legend.items] == ["Q8_0", "Q4_0"]
+    assert view.plot.getPlotItem().ctrl.logXCheck.isChecked()
+
+    # the texts: base + one column per level, the divergent part highlighted from divergence_char
+    assert [c.result.label for c in view.columns] == ["F32", "Q8_0", "Q4_0"]
+    for col, r in zip(view.columns, [result.base, *result.levels]):
+        assert col.text.toPlainText() == r.generated_text
+        assert col.badge.isVisibleTo(view) == r.repetition
+    assert view.columns[0].highlighted_from() is None
+    diverged = [c for c in view.columns[1:] if c.result.divergence is not None]
+    assert diverged  # random tiny weights: at least Q4_0 differs from the base
+    for col in diverged:
+        assert col.highlighted_from() == col.result.divergence_char
+        assert f"token {col.result.divergence + 1}" in col.title.text()
+
+
+def test_cancel_stops_the_job_and_shows_nothing(qtbot, view, tiny):
+    seen = {}
+
+    def slow_job(model, levels, cancel, **kw):
+        seen["cancel"] = cancel
+        return compare(model, levels, cancel=cancel, **kw)
+
+    view.job = slow_job
+    view.set_levels(["Q8_0", "Q4_0"])
+    with qtbot.waitSignal(view.worker.progress, timeout=TIMEOUT):
+        view.run()
+    assert view.is_running() and view.cancel_button.isEnabled()
+    with qtbot.waitSignal(view.worker.cancelled, timeout=5000):
+        view.cancel_button.click()
+    assert view.worker.wait(10_000)  # the thread stopped
+    assert seen["cancel"]()  # the core job saw the cancel flag
+    qtbot.wait(50)  # anything the stopped job still sent has been delivered (and dropped)
+    assert view.result is None and not view.results.isVisible()
+    assert view.table_model.rowCount() == 0 and view.curves == [] and view.columns == []
+    assert not view.is_running() and view.run_button.isEnabled() and not view.cancel_button.isEnabled()
+    assert all(b.value() == 0 for b in (view.base_bar, *view.bars))
+    assert view.status.text() == "Cancelled."
+
+
+def test_exports_write_the_core_texts(qtbot, view, tmp_path):
+    result = run_view(qtbot, view, ["Q4_0"])
+    for fmt, want in (("csv", result.to_csv()), ("json", result.to_json()), ("md", result.to_markdown())):
+        path = tmp_path / f"out.{fmt}"
+        with qtbot.waitSignal(view.exported, timeout=10_000) as blocker:
+            view.export(fmt, path)
+        assert blocker.args[0] == str(path)
+        assert path.read_text(encoding="utf-8") == want
+    assert json.loads((tmp_path / "out.json").read_text())["levels"][0]["label"] == "Q4_0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.json", "out.md"]  # no temp files left
+    view.copy_button.click()
+    assert QGuiApplication.clipboard().text() == result.to_markdown()
+    # a folder that cannot be written: an error message, no signal
+    with qtbot.assertNotEmitted(view.exported):
+        with qtbot.waitSignal(view.export_worker.error, timeout=10_000):
+            view.export("csv", tmp_path / "out.csv" / "x.csv")
+    assert "cannot write" in view.status.text() or "Not a directory" in view.status.text()
+
+
+def test_current_plan_and_plan_file_levels(qtbot, view, tiny, tmp_path):
+    current = Plan(tiny, "Q4_0", overrides={"model.layers.0.mlp.down_proj.weight": "Q8_0"})
+    view.set_plan(current)
+    saved = Plan(tiny, "Q8_0", rules=[("ffn_up", "Q4_0")])
+    path = tmp_path / "my-plan.json"
+    saved.save(path)
+    view.windows_spin.setValue(1)
+    view.prompt_edit.setText("")  # no generation: no text columns
+    result = run_view(qtbot, view, ["current", str(path)])
+    assert [r.plan for r in result.levels] == [plan_label(current), plan_label(saved)]
+    assert result.levels[0].nbytes == current.nbytes and result.levels[1].nbytes == saved.nbytes
+    assert result.levels[1].label == "my-plan"
+    assert not view.table.isColumnHidden(view.table_model.column("plan"))
+    assert view.columns == [] and not view.texts_box.isVisible() and len(view.curves) == 2
+    assert view.pickers[1].currentText() == "my-plan.json (plan file)"
+    # editing the plan afterwards does not change what the run used (a copy was taken)
+    current.set_state("Q8_0", [], {})
+    assert result.levels[0].plan == "Q4_0 + 1 override"
+
+
+def test_embedding_results_show_cosines_and_no_plot_or_texts(qtbot, view):
+    def level(label, cos, kind_stats=None):
+        return LevelResult(label=label, plan=label, nbytes=1000, bits_per_weight=8.5, memory=4000,
+                           prompt_tokens_per_s=100.0, embedding_cosine=cos)
+
+    result = CompareResult(model="m", architecture="bert", kind="embedding", n_ctx=0, n_windows=0, n_tokens_scored=0,
+                           prompt=None, base=level("F32", {"mean": 1.0, "min": 1.0, "max": 1.0}),
+                           levels=[level("Q8_0", {"mean": 0.9995, "min": 0.998, "max": 0.99999})])
+    with qtbot.waitSignal(view.compared):
+        view.show_result(result)
+    m = view.table_model
+    assert [c.key for c in m.columns] == [c.key for c in EMBEDDING]
+    assert m.value(1, "cos_mean") == 0.9995 and view.proxy.index(1, m.column("cos_min")).data() == "0.998000"
+    assert not view.bottom.isVisible() and view.curves == [] and view.columns == []
+    assert "sentence encoder" in view.summary.text()
+
+
+def test_level_pickers_list_presets_with_sizes_and_a_new_model_clears(qtbot, view, tiny, st_folder):
+    picker = view.pickers[0]
+    texts = [picker.itemText(i) for i in range(picker.count())]
+    q8 = Plan(tiny, "Q8_0")
+    assert texts[0] == "—" and "Current plan" in texts and texts[-1] == "Load plan…"
+    assert any(t.startswith("Q8_0") and f"{q8.bits_per_weight:.2f} bpw" in t for t in texts)
+    assert [p.level() for p in view.pickers] == [Level("preset", "Q8_0"), Level("preset", "Q4_K_M"),
+                                                 Level("none"), Level("none")]
+    run_view(qtbot, view, ["Q8_0"])
+    assert view.results.isVisible()
+    # another model while a run is going: the job is cancelled and the results cleared
+    view.run()
+    assert view.is_running()
+    view.set_model(open_model(st_folder))
+    assert not view.is_running() and view.result is None and not view.results.isVisible()
+    assert view.table_model.rowCount() == 0 and view.run_button.isEnabled()
+
+
+def test_the_window_has_compare_and_generate_tabs(qtbot, window, load):
+    tabs = [window.tabs.tabText(i) for i in range(window.tabs.count())]
+    assert tabs[-2:] == ["Compare", "Generate"]
+    assert window.act_tab_compare.shortcut().toString() == "Ctrl+4"
+    assert window.act_tab_generate.shortcut().toString() == "Ctrl+5"
+    window.act_tab_generate.trigger()
+    assert window.tabs.currentWidget() is window.generate_panel
+    tools = next(a.menu() for a in window.menuBar().actions() if a.text() == "&Tools")
+    assert window.act_compare_levels in tools.actions()
+    view_menu = next(a.menu() for a in window.menuBar().actions() if a.text() == "&View")
+    assert window.act_tab_compare in view_menu.actions() and window.act_tab_generate in view_menu.actions()
+    window.act_compare_levels.trigger()
+    assert window.tabs.currentWidget() is window.compare_view
+    model = load(window, TINY)
+    assert window.compare_view.model is model and window.generate_panel.model is model
+    assert window.compare_view.plan is window.plan.plan
+    with qtbot.waitSignal(window.compared, timeout=TIMEOUT) as blocker:
+        window.compare_with(["Q4_0"], n_ctx=32, max_windows=1, max_tokens=4)
+    assert [r.label for r in blocker.args[0].levels] == ["Q4_0"] and blocker.args[0].n_ctx == 32
+    # a run still going when the window closes is cancelled and its thread stopped
+    window.compare_with(["Q8_0"], n_ctx=64, max_windows=2)
+    assert window.compare_view.is_running()
+    window.close()
+    assert not window.compare_view.is_running() and window.compare_view.worker.wait(10_000)
