@@ -109,7 +109,8 @@ def test_f32_round_trip_is_exact_and_unpermutes_qk(llama_gguf, tmp_path):
     before = sha(src)
     paths = export(src, tmp_path / "out", dtype="F32")
     out = tmp_path / "out"
-    assert {p.name for p in paths} == {"model.safetensors", "config.json", "generation_config.json"}
+    assert {p.name for p in paths} == {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                                       "tokenizer_config.json", "special_tokens_map.json"}
     m = workbench.open_model(out)
     assert m.format == "safetensors" and m.architecture == "LlamaForCausalLM"
     assert sorted(t.name for t in m.tensors) == sorted(original)
@@ -499,7 +500,8 @@ def test_no_overwrite_without_flag_and_stale_shards_removed(llama_gguf, tmp_path
     assert len(list(out.glob("model-*.safetensors"))) > 1  # untouched
     export(src, out, dtype="F16", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "generation_config.json",
-                                                     "model.safetensors"]
+                                                     "model.safetensors", "special_tokens_map.json",
+                                                     "tokenizer.json", "tokenizer_config.json"]
     m = workbench.open_model(out)
     assert m.dtype_counts() == {"F16": len(original)}
     assert leftovers(tmp_path) == []
@@ -726,10 +728,23 @@ def test_parse_assignment(tmp_path):
             parse_assignment(bad, base_dir=tmp_path)
 
 
-def test_tokenizer_files_without_vocab_is_empty(llama_gguf):
-    src, _ = llama_gguf
-    files, notes = tokenizer_files(workbench.open_model(src))
-    assert files == {} and notes and "llama" in notes[0]
+def test_tokenizer_files_without_vocab_is_empty():
+    files, notes = tokenizer_files(shape_model("llama", ["token_embd.weight"], {"llama.block_count": 1}))
+    assert files == {}  # nothing to rebuild: no tokenizer.ggml.* keys
+
+
+def test_sentencepiece_vocab_is_rebuilt_as_tokenizer_json(llama_gguf):
+    from tokenizers import Tokenizer
+
+    from workbench.infer.tokenizer import load_tokenizer
+
+    model = workbench.open_model(llama_gguf[0])
+    files, _ = tokenizer_files(model)
+    rebuilt = Tokenizer.from_str(files["tokenizer.json"])
+    ours = load_tokenizer(model)
+    text = "t3 t5t7 t12"
+    assert rebuilt.encode(text).ids == ours.encode(text)
+    assert json.loads(files["tokenizer_config.json"])["bos_token"] == ours.token_text(ours.bos_id)
 
 
 def test_qwen2_names_biases_and_no_permutation():
