@@ -62,6 +62,11 @@ def rope_inv_freq(cfg: dict[str, Any], head_dim: int, freq_factors: np.ndarray |
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     """x * w / sqrt(mean(x²) + eps) over the last axis.  # [T, H]"""
+    if x.shape[0] == 1:  # one token: a dot product and two multiplies (the decode path)
+        v = x[0]
+        out = x * w
+        out *= F32(1.0 / math.sqrt(float(np.dot(v, v)) / v.shape[0] + eps))
+        return out
     ms = np.einsum("ij,ij->i", x, x) * F32(1.0 / x.shape[-1])  # [T]
     ms += F32(eps)
     np.sqrt(ms, out=ms)
@@ -250,8 +255,11 @@ class LlamaEngine:
     def _rope(self, x: np.ndarray, start: int) -> None:
         """Rotate x [T, heads, hd] in place for positions start.. (HF's rotate_half layout)."""
         t, half = x.shape[0], self.head_dim // 2
-        cos = self.cos[start:start + t, None, :]  # [T, 1, hd/2]
-        sin = self.sin[start:start + t, None, :]
+        if t == 1:
+            cos, sin = self.cos[start], self.sin[start]  # [hd/2]
+        else:
+            cos = self.cos[start:start + t, None, :]  # [T, 1, hd/2]
+            sin = self.sin[start:start + t, None, :]
         x1, x2 = x[..., :half], x[..., half:]
         r1 = x2 * sin
         r2 = x1 * sin
