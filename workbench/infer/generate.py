@@ -73,7 +73,7 @@ def generate(engine: Any, tokenizer: Any, prompt: str | Sequence[int], *, max_to
     stops = _eos_ids(engine, tokenizer, stop_ids)
     rng = np.random.default_rng(seed)
     limit = getattr(engine, "max_positions", None)
-    decoder = IncrementalDecoder(tokenizer)
+    decoder = IncrementalDecoder(tokenizer, context=ids)  # the prompt as context: '▁Paris' reads ' Paris'
     logits = engine.start(ids, use_cache=use_cache)
     n = len(ids)
     for i in range(max_tokens):
