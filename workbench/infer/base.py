@@ -12,6 +12,12 @@ Engines hold float32 weights (dequantized once, optionally after a quantize/dequ
 
 ``use_cache=False`` makes ``start``/``step`` recompute everything from the full sequence each step; cached
 and uncached decoding must give the same tokens.
+
+Optional extras an engine may offer (callers check with ``getattr``): ``max_positions`` (the longest sequence
+it can hold; :func:`~workbench.infer.generate.generate` stops there), ``cache_nbytes()`` (bytes of its KV
+cache), and ``iter_score(ids, chunk)`` (the logits of :meth:`Engine.score` as consecutive chunks of
+positions, so long texts are scored in bounded memory).  Engines are built by
+:func:`workbench.infer.weights.load_engine` from :class:`~workbench.infer.weights.Weights`.
 """
 from __future__ import annotations
 
