@@ -87,13 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if "error" in only:
         run("screenshot-error.png", str(smollm2), "--tensor", "blk.0.ffn_down.weight", "--tab", "error",
             "--types", "Q8_0,Q4_K,Q2_K")
-    if "compare" in only:  # the comparison view: MainWindow.compare_with(path), once it exists
-        from ui.main_window import MainWindow
-
-        if hasattr(MainWindow, "compare_with"):
-            run("screenshot-compare.png", str(smollm2), "--compare", str(tiny))
-        else:
-            print("skipped screenshot-compare.png: this build has no comparison view yet")
+    if "compare" in only:  # the Compare tab: four levels of SmolLM2 against its F32 base, 2 windows of 512
+        run("screenshot-compare.png", str(smollm2), "--compare", "F16,Q8_0,Q4_K_M,Q4_0", "--compare-windows", "2",
+            "--compare-ctx", "512", "--size", "1440x900", "--tree-width", "400", "--timeout", "1200")
     print(f"screenshots in {out}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -4,7 +4,8 @@
                                    [--size 1280x800] [--filter TEXT] [--expand] [--theme light|dark]
                                    [--preset Q4_K_M] [--rule REGEX=TYPE ...] [--override NAME=TYPE ...]
                                    [--types Q8_0,Q4_0,Q2_K] [--analyze plan|PRESET,PRESET...]
-                                   [--compare OTHER_PATH]
+                                   [--compare LEVEL,LEVEL...] [--compare-windows 2] [--compare-ctx 512]
+                                   [--tree-width PX] [--timeout SECONDS]
     python packaging/screenshot.py --welcome OUT.png [--recent PATH ...] [--hf-cache DIR] [--theme dark]
 
 Opens the model, sets up the plan (preset, rules, overrides), selects a tensor (the given one, else the
@@ -12,8 +13,8 @@ first 2-D tensor), waits for its histogram (``--tab error``: for the error histo
 ``--analyze``: for the model analysis in its dock), and saves ``window.grab()``.  ``--welcome``
 shows the first-run page instead, with ``--recent`` entries (missing ones are greyed) and the models of a
 Hugging Face cache (``--hf-cache``, default the user's), after its background scan.  ``--compare``
-opens a second model in the comparison view; the hook expects ``MainWindow.compare_with(path)`` and a
-``MainWindow.compared`` signal once the comparison is shown (without them the shot fails with a message).
+compares quantization levels of the model (presets, ``current`` for the plan, or plan files) in the Compare
+tab through ``MainWindow.compare_with(levels, ...)`` and waits for ``MainWindow.compared``.
 Uses an isolated settings file, never the user's.
 """
 from __future__ import annotations
@@ -51,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--welcome", action="store_true", help="the welcome page (no model)")
     p.add_argument("--recent", action="append", default=[], help="a recent entry for the welcome page (repeatable)")
     p.add_argument("--hf-cache", help="the Hugging Face hub cache the welcome page lists")
-    p.add_argument("--compare", metavar="OTHER_PATH", help="compare with a second model (comparison view)")
+    p.add_argument("--compare", metavar="LEVELS", help="comma-separated levels to compare (Compare tab)")
+    p.add_argument("--compare-windows", type=int, default=2, help="calibration windows scored per level")
+    p.add_argument("--compare-ctx", type=int, default=512, help="tokens per calibration window")
+    p.add_argument("--timeout", type=float, default=TIMEOUT_MS / 1000, help="give up after this many seconds")
+    p.add_argument("--tree-width", type=int, help="width of the tensor tree pane (the tabs get the rest)")
     args = p.parse_args(argv)
     if not args.welcome and not args.path:
         p.error("a model path (or --welcome) is required")
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     loop = QEventLoop()
     state: dict[str, str] = {}
-    waiting = {"stats" if args.tab != "error" else "error"}
+    waiting = {"compare"} if args.compare else {"stats" if args.tab != "error" else "error"}
     if args.analyze:
         waiting.add("analysis")
 
@@ -87,14 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             finish("ok")
 
     def loaded(model) -> None:
-        if args.compare:
-            compare_with = getattr(window, "compare_with", None)  # the comparison view's entry point
-            if compare_with is None:
-                finish("this build has no comparison view (MainWindow.compare_with)")
-                return
-            waiting.add("compare")
-            window.compared.connect(lambda *_a: done("compare"))
-            compare_with(args.compare)
+        if args.tree_width:
+            window.splitter.setSizes([args.tree_width, max(100, window.splitter.width() - args.tree_width)])
         if args.preset:
             window.plan.set_preset(args.preset)
         if args.rule:
@@ -115,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.expand:
             window.tree.expand_all()
             window.tree.select(name)
-        if args.tab != "error":
+        if args.compare:
+            window.compared.connect(lambda *_a: done("compare"))
+            window.compare_view.worker.error.connect(lambda m: finish(f"comparison failed: {m}"))
+            window.compare_with([x.strip() for x in args.compare.split(",")], n_ctx=args.compare_ctx,
+                                max_windows=args.compare_windows)
+        elif args.tab != "error":
             window.tabs.setCurrentIndex(1 if args.tab == "metadata" else 0)
         if args.analyze:
             window.resizeDocks([window.analysis_dock], [args.dock_height], Qt.Orientation.Vertical)
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     window.error_view.worker.error.connect(lambda m: finish(f"error view failed: {m}"))
     window.analysis.analyzed.connect(lambda _r: done("analysis"))
     window.analysis.worker.error.connect(lambda m: finish(f"analysis failed: {m}"))
-    QTimer.singleShot(TIMEOUT_MS, lambda: finish("timed out"))
+    QTimer.singleShot(int(args.timeout * 1000), lambda: finish("timed out"))
     if args.path == "demo":
         window.open_demo()
     else:

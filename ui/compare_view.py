@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -351,13 +352,15 @@ class TextColumn(QWidget):
         self.title = QLabel(self)
         self.title.setTextFormat(Qt.TextFormat.RichText)
         if is_base:
-            note = "base"
+            note = "the base"
         elif result.divergence is None:
             note = "same as the base"
         else:
             note = f"differs from token {result.divergence + 1}"
-        self.title.setText(f'<span style="color:{color.name()}">■</span> <b>{_esc(result.label)}</b> '
-                           f'<span style="color:gray">{note}</span>')
+        self.title.setText(f'<span style="color:{color.name()}">■</span> <b>{_esc(result.label)}</b>')
+        self.title.setToolTip(result.plan)
+        self.note = QLabel(note, self)
+        self.note.setEnabled(False)  # the palette's muted text colour
         self.badge = QLabel("⚠ repeats", self)
         self.badge.setStyleSheet("QLabel { background: #c9301f; color: white; border-radius: 3px; "
                                  "padding: 0px 4px; font-weight: bold; }")
@@ -387,8 +390,9 @@ class TextColumn(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(2)
         lay.addLayout(head)
+        lay.addWidget(self.note)
         lay.addWidget(self.text, 1)
-        self.setMinimumWidth(150)
+        self.setMinimumWidth(110)
 
     def highlighted_from(self) -> int | None:
         """The first character drawn with the divergence background (read back from the document)."""
@@ -440,6 +444,7 @@ class CompareView(QWidget):
         self.last_dir = ""
         self._cancel = threading.Event()
         self._rows_running: list[int] = []  # the level rows of the running job, in the job's order
+        self._started = 0.0
 
         self._build_setup()
         self._build_results()
@@ -521,6 +526,7 @@ class CompareView(QWidget):
             lab.setBuddy(w)
             nums.addWidget(lab)
             nums.addWidget(w)
+            nums.addSpacing(10)
         nums.addStretch(1)
         form.addRow("Prompt", self.prompt_edit)
         form.addRow("Calibration", self.calib_combo)
@@ -599,9 +605,10 @@ class CompareView(QWidget):
         pal = self.palette()
         bg = pal.color(QPalette.ColorRole.Base)
         bg.setAlpha(190)
-        self.legend = pi.addLegend(offset=(10, 10), labelTextColor=pal.color(QPalette.ColorRole.WindowText),
+        # the legend sits above the curves: the y range leaves room over 1 (see _plot)
+        self.legend = pi.addLegend(offset=(8, 4), labelTextColor=pal.color(QPalette.ColorRole.WindowText),
                                    brush=pg.mkBrush(bg), pen=pg.mkPen(pal.color(QPalette.ColorRole.Mid)),
-                                   verSpacing=-4)
+                                   verSpacing=-6, colCount=2)
         style_plot(self.plot, pal)
 
         self.texts = QWidget(self.results)
@@ -742,6 +749,7 @@ class CompareView(QWidget):
                       max_windows=self.windows_spin.value() or None, max_tokens=self.tokens_spin.value(),
                       cancel=self._cancel.is_set)
         self._set_running(True)
+        self._started = time.monotonic()
         self.status.setText("Starting…")
         return self.worker.start(self.job, self.model, levels, **kwargs)
 
@@ -781,7 +789,7 @@ class CompareView(QWidget):
         self._set_running(False)
         for bar in [self.base_bar] + [self.bars[i] for i in self._rows_running]:
             bar.setValue(PROGRESS_STEPS)
-        self.status.setText("Done.")
+        self.status.setText(f"Done in {time.monotonic() - self._started:.1f} s.")
         self.show_result(result)
 
     def _on_error(self, message: str) -> None:
@@ -855,11 +863,12 @@ class CompareView(QWidget):
             idx = np.unique(np.linspace(0, v.size - 1, min(v.size, CDF_POINTS)).round().astype(np.int64))
             x = np.maximum(v[idx], KLD_FLOOR)
             y = (idx + 1) / v.size
-            mean = (r.stats or {}).get("kld_mean")
-            name = f"{r.label}  (mean {mean:.4g})" if mean is not None else r.label
-            curve = self.plot.plot(x, y, pen=pg.mkPen(curve_color(color, pal), width=2), name=name)
+            curve = self.plot.plot(x, y, pen=pg.mkPen(curve_color(color, pal), width=2), name=r.label)
             self.curves.append(curve)
-        self.plot.getPlotItem().enableAutoRange()
+        pi = self.plot.getPlotItem()
+        pi.enableAutoRange(x=True)
+        rows = (len(self.curves) + 1) // 2
+        pi.setYRange(0.0, 1.0 + 0.12 * max(rows, 1), padding=0.02)  # room for the legend over the curves
 
     def _texts(self, result: CompareResult, colors: list[QColor]) -> None:
         has_text = result.prompt is not None

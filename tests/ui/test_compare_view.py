@@ -132,7 +132,7 @@ def test_a_comparison_shows_the_core_result(qtbot, view, expected, monkeypatch):
     assert diverged  # random tiny weights: at least Q4_0 differs from the base
     for col in diverged:
         assert col.highlighted_from() == col.result.divergence_char
-        assert f"token {col.result.divergence + 1}" in col.title.text()
+        assert col.note.text() == f"differs from token {col.result.divergence + 1}"
 
 
 def test_cancel_stops_the_job_and_shows_nothing(qtbot, view, tiny):
