@@ -6,6 +6,7 @@ from PySide6.QtGui import QColor, QFont, QIcon, QPixmap
 from PySide6.QtWidgets import QToolButton, QWidget
 
 from .flow_layout import FlowLayout
+from .plots import curve_color
 
 from workbench.plan import TYPES
 
@@ -40,7 +41,7 @@ class TypeToggles(QWidget):
         for t in TYPES:
             b = QToolButton(self)
             b.setText(t)
-            b.setIcon(swatch(TYPE_COLORS[t]))
+            b.setIcon(swatch(curve_color(TYPE_COLORS[t], self.palette())))  # as its curve is drawn
             b.setCheckable(True)
             b.setMinimumWidth(width)
             b.setAutoRaise(False)
