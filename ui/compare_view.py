@@ -409,6 +409,16 @@ class TextColumn(QWidget):
         return None
 
 
+def _is_encoder(model: Model) -> bool:
+    """Whether the model is a sentence encoder (bert): read from its metadata only."""
+    from workbench.infer.weights import model_arch
+
+    try:
+        return model_arch(model) == "bert"
+    except WorkbenchError:
+        return False
+
+
 def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -445,6 +455,7 @@ class CompareView(QWidget):
         self._cancel = threading.Event()
         self._rows_running: list[int] = []  # the level rows of the running job, in the job's order
         self._started = 0.0
+        self.encoder = False
 
         self._build_setup()
         self._build_results()
@@ -664,6 +675,7 @@ class CompareView(QWidget):
         """Another model (or none): the running job is cancelled and the results cleared."""
         self.cancel()
         self.model = model
+        self.encoder = model is not None and _is_encoder(model)
         if model is not None and sizes is None:
             from .plan_bar import preset_sizes
 
@@ -749,6 +761,7 @@ class CompareView(QWidget):
                       max_windows=self.windows_spin.value() or None, max_tokens=self.tokens_spin.value(),
                       cancel=self._cancel.is_set)
         self._set_running(True)
+        self.status.setToolTip("")
         self._started = time.monotonic()
         self.status.setText("Starting…")
         return self.worker.start(self.job, self.model, levels, **kwargs)
@@ -764,9 +777,10 @@ class CompareView(QWidget):
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running and self.model is not None)
         self.cancel_button.setEnabled(running)
-        for w in (*self.pickers, self.base_combo, self.prompt_edit, self.calib_combo, self.ctx_spin,
-                  self.windows_spin, self.tokens_spin):
+        for w in (*self.pickers, self.base_combo, self.calib_combo):
             w.setEnabled(not running)
+        for w in (self.prompt_edit, self.ctx_spin, self.windows_spin, self.tokens_spin):
+            w.setEnabled(not running and not self.encoder)  # a sentence encoder embeds sentences: no windows, no text
         if not running:
             self.overall.setRange(0, 1)
             self.overall.setValue(0)
@@ -795,6 +809,7 @@ class CompareView(QWidget):
     def _on_error(self, message: str) -> None:
         self._set_running(False)
         self.status.setText("Comparison failed: " + message)
+        self.status.setToolTip(message)  # the label shows one line
 
     def _on_cancelled(self) -> None:
         self._set_running(False)

@@ -370,6 +370,7 @@ class GeneratePanel(QWidget):
         self.stats.setText("")
         self.warning.setVisible(False)
         self._set_running(True)
+        self.status.setToolTip("")
         self.status.setText("Starting…")
         return self.worker.start(self.job, self.model, arg, key, self.cache, self.tokenizer, prompt,
                                  cancel=self._cancel.is_set, **self.settings())
@@ -432,6 +433,7 @@ class GeneratePanel(QWidget):
     def _on_error(self, message: str) -> None:
         self._set_running(False)
         self.status.setText("Generation failed: " + message)
+        self.status.setToolTip(message)  # the label shows one line
 
     def _on_cancelled(self) -> None:
         self._set_running(False)

@@ -3,6 +3,7 @@ exports, levels from the current plan and plan files, encoders, and the window's
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -137,10 +138,15 @@ def test_a_comparison_shows_the_core_result(qtbot, view, expected, monkeypatch):
 
 def test_cancel_stops_the_job_and_shows_nothing(qtbot, view, tiny):
     seen = {}
+    gate = threading.Event()
 
     def slow_job(model, levels, cancel, **kw):
         seen["cancel"] = cancel
-        return compare(model, levels, cancel=cancel, **kw)
+        job = compare(model, levels, cancel=cancel, **kw)
+        yield next(job)
+        gate.wait(20)  # held here until the test has cancelled
+        seen["after"] = cancel()
+        return (yield from job)
 
     view.job = slow_job
     view.set_levels(["Q8_0", "Q4_0"])
@@ -149,8 +155,9 @@ def test_cancel_stops_the_job_and_shows_nothing(qtbot, view, tiny):
     assert view.is_running() and view.cancel_button.isEnabled()
     with qtbot.waitSignal(view.worker.cancelled, timeout=5000):
         view.cancel_button.click()
+    gate.set()
     assert view.worker.wait(10_000)  # the thread stopped
-    assert seen["cancel"]()  # the core job saw the cancel flag
+    assert seen["cancel"]() and seen.get("after", True)  # the core job's cancel flag is set
     qtbot.wait(50)  # anything the stopped job still sent has been delivered (and dropped)
     assert view.result is None and not view.results.isVisible()
     assert view.table_model.rowCount() == 0 and view.curves == [] and view.columns == []
@@ -213,6 +220,11 @@ def test_embedding_results_show_cosines_and_no_plot_or_texts(qtbot, view):
     assert m.value(1, "cos_mean") == 0.9995 and view.proxy.index(1, m.column("cos_min")).data() == "0.998000"
     assert not view.bottom.isVisible() and view.curves == [] and view.columns == []
     assert "sentence encoder" in view.summary.text()
+    # an encoder's settings: no prompt, windows or generation, the levels and the text stay
+    assert view.prompt_edit.isEnabled()
+    view.set_model(open_model(TINY.parent / "bert"))
+    assert not view.prompt_edit.isEnabled() and not view.ctx_spin.isEnabled() and not view.tokens_spin.isEnabled()
+    assert view.pickers[0].isEnabled() and view.calib_combo.isEnabled() and view.run_button.isEnabled()
 
 
 def test_level_pickers_list_presets_with_sizes_and_a_new_model_clears(qtbot, view, tiny, st_folder):
@@ -257,3 +269,28 @@ def test_the_window_has_compare_and_generate_tabs(qtbot, window, load):
     assert window.compare_view.is_running()
     window.close()
     assert not window.compare_view.is_running() and window.compare_view.worker.wait(10_000)
+
+
+def test_a_calibration_file_is_read_in_the_background_and_used(qtbot, view, tiny, tmp_path):
+    from workbench.infer.compare import default_calibration_text
+
+    text = default_calibration_text()[2000:4000]
+    path = tmp_path / "notes.txt"
+    path.write_text(text, encoding="utf-8")
+    with qtbot.waitSignal(view.calib_worker.result, timeout=10_000):
+        view.set_calibration(str(path))
+    assert view.calibration == (str(path), text)
+    assert view.calib_combo.currentText() == f"notes.txt ({len(text):,} characters)"
+    view.windows_spin.setValue(1)
+    view.prompt_edit.setText("")
+    result = run_view(qtbot, view, ["Q4_0"])
+    want = run(compare(tiny, ["Q4_0"], text=text, prompt=None, n_ctx=64, max_windows=1))
+    assert result.levels[0].ppl == pytest.approx(want.levels[0].ppl, rel=1e-6)
+    assert result.base.ppl == pytest.approx(want.base.ppl, rel=1e-6)
+    # back to the bundled text
+    view.set_calibration(None)
+    assert view.calibration is None and view.calib_combo.currentIndex() == 0
+    # a file that cannot be read: the message, and the choice stays
+    with qtbot.waitSignal(view.calib_worker.error, timeout=10_000):
+        view.set_calibration(str(tmp_path / "missing.txt"))
+    assert "cannot read" in view.status.text() and view.calibration is None
