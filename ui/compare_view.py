@@ -812,6 +812,7 @@ class CompareView(QWidget):
         self.status.setToolTip(message)  # the label shows one line
 
     def _on_cancelled(self) -> None:
+        self._cancel.set()  # also when cancelled from elsewhere (Esc in the status bar): the core job stops too
         self._set_running(False)
         for b in (self.base_bar, *self.bars):
             b.setValue(0)

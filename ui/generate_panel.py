@@ -436,6 +436,7 @@ class GeneratePanel(QWidget):
         self.status.setToolTip(message)  # the label shows one line
 
     def _on_cancelled(self) -> None:
+        self._cancel.set()
         self._set_running(False)
         if self.model is not None:
             n = len(self._text)

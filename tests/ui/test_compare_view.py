@@ -264,6 +264,12 @@ def test_the_window_has_compare_and_generate_tabs(qtbot, window, load):
     with qtbot.waitSignal(window.compared, timeout=TIMEOUT) as blocker:
         window.compare_with(["Q4_0"], n_ctx=32, max_windows=1, max_tokens=4)
     assert [r.label for r in blocker.args[0].levels] == ["Q4_0"] and blocker.args[0].n_ctx == 32
+    # Esc (the status bar's Cancel) stops a comparison, the core job included
+    window.compare_with(["Q8_0"], n_ctx=64, max_windows=2)
+    assert window.compare_view.is_running()
+    window.act_cancel.trigger()
+    assert not window.compare_view.is_running() and window.compare_view._cancel.is_set()
+    assert window.compare_view.status.text() == "Cancelled."
     # a run still going when the window closes is cancelled and its thread stopped
     window.compare_with(["Q8_0"], n_ctx=64, max_windows=2)
     assert window.compare_view.is_running()

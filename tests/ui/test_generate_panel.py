@@ -162,3 +162,18 @@ def test_the_demo_model_generates_and_warns_when_it_loops(qtbot, make_panel, dem
     panel.tokens_spin.setValue(40)
     result = generate_in(qtbot, panel)
     assert not result.repetition and not panel.warning.isVisible()
+
+
+def test_a_saved_plan_file_as_the_level(qtbot, make_panel, tiny, tmp_path):
+    plan = Plan(tiny, "Q4_0", rules=[("ffn_down", "Q8_0")])
+    path = tmp_path / "mine.json"
+    plan.save(path)
+    panel = make_panel(tiny)
+    panel.chat_box.setChecked(False)
+    panel.tokens_spin.setValue(12)
+    panel.level.set_level(str(path))
+    assert panel.level.currentText() == "mine.json (plan file)"
+    result = generate_in(qtbot, panel)
+    engine = run(load_engine(tiny, Plan.load(tiny, path)))
+    assert result.text == generate_text(engine, load_tokenizer(tiny), PROMPT, max_tokens=12, chat=False)
+    assert panel.cache.keys() == [("file", str(path))]
