@@ -201,7 +201,8 @@ class GeneratePanel(QWidget):
         self.seed_spin.setRange(-1, 2**31 - 1)
         self.seed_spin.setValue(0)
         self.seed_spin.setSpecialValueText("random")
-        self.seed_spin.setToolTip("Seed of the sampler: the same seed gives the same text (random: a new one each time)")
+        self.seed_spin.setToolTip("Seed of the sampler: the same seed gives the same text "
+                                  "(random: a new one each time)")
         self.temp_spin.valueChanged.connect(self._sampling_enabled)
 
         rows = []
