@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtCore import QSettings, Signal
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog,
-                               QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
+                               QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QRadioButton, QSizePolicy, QStackedWidget, QVBoxLayout, QWidget)
 
 from workbench import Model, WorkbenchError, dtypes
@@ -27,7 +27,7 @@ from workbench.plan import PRESETS, Plan
 
 from .elided_label import ElidedLabel
 from .formatting import human_bytes
-from .job_dialog import JobRequest, Segment
+from .job_dialog import JobRequest, Segment, refuse_existing
 from .worker import Worker
 
 GGUF, SAFETENSORS, BIN = "gguf", "safetensors", "bin"
@@ -550,12 +550,7 @@ class ConvertDialog(QDialog):
         if errors or self.current is None:
             self.update_preview()
             return None
-        existing = self.existing_outputs()
-        if existing and not self.overwrite.isChecked():
-            shown = "\n".join(str(p) for p in existing[:5])
-            QMessageBox.warning(self, "Output already exists",
-                                f"The output already exists:\n{shown}\n\nNothing was written. Choose another "
-                                "name or folder, or tick “Replace existing files”.")
+        if refuse_existing(self, self.existing_outputs(), self.overwrite.isChecked()):
             return None
         request = self.request()
         self.settings.setValue(SETTINGS_DIR, self.out_dir.text().strip())

@@ -16,12 +16,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from PySide6.QtCore import QObject, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QCloseEvent, QDesktopServices
-from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel, QListWidget, QProgressBar,
-                               QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel, QListWidget, QMessageBox,
+                               QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from workbench import Cancelled
 
@@ -85,6 +85,17 @@ def run_job(request: JobRequest, cancel: threading.Event):
         raise Cancelled()
     paths = [Path(p) for p in result] if isinstance(result, (list, tuple)) else [Path(result)]
     return JobOutcome(paths, last)
+
+
+def refuse_existing(parent, existing: list[Path], overwrite: bool) -> bool:
+    """True (after telling the user) when ``existing`` outputs would be replaced without ``overwrite``."""
+    if not existing or overwrite:
+        return False
+    shown = "\n".join(str(p) for p in existing[:5])
+    QMessageBox.warning(parent, "Output already exists",
+                        f"The output already exists:\n{shown}\n\nNothing was written. Choose another "
+                        "name or folder, or tick “Replace existing files”.")
+    return True
 
 
 def fmt_duration(seconds: float) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog,
-                               QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
+                               QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QRadioButton, QSizePolicy, QVBoxLayout, QWidget)
 
 from workbench import Model, WorkbenchError, open_model
@@ -24,8 +24,7 @@ from workbench.plan import PRESETS
 
 from .convert_dialog import (BAD_CHARS, DTYPE_LABELS, ERROR_STYLE, HF_DTYPES, SETTINGS_DIR, WARN_STYLE, _esc,
                              hf_nbytes, module_available)
-from .formatting import human_bytes
-from .job_dialog import JobRequest
+from .job_dialog import JobRequest, refuse_existing
 from .worker import Worker
 
 MERGE, TO_GGUF = "merge", "gguf-lora"
@@ -368,12 +367,7 @@ class LoraDialog(QDialog):
     def run(self) -> JobRequest | None:
         if not self.validate():
             return None
-        existing = self.existing_outputs()
-        if existing and not self.overwrite.isChecked():
-            shown = "\n".join(str(p) for p in existing[:5])
-            QMessageBox.warning(self, "Output already exists",
-                                f"The output already exists:\n{shown}\n\nNothing was written. Choose another "
-                                "name or folder, or tick “Replace existing files”.")
+        if refuse_existing(self, self.existing_outputs(), self.overwrite.isChecked()):
             return None
         request = self.request()
         self.settings.setValue(SETTINGS_DIR, self.out_dir.text().strip())

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .fsutil import atomic_write_path
+from .infer.tokenizer import gpt2_byte_chars
 from .paths import cache_dir
 
 DEMO_VERSION = 2  # bump when the file changes (v2: a merge list the tokenizer accepts)
@@ -26,16 +27,7 @@ def demo_model_path() -> Path:
 
 
 def _byte_vocab() -> tuple[list[str], list[int], list[str]]:
-    # GPT-2 style byte -> unicode mapping, so every byte is one printable token
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    byte_tokens = [chr(c) for _, c in sorted(zip(bs, cs))]
+    byte_tokens = gpt2_byte_chars()  # every byte one printable token, as GPT-2's byte-level BPE
     # every merge joins two tokens that exist by then (the tokenizers library refuses any other)
     merges = ["Ġ t", "Ġ a", "h e", "i n", "r e", "o n", "Ġt he", "e r", "Ġ s", "a t", "Ġ w", "Ġ o", "e n",
               "Ġ c", "i s", "o r", "e s", "Ġ b", "Ġ f", "a n", "Ġ m", "Ġ p", "i t", "a l", "Ġ d", "e d",

@@ -164,7 +164,7 @@ def test_cancel_leaves_nothing(qtbot, win, load, llama_folder, tmp_path, monkeyp
 
 def test_existing_output_is_refused_unless_allowed(qtbot, win, load, llama_folder, tmp_path, monkeypatch):
     warnings = []
-    monkeypatch.setattr("ui.convert_dialog.QMessageBox.warning",
+    monkeypatch.setattr("ui.job_dialog.QMessageBox.warning",
                         lambda parent, title, text: warnings.append((title, text)))
     folder, _ = llama_folder
     load(win, folder)

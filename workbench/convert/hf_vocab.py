@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 import struct
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import gguf
 from gguf import TokenType
 
 from ..errors import FormatError, MissingFileError, UnsupportedError
+from ..formats.hf import load_json_if_present
 
 # the text the reference tokenizes to identify a BPE pre-tokenizer (convert_hf_to_gguf.py, get_vocab_base_pre)
 CHKTXT = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ '
@@ -141,7 +141,7 @@ def read_vocab(folder, arch: str, hparams: dict) -> GGUFVocab:
 
 
 def _llama_vocab(folder: Path, hparams: dict) -> GGUFVocab:
-    tc = _load_json(folder / "tokenizer_config.json") or {}
+    tc = load_json_if_present(folder / "tokenizer_config.json") or {}
     if (folder / "tokenizer.model").is_file():
         vocab = _spm_llama_vocab(folder, hparams)
     else:
@@ -402,12 +402,12 @@ def _spm_llama_vocab(folder: Path, hparams: dict) -> GGUFVocab:
     types = [int(TokenType.UNUSED)] * vocab_size
     for i, (piece, score, ptype) in enumerate(spm.pieces[:vocab_size]):
         tokens[i], scores[i], types[i] = piece, score, _spm_types(ptype)
-    added = _load_json(folder / "added_tokens.json")
+    added = load_json_if_present(folder / "added_tokens.json")
     if isinstance(added, dict):
         for text, tid in added.items():
             if isinstance(tid, int) and 0 <= tid < vocab_size:
                 tokens[tid], scores[tid], types[tid] = text, -1000.0, TokenType.USER_DEFINED
-    tc = _load_json(folder / "tokenizer_config.json") or {}
+    tc = load_json_if_present(folder / "tokenizer_config.json") or {}
     for tid_s, data in (tc.get("added_tokens_decoder") or {}).items():
         tid = int(tid_s)
         if not 0 <= tid < vocab_size or not isinstance(data, dict) or "content" not in data:
@@ -473,7 +473,7 @@ def _t5_from_spm(folder: Path, hparams: dict, spm: SentencePieceModel) -> GGUFVo
     types = [int(TokenType.UNUSED)] * vocab_size
     for i, (piece, score, ptype) in enumerate(spm.pieces[:vocab_size]):
         tokens[i], scores[i], types[i] = piece, score, _spm_types(ptype)
-    added = _load_json(folder / "added_tokens.json")
+    added = load_json_if_present(folder / "added_tokens.json")
     if isinstance(added, dict):
         for text, tid in added.items():
             if isinstance(tid, int) and 0 <= tid < vocab_size:
@@ -556,7 +556,7 @@ class _CompatSpecialVocab(gguf.SpecialVocab):
         super().__init__(*args, **kw)
 
     def _try_load_from_tokenizer_json(self, path: Path) -> bool:
-        tj = _load_json(path / "tokenizer.json")
+        tj = load_json_if_present(path / "tokenizer.json")
         if isinstance(tj, dict):
             post = tj.get("post_processor") or {}
             if any(isinstance(p, dict) and p.get("type") == "ByteLevel" for p in post.get("processors", [post])):
@@ -596,7 +596,7 @@ _SPECIAL_VOCAB = gguf.SpecialVocab if hasattr(gguf.SpecialVocab, "_parse_normali
 
 def _special_vocab(folder: Path, *, load_merges: bool = False, n_vocab: int | None = None) -> gguf.SpecialVocab:
     sv = _SPECIAL_VOCAB(folder, load_merges=load_merges, n_vocab=n_vocab)
-    stm = _load_json(folder / "special_tokens_map.json")
+    stm = load_json_if_present(folder / "special_tokens_map.json")
     if isinstance(stm, dict):
         ids = _token_ids(folder)
         for typ in SPECIAL_TYPES:
@@ -610,7 +610,7 @@ def _special_vocab(folder: Path, *, load_merges: bool = False, n_vocab: int | No
 
 
 def _token_ids(folder: Path) -> dict[str, int]:
-    tj = _load_json(folder / "tokenizer.json") or {}
+    tj = load_json_if_present(folder / "tokenizer.json") or {}
     vocab = (tj.get("model") or {}).get("vocab")
     ids: dict[str, int] = {}
     if isinstance(vocab, dict):
@@ -629,7 +629,7 @@ def _config_special_ids(folder: Path, tj: dict) -> set[int]:
     vocab = (tj.get("model") or {}).get("vocab") or {}
     out: set[int] = set()
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        cfg = _load_json(folder / name)
+        cfg = load_json_if_present(folder / name)
         if not isinstance(cfg, dict):
             continue
         names = [cfg.get(k) for k in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
@@ -648,14 +648,6 @@ def _config_special_ids(folder: Path, tj: dict) -> set[int]:
 
 # -- files -------------------------------------------------------------------------------------
 
-def _load_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"not valid JSON: {exc}", path=path) from None
-
 
 def _tokenizer_json(folder: Path) -> dict:
     path = folder / "tokenizer.json"
@@ -663,7 +655,7 @@ def _tokenizer_json(folder: Path) -> dict:
         raise MissingFileError("the model folder has no tokenizer.json (needed for the GGUF vocabulary)", path=folder,
                                hint="Copy the model's tokenizer files (tokenizer.json, tokenizer_config.json) into "
                                     "the folder.")
-    data = _load_json(path)
+    data = load_json_if_present(path)
     if not isinstance(data, dict):
         raise FormatError("tokenizer.json is not a JSON object", path=path)
     return data

@@ -24,6 +24,11 @@ def load_json(path: Path) -> Any:
         raise FormatError(f"not valid JSON: {exc}", path=path, hint="Fix or remove the file and open the model again.") from None
 
 
+def load_json_if_present(path: Path) -> Any:
+    """The parsed file, or None when it does not exist (a FormatError when it is not valid JSON)."""
+    return load_json(path) if Path(path).is_file() else None
+
+
 def read_shard_index(index_path: Path) -> tuple[list[Path], dict[str, str], dict[str, Any]]:
     """Parse a sharded checkpoint's index (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``):
     (shard files in order of first use, weight_map, index metadata).  Every shard must be in the folder."""

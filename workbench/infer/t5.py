@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import UnsupportedError, WorkbenchError
+from .llama import softmax_
 
 F32 = np.float32
 _CHUNK = 256  # query rows per attention block (bounds the [heads, rows, keys] score matrix)
@@ -35,14 +36,6 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     out = x / ms[:, None]
     out *= w
     return out
-
-
-def softmax_(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, in place."""
-    x -= x.max(axis=-1, keepdims=True)
-    np.exp(x, out=x)
-    x /= x.sum(axis=-1, keepdims=True)
-    return x
 
 
 def _erf(x: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ import numpy as np
 from gguf import TokenType
 
 from ..errors import FormatError, MissingFileError, UnsupportedError, WorkbenchError
+from ..formats.hf import load_json_if_present
 from ..model import Model
 
 SPACE = "\u2581"  # SentencePiece's escaped space
@@ -516,17 +517,19 @@ def gguf_tokenizer_json(model_or_vocab: Model | GGUFVocab) -> tuple[dict, list[s
 
 # -- the tokenizer ---------------------------------------------------------------------------------------
 
+def gpt2_byte_chars() -> list[str]:
+    """GPT-2's byte-level alphabet: the printable character standing for each byte 0..255."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars: dict[int, str] = {b: chr(b) for b in printable}
+    extra = (b for b in range(256) if b not in chars)
+    for n, b in enumerate(extra):
+        chars[b] = chr(256 + n)
+    return [chars[b] for b in range(256)]
+
+
 def _bytes_to_unicode() -> dict[str, int]:
     """GPT-2's byte <-> printable character table, as char -> byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    return {c: b for b, c in enumerate(gpt2_byte_chars())}
 
 
 _BYTE_DECODER = _bytes_to_unicode()
@@ -657,14 +660,6 @@ def gguf_tokenizer(model_or_vocab: Model | GGUFVocab) -> Tokenizer:
 
 # -- tokenizer.json folders ------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"not valid JSON: {exc}", path=path) from None
-
 
 def _token_content(value: Any) -> str | None:
     if isinstance(value, dict):
@@ -681,7 +676,7 @@ def _chat_template_of(folder: Path, cfg: dict) -> str | None:
         named = {t.get("name"): t.get("template") for t in tmpl if isinstance(t, dict)}
         tmpl = named.get("default") or next(iter(named.values()), None)
     if tmpl is None:
-        data = _read_json(folder / "chat_template.json")
+        data = load_json_if_present(folder / "chat_template.json")
         tmpl = data.get("chat_template") if isinstance(data, dict) else None
     return tmpl if isinstance(tmpl, str) and tmpl else None
 
@@ -702,10 +697,10 @@ def folder_tokenizer(folder: Path) -> Tokenizer:
     hf.no_padding()
     hf.no_truncation()
     doc = json.loads(text)
-    cfg = _read_json(folder / "tokenizer_config.json") or {}
-    smap = _read_json(folder / "special_tokens_map.json") or {}
-    config = _read_json(folder / "config.json") or {}
-    gen = _read_json(folder / "generation_config.json") or {}
+    cfg = load_json_if_present(folder / "tokenizer_config.json") or {}
+    smap = load_json_if_present(folder / "special_tokens_map.json") or {}
+    config = load_json_if_present(folder / "config.json") or {}
+    gen = load_json_if_present(folder / "generation_config.json") or {}
 
     def special_id(name: str) -> int | None:
         text = _token_content(cfg.get(name)) or _token_content(smap.get(name))
