@@ -142,10 +142,24 @@ def prepare_hf_to_gguf(src, plan_or_preset: Plan | str = "F16") -> HfToGguf:
     if model.format not in ("safetensors", "pytorch"):
         raise UnsupportedError(f"a {model.format} model cannot be converted to GGUF here", path=model.path,
                                hint="Open a Hugging Face model folder (config.json with .safetensors or .bin weights).")
+    config, arch, hparams = read_config(folder)
+    hf_arch = _hf_architecture(config)
+    tensors, skipped = _plan_tensors(model, plan, arch, hparams)
+    total = sum(t.n_params for t in tensors)
+    md = gguf.Metadata.load(None, folder, None, total)
+    if md.name is None:
+        md.name = folder.name
+    if md.size_label is None and total > 0:
+        md.size_label = gguf.size_label(total, total, 0, 0)
+    return HfToGguf(folder, hf_arch, arch, hparams, plan, tensors, skipped, md, PRESETS[plan.preset][0])
+
+
+def read_config(folder: Path, *, missing_hint: str = "GGUF conversion needs the model's config.json beside the "
+                "weights.", what: str = "cannot be converted to GGUF yet") -> tuple[dict, str, dict]:
+    """(config.json, GGUF architecture, hyperparameters) of an HF model folder, or a clear error."""
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise MissingFileError("the model folder has no config.json", path=folder,
-                               hint="GGUF conversion needs the model's config.json beside the weights.")
+        raise MissingFileError("the model folder has no config.json", path=folder, hint=missing_hint)
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -155,17 +169,9 @@ def prepare_hf_to_gguf(src, plan_or_preset: Plan | str = "F16") -> HfToGguf:
     hf_arch = _hf_architecture(config)
     arch = SUPPORTED_ARCHITECTURES.get(hf_arch or "")
     if arch is None:
-        raise UnsupportedError(f"architecture {hf_arch!r} cannot be converted to GGUF yet", path=config_path,
+        raise UnsupportedError(f"architecture {hf_arch!r} {what}", path=config_path,
                                hint="Supported: " + ", ".join(SUPPORTED_ARCHITECTURES) + ".")
-    hparams = _hparams(config, arch)
-    tensors, skipped = _plan_tensors(model, plan, arch, hparams)
-    total = sum(t.n_params for t in tensors)
-    md = gguf.Metadata.load(None, folder, None, total)
-    if md.name is None:
-        md.name = folder.name
-    if md.size_label is None and total > 0:
-        md.size_label = gguf.size_label(total, total, 0, 0)
-    return HfToGguf(folder, hf_arch, arch, hparams, plan, tensors, skipped, md, PRESETS[plan.preset][0])
+    return config, arch, _hparams(config, arch)
 
 
 def _model_folder(path: Path) -> Path:

@@ -21,7 +21,6 @@ merging an adapter into a GGUF base (:func:`workbench.convert.lora.merge_lora`).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,7 @@ from ..model import Model, TensorInfo
 from ..naming import name_for_model
 from ..plan import PRESETS, Plan, row_fits
 from ..progress import Progress
-from .hf_to_gguf import (_T5_SHARED, SUPPORTED_ARCHITECTURES, _bert_name, _block_count, _hf_architecture, _hparams,
-                         _qk_permutation)
+from .hf_to_gguf import _T5_SHARED, _bert_name, _block_count, _qk_permutation, read_config
 from .requantize import (StreamTensor, check_writable_type, conventional_name, copied_metadata, encoding_of,
                          file_type_values, float_rows, new_writer, plan_file_type, quantized_chunks, raw_chunks,
                          target_path, write_gguf_stream)
@@ -77,23 +75,8 @@ def read_base(base) -> BaseInfo:
 
         return _gguf_base(open_model(path))
     folder = path if path.is_dir() else path.parent
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise MissingFileError("the base model folder has no config.json", path=folder,
-                               hint="Give the base model's Hugging Face folder (its config.json is enough) or a "
-                                    "GGUF of the base model.")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"not valid JSON: {exc}", path=config_path) from None
-    if not isinstance(config, dict):
-        raise FormatError("config.json is not a JSON object", path=config_path)
-    hf_arch = _hf_architecture(config)
-    arch = SUPPORTED_ARCHITECTURES.get(hf_arch or "")
-    if arch is None:
-        raise UnsupportedError(f"base architecture {hf_arch!r} is not supported for GGUF LoRA adapters",
-                               path=config_path, hint="Supported: " + ", ".join(SUPPORTED_ARCHITECTURES) + ".")
-    hp = _hparams(config, arch)
+    _config, arch, hp = read_config(folder, missing_hint="Give the base model's Hugging Face folder (its config.json "
+                                   "is enough) or a GGUF of the base model.", what="is not supported for GGUF LoRA adapters")
     n_blocks = _block_count(hp)
     if arch == "t5" and isinstance(hp.get("num_decoder_layers"), int):
         n_blocks = max(n_blocks, hp["num_decoder_layers"])
