@@ -511,11 +511,15 @@ def _tensor_chunks(model: Model, t: OutTensor, imatrix):
     raw2 = raw.reshape(rows, -1) if len(info.shape) != 2 else raw
     perm = _qk_permutation(rows, t.permute_heads) if t.permute_heads else None
     step = max(1, CHUNK_ELEMENTS // max(cols, 1))
-    for a in range(0, rows, step):
-        b = min(rows, a + step)
-        part = raw2[perm[a:b]] if perm is not None else raw2[a:b]
-        x = dtypes.decode(np.asarray(part), info.dtype, (b - a, cols))
-        yield kernels.quantize(x, t.type, imatrix=im, name=t.name), x.size
+
+    def blocks():  # read and decoded here while the kernels quantize the previous blocks
+        for a in range(0, rows, step):
+            b = min(rows, a + step)
+            part = raw2[perm[a:b]] if perm is not None else raw2[a:b]
+            yield dtypes.decode(np.asarray(part), info.dtype, (b - a, cols))
+
+    for q in kernels.quantize_stream(blocks(), t.type, imatrix=im, name=t.name):
+        yield q, q.shape[0] * cols
 
 
 def _qk_permutation(rows: int, heads: int) -> np.ndarray:

@@ -85,8 +85,10 @@ def quantized_chunks(model: Model, info: TensorInfo, qtype: str, *, name: str | 
                      imatrix: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, int]]:
     """A tensor decoded and quantized to ``qtype`` in row blocks."""
     label = name or info.name
-    for _a, _b, x in float_rows(model, info):
-        yield kernels.quantize(x, qtype, imatrix=imatrix, name=label), x.size
+    cols = _rows_cols(info)[1]
+    blocks = (x for _a, _b, x in float_rows(model, info))  # decoded while the previous blocks are quantized
+    for q in kernels.quantize_stream(blocks, qtype, imatrix=imatrix, name=label):
+        yield q, q.shape[0] * cols
 
 
 def check_writable_type(qtype: str, tensor: str, path=None) -> None:

@@ -1,10 +1,11 @@
 """Vectorized numpy quantization kernels, byte-identical to ggml's reference quantizers.
 
     quantize(x, "Q4_K", imatrix=None) -> uint8 [rows, row_bytes]
+    quantize_stream(blocks, "Q4_K", imatrix=None) -> iterator of uint8 [rows, row_bytes] (pipelined)
     dequantize(q, "Q4_K", n) -> float32 [rows, n]
 """
 from . import legacy, plain  # noqa: F401  (register the types)
-from .base import CHUNK_ELEMENTS, Kernel, dequantize, get_kernel, quantize
+from .base import CHUNK_ELEMENTS, Kernel, dequantize, get_kernel, quantize, quantize_stream
 
 try:  # types added by later modules register themselves on import
     from . import kquants  # noqa: F401
@@ -24,4 +25,4 @@ def supported_types() -> list[str]:
     return list(Kernel.registry)
 
 
-__all__ = ["CHUNK_ELEMENTS", "Kernel", "dequantize", "get_kernel", "quantize", "supported_types"]
+__all__ = ["CHUNK_ELEMENTS", "Kernel", "dequantize", "get_kernel", "quantize", "quantize_stream", "supported_types"]

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar
+from typing import ClassVar, Iterable, Iterator
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -17,7 +18,9 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..errors import UnsupportedError, WorkbenchError
 
 CHUNK_ELEMENTS = 1 << 18  # float32 values per chunk: temporaries stay a few MB per thread
-PROCESS_MIN_ELEMENTS = 1 << 23  # GIL-bound kernels use worker processes from this tensor size up
+PROCESS_MIN_ELEMENTS = 1 << 21  # GIL-bound kernels use worker processes from this tensor size up
+STREAM_PROCESS_MIN_ELEMENTS = 1 << 18  # ...and from this block size up in a stream (quantize_stream)
+STREAM_BLOCK_ELEMENTS = 1 << 22  # values per block a large tensor is sent to the worker processes in
 
 
 class Kernel:
@@ -100,44 +103,135 @@ def _run(jobs, fn, threads: int) -> None:
         pass
 
 
-def quantize(x, qtype, imatrix=None, *, threads: int | None = None, name: str | None = None) -> np.ndarray:
+def _check_imatrix(kernel, imatrix, n: int, name: str | None):
+    if imatrix is None:
+        return None
+    imatrix = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+    if imatrix.shape[0] != n:
+        raise WorkbenchError(f"{name or 'tensor'}: importance matrix has {imatrix.shape[0]} values "
+                             f"but rows have {n}", hint="Use an imatrix computed for this model.")
+    return imatrix if kernel.uses_imatrix else None
+
+
+def _rows2d(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    return x.reshape(-1, x.shape[-1])
+
+
+def quantize(x, qtype, imatrix=None, *, threads: int | None = None, name: str | None = None,
+             row0: int = 0) -> np.ndarray:
     """Quantize float32 ``x`` [rows, n] (or 1-D) to ggml ``qtype``: the bytes ggml_quantize_chunk writes.
 
     ``imatrix`` is the per-column importance [n] (llama-imatrix's values), used by the types whose
     ggml quantizer takes quant weights.  NaN or Inf in ``x`` raise a WorkbenchError naming ``name``.
     """
     kernel = get_kernel(qtype)
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[None, :]
-    x = x.reshape(-1, x.shape[-1])
+    x = _rows2d(x)
     rows, n = x.shape
     out = np.empty((rows, kernel.row_bytes(n)), np.uint8)
-    if imatrix is not None:
-        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
-        if imatrix.shape[0] != n:
-            raise WorkbenchError(f"{name or 'tensor'}: importance matrix has {imatrix.shape[0]} values "
-                                 f"but rows have {n}", hint="Use an imatrix computed for this model.")
-        if not kernel.uses_imatrix:
-            imatrix = None
+    imatrix = _check_imatrix(kernel, imatrix, n, name)
     label = name or "tensor"
     threads = default_threads() if threads is None else threads
     if threads > 1 and kernel.gil_bound and x.size >= PROCESS_MIN_ELEMENTS:
         from . import procpool
 
-        if procpool.available():
-            procpool.quantize_in_processes(kernel.name, x, out, imatrix, label, threads)
+        if procpool.available():  # blocks through the worker processes, copied in while others run
+            step = max(1, STREAM_BLOCK_ELEMENTS // n)
+            blocks = (x[a:a + step] for a in range(0, rows, step))
+            for a, q in zip(range(0, rows, step), quantize_stream(blocks, qtype, imatrix, threads=threads, name=name,
+                                                                  row0=row0, process_min=0)):
+                out[a:a + q.shape[0]] = q
             return out
-    _run(_chunks(rows, n), lambda span: quantize_span(kernel, x, out, imatrix, label, span), threads)
+    _run(_chunks(rows, n), lambda span: quantize_span(kernel, x, out, imatrix, label, span, row0), threads)
     return out
 
 
-def quantize_span(kernel: type[Kernel], x: np.ndarray, out: np.ndarray, imatrix, label: str, span) -> None:
-    """Quantize rows ``span`` of ``x`` into ``out`` (one chunk; also the unit of work of the process pool)."""
+_STREAM_POOL: ThreadPoolExecutor | None = None
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+    def discard(self):
+        pass
+
+
+class _InThread:
+    def __init__(self, future):
+        self.future = future
+
+    def result(self):
+        return self.future.result()
+
+    def discard(self):
+        if not self.future.cancel():
+            self.future.exception()  # wait: the block's memory must not outlive the stream
+
+
+def quantize_stream(blocks: Iterable[np.ndarray], qtype, imatrix=None, *, threads: int | None = None,
+                    name: str | None = None, depth: int = 2, row0: int = 0,
+                    process_min: int | None = None) -> Iterator[np.ndarray]:
+    """Quantize a stream of float32 row blocks (same row length), yielding each block's bytes in order.
+
+    Up to ``depth`` blocks are quantized while the caller consumes (writes) the previous one and the
+    next is produced (read, decoded): the kernels run back to back.  GIL-bound kernels (K and IQ types)
+    run in worker processes, whole blocks at a time; the others on the kernel threads.  The bytes are
+    exactly those of :func:`quantize` on each block.  ``row0``: the tensor row of the first block's first
+    row (error messages count rows of the whole stream from it); ``process_min``: the block size from
+    which GIL-bound kernels use the processes (default ``STREAM_PROCESS_MIN_ELEMENTS``)."""
+    global _STREAM_POOL
+    from .. import kernels as package  # the package's quantize, looked up now: wrappers installed there apply
+
+    quantize_block = package.quantize
+    kernel = get_kernel(qtype)
+    threads = default_threads() if threads is None else threads
+    label = name or "tensor"
+    procs = None
+    if threads > 1 and kernel.gil_bound:
+        from . import procpool
+
+        procs = procpool if procpool.available() else None
+    process_min = STREAM_PROCESS_MIN_ELEMENTS if process_min is None else process_min
+    inflight: deque = deque()
+    try:
+        for x in blocks:
+            x = _rows2d(x)
+            n = x.shape[1]
+            im = _check_imatrix(kernel, imatrix, n, name)
+            if procs is not None and x.size >= process_min:
+                inflight.append(procs.submit(kernel.name, x, kernel.row_bytes(n), im, label, threads, row0))
+            elif threads > 1:
+                with _POOLS_LOCK:
+                    if _STREAM_POOL is None:
+                        _STREAM_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wb-stream")
+                inflight.append(_InThread(_STREAM_POOL.submit(quantize_block, x, qtype, im, threads=threads,
+                                                              name=name, row0=row0)))
+            else:
+                inflight.append(_Done(quantize_block(x, qtype, im, threads=threads, name=name, row0=row0)))
+            row0 += x.shape[0]
+            if len(inflight) >= depth:
+                yield inflight.popleft().result()
+        while inflight:
+            yield inflight.popleft().result()
+    finally:
+        while inflight:
+            inflight.popleft().discard()
+
+
+def quantize_span(kernel: type[Kernel], x: np.ndarray, out: np.ndarray, imatrix, label: str, span,
+                  row0: int = 0) -> None:
+    """Quantize rows ``span`` of ``x`` into ``out`` (one chunk; also the unit of work of the process pool).
+    ``row0``: the number of ``x``'s first row in the tensor (for error messages)."""
     a, b = span
     part = x[a:b]
     if not np.isfinite(part).all():
-        bad = a + int(np.argwhere(~np.isfinite(part))[0][0])
+        bad = row0 + a + int(np.argwhere(~np.isfinite(part))[0][0])
         raise WorkbenchError(f"{label}: row {bad} contains NaN or Inf values; it cannot be quantized to "
                              f"{kernel.name}", hint="Check the source weights (they may be corrupt), or keep "
                              "this tensor in F32/F16.")

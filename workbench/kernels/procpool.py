@@ -1,31 +1,43 @@
 """Worker processes for the GIL-bound kernels (K and IQ types), sharing input and output memory.
 
 The search kernels issue thousands of small numpy calls per chunk, so threads mostly wait for the
-GIL.  For large tensors the rows are split into spans that worker processes quantize in place into a
+GIL.  For large inputs the rows are split into spans that worker processes quantize in place into a
 shared output buffer.  Rows are independent, so the bytes are exactly those of the single-threaded
 path.
 
 The workers are plain ``python -c`` subprocesses speaking a tiny length-prefixed pickle protocol over
 their pipes (not ``multiprocessing``, which re-imports the caller's main script in every child and
-so breaks scripts without a ``__main__`` guard).  They start once and are reused.
+so breaks scripts without a ``__main__`` guard).  They start once and are reused; one feeder thread
+per worker takes spans from a shared FIFO queue, so several quantizations can be in flight at once
+(:func:`submit`: a conversion quantizes chunk k+1 while it writes chunk k) and the workers never wait
+between chunks.  Shared-memory segments of chunk size are pooled, so a stream of chunks does not pay
+for fresh zeroed pages per chunk; pooled segments unused for a few seconds are released.
 """
 from __future__ import annotations
 
 import atexit
 import os
 import pickle
+import queue
 import struct
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
 
 _CHILD_CODE = "from workbench.kernels.procpool import child_main; child_main()"
+POOL_SEGMENT_MAX = 1 << 25  # segments up to this size (bytes) are kept for reuse...
+POOL_FREE_MAX = 1 << 26  # ...as long as the free ones total at most this
+POOL_IDLE_SECONDS = 3.0  # free segments unused this long are released
+SPAN_MIN_ELEMENTS = 1 << 19  # values per job sent to a worker (amortizes the round trip)
+
 _lock = threading.Lock()
 _children: list["_Child"] = []
+_jobs: "queue.Queue[_Span | None]" = queue.Queue()
 
 
 def available() -> bool:
@@ -47,19 +59,164 @@ def _recv(stream):
     return pickle.loads(stream.read(n))
 
 
+def _attach(name: str) -> shared_memory.SharedMemory:
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, track=False)
+    return shared_memory.SharedMemory(name=name)
+
+
+# -- shared memory segments (parent side) ----------------------------------------------------------
+
+class _Segments:
+    """Shared-memory segments by size: released ones are kept (bounded, for a few seconds) and reused."""
+
+    def __init__(self):
+        self.free: list[tuple[float, shared_memory.SharedMemory]] = []  # (released at, segment)
+        self.lock = threading.Lock()
+        self.reaper: threading.Thread | None = None
+
+    def acquire(self, nbytes: int) -> tuple[shared_memory.SharedMemory, bool]:
+        """A segment of at least ``nbytes``, and whether it goes back to the pool after use."""
+        nbytes = max(1, nbytes)
+        if nbytes > POOL_SEGMENT_MAX:
+            return shared_memory.SharedMemory(create=True, size=nbytes), False
+        with self.lock:
+            fits = [e for e in self.free if nbytes <= e[1].size <= 2 * nbytes]
+            if fits:
+                entry = min(fits, key=lambda e: e[1].size)
+                self.free.remove(entry)
+                return entry[1], True
+        size = 1 << max(16, (nbytes - 1).bit_length())  # power-of-two sizes: chunks of a stream share them
+        return shared_memory.SharedMemory(create=True, size=size), True
+
+    def release(self, seg: shared_memory.SharedMemory, pooled: bool) -> None:
+        if not pooled:
+            _destroy(seg)
+            return
+        with self.lock:
+            self.free.append((time.monotonic(), seg))
+            while sum(e[1].size for e in self.free) > POOL_FREE_MAX:
+                _destroy(self.free.pop(0)[1])
+            if self.reaper is None:
+                self.reaper = threading.Thread(target=self._reap, daemon=True, name="wb-procpool-reaper")
+                self.reaper.start()
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(POOL_IDLE_SECONDS / 2)
+            with self.lock:
+                limit = time.monotonic() - POOL_IDLE_SECONDS
+                old = [e for e in self.free if e[0] < limit]
+                self.free = [e for e in self.free if e[0] >= limit]
+                for e in old:
+                    _destroy(e[1])
+                if not self.free:
+                    self.reaper = None
+                    return
+
+    def clear(self) -> None:
+        with self.lock:
+            for _, seg in self.free:
+                _destroy(seg)
+            self.free.clear()
+
+
+def _destroy(seg: shared_memory.SharedMemory) -> None:
+    try:
+        seg.close()
+    finally:
+        seg.unlink()
+
+
+_SEGMENTS = _Segments()
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+class Pending:
+    """One quantization running in the worker processes; :meth:`result` waits and returns the bytes."""
+
+    def __init__(self, spans: int, release):
+        self.remaining = spans
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self._release = release
+        self._out: np.ndarray | None = None
+        if spans == 0:
+            self.done.set()
+
+    def _finish_span(self, exc: BaseException | None) -> None:
+        with _lock:
+            if exc is not None and self.error is None:
+                self.error = exc
+            self.remaining -= 1
+            last = self.remaining == 0
+        if last:
+            self.done.set()
+
+    def result(self) -> np.ndarray:
+        self.done.wait()
+        if self._release is not None:
+            release, self._release = self._release, None
+            self._out = release(self.error is None)
+        if self.error is not None:
+            raise self.error
+        return self._out
+
+    def discard(self) -> None:
+        """Wait for the workers and free the shared memory without reading the result (a cancelled job)."""
+        try:
+            self.result()
+        except BaseException:  # noqa: BLE001 - the result is not wanted
+            pass
+
+
+class _Span:
+    __slots__ = ("pending", "job")
+
+    def __init__(self, pending: Pending, job: tuple):
+        self.pending, self.job = pending, job
+
+
 class _Child:
     def __init__(self):
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])  # so a source checkout works uninstalled
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else root
-        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD_CODE], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env)
+        # glibc: keep freed temporaries in the heap instead of returning them to the system after each
+        # numpy call (the default trimming makes every multi-MB temporary fresh pages: ~40% slower)
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 25))
+        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 27))
+        self.env = env
+        self.proc = self._start()
+        self.thread = threading.Thread(target=self._feed, daemon=True, name="wb-procpool")
+        self.thread.start()
 
-    def run(self, job) -> None:
-        _send(self.proc.stdin, job)
-        status, payload = _recv(self.proc.stdout)
-        if status != "ok":
-            raise payload
+    def _start(self) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", _CHILD_CODE], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, env=self.env)
+
+    def _feed(self) -> None:
+        while True:
+            span = _jobs.get()
+            if span is None:  # shutdown
+                return
+            if span.pending.error is not None:  # an earlier span of this call failed: skip the rest
+                span.pending._finish_span(None)
+                continue
+            try:
+                _send(self.proc.stdin, span.job)
+                status, payload = _recv(self.proc.stdout)
+                exc = None if status == "ok" else payload
+            except BaseException as e:  # noqa: BLE001 - a dead worker: this call fails, a new worker goes on
+                exc = RuntimeError(f"a quantization worker process failed: {e}")
+                self.proc.kill()
+                self.proc.wait()
+                self.proc = self._start()
+            span.pending._finish_span(exc)
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
 
     def close(self) -> None:
         try:
@@ -69,39 +226,39 @@ class _Child:
             self.proc.kill()
 
 
-def _get_children(n: int) -> list[_Child]:
+def _ensure_children(n: int) -> None:
     with _lock:
-        alive = [c for c in _children if c.proc.poll() is None]
-        _children[:] = alive
+        _children[:] = [c for c in _children if c.alive()]
         while len(_children) < n:
             _children.append(_Child())
-        return _children[:n]
 
 
 @atexit.register
 def _shutdown() -> None:
     with _lock:
+        for _ in _children:
+            _jobs.put(None)
         for c in _children:
             c.close()
         _children.clear()
+    _SEGMENTS.clear()
 
+
+# -- the worker side -------------------------------------------------------------------------------
 
 def _work(qtype: str, in_name: str, shape: tuple[int, int], out_name: str, out_cols: int,
-          imatrix: np.ndarray | None, label: str, a: int, b: int) -> None:
+          imatrix: np.ndarray | None, label: str, a: int, b: int, row0: int) -> None:
     from . import get_kernel
     from .base import CHUNK_ELEMENTS, quantize_span
 
     kernel = get_kernel(qtype)
-    shm_in = shared_memory.SharedMemory(name=in_name, track=False) if sys.version_info >= (3, 13) \
-        else shared_memory.SharedMemory(name=in_name)
-    shm_out = shared_memory.SharedMemory(name=out_name, track=False) if sys.version_info >= (3, 13) \
-        else shared_memory.SharedMemory(name=out_name)
+    shm_in, shm_out = _attach(in_name), _attach(out_name)
     try:
         x = np.ndarray(shape, np.float32, buffer=shm_in.buf)
         out = np.ndarray((shape[0], out_cols), np.uint8, buffer=shm_out.buf)
         step = max(1, CHUNK_ELEMENTS // shape[1])
         for s in range(a, b, step):
-            quantize_span(kernel, x, out, imatrix, label, (s, min(b, s + step)))
+            quantize_span(kernel, x, out, imatrix, label, (s, min(b, s + step)), row0)
         del x, out
     finally:
         shm_in.close()
@@ -133,41 +290,28 @@ def child_main() -> None:
             _send(stdout, ("err", exc))
 
 
-def quantize_in_processes(qtype: str, x: np.ndarray, out: np.ndarray, imatrix, label: str, workers: int) -> None:
+# -- the parent side -------------------------------------------------------------------------------
+
+def submit(qtype: str, x: np.ndarray, out_cols: int, imatrix, label: str, workers: int, row0: int = 0) -> Pending:
+    """Start quantizing float32 ``x`` [rows, n] in ``workers`` processes; returns at once (after copying
+    ``x`` into shared memory).  ``Pending.result()`` gives the uint8 [rows, out_cols] bytes.  ``row0``: the
+    tensor row of ``x[0]`` (error messages)."""
     rows, n = x.shape
-    children = _get_children(workers)
-    shm_in = shared_memory.SharedMemory(create=True, size=max(1, x.nbytes))
-    shm_out = shared_memory.SharedMemory(create=True, size=max(1, out.nbytes))
-    try:
-        np.ndarray(x.shape, np.float32, buffer=shm_in.buf)[:] = x
-        edges = np.linspace(0, rows, workers * 4 + 1).astype(int)
-        spans = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-        errors: list[BaseException] = []
-        lock = threading.Lock()
+    _ensure_children(workers)
+    seg_in, pooled_in = _SEGMENTS.acquire(x.nbytes)
+    seg_out, pooled_out = _SEGMENTS.acquire(rows * out_cols)
+    np.ndarray(x.shape, np.float32, buffer=seg_in.buf)[:] = x
+    step = max(1, SPAN_MIN_ELEMENTS // max(n, 1), -(-rows // (workers * 4)))
+    spans = [(a, min(rows, a + step)) for a in range(0, rows, step)]
 
-        def feed(child: _Child) -> None:
-            while True:
-                with lock:
-                    if not spans or errors:
-                        return
-                    a, b = spans.pop(0)
-                try:
-                    child.run((qtype, shm_in.name, (rows, n), shm_out.name, out.shape[1], imatrix, label, a, b))
-                except BaseException as exc:  # noqa: BLE001
-                    with lock:
-                        errors.append(exc)
-                    return
+    def release(copy: bool) -> np.ndarray | None:
+        try:
+            return np.ndarray((rows, out_cols), np.uint8, buffer=seg_out.buf).copy() if copy else None
+        finally:
+            _SEGMENTS.release(seg_in, pooled_in)
+            _SEGMENTS.release(seg_out, pooled_out)
 
-        threads = [threading.Thread(target=feed, args=(c,), daemon=True) for c in children]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        out[:] = np.ndarray(out.shape, np.uint8, buffer=shm_out.buf)
-    finally:
-        shm_in.close()
-        shm_in.unlink()
-        shm_out.close()
-        shm_out.unlink()
+    pending = Pending(len(spans), release)
+    for a, b in spans:
+        _jobs.put(_Span(pending, (qtype, seg_in.name, (rows, n), seg_out.name, out_cols, imatrix, label, a, b, row0)))
+    return pending
