@@ -82,6 +82,23 @@ def _absmax_signed_rows(b: np.ndarray) -> np.ndarray:
     return v
 
 
+def _absmax_signed_cols(bt: np.ndarray) -> np.ndarray:
+    """As _absmax_signed_rows for blocks transposed to [32, nb]: three fast reductions over the bit
+    patterns.  The int32 maximum is |max| itself exactly when +|max| occurs, the uint32 maximum has
+    the sign bit and |max| exactly when -|max| occurs; only blocks holding both look for the first."""
+    a = bt.view(np.uint32) & np.uint32(0x7FFFFFFF)
+    amax = a.max(axis=0)
+    pos = bt.view(np.int32).max(axis=0).view(np.uint32) == amax
+    neg = bt.view(np.uint32).max(axis=0) == (amax | np.uint32(0x80000000))
+    sign = neg & ~pos & (amax != 0)  # all zeros: +0.0, as C starts from max = 0.0f
+    tie = np.flatnonzero(neg & pos & (amax != 0))
+    if tie.size:  # +a and -a both present: the first one in the block wins
+        sub = bt[:, tie]
+        first = np.argmax(a[:, tie] == amax[tie], axis=0)
+        sign[tie] = sub[first, np.arange(tie.size)] < 0
+    return (amax | (sign.astype(np.uint32) << np.uint32(31))).view(np.float32)
+
+
 def _pack_rows(L: np.ndarray, *heads: np.ndarray, qh: bool = False) -> np.ndarray:
     """Block bytes: fp16 fields (``heads``), then for 5-bit types the qh bits, then the low nibbles."""
     nb = L.shape[0]
@@ -136,10 +153,11 @@ def _quantize_symmetric(x: np.ndarray, imatrix, nmax: int) -> np.ndarray:
     rows, n = x.shape
     b = _blocks(x)
     if imatrix is None:
-        d = (_absmax_signed_rows(b) / F32(-nmax)).astype(np.float32)
-        L = _quant_offset_rows(b, safe_recip(d), nmax + 0.5, 2 * nmax - 1)
-    else:
-        d, L = make_qx_quants(b, nmax, 1, _blocks(row_weights(x, imatrix)))
+        bt = _transposed(x)
+        d = (_absmax_signed_cols(bt) / F32(-nmax)).astype(np.float32)
+        L = _quant_offset(bt, safe_recip(d), nmax + 0.5, 2 * nmax - 1)
+        return _pack(L, fp16_bits(d), qh=nmax == 16).reshape(rows, -1)
+    d, L = make_qx_quants(b, nmax, 1, _blocks(row_weights(x, imatrix)))
     return _pack_rows(L, fp16_bits(d), qh=nmax == 16).reshape(rows, -1)
 
 
