@@ -474,6 +474,7 @@ def convert_hf_to_gguf(src, out_dir_or_file, plan_or_preset: Plan | str | HfToGg
     like llama-gguf-split.  ``imatrix``: importance per GGUF tensor name (llama-imatrix's values).
     """
     conv = plan_or_preset if isinstance(plan_or_preset, HfToGguf) else prepare_hf_to_gguf(src, plan_or_preset)
+    kernels.start_workers({t.type for t in conv.tensors})  # K/IQ types: the workers start while we set up
     yield Progress(0, 1, "Reading the tokenizer")
     vocab = read_vocab(conv.folder, conv.arch, conv.hparams)
     target = _target_path(conv, out_dir_or_file, name)

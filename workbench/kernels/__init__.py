@@ -5,7 +5,7 @@
     dequantize(q, "Q4_K", n) -> float32 [rows, n]
 """
 from . import legacy, plain  # noqa: F401  (register the types)
-from .base import CHUNK_ELEMENTS, Kernel, dequantize, get_kernel, quantize, quantize_stream
+from .base import CHUNK_ELEMENTS, Kernel, dequantize, get_kernel, quantize, quantize_stream, start_workers
 
 try:  # types added by later modules register themselves on import
     from . import kquants  # noqa: F401
@@ -25,4 +25,5 @@ def supported_types() -> list[str]:
     return list(Kernel.registry)
 
 
-__all__ = ["CHUNK_ELEMENTS", "Kernel", "dequantize", "get_kernel", "quantize", "quantize_stream", "supported_types"]
+__all__ = ["CHUNK_ELEMENTS", "Kernel", "dequantize", "get_kernel", "quantize", "quantize_stream", "start_workers",
+           "supported_types"]

@@ -148,6 +148,17 @@ def quantize(x, qtype, imatrix=None, *, threads: int | None = None, name: str | 
     return out
 
 
+def start_workers(qtypes: Iterable, threads: int | None = None) -> None:
+    """Start the worker processes now if any of ``qtypes`` will use them: they take a moment to start,
+    which a job can spend on its own set-up (reading the tokenizer, writing metadata) instead."""
+    threads = default_threads() if threads is None else threads
+    if threads > 1 and any(get_kernel(t).gil_bound for t in qtypes if str(t).upper() in Kernel.registry):
+        from . import procpool
+
+        if procpool.available():
+            procpool.start(threads)
+
+
 _STREAM_POOL: ThreadPoolExecutor | None = None
 
 

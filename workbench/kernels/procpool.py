@@ -226,6 +226,11 @@ class _Child:
             self.proc.kill()
 
 
+def start(n: int) -> None:
+    """Have ``n`` worker processes running (started in the background; returns at once)."""
+    _ensure_children(n)
+
+
 def _ensure_children(n: int) -> None:
     with _lock:
         _children[:] = [c for c in _children if c.alive()]
@@ -246,23 +251,47 @@ def _shutdown() -> None:
 
 # -- the worker side -------------------------------------------------------------------------------
 
-def _work(qtype: str, in_name: str, shape: tuple[int, int], out_name: str, out_cols: int,
+def _work(qtype: str, source: tuple, shape: tuple[int, int], out_name: str, out_cols: int,
           imatrix: np.ndarray | None, label: str, a: int, b: int, row0: int) -> None:
     from . import get_kernel
     from .base import CHUNK_ELEMENTS, quantize_span
 
     kernel = get_kernel(qtype)
-    shm_in, shm_out = _attach(in_name), _attach(out_name)
+    n = shape[1]
+    shm_in = None
+    shm_out = _attach(out_name)
     try:
-        x = np.ndarray(shape, np.float32, buffer=shm_in.buf)
-        out = np.ndarray((shape[0], out_cols), np.uint8, buffer=shm_out.buf)
-        step = max(1, CHUNK_ELEMENTS // shape[1])
-        for s in range(a, b, step):
-            quantize_span(kernel, x, out, imatrix, label, (s, min(b, s + step)), row0)
+        if source[0] == "file":  # rows a..b straight from the (page-cached) source file
+            x = np.memmap(source[1], np.float32, mode="r", offset=source[2] + a * n * 4, shape=(b - a, n))
+        else:
+            shm_in = _attach(source[1])
+            x = np.ndarray(shape, np.float32, buffer=shm_in.buf)[a:b]
+        out = np.ndarray((shape[0], out_cols), np.uint8, buffer=shm_out.buf)[a:b]
+        step = max(1, CHUNK_ELEMENTS // n)
+        for s in range(0, b - a, step):
+            quantize_span(kernel, x, out, imatrix, label, (s, min(b - a, s + step)), row0 + a)
         del x, out
     finally:
-        shm_in.close()
+        if shm_in is not None:
+            shm_in.close()
         shm_out.close()
+
+
+def _file_source(x: np.ndarray) -> tuple[str, int] | None:
+    """(file name, byte offset) when C-contiguous float32 ``x`` is a view of a read-only file mapping
+    (a model's tensor data): the workers then map those rows themselves instead of receiving a copy."""
+    if not (x.flags.c_contiguous and x.dtype == np.float32 and x.dtype.byteorder in "=<|" and sys.byteorder == "little"):
+        return None
+    root = x
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if not isinstance(root, np.memmap) or getattr(root, "mode", None) != "r" or not getattr(root, "filename", None):
+        return None
+    start = root.__array_interface__["data"][0]
+    off = x.__array_interface__["data"][0] - start
+    if off < 0 or off + x.nbytes > root.nbytes:
+        return None
+    return str(root.filename), int(root.offset) + off
 
 
 def child_main() -> None:
@@ -298,9 +327,15 @@ def submit(qtype: str, x: np.ndarray, out_cols: int, imatrix, label: str, worker
     tensor row of ``x[0]`` (error messages)."""
     rows, n = x.shape
     _ensure_children(workers)
-    seg_in, pooled_in = _SEGMENTS.acquire(x.nbytes)
+    in_file = _file_source(x)
+    seg_in = pooled_in = None
+    if in_file is not None:
+        source = ("file", *in_file)
+    else:
+        seg_in, pooled_in = _SEGMENTS.acquire(x.nbytes)
+        np.ndarray(x.shape, np.float32, buffer=seg_in.buf)[:] = x
+        source = ("shm", seg_in.name)
     seg_out, pooled_out = _SEGMENTS.acquire(rows * out_cols)
-    np.ndarray(x.shape, np.float32, buffer=seg_in.buf)[:] = x
     step = max(1, SPAN_MIN_ELEMENTS // max(n, 1), -(-rows // (workers * 4)))
     spans = [(a, min(rows, a + step)) for a in range(0, rows, step)]
 
@@ -308,10 +343,11 @@ def submit(qtype: str, x: np.ndarray, out_cols: int, imatrix, label: str, worker
         try:
             return np.ndarray((rows, out_cols), np.uint8, buffer=seg_out.buf).copy() if copy else None
         finally:
-            _SEGMENTS.release(seg_in, pooled_in)
+            if seg_in is not None:
+                _SEGMENTS.release(seg_in, pooled_in)
             _SEGMENTS.release(seg_out, pooled_out)
 
     pending = Pending(len(spans), release)
     for a, b in spans:
-        _jobs.put(_Span(pending, (qtype, seg_in.name, (rows, n), seg_out.name, out_cols, imatrix, label, a, b, row0)))
+        _jobs.put(_Span(pending, (qtype, source, (rows, n), seg_out.name, out_cols, imatrix, label, a, b, row0)))
     return pending
