@@ -3,8 +3,9 @@
 
     python bench/convert.py [--llama-quantize PATH] [--presets Q8_0,Q4_0,Q4_K_M,Q6_K]
 
-Prints MB/s of F32 source and peak memory of each conversion (each in a fresh process): total RSS
-(which counts the memory-mapped source pages) and the anonymous part the process really holds.  With
+Prints MB/s of F32 source and peak memory of each conversion (each in a fresh process, its kernel
+worker processes included): total RSS (which counts the memory-mapped source pages) and the
+anonymous part the processes really hold.  With
 ``--llama-quantize`` it also times llama.cpp's llama-quantize (2 threads) on the same weights as an F32
 GGUF, the anchor of the issue; without it the anchor column stays empty.
 """
@@ -75,21 +76,39 @@ print(json.dumps({"seconds": time.perf_counter() - t, "out_mb": sum(__import__("
 """
 
 
-def watch(cmd: list[str]) -> tuple[str, float, float]:
-    """Run ``cmd``; return (stdout, peak RSS MB, peak anonymous RSS MB) sampled from /proc every 20 ms.
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the kernel worker processes of a conversion)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
-    Peak RSS counts the memory-mapped source pages the kernel may drop at any time; the anonymous peak
-    is the memory the process really holds."""
+
+def watch(cmd: list[str]) -> tuple[str, float, float]:
+    """Run ``cmd``; return (stdout, peak RSS MB, peak anonymous RSS MB) sampled from /proc every 20 ms,
+    summed over the process and its worker processes.
+
+    Peak RSS counts the memory-mapped source pages the kernel may drop at any time (pages mapped by
+    several processes count once per process); the anonymous peak is the memory really held."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = peak_anon = 0.0
-    status = Path(f"/proc/{proc.pid}/status")
     while proc.poll() is None:
-        try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-            peak = max(peak, int(fields["VmRSS"].split()[0]) / 1024)
-            peak_anon = max(peak_anon, int(fields.get("RssAnon", "0 kB").split()[0]) / 1024)
-        except (OSError, KeyError, ValueError):
-            pass
+        rss = anon = 0.0
+        for pid in _tree(proc.pid):
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+                fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+                rss += int(fields["VmRSS"].split()[0]) / 1024
+                anon += int(fields.get("RssAnon", "0 kB").split()[0]) / 1024
+            except (OSError, KeyError, ValueError):
+                pass
+        peak, peak_anon = max(peak, rss), max(peak_anon, anon)
         time.sleep(0.02)
     out = proc.stdout.read()
     if proc.returncode:
