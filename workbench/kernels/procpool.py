@@ -285,7 +285,8 @@ def _file_source(x: np.ndarray) -> tuple[str, int] | None:
     root = x
     while isinstance(root.base, np.ndarray):
         root = root.base
-    if not isinstance(root, np.memmap) or getattr(root, "mode", None) != "r" or not getattr(root, "filename", None):
+    if (not isinstance(root, np.memmap) or getattr(root, "mode", None) != "r" or not getattr(root, "filename", None)
+            or not root.flags.c_contiguous):
         return None
     start = root.__array_interface__["data"][0]
     off = x.__array_interface__["data"][0] - start
