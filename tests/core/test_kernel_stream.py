@@ -1,0 +1,89 @@
+"""kernels.quantize_stream and the worker processes: the same bytes as quantize(), whatever the route."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from workbench import kernels
+from workbench.errors import WorkbenchError
+from workbench.kernels import procpool
+
+TYPES = ["Q8_0", "Q4_0", "Q4_K", "Q6_K", "IQ4_XS"]
+
+
+def blocks_of(x: np.ndarray, rows: int):
+    for a in range(0, x.shape[0], rows):
+        yield x[a:a + rows]
+
+
+def shm_names() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm")}
+    except OSError:
+        return set()
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_stream_equals_quantize_per_block(qtype, threads):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((48, 512), dtype=np.float32)
+    x[5, :32] = 0.0  # an all-zero block
+    want = kernels.quantize(x, qtype, threads=1)
+    # process_min=0 sends every block of a GIL-bound type through the worker processes
+    got = list(kernels.quantize_stream(blocks_of(x, 10), qtype, threads=threads, process_min=0))
+    assert [g.shape[0] for g in got] == [10, 10, 10, 10, 8]
+    assert np.array_equal(np.concatenate(got), want)
+
+
+def test_stream_with_importance_matrix_in_processes():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 256), dtype=np.float32)
+    im = rng.random(256, dtype=np.float32) + 0.1
+    want = kernels.quantize(x, "Q4_K", imatrix=im, threads=1)
+    got = np.concatenate(list(kernels.quantize_stream(blocks_of(x, 4), "Q4_K", im, threads=2, process_min=0)))
+    assert np.array_equal(got, want)
+    assert not np.array_equal(got, kernels.quantize(x, "Q4_K", threads=1))  # the imatrix mattered
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q6_K"])
+def test_nan_error_counts_rows_of_the_whole_stream(qtype):
+    x = np.ones((30, 256), np.float32)
+    x[23, 7] = np.nan
+    with pytest.raises(WorkbenchError, match=r"blk\.3\.ffn_up\.weight: row 123 "):
+        list(kernels.quantize_stream(blocks_of(x, 8), qtype, threads=2, name="blk.3.ffn_up.weight", row0=100,
+                                     process_min=0))
+
+
+def test_blocks_read_by_workers_from_a_mapped_file(tmp_path):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((64, 512), dtype=np.float32)
+    path = tmp_path / "weights.f32"
+    header = 96  # the tensor data does not start at the beginning of the file
+    with open(path, "wb") as f:
+        f.write(b"\0" * header)
+        f.write(x.tobytes())
+    mm = np.memmap(path, np.float32, mode="r", offset=header, shape=x.shape)
+    blocks = [mm[a:a + 16] for a in range(0, 64, 16)]
+    if procpool.available():
+        assert procpool._file_source(blocks[1]) == (str(path), header + 16 * 512 * 4)
+    got = np.concatenate(list(kernels.quantize_stream(iter(blocks), "Q6_K", threads=2, process_min=0)))
+    assert np.array_equal(got, kernels.quantize(x, "Q6_K", threads=1))
+
+
+def test_abandoned_stream_leaves_no_shared_memory():
+    if not procpool.available():
+        pytest.skip("worker processes are not available on this platform")
+    before = {n for n in shm_names() if n.startswith("psm_")}
+    kernels.start_workers(["Q4_K"], threads=2)
+    x = np.random.default_rng(5).standard_normal((64, 256), dtype=np.float32)
+    stream = kernels.quantize_stream(blocks_of(x, 8), "Q4_K", threads=2, process_min=0)
+    first = next(stream)
+    assert np.array_equal(first, kernels.quantize(x[:8], "Q4_K", threads=1))
+    stream.close()  # a cancelled conversion stops consuming mid-tensor
+    again = np.concatenate(list(kernels.quantize_stream(blocks_of(x, 8), "Q4_K", threads=2, process_min=0)))
+    assert np.array_equal(again, kernels.quantize(x, "Q4_K", threads=1))
+    procpool._SEGMENTS.clear()  # what the idle reaper does after a few seconds
+    assert {n for n in shm_names() if n.startswith("psm_")} - before == set()
