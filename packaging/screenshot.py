@@ -63,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from ui.app import ensure_app
     from ui.main_window import MainWindow
-    from ui.worker import stop_all_workers
 
     app = ensure_app(args.theme)
     settings = QSettings(os.path.join(tempfile.mkdtemp(prefix="wb-shot-"), "s.ini"), QSettings.Format.IniFormat)
@@ -140,20 +139,25 @@ def main(argv: list[str] | None = None) -> int:
         window.open_path(args.path)
     if "status" not in state:
         loop.exec()
-    # let layouts and the plot settle for a few event-loop turns before grabbing
+    return _grab(app, window, args.output, state["status"])
+
+
+def _grab(app, window, output: str, status: str) -> int:
+    """Let layouts and plots settle for a few event-loop turns, save the window to ``output``, close it."""
+    from ui.worker import stop_all_workers
+
     for _ in range(5):
         app.processEvents()
-    ok = window.grab().save(args.output)
+    ok = window.grab().save(output)
     window.shutdown()
     window.close()
     stop_all_workers()
-    print(f"{state['status']}: {args.output}" + ("" if ok else " (could not write the PNG)"))
-    return 0 if state["status"] == "ok" and ok else 1
+    print(f"{status}: {output}" + ("" if ok else " (could not write the PNG)"))
+    return 0 if status == "ok" and ok else 1
 
 
 def welcome_shot(app, window, args) -> int:
     """The first-run page after its background scan of the recent entries and the Hugging Face cache."""
-    from ui.worker import stop_all_workers
 
     if args.hf_cache:
         window.welcome.hub_cache = Path(args.hf_cache)
@@ -170,14 +174,7 @@ def welcome_shot(app, window, args) -> int:
     window.show()  # the page scans when shown
     if "status" not in state:
         loop.exec()
-    for _ in range(5):
-        app.processEvents()
-    ok = window.grab().save(args.output)
-    window.shutdown()
-    window.close()
-    stop_all_workers()
-    print(f"{state['status']}: {args.output}" + ("" if ok else " (could not write the PNG)"))
-    return 0 if state["status"] == "ok" and ok else 1
+    return _grab(app, window, args.output, state["status"])
 
 
 if __name__ == "__main__":

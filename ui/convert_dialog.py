@@ -27,7 +27,7 @@ from workbench.plan import PRESETS, Plan
 
 from .elided_label import ElidedLabel
 from .formatting import human_bytes
-from .job_dialog import JobRequest, Segment, refuse_existing
+from .job_dialog import JobRequest, Segment, hand_over
 from .worker import Worker
 
 GGUF, SAFETENSORS, BIN = "gguf", "safetensors", "bin"
@@ -550,13 +550,7 @@ class ConvertDialog(QDialog):
         if errors or self.current is None:
             self.update_preview()
             return None
-        if refuse_existing(self, self.existing_outputs(), self.overwrite.isChecked()):
-            return None
-        request = self.request()
-        self.settings.setValue(SETTINGS_DIR, self.out_dir.text().strip())
-        self.accept()
-        self.request_ready.emit(request)
-        return request
+        return hand_over(self, SETTINGS_DIR)
 
     def request(self) -> JobRequest:
         prep = self.current

@@ -98,6 +98,18 @@ def refuse_existing(parent, existing: list[Path], overwrite: bool) -> bool:
     return True
 
 
+def hand_over(dialog, settings_key: str):
+    """End a job dialog: refuse to replace existing output unless allowed, remember the output folder, close
+    the dialog and emit its ``request_ready`` with its ``request()``.  Returns the request, or None."""
+    if refuse_existing(dialog, dialog.existing_outputs(), dialog.overwrite.isChecked()):
+        return None
+    request = dialog.request()
+    dialog.settings.setValue(settings_key, dialog.out_dir.text().strip())
+    dialog.accept()
+    dialog.request_ready.emit(request)
+    return request
+
+
 def fmt_duration(seconds: float) -> str:
     seconds = int(round(max(0.0, seconds)))
     h, rest = divmod(seconds, 3600)

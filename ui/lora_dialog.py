@@ -24,7 +24,7 @@ from workbench.plan import PRESETS
 
 from .convert_dialog import (BAD_CHARS, DTYPE_LABELS, ERROR_STYLE, HF_DTYPES, SETTINGS_DIR, WARN_STYLE, _esc,
                              hf_nbytes, module_available)
-from .job_dialog import JobRequest, refuse_existing
+from .job_dialog import JobRequest, hand_over
 from .worker import Worker
 
 MERGE, TO_GGUF = "merge", "gguf-lora"
@@ -367,13 +367,7 @@ class LoraDialog(QDialog):
     def run(self) -> JobRequest | None:
         if not self.validate():
             return None
-        if refuse_existing(self, self.existing_outputs(), self.overwrite.isChecked()):
-            return None
-        request = self.request()
-        self.settings.setValue(SETTINGS_DIR, self.out_dir.text().strip())
-        self.accept()
-        self.request_ready.emit(request)
-        return request
+        return hand_over(self, SETTINGS_DIR)
 
     def request(self) -> JobRequest:
         assert self.inputs is not None and self.inputs.base is not None and self.inputs.adapter is not None

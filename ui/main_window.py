@@ -6,8 +6,8 @@ from typing import Callable
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
-from PySide6.QtWidgets import (QDockWidget, QFileDialog, QMainWindow, QMessageBox, QSplitter, QStackedWidget,
-                               QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QFrame, QMainWindow, QMessageBox, QScrollArea, QSplitter,
+                               QStackedWidget, QTabWidget, QVBoxLayout, QWidget)
 
 from workbench import Model, WorkbenchError, iter_open_model
 
@@ -40,6 +40,14 @@ def open_demo_job():
     from workbench.demo import demo_model_path
 
     return (yield from iter_open_model(demo_model_path()))
+
+
+def _scrolled(widget: QWidget, parent: QWidget) -> QScrollArea:
+    area = QScrollArea(parent)
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    return area
 
 
 def default_settings() -> QSettings:
@@ -91,11 +99,14 @@ class MainWindow(QMainWindow):
         self.compare_view = CompareView(self)
         self.compare_view.compared.connect(self.compared)
         self.generate_panel = GeneratePanel(self)
-        self.tabs.addTab(self.compare_view, "Compare")
-        self.tabs.addTab(self.generate_panel, "Generate")
-        self.tabs.setTabToolTip(self.tabs.indexOf(self.compare_view), "Quantization levels side by side: size, "
+        # the wide pages scroll rather than squeezing the tensor tree when the window is narrow
+        self.compare_page = _scrolled(self.compare_view, self)
+        self.generate_page = _scrolled(self.generate_panel, self)
+        self.tabs.addTab(self.compare_page, "Compare")
+        self.tabs.addTab(self.generate_page, "Generate")
+        self.tabs.setTabToolTip(self.tabs.indexOf(self.compare_page), "Quantization levels side by side: size, "
                                 "perplexity, KL divergence, speed and the text each level generates")
-        self.tabs.setTabToolTip(self.tabs.indexOf(self.generate_panel), "Generate text with the model at any "
+        self.tabs.setTabToolTip(self.tabs.indexOf(self.generate_page), "Generate text with the model at any "
                                 "quantization level, streamed as it is written")
         left = QWidget(self)
         left_lay = QVBoxLayout(left)
@@ -183,9 +194,9 @@ class MainWindow(QMainWindow):
         self.act_tab_error = self._action("&Quantization Error Tab", "Compare the error of quantization types on "
                                           "the selected tensor", lambda: self.tabs.setCurrentIndex(2), "Ctrl+3")
         self.act_tab_compare = self._action("C&ompare Tab", "Compare quantization levels of the model side by side",
-                                            lambda: self.tabs.setCurrentWidget(self.compare_view), "Ctrl+4")
+                                            lambda: self.tabs.setCurrentWidget(self.compare_page), "Ctrl+4")
         self.act_tab_generate = self._action("&Generate Tab", "Generate text with the model",
-                                             lambda: self.tabs.setCurrentWidget(self.generate_panel), "Ctrl+5")
+                                             lambda: self.tabs.setCurrentWidget(self.generate_page), "Ctrl+5")
         self.act_compare_levels = self._action("Compare &Levels…", "Compare quantization levels of the model "
                                                "(perplexity, KL divergence, speed, generated text)",
                                                self.show_compare)
@@ -418,7 +429,7 @@ class MainWindow(QMainWindow):
 
     def show_compare(self) -> None:
         """Tools ▸ Compare Levels…: the Compare tab, its first level picker focused."""
-        self.tabs.setCurrentWidget(self.compare_view)
+        self.tabs.setCurrentWidget(self.compare_page)
         self.compare_view.pickers[0].setFocus()
 
     def compare_with(self, levels, **options) -> int | None:

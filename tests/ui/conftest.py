@@ -102,3 +102,15 @@ def st_folder_b(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def peft_folder(tmp_path_factory) -> Path:
     return ui_models.write_peft_folder(tmp_path_factory.mktemp("peft") / "adapter")
+
+
+@pytest.fixture
+def errors():
+    """The (title, message) of every error dialog the ``win`` window showed."""
+    return []
+
+
+@pytest.fixture
+def win(make_window, errors):
+    """A main window whose error dialogs are recorded in ``errors`` instead of shown."""
+    return make_window(show_error=lambda title, message: errors.append((title, message)))

@@ -251,13 +251,13 @@ def test_the_window_has_compare_and_generate_tabs(qtbot, window, load):
     assert window.act_tab_compare.shortcut().toString() == "Ctrl+4"
     assert window.act_tab_generate.shortcut().toString() == "Ctrl+5"
     window.act_tab_generate.trigger()
-    assert window.tabs.currentWidget() is window.generate_panel
+    assert window.tabs.currentWidget() is window.generate_page
     tools = next(a.menu() for a in window.menuBar().actions() if a.text() == "&Tools")
     assert window.act_compare_levels in tools.actions()
     view_menu = next(a.menu() for a in window.menuBar().actions() if a.text() == "&View")
     assert window.act_tab_compare in view_menu.actions() and window.act_tab_generate in view_menu.actions()
     window.act_compare_levels.trigger()
-    assert window.tabs.currentWidget() is window.compare_view
+    assert window.tabs.currentWidget() is window.compare_page
     model = load(window, TINY)
     assert window.compare_view.model is model and window.generate_panel.model is model
     assert window.compare_view.plan is window.plan.plan

@@ -33,16 +33,6 @@ def adapter_folder(tmp_path_factory):
     return folder, build_peft_adapter(folder)
 
 
-@pytest.fixture
-def errors():
-    return []
-
-
-@pytest.fixture
-def win(make_window, errors):
-    return make_window(show_error=lambda title, message: errors.append((title, message)))
-
-
 def open_convert(qtbot, window, target=None):
     dlg = window.conversion.convert_dialog(target)
     qtbot.waitUntil(lambda: dlg.current is not None or dlg.prep_error is not None, timeout=JOB_TIMEOUT)

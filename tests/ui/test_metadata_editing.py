@@ -24,16 +24,6 @@ def gguf_path(tmp_path_factory):
 
 
 @pytest.fixture
-def errors():
-    return []
-
-
-@pytest.fixture
-def win(make_window, errors):
-    return make_window(show_error=lambda title, message: errors.append((title, message)))
-
-
-@pytest.fixture
 def editor(win, load, gguf_path):
     load(win, gguf_path)
     win.tabs.setCurrentWidget(win.metadata)
