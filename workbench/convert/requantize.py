@@ -221,6 +221,7 @@ def requantize_gguf(src, out_dir_or_file, plan_or_preset: Plan | str = "Q8_0", *
     w = new_writer(model.meta("general.architecture"), kv, alignment=alignment, split_max_size=split_max_size, split_max_tensors=split_max_tensors)
     tensors: list[StreamTensor] = []
     requantized_from: set[str] = set()
+    requantized_to: set[str] = set()
     n_copied = 0
     for info in model.tensors:
         qtype = plan.entry(info.name).type
@@ -233,6 +234,7 @@ def requantize_gguf(src, out_dir_or_file, plan_or_preset: Plan | str = "Q8_0", *
         check_writable_type(qtype, info.name, model.path)
         if dtypes.is_quantized(info.dtype):
             requantized_from.add(info.dtype)
+        requantized_to.add(qtype)
         im = None
         if imatrix is not None and info.name in imatrix and kernels.get_kernel(qtype).uses_imatrix:
             im = imatrix[info.name]
@@ -241,6 +243,7 @@ def requantize_gguf(src, out_dir_or_file, plan_or_preset: Plan | str = "Q8_0", *
             lambda i=info, q=qtype, m=im: quantized_chunks(model, i, q, imatrix=m), done=release))
     encoding = encoding_of(ftype)
     target = target_path(out_dir_or_file, name, lambda: conventional_name(model, encoding))
+    kernels.start_workers(requantized_to)  # K/IQ types: the worker processes start while the header is written
     paths = yield from write_gguf_stream(w, target, tensors, sources=model.files, overwrite=overwrite, cancel=cancel)
     total = sum(t.n_params for t in tensors) or 1
     message = (f"Requantized to {encoding}: {len(tensors) - n_copied} tensors converted, {n_copied} copied "
