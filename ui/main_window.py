@@ -64,10 +64,12 @@ class MainWindow(QMainWindow):
     compared = Signal(object)
 
     def __init__(self, settings: QSettings | None = None,
-                 show_error: Callable[[str, str], None] | None = None, parent: QWidget | None = None):
+                 show_error: Callable[[str, str], None] | None = None, parent: QWidget | None = None,
+                 confirm: Callable[[str, str], bool] | None = None):
         super().__init__(parent)
         self.settings = settings if settings is not None else default_settings()
         self.show_error = show_error or self._error_box  # (title, message); tests may inject their own
+        self.confirm = confirm or self._confirm_box  # (title, question) -> go ahead?; injectable too
         self.open_job = iter_open_model  # the job generator factory used to load a path (injectable)
         self.model: Model | None = None
         self.error_box: QMessageBox | None = None
@@ -301,7 +303,37 @@ class MainWindow(QMainWindow):
         self.settings.setValue("window/last_dir", self.last_dir)
         self.settings.sync()
 
+    def unsaved_work(self, quitting: bool) -> list[str]:
+        """What opening another model (or, with ``quitting``, closing the window) would lose."""
+        lost = []
+        if self.metadata_edit.edits.is_modified():
+            lost.append("metadata edits that are not saved (File ▸ Save Metadata As… writes them to a new file)")
+        running = self.conversion.jobs.running()
+        if quitting and running:
+            lost.append(f"{len(running)} running conversion job{'s' if len(running) > 1 else ''}, which would be "
+                        "cancelled (nothing half-written is kept)")
+        return lost
+
+    def may_discard(self, quitting: bool = False) -> bool:
+        """Ask before losing unsaved work; True when there is none or the user agrees."""
+        lost = self.unsaved_work(quitting)
+        if not lost:
+            return True
+        what = "Quit" if quitting else "Open another model"
+        return self.confirm(f"{what}?", "This would discard:\n\n" + "\n".join(f"• {x}" for x in lost))
+
+    def _confirm_box(self, title: str, question: str) -> bool:
+        box = QMessageBox(QMessageBox.Icon.Warning, title, question, parent=self)
+        go = box.addButton("Discard" if "discard" in question else "Continue", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return box.clickedButton() is go
+
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        if not self.may_discard(quitting=True):
+            event.ignore()
+            return
         self.save_settings()
         self.shutdown()
         super().closeEvent(event)
@@ -321,11 +353,15 @@ class MainWindow(QMainWindow):
     def open_path(self, path: str | os.PathLike) -> int:
         """Load a model file or folder in the background; returns the job id."""
         path = os.fspath(path)
+        if not self.may_discard():
+            return -1
         self._pending_path = path
         self.statusBar().showMessage(f"Opening {os.path.basename(path.rstrip('/')) or path}…")
         return self.loader.start(self.open_job, path)
 
     def open_demo(self) -> int:
+        if not self.may_discard():
+            return -1
         self._pending_path = None  # the demo lives in the cache: not worth a Recent entry
         self.statusBar().showMessage("Opening the demo model…")
         return self.loader.start(open_demo_job)

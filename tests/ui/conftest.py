@@ -55,6 +55,7 @@ def make_window(qtbot, settings):
 
     def make(**kw):
         kw.setdefault("settings", settings)
+        kw.setdefault("confirm", lambda title, question: True)  # never a modal question in tests
         w = MainWindow(**kw)
         qtbot.addWidget(w)
         w.resize(1100, 700)

@@ -187,3 +187,37 @@ def test_save_as_onto_the_source_is_refused(qtbot, win, errors, editor, gguf_pat
     edit_value(editor, "general.name", "x")
     assert editor.save_as(gguf_path) is None
     assert errors and "never" in errors[0][1] and win.conversion.jobs.dialogs == []
+
+
+def test_unsaved_edits_are_not_dropped_without_asking(qtbot, make_window, load, gguf_path, st_folder):
+    answers, asked = [False], []
+
+    def confirm(title, question):
+        asked.append((title, question))
+        return answers[0]
+
+    w = make_window(confirm=confirm)
+    load(w, gguf_path)
+    assert w.open_path(st_folder) != -1 and asked == []  # nothing to lose: no question
+    qtbot.waitUntil(lambda: w.model is not None and w.model.format != "gguf", timeout=JOB_TIMEOUT)
+    load(w, gguf_path)
+    w.metadata_edit.edits.set_value("general.name", workbench.convert.metadata_edit.TypedValue(
+        GGUFValueType.STRING, "renamed"))
+    assert w.open_path(st_folder) == -1  # the user said Cancel
+    assert asked[-1][0] == "Open another model?" and "metadata edits" in asked[-1][1]
+    assert w.model.format == "gguf" and w.metadata_edit.edits.is_modified()
+    assert w.open_demo() == -1
+    assert not w.may_discard(quitting=True) and asked[-1][0] == "Quit?"
+    answers[0] = True
+    load(w, st_folder)
+    assert w.model.format != "gguf" and not w.metadata_edit.edits.is_modified()
+
+
+def test_quitting_with_a_running_job_asks(make_window, monkeypatch):
+    asked = []
+    w = make_window(confirm=lambda title, question: asked.append(question) or False)
+    monkeypatch.setattr(w.conversion.jobs, "running", lambda: ["job"])
+    assert w.unsaved_work(quitting=False) == []  # opening a model does not stop jobs
+    assert not w.close() and w.isVisible()  # the user kept the window
+    assert "1 running conversion job, which would be cancelled" in asked[0]
+    monkeypatch.setattr(w.conversion.jobs, "running", lambda: [])
