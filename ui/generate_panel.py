@@ -228,7 +228,7 @@ class GeneratePanel(QWidget):
         self.generate_button.setToolTip("Generate a completion of the prompt (Ctrl+Enter)")
         self.generate_button.clicked.connect(self.start)
         self.stop_button = QPushButton("Stop", self)
-        self.stop_button.setToolTip("Stop generating (the text so far stays)")
+        self.stop_button.setToolTip("Stop generating (Esc; the text so far stays)")
         self.stop_button.clicked.connect(self.stop)
         for seq in ("Ctrl+Return", "Ctrl+Enter"):
             QShortcut(QKeySequence(seq), self.prompt_edit, self.start,

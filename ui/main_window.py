@@ -202,8 +202,8 @@ class MainWindow(QMainWindow):
         self.act_compare_levels = self._action("Compare &Levels…", "Compare quantization levels of the model "
                                                "(perplexity, KL divergence, speed, generated text)",
                                                self.show_compare)
-        self.act_cancel = self._action("Cancel", "Stop the running job (loading or analysis)", self.cancel_running,
-                                       "Esc")
+        self.act_cancel = self._action("Cancel", "Stop the running job (loading, analysis, comparison, generation)",
+                                       self.cancel_running, "Esc")
         self.act_about = self._action("&About Model Workbench", "Version information",
                                       lambda: show_about(self))
         self.act_about.setMenuRole(QAction.MenuRole.AboutRole)
@@ -382,8 +382,12 @@ class MainWindow(QMainWindow):
         self.loader.cancel()
 
     def cancel_running(self) -> None:
-        """Esc: cancel the job the status bar shows (loading or analysis)."""
-        self.status.cancel_active()
+        """Esc: cancel the job the status bar shows (loading, analysis, comparison), else a running
+        generation (its text stays)."""
+        if self.status.active_worker() is not None:
+            self.status.cancel_active()
+        elif self.generate_panel.is_running():
+            self.generate_panel.stop()
 
     def _on_loaded(self, model: Model) -> None:
         old, self.model = self.model, model

@@ -177,3 +177,25 @@ def test_a_saved_plan_file_as_the_level(qtbot, make_panel, tiny, tmp_path):
     engine = run(load_engine(tiny, Plan.load(tiny, path)))
     assert result.text == generate_text(engine, load_tokenizer(tiny), PROMPT, max_tokens=12, chat=False)
     assert panel.cache.keys() == [("file", str(path))]
+
+
+def test_escape_in_the_window_stops_generation(qtbot, window, load, monkeypatch):
+    monkeypatch.setattr("ui.worker._PROGRESS_INTERVAL", 0.0)
+    load(window, TINY)
+    panel = window.generate_panel
+    qtbot.waitUntil(lambda: panel.tokenizer is not None, timeout=TIMEOUT)
+    window.tabs.setCurrentWidget(window.generate_page)
+    panel.tokens_spin.setValue(200)
+    stopped = []
+
+    def escape_after_some(text):
+        if len(text) >= 5 and not stopped:
+            stopped.append(text)
+            window.act_cancel.trigger()  # Esc
+
+    panel.text_changed.connect(escape_after_some)
+    with qtbot.waitSignal(panel.worker.cancelled, timeout=TIMEOUT):
+        panel.start()
+    assert panel.worker.wait(10_000)
+    qtbot.wait(50)
+    assert panel.result is None and panel.output.toPlainText() == stopped[0]
