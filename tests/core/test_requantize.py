@@ -210,3 +210,18 @@ def test_cli_convert_routes_gguf_sources(mixed_gguf, tmp_path, capsys):
     shards = capsys.readouterr().out.split()
     assert len(shards) == 3 and all("-of-00003" in s for s in shards)
     assert open_model(shards[0]).info("blk.4.ffn_up.weight").dtype == "F16"
+
+
+def test_overwriting_with_another_split_removes_the_old_parts(f32_gguf, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep-me.gguf").write_bytes(b"unrelated")
+    target = out / "m.gguf"
+    four, _ = requantize(f32_gguf, target, "Q8_0", split_max_tensors=4)
+    assert len(four) > 2
+    n = len(open_model(f32_gguf).tensors)
+    two, _ = requantize(f32_gguf, target, "Q8_0", split_max_tensors=n // 2 + 1, overwrite=True)
+    assert len(two) == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(["keep-me.gguf", *(p.name for p in two)])
+    single, _ = requantize(f32_gguf, target, "Q8_0", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["keep-me.gguf", "m.gguf"] and single == [target]

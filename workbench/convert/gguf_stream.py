@@ -7,6 +7,7 @@ told), fsynced and renamed when complete: a failure or cancel leaves nothing und
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,26 @@ def write_gguf_stream(w: gguf.GGUFWriter, target: Path, tensors: Sequence[Stream
                 d.rmdir()
         raise
     w.fout = None
+    if overwrite:
+        _remove_stale_parts(target, paths, source_set)
     return paths
+
+
+def stale_parts(target: Path, paths: Sequence[Path]) -> list[Path]:
+    """Parts of an earlier output under the same name that the new one does not replace: the single file or
+    split parts (``<stem>-0000k-of-0000n.gguf``) of another part count, which would mix with the new set."""
+    pattern = re.compile(re.escape(target.stem) + r"-\d{5}-of-\d{5}\.gguf")
+    keep = {p.name for p in paths}
+    candidates = [target] + ([p for p in target.parent.iterdir() if pattern.fullmatch(p.name)]
+                             if target.parent.is_dir() else [])
+    return [p for p in candidates if p.name not in keep and p.is_file()]
+
+
+def _remove_stale_parts(target: Path, paths: Sequence[Path], sources: set[Path]) -> None:
+    for p in stale_parts(target, paths):
+        if p.resolve() not in sources:
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def check_cancel(cancel) -> None:
