@@ -20,23 +20,13 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import UnsupportedError, WorkbenchError
-from .llama import softmax_
+from .llama import rms_norm, softmax_  # T5LayerNorm is an RMS norm (no mean, no bias)
 
 F32 = np.float32
 _CHUNK = 256  # query rows per attention block (bounds the [heads, rows, keys] score matrix)
 
 
 # -- math ------------------------------------------------------------------------------------------
-
-def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    """T5LayerNorm: w * x / sqrt(mean(x²) + eps) over the last axis.  # [T, d]"""
-    ms = np.einsum("ij,ij->i", x, x) * F32(1.0 / x.shape[-1])  # [T]
-    ms += F32(eps)
-    np.sqrt(ms, out=ms)
-    out = x / ms[:, None]
-    out *= w
-    return out
-
 
 def _erf(x: np.ndarray) -> np.ndarray:
     """erf to ~1e-7 (Abramowitz & Stegun 7.1.26), for the exact gelu."""
