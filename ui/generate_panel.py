@@ -23,6 +23,7 @@ from workbench import Cancelled, Model, Progress, WorkbenchError
 from workbench.plan import Plan
 
 from .compare_view import DEFAULT_PROMPT, Level, LevelPicker
+from .flow_layout import FlowLayout
 
 CACHED_ENGINES = 2  # engines kept (each holds the model's weights in float32)
 TEXT_MARK = "\x02"  # starts the progress messages that carry the generated text (loading messages never do)
@@ -205,21 +206,22 @@ class GeneratePanel(QWidget):
                                   "(random: a new one each time)")
         self.temp_spin.valueChanged.connect(self._sampling_enabled)
 
-        rows = []
-        for cells in ((("&Level", self.level), ("&Max tokens", self.tokens_spin), (None, self.chat_box)),
-                      (("&Temperature", self.temp_spin), ("Top-&k", self.topk_spin), ("Top-&p", self.topp_spin),
-                       ("&Seed", self.seed_spin))):
-            row = QHBoxLayout()
+        # the settings wrap to more lines when the pane is narrow (nothing is cut off)
+        self.settings_box = QWidget(self)
+        flow = FlowLayout(self.settings_box, spacing=10)
+        for text, w in (("&Level", self.level), ("&Max tokens", self.tokens_spin), (None, self.chat_box),
+                        ("&Temperature", self.temp_spin), ("Top-&k", self.topk_spin), ("Top-&p", self.topp_spin),
+                        ("&Seed", self.seed_spin)):
+            cell = QWidget(self.settings_box)
+            row = QHBoxLayout(cell)
             row.setContentsMargins(0, 0, 0, 0)
-            for text, w in cells:
-                if text:
-                    lab = QLabel(text, self)
-                    lab.setBuddy(w)
-                    row.addWidget(lab)
-                row.addWidget(w)
-                row.addSpacing(8)
-            row.addStretch(1)
-            rows.append(row)
+            if text:
+                lab = QLabel(text, cell)
+                lab.setBuddy(w)
+                row.addWidget(lab)
+            w.setParent(cell)
+            row.addWidget(w)
+            flow.addWidget(cell)
 
         self.prompt_edit = QPlainTextEdit(DEFAULT_PROMPT, self)
         self.prompt_edit.setToolTip("The prompt (Ctrl+Enter generates)")
@@ -264,8 +266,7 @@ class GeneratePanel(QWidget):
         self.body = QWidget(self)
         body = QVBoxLayout(self.body)
         body.setContentsMargins(0, 0, 0, 0)
-        for row in rows:
-            body.addLayout(row)
+        body.addWidget(self.settings_box)
         prompt_label = QLabel("&Prompt", self)
         prompt_label.setBuddy(self.prompt_edit)
         body.addWidget(prompt_label)
