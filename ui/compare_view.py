@@ -21,7 +21,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QGuiApplication, QPalette, QTextCharFormat, QTextCursor
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox,
+from PySide6.QtWidgets import (QAbstractItemView, QBoxLayout, QComboBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox,
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu, QProgressBar, QPushButton,
                                QScrollArea, QSizePolicy, QSpinBox, QSplitter, QTableView, QTextEdit, QToolButton,
                                QVBoxLayout, QWidget)
@@ -568,6 +568,16 @@ class CompareView(QWidget):
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(levels, 2)
         row.addWidget(settings, 3)
+        self._setup_row, self._setup_boxes = row, (levels, settings)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Levels beside Settings when they fit, else Settings below (the pane stays usable when narrow)."""
+        levels, settings = self._setup_boxes
+        side_by_side = event.size().width() >= levels.minimumSizeHint().width() + settings.minimumSizeHint().width() + 40
+        direction = QBoxLayout.Direction.LeftToRight if side_by_side else QBoxLayout.Direction.TopToBottom
+        if self._setup_row.direction() != direction:
+            self._setup_row.setDirection(direction)
+        super().resizeEvent(event)
 
     def _build_results(self) -> None:
         self.results = QWidget(self)
