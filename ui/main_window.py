@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from PySide6.QtCore import QByteArray, QSettings, Qt, Signal
+from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (QDockWidget, QFileDialog, QFrame, QMainWindow, QMessageBox, QScrollArea, QSplitter,
                                QStackedWidget, QTabWidget, QVBoxLayout, QWidget)
@@ -42,12 +42,36 @@ def open_demo_job():
     return (yield from iter_open_model(demo_model_path()))
 
 
+class _WidePage(QScrollArea):
+    """A tab page that scrolls sideways when its content is wider than the pane (instead of forcing the
+    pane, and so squeezing the tensor tree); the content always gets the pane's height."""
+
+    def __init__(self, widget: QWidget, parent: QWidget):
+        super().__init__(parent)
+        self.setWidget(widget)
+        self.setWidgetResizable(False)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        widget.installEventFilter(self)
+
+    def _fit(self) -> None:
+        w = self.widget()
+        if w is not None:
+            view = self.viewport().size()
+            w.resize(max(view.width(), w.minimumSizeHint().width()), view.height())
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._fit()
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
+        if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            QTimer.singleShot(0, self._fit)
+        return False
+
+
 def _scrolled(widget: QWidget, parent: QWidget) -> QScrollArea:
-    area = QScrollArea(parent)
-    area.setWidget(widget)
-    area.setWidgetResizable(True)
-    area.setFrameShape(QFrame.Shape.NoFrame)
-    return area
+    return _WidePage(widget, parent)
 
 
 def default_settings() -> QSettings:
@@ -476,7 +500,7 @@ class MainWindow(QMainWindow):
         """Compare ``levels`` (presets, "current", plan files) of the opened model in the Compare tab;
         ``options``: base, prompt, n_ctx, max_windows, max_tokens.  ``compared`` follows the result."""
         view = self.compare_view
-        self.tabs.setCurrentWidget(view)
+        self.tabs.setCurrentWidget(self.compare_page)
         view.set_levels(levels)
         spins = {"n_ctx": view.ctx_spin, "max_windows": view.windows_spin, "max_tokens": view.tokens_spin}
         for key, value in options.items():

@@ -259,11 +259,13 @@ def test_the_window_has_compare_and_generate_tabs(qtbot, window, load):
     window.act_compare_levels.trigger()
     assert window.tabs.currentWidget() is window.compare_page
     model = load(window, TINY)
+    window.tabs.setCurrentIndex(0)
     assert window.compare_view.model is model and window.generate_panel.model is model
     assert window.compare_view.plan is window.plan.plan
     with qtbot.waitSignal(window.compared, timeout=TIMEOUT) as blocker:
         window.compare_with(["Q4_0"], n_ctx=32, max_windows=1, max_tokens=4)
     assert [r.label for r in blocker.args[0].levels] == ["Q4_0"] and blocker.args[0].n_ctx == 32
+    assert window.tabs.currentWidget() is window.compare_page  # compare_with shows the Compare tab
     # Esc (the status bar's Cancel) stops a comparison, the core job included
     window.compare_with(["Q8_0"], n_ctx=64, max_windows=2)
     assert window.compare_view.is_running()
