@@ -21,7 +21,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QGuiApplication, QPalette, QTextCharFormat, QTextCursor
-from PySide6.QtWidgets import (QAbstractItemView, QBoxLayout, QComboBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox,
+from PySide6.QtWidgets import (QAbstractItemView, QBoxLayout, QCheckBox, QComboBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox,
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu, QProgressBar, QPushButton,
                                QScrollArea, QSizePolicy, QSpinBox, QSplitter, QTableView, QTextEdit, QToolButton,
                                QVBoxLayout, QWidget)
@@ -530,6 +530,9 @@ class CompareView(QWidget):
         self.tokens_spin.setRange(1, 4096)
         self.tokens_spin.setValue(32)
         self.tokens_spin.setToolTip("Tokens each level generates from the prompt")
+        self.chat_box = QCheckBox("Chat template", settings)
+        self.chat_box.setToolTip("Wrap the prompt in the model's chat template (as a user message) before "
+                                 "generating; off: the prompt is continued as plain text")
         nums = QHBoxLayout()
         nums.setContentsMargins(0, 0, 0, 0)
         for text, w in (("Context", self.ctx_spin), ("Windows", self.windows_spin), ("Max tokens", self.tokens_spin)):
@@ -538,6 +541,7 @@ class CompareView(QWidget):
             nums.addWidget(lab)
             nums.addWidget(w)
             nums.addSpacing(10)
+        nums.addWidget(self.chat_box)
         nums.addStretch(1)
         form.addRow("Prompt", self.prompt_edit)
         form.addRow("Calibration", self.calib_combo)
@@ -769,7 +773,7 @@ class CompareView(QWidget):
         kwargs = dict(base=self.base_combo.currentText(), text=self.calibration[1] if self.calibration else None,
                       prompt=prompt if prompt.strip() else None, n_ctx=self.ctx_spin.value(),
                       max_windows=self.windows_spin.value() or None, max_tokens=self.tokens_spin.value(),
-                      cancel=self._cancel.is_set)
+                      chat=self.chat_box.isChecked(), cancel=self._cancel.is_set)
         self._set_running(True)
         self.status.setToolTip("")
         self._started = time.monotonic()
@@ -789,7 +793,7 @@ class CompareView(QWidget):
         self.cancel_button.setEnabled(running)
         for w in (*self.pickers, self.base_combo, self.calib_combo):
             w.setEnabled(not running)
-        for w in (self.prompt_edit, self.ctx_spin, self.windows_spin, self.tokens_spin):
+        for w in (self.prompt_edit, self.ctx_spin, self.windows_spin, self.tokens_spin, self.chat_box):
             w.setEnabled(not running and not self.encoder)  # a sentence encoder embeds sentences: no windows, no text
         if not running:
             self.overall.setRange(0, 1)

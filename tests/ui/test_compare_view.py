@@ -302,3 +302,21 @@ def test_a_calibration_file_is_read_in_the_background_and_used(qtbot, view, tiny
     with qtbot.waitSignal(view.calib_worker.error, timeout=10_000):
         view.set_calibration(str(tmp_path / "missing.txt"))
     assert "cannot read" in view.status.text() and view.calibration is None
+
+
+def test_the_chat_template_option_reaches_the_core(qtbot, view):
+    seen = {}
+
+    def spy(model, levels, **kw):
+        seen.update(kw)
+        return (yield from compare(model, levels, **kw))
+
+    view.job = spy
+    assert not view.chat_box.isChecked()  # plain continuation by default, as `workbench compare`
+    view.chat_box.setChecked(True)
+    result = run_view(qtbot, view, ["Q8_0"])
+    assert seen["chat"] is True
+    direct = run(compare(TINY, ["Q8_0"], chat=True, **SETTINGS))
+    assert result.base.generated_ids == direct.base.generated_ids
+    plain = run(compare(TINY, ["Q8_0"], chat=False, **SETTINGS))
+    assert plain.base.generated_ids != direct.base.generated_ids  # the template changed the prompt
