@@ -393,10 +393,9 @@ def _spm_types(ptype: int) -> int:
     return {2: TokenType.UNKNOWN, 3: TokenType.CONTROL, 5: TokenType.UNUSED, 6: TokenType.BYTE}.get(ptype, TokenType.NORMAL)
 
 
-def _spm_llama_vocab(folder: Path, hparams: dict) -> GGUFVocab:
-    """The reference's _create_vocab_sentencepiece + _set_vocab_sentencepiece."""
-    spm = read_sentencepiece_model(folder / "tokenizer.model")
-    vocab_size = int(hparams.get("vocab_size") or len(spm.pieces))
+def _spm_pieces(folder: Path, spm: SentencePieceModel, vocab_size: int) -> tuple[list, list, list]:
+    """(tokens, scores, types) of a SentencePiece model padded to ``vocab_size`` ([PADi], unused), with the
+    folder's added_tokens.json entries as user-defined tokens (the reference's _create_vocab_sentencepiece)."""
     tokens: list[str | bytes] = [f"[PAD{i}]" for i in range(vocab_size)]
     scores = [-10000.0] * vocab_size
     types = [int(TokenType.UNUSED)] * vocab_size
@@ -407,6 +406,14 @@ def _spm_llama_vocab(folder: Path, hparams: dict) -> GGUFVocab:
         for text, tid in added.items():
             if isinstance(tid, int) and 0 <= tid < vocab_size:
                 tokens[tid], scores[tid], types[tid] = text, -1000.0, TokenType.USER_DEFINED
+    return tokens, scores, types
+
+
+def _spm_llama_vocab(folder: Path, hparams: dict) -> GGUFVocab:
+    """The reference's _create_vocab_sentencepiece + _set_vocab_sentencepiece."""
+    spm = read_sentencepiece_model(folder / "tokenizer.model")
+    vocab_size = int(hparams.get("vocab_size") or len(spm.pieces))
+    tokens, scores, types = _spm_pieces(folder, spm, vocab_size)
     tc = load_json_if_present(folder / "tokenizer_config.json") or {}
     for tid_s, data in (tc.get("added_tokens_decoder") or {}).items():
         tid = int(tid_s)
@@ -468,16 +475,7 @@ def _t5_vocab(folder: Path, hparams: dict) -> GGUFVocab:
 
 def _t5_from_spm(folder: Path, hparams: dict, spm: SentencePieceModel) -> GGUFVocab:
     vocab_size = int(hparams.get("vocab_size") or len(spm.pieces))
-    tokens: list[str | bytes] = [f"[PAD{i}]" for i in range(vocab_size)]
-    scores = [-10000.0] * vocab_size
-    types = [int(TokenType.UNUSED)] * vocab_size
-    for i, (piece, score, ptype) in enumerate(spm.pieces[:vocab_size]):
-        tokens[i], scores[i], types[i] = piece, score, _spm_types(ptype)
-    added = load_json_if_present(folder / "added_tokens.json")
-    if isinstance(added, dict):
-        for text, tid in added.items():
-            if isinstance(tid, int) and 0 <= tid < vocab_size:
-                tokens[tid], scores[tid], types[tid] = text, -1000.0, TokenType.USER_DEFINED
+    tokens, scores, types = _spm_pieces(folder, spm, vocab_size)
     return GGUFVocab("t5", "default", tokens, types, scores, special=_special_vocab(folder, n_vocab=len(tokens)),
                      add_space_prefix=spm.add_dummy_prefix, remove_extra_whitespaces=spm.remove_extra_whitespaces,
                      precompiled_charsmap=spm.precompiled_charsmap, source="spiece.model")
