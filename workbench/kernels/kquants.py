@@ -496,6 +496,16 @@ def _imatrix_cols(imatrix: np.ndarray, rows: int, size: int) -> np.ndarray:
     return np.tile(cols, (1, rows))
 
 
+def _q45k_header(type_size: int, d_bits, m_bits, scales) -> np.ndarray:
+    """Q4_K/Q5_K blocks with d, dmin and the 12 packed scale bytes written (the quants still to fill)."""
+    nsb = scales.shape[0]
+    out = np.empty((nsb, type_size), np.uint8)
+    out[:, 0:2] = d_bits.view(np.uint8).reshape(nsb, 2)
+    out[:, 2:4] = m_bits.view(np.uint8).reshape(nsb, 2)
+    out[:, 4:16] = scales
+    return out
+
+
 class Q4_K(Kernel, qtype=T.Q4_K):
     gil_bound = True
     uses_imatrix = True
@@ -505,10 +515,7 @@ class Q4_K(Kernel, qtype=T.Q4_K):
         rows, n = x.shape
         d_bits, m_bits, scales, L = _quantize_q45k(x, imatrix, 15)
         nsb = L.shape[0]
-        out = np.empty((nsb, cls.type_size), np.uint8)
-        out[:, 0:2] = d_bits.view(np.uint8).reshape(nsb, 2)
-        out[:, 2:4] = m_bits.view(np.uint8).reshape(nsb, 2)
-        out[:, 4:16] = scales
+        out = _q45k_header(cls.type_size, d_bits, m_bits, scales)
         qs = out[:, 16:].reshape(nsb, 4, 32)  # q[l] = L[j+l] | L[j+l+32] << 4
         np.left_shift(L[:, 1::2], 4, out=qs)
         qs |= L[:, 0::2]
@@ -543,10 +550,7 @@ class Q5_K(Kernel, qtype=T.Q5_K):
         rows, n = x.shape
         d_bits, m_bits, scales, L = _quantize_q45k(x, imatrix, 31)
         nsb = L.shape[0]
-        out = np.empty((nsb, cls.type_size), np.uint8)
-        out[:, 0:2] = d_bits.view(np.uint8).reshape(nsb, 2)
-        out[:, 2:4] = m_bits.view(np.uint8).reshape(nsb, 2)
-        out[:, 4:16] = scales
+        out = _q45k_header(cls.type_size, d_bits, m_bits, scales)
         hb = L >> 4  # [nsb, 8, 32], 0 or 1: qh[l] bit j is the fifth bit of sub-block j's value l
         qh = out[:, 16:48]
         qh[:] = hb[:, 0]
