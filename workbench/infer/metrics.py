@@ -63,27 +63,39 @@ class TokenStats:
     same_top: np.ndarray  # bool
 
 
+ROW_BLOCK = 32  # rows per step: the float64 temporaries stay a few times 32 x vocab
+
+
 def token_stats(logits: np.ndarray, base_logits: np.ndarray, targets: Sequence[int]) -> TokenStats:
     """Statistics of ``logits`` (the quantized model) against ``base_logits`` for each row, whose true next
-    token is ``targets[row]``.  Both arrays are [n, vocab]."""
-    lq = log_softmax(logits)
-    lb = log_softmax(base_logits)
+    token is ``targets[row]``.  Both arrays are [n, vocab].  Rows are processed a block at a time, so the
+    float64 temporaries stay bounded for large vocabularies (one window of SmolLM2 is 255 x 49,152)."""
     t = np.asarray(targets, dtype=np.int64)
-    rows = np.arange(len(t))
-    nll = -lq[rows, t]
-    nll_base = -lb[rows, t]
-    pb = np.exp(lb)
-    kld = np.einsum("ij,ij->i", pb, lb - lq)
-    p_diff = np.exp(-nll) - np.exp(-nll_base)
-    same = np.argmax(logits, axis=-1) == np.argmax(base_logits, axis=-1)
+    n = len(t)
+    nll, nll_base, kld, p_diff = (np.empty(n) for _ in range(4))
+    same = np.empty(n, bool)
+    for a in range(0, n, ROW_BLOCK):
+        b = min(n, a + ROW_BLOCK)
+        rows = np.arange(b - a)
+        lq = log_softmax(logits[a:b])
+        lb = log_softmax(base_logits[a:b])
+        tt = t[a:b]
+        nll[a:b] = -lq[rows, tt]
+        nll_base[a:b] = -lb[rows, tt]
+        kld[a:b] = np.einsum("ij,ij->i", np.exp(lb), lb - lq)
+        same[a:b] = np.argmax(logits[a:b], axis=-1) == np.argmax(base_logits[a:b], axis=-1)
+    p_diff[:] = np.exp(-nll) - np.exp(-nll_base)
     return TokenStats(nll, nll_base, np.maximum(kld, 0.0), p_diff, same)
 
 
 def nll_only(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
-    """Negative log-likelihood of each row's target (for the base model's own perplexity)."""
-    lq = log_softmax(logits)
+    """Negative log-likelihood of each row's target (for the base model's own perplexity), a block at a time."""
     t = np.asarray(targets, dtype=np.int64)
-    return -lq[np.arange(len(t)), t]
+    out = np.empty(len(t))
+    for a in range(0, len(t), ROW_BLOCK):
+        lq = log_softmax(logits[a:a + ROW_BLOCK])
+        out[a:a + ROW_BLOCK] = -lq[np.arange(len(lq)), t[a:a + ROW_BLOCK]]
+    return out
 
 
 def mean_and_uncertainty(values: np.ndarray) -> tuple[float, float]:
