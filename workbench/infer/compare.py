@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import Cancelled, WorkbenchError
 from ..model import Model
 from ..plan import PRESETS, Plan
-from ..progress import Progress
+from ..progress import Progress, relay
 from . import metrics as M
 
 DEFAULT_N_CTX = 512
@@ -320,14 +320,10 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
 
 
 def _load(load_engine, model, plan, cancel, progress):
+    """Load one level's engine, its progress mapped by ``progress(done, total, message)``; (engine, seconds)."""
     t0 = time.perf_counter()
-    job = load_engine(model, plan, cancel=cancel)
-    try:
-        while True:
-            p = next(job)
-            yield progress(p.done, p.total, p.message)
-    except StopIteration as stop:
-        return stop.value, time.perf_counter() - t0
+    engine = yield from relay(load_engine(model, plan, cancel=cancel), lambda p: progress(p.done, p.total, p.message))
+    return engine, time.perf_counter() - t0
 
 
 def _level_result(label: str, plan: Plan, engine, load_s: float) -> LevelResult:
