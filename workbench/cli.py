@@ -15,21 +15,7 @@ from .errors import WorkbenchError
 from .formats import iter_open_model
 from .model import MetaEntry, Model
 from .progress import TextProgressBar, run
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def human_count(n: float) -> str:
-    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.1f} {unit}"
-    return str(int(n))
+from .units import human_bytes, human_count
 
 
 def _jsonable(value: Any, full: bool) -> Any:

@@ -28,6 +28,7 @@ from ..errors import Cancelled, WorkbenchError
 from ..model import Model
 from ..plan import PRESETS, Plan
 from ..progress import Progress, relay
+from ..units import human_bytes
 from . import metrics as M
 
 DEFAULT_N_CTX = 512
@@ -115,7 +116,7 @@ class CompareResult:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in [self.base, *self.levels]:
             s = r.stats or {}
-            cells = [r.label, _human(r.nbytes), f"{r.bits_per_weight:.2f}"]
+            cells = [r.label, human_bytes(r.nbytes), f"{r.bits_per_weight:.2f}"]
             if self.kind == "embedding":
                 c = r.embedding_cosine or {}
                 cells += [_num(c.get("mean"), 6), _num(c.get("min"), 6)]
@@ -152,14 +153,6 @@ def _fmt_csv(v):
 
 def _num(v, digits):
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 # -- levels -----------------------------------------------------------------------------------------------
