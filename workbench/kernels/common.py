@@ -39,6 +39,49 @@ def seqsum(a: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.cumsum(a, axis=axis, dtype=np.float32).take(-1, axis=axis)
 
 
+def _seqdot_loop(arrays, out=None):
+    acc = np.zeros(arrays[0].shape[1:], np.float32)
+    for i in range(arrays[0].shape[0]):
+        term = arrays[0][i]
+        for a in arrays[1:]:
+            term = term * a[i]
+        acc = acc + term
+    if out is not None:
+        out[...] = acc
+        return out
+    return acc
+
+
+def _einsum_is_sequential() -> bool:
+    """Whether ``np.einsum('ij,ij->j', ...)`` on float32 computes each product rounded to float32 and adds
+    them row after row from zero, like a C loop ``s = 0; for (i...) s += a[i]*b[i];`` (it does with
+    numpy's baseline SIMD; an FMA build or another loop order would not).  Checked once, on data where
+    order and rounding matter."""
+    rng = np.random.default_rng(7)
+    with np.errstate(all="ignore"):
+        for k in (2, 3, 17, 300):
+            arrays = [(rng.standard_normal((40, k)) * 10.0 ** rng.integers(-3, 4, (40, k))).astype(np.float32)
+                      for _ in range(3)]
+            for m in (2, 3):
+                got = np.einsum(",".join(["ij"] * m) + "->j", *arrays[:m])
+                if not np.array_equal(got.view(np.uint32), _seqdot_loop(arrays[:m]).view(np.uint32)):
+                    return False
+    return True
+
+
+_SEQ_EINSUM = _einsum_is_sequential()
+_SPECS = {2: "ij,ij->j", 3: "ij,ij,ij->j"}
+
+
+def seqdot(*arrays: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """C's ``s = 0; for (i = 0; i < n; ++i) s += a[i]*b[i]`` (or ``a[i]*b[i]*c[i]``, multiplied left to
+    right) for every column of float32 [n, k] arrays: products rounded to float32, added in row order.
+    One fused pass through einsum where it is exact here, else an explicit row loop."""
+    if _SEQ_EINSUM and arrays[0].ndim == 2 and arrays[0].shape[1] >= 2:
+        return np.einsum(_SPECS[len(arrays)], *arrays, out=out)
+    return _seqdot_loop(arrays, out)
+
+
 def first_min(b: np.ndarray) -> np.ndarray:
     """Row minimum as a C loop ``if (x[i] < min) min = x[i]`` finds it: the first minimal element (-0.0 vs 0.0)."""
     return np.take_along_axis(b, np.argmin(b, axis=1)[:, None], axis=1)[:, 0]

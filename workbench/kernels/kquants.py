@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
-from .common import F32, fp16_bits, fp16_value
+from .common import F32, fp16_bits, fp16_value, seqdot
 
 QK_K = 256
 _MAGIC = F32(12582912.0)  # 1.5 * 2**23: ggml's nearest_int adds it and reads the low mantissa bits
@@ -142,7 +142,6 @@ def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
     xmin = np.min(x, axis=0)
     xmax = np.max(x, axis=0)
     lv = np.empty_like(x)
-    wl = np.empty_like(x)
     tmp = np.empty_like(x)
     sum_w = add(w, axis=0)
     sum_x = add(np.multiply(w, x, out=tmp), axis=0)
@@ -194,9 +193,7 @@ def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
         np.multiply(lv, s, out=tmp)
         np.add(tmp, m, out=tmp)
         np.subtract(tmp, x, out=tmp)
-        np.multiply(tmp, tmp, out=tmp)
-        np.multiply(tmp, w, out=tmp)
-        return add(tmp, axis=0, out=out)
+        return seqdot(tmp, tmp, w, out=out)  # cur_error += w * (diff*diff)
 
     np.subtract(xmax, mn, out=t2)  # max - min
     np.divide(fn, t2, out=best_isc)  # iscale = nmax/(max - min)
@@ -209,10 +206,9 @@ def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
         np.subtract(xmax, mn, out=t2)
         np.divide(c, t2, out=isc)
         levels(isc, c)
-        np.multiply(w, lv, out=wl)
-        add(wl, axis=0, out=sum_l)
-        add(np.multiply(wl, lv, out=tmp), axis=0, out=sum_l2)
-        add(np.multiply(wl, x, out=tmp), axis=0, out=sum_xl)
+        seqdot(w, lv, out=sum_l)  # sum_l += w*l; sum_l2 += w*l*l; sum_xl += w*l*x[i];
+        seqdot(w, lv, lv, out=sum_l2)
+        seqdot(w, lv, x, out=sum_xl)
         # D = sum_w * sum_l2 - sum_l * sum_l; this_scale = (sum_w * sum_xl - sum_x * sum_l)/D;
         # this_min = (sum_l2 * sum_x - sum_l * sum_xl)/D
         np.subtract(np.multiply(sum_w, sum_l2, out=D), np.multiply(sum_l, sum_l, out=t1), out=D)
@@ -373,9 +369,8 @@ def _qx(x: np.ndarray, nmax: int, qw: np.ndarray | None):
         np.rint(lv, out=lv)
         if cols is not None and cols.size:
             lv[:, cols] = np.clip(lv[:, cols], lo, hi)
-        add(np.multiply(wx, lv, out=tmp), axis=0, out=SX[r])
-        np.multiply(w, lv, out=tmp)
-        add(np.multiply(tmp, lv, out=tmp), axis=0, out=S2[r])
+        seqdot(wx, lv, out=SX[r])  # sumlx += w*x[i]*l; suml2 += w*l*l;
+        seqdot(w, lv, lv, out=S2[r])
     sumlx, suml2 = SX[0], S2[0]
     scale = np.where(suml2 != 0, sumlx / suml2, F32(0)).astype(np.float32)
     best = scale * sumlx
