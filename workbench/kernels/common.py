@@ -7,6 +7,8 @@ plain ``sum`` is pairwise and would round differently).
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 F32 = np.float32
@@ -37,6 +39,32 @@ def roundf(a: np.ndarray, dtype=np.int32) -> np.ndarray:
 def seqsum(a: np.ndarray, axis: int = -1) -> np.ndarray:
     """Sum along ``axis`` strictly left to right in float32, like a C ``for`` loop."""
     return np.cumsum(a, axis=axis, dtype=np.float32).take(-1, axis=axis)
+
+
+class _Scratch(threading.local):
+    """Per-thread scratch arrays reused across calls: a fresh multi-hundred-KB temporary costs page faults
+    (glibc hands it back to the system when freed), often more than the arithmetic done in it."""
+
+    def __init__(self):
+        self.bufs = {}
+
+    def get(self, name, shape, dtype=np.float32) -> np.ndarray:
+        size = 1
+        for d in shape:
+            size *= d
+        b = self.bufs.get(name)
+        if b is None or b.dtype != dtype or b.size < size:
+            b = self.bufs[name] = np.empty(max(size, 1), dtype)
+        return b[:size].reshape(shape)
+
+
+_SCRATCH = _Scratch()
+
+
+def scratch(name: str, shape, dtype=np.float32) -> np.ndarray:
+    """An uninitialised array of ``shape`` kept for this thread under ``name``: valid until the next
+    ``scratch`` call with the same name on this thread (never return one to a caller)."""
+    return _SCRATCH.get(name, shape, dtype)
 
 
 def _seqdot_loop(arrays, out=None):

@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
-from .common import F32, fp16_bits, fp16_value, seqdot
+from .common import F32, fp16_bits, fp16_value, scratch, seqdot
 
 QK_K = 256
 _MAGIC = F32(12582912.0)  # 1.5 * 2**23: ggml's nearest_int adds it and reads the low mantissa bits
@@ -141,8 +141,9 @@ def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
     add = np.add.reduce
     xmin = np.min(x, axis=0)
     xmax = np.max(x, axis=0)
-    lv = np.empty_like(x)
-    tmp = np.empty_like(x)
+    tag = "qkx_e" if exact else "qkx"
+    lv = scratch(tag + "_lv", x.shape)
+    tmp = scratch(tag + "_tmp", x.shape)
     sum_w = add(w, axis=0)
     sum_x = add(np.multiply(w, x, out=tmp), axis=0)
     mn = np.where(xmin > 0, F32(0), xmin).astype(np.float32)  # if (min > 0) min = 0;
@@ -336,17 +337,14 @@ def _qx(x: np.ndarray, nmax: int, qw: np.ndarray | None):
     zero = amax < _EPS
     mxs = np.where(zero, F32(1), mx)
     opp = np.where(mx > 0, xmin, xmax)  # iscale*x lies between iscale*max and iscale*opp
-    lv = np.empty_like(x)
-    tmp = np.empty_like(x)
-    w = np.multiply(x, x) if qw is None else qw
-    wx = w * x
+    lv = scratch("qx_lv", x.shape)
+    w = np.multiply(x, x, out=scratch("qx_w", x.shape)) if qw is None else qw
+    wx = np.multiply(w, x, out=scratch("qx_wx", x.shape))
     lo, hi = F32(-nmax), F32(nmax - 1)
     # the trials are independent of each other: iscale = -nmax/max, then -(nmax + 0.1*is)/max
     steps = [0] + [k for k in range(-9, 10) if k != 0]
-    iscs = np.empty((len(steps), G), np.float32)
-    for r, k in enumerate(steps):
-        num = F32(-nmax) if k == 0 else -(F32(nmax) + F32(0.1) * F32(k))
-        np.divide(num, mxs, out=iscs[r])
+    nums = np.array([F32(-nmax) if k == 0 else -(F32(nmax) + F32(0.1) * F32(k)) for k in steps], np.float32)
+    iscs = np.divide(nums[:, None], mxs[None, :])
     SX = np.empty((len(steps), G), np.float32)  # sum of w*x*l per trial
     S2 = np.empty((len(steps), G), np.float32)  # sum of w*l*l per trial
     add = np.add.reduce
@@ -424,8 +422,9 @@ def _quantize_q45k(x: np.ndarray, imatrix: np.ndarray | None, nmax: int):
     nsb = rows * n // QK_K
     G = nsb * 8
     xn = x.reshape(G, 32)
-    xt = np.ascontiguousarray(xn.T)  # [32, G], group g = 8 * superblock + j
-    x2 = xt * xt
+    xt = scratch("q45_xt", (32, G))  # [32, G], group g = 8 * superblock + j
+    xt[...] = xn.T
+    x2 = np.multiply(xt, xt, out=scratch("q45_x2", (32, G)))
     if imatrix is None:  # quantize_row_q*_K_ref: weights av_x + |x|, av_x = sqrt(sum x^2 / 32)
         av_x = np.sqrt(_rsum(x2) / F32(32))
         w = np.abs(xt, out=x2)
@@ -471,7 +470,7 @@ def _quantize_q45k(x: np.ndarray, imatrix: np.ndarray | None, nmax: int):
     sc, m = _unpack_scales_k4(packed)  # get_scale_min_k4
     d = (fp16_value(d_bits)[:, None] * sc.astype(np.float32)).reshape(G)
     dm = (fp16_value(m_bits)[:, None] * m.astype(np.float32)).reshape(G)
-    t = np.add(xn, dm[:, None])
+    t = np.add(xn, dm[:, None], out=scratch("q45_t", xn.shape))
     t /= d[:, None]  # nearest_int((x + dm)/d)
     safe = (np.abs((res.xmax + dm) / d) < _SAFE) & (np.abs((res.xmin + dm) / d) < _SAFE)
     np.clip(t, F32(0), F32(nmax), out=t)
@@ -594,7 +593,8 @@ class Q6_K(Kernel, qtype=T.Q6_K):
         nsb = rows * n // QK_K
         G = nsb * 16
         xn = x.reshape(G, 16)
-        xt = np.ascontiguousarray(xn.T)  # [16, G], group g = 16 * superblock + ib
+        xt = scratch("q6_xt", (16, G))  # [16, G], group g = 16 * superblock + ib
+        xt[...] = xn.T
         qw = None if imatrix is None else _imatrix_cols(imatrix, rows, 16)
         scales, best_isc, zero, xmin, xmax = _qx(xt, 32, qw)
         sc2 = scales.reshape(nsb, 16)
@@ -608,7 +608,7 @@ class Q6_K(Kernel, qtype=T.Q6_K):
         d_bits = fp16_bits(F32(1) / iscale)
         sc = np.minimum(127, _nint(iscale[:, None] * sc2)).astype(np.int8)  # [nsb, 16]
         d = (fp16_value(d_bits)[:, None] * sc.astype(np.float32)).reshape(G)
-        t = np.divide(xn, d[:, None])  # nearest_int(x/d)
+        t = np.divide(xn, d[:, None], out=scratch("q6_t", xn.shape))  # nearest_int(x/d)
         np.clip(t, F32(-32), F32(31), out=t)
         L = np.rint(t, out=t).astype(np.int8).view(np.uint8)
         L += 32
