@@ -27,7 +27,7 @@ from workbench.plan import PRESETS, Plan
 
 from .elided_label import ElidedLabel
 from .formatting import human_bytes
-from .job_dialog import JobRequest, Segment, hand_over
+from .job_dialog import ExistingCheck, JobRequest, Segment, hand_over
 from .worker import Worker
 
 GGUF, SAFETENSORS, BIN = "gguf", "safetensors", "bin"
@@ -155,6 +155,10 @@ class ConvertDialog(QDialog):
         self.prep = Worker(self, name="convert-prepare")
         self.prep.result.connect(self._on_prepared)
         self.prep.error.connect(self._on_prep_error)
+        self.exists = ExistingCheck(self)
+        self.exists.done.connect(lambda _found: self._show_notes())
+        self._warnings: list[str] = []
+        self._errors = False
 
         # source and target
         source = QLabel(f"<b>{_esc(model.name)}</b> &nbsp;({model.format}, {len(model.tensors)} tensors, "
@@ -482,23 +486,36 @@ class ConvertDialog(QDialog):
             errors.append(self.prep_error)
         return errors, warnings
 
-    def existing_outputs(self) -> list[Path]:
-        """Outputs that already exist (a stat per candidate; nothing is read)."""
+    def existing_key(self) -> tuple:
+        return (self.target_key(), tuple(self.output_paths()), bool(self.split_bytes()))
+
+    def existing_probe(self):
+        """A function of plain values (run on a worker) listing the outputs that already exist."""
+        paths = self.output_paths()
         if self.target_key() == GGUF:
-            name = self.gguf_name()
             folder = self.output_dir()
-            found = [p for p in self.output_paths() if p.exists()]
-            if self.split_bytes() and folder.is_dir():
-                stem = name.filename()[:-len(".gguf")]
-                found += sorted(p for p in folder.glob(f"{glob_escape(stem)}-*-of-*.gguf") if p not in found)
-            return found
-        folder = self.output_paths()[0]
-        if not folder.is_dir():
-            return [folder] if folder.exists() else []
+            stem = self.gguf_name().filename()[:-len(".gguf")] if self.split_bytes() else None
+
+            def probe() -> list[Path]:
+                found = [p for p in paths if p.exists()]
+                if stem is not None and folder.is_dir():
+                    found += sorted(p for p in folder.glob(f"{glob_escape(stem)}-*-of-*.gguf") if p not in found)
+                return found
+            return probe
+        folder = paths[0]
         weights = "model*.safetensors*" if self.target_key() == SAFETENSORS else "pytorch_model*.bin*"
         if self.model.format == "peft":
             weights = "adapter_model*"
-        return sorted(folder.glob(weights)) + sorted(p for p in (folder / "config.json",) if p.exists())
+
+        def probe() -> list[Path]:
+            if not folder.is_dir():
+                return [folder] if folder.exists() else []
+            return sorted(folder.glob(weights)) + [p for p in (folder / "config.json",) if p.exists()]
+        return probe
+
+    def existing_outputs(self) -> list[Path]:
+        """The outputs that exist now, checked on the calling thread (for scripts and tests)."""
+        return self.existing_probe()()
 
     def update_preview(self) -> None:
         errors, warnings = self.problems() if self.out_dir is not None else ([], [])
@@ -519,13 +536,18 @@ class ConvertDialog(QDialog):
             text = f"{folder}/{weights}.{ext} + config and tokenizer files"
         self.preview.setText(text)
         self.preview.setToolTip(str(paths[0]) if paths else "")
-        notes = list(warnings)
-        existing = []
-        if not errors:
-            try:
-                existing = self.existing_outputs()
-            except (OSError, WorkbenchError):
-                existing = []
+        self._warnings, self._errors = list(warnings), bool(errors)
+        if not errors:  # the note on existing files follows when the worker has looked
+            self.exists.check(self.existing_key(), self.existing_probe())
+        self._show_notes()
+        self.message.setText("\n".join(errors))
+        self.message.setStyleSheet(ERROR_STYLE)
+        self.message.setVisible(bool(errors))
+        self.ok.setEnabled(not errors and self.current is not None)
+
+    def _show_notes(self) -> None:
+        notes = list(self._warnings)
+        existing = self.exists.found if self.exists.known and not self._errors else []
         if existing:
             what = ", ".join(p.name for p in existing[:3]) + (", …" if len(existing) > 3 else "")
             notes.insert(0, f"Already exists: {what}. " + ("It will be replaced." if self.overwrite.isChecked()
@@ -533,10 +555,6 @@ class ConvertDialog(QDialog):
         self.name_note.setText("\n".join(notes))
         self.name_note.setStyleSheet(WARN_STYLE)
         self.out_form.setRowVisible(self.name_note, bool(notes))
-        self.message.setText("\n".join(errors))
-        self.message.setStyleSheet(ERROR_STYLE)
-        self.message.setVisible(bool(errors))
-        self.ok.setEnabled(not errors and self.current is not None)
 
     # -- actions ------------------------------------------------------------------------------------
     def browse(self) -> None:
@@ -544,13 +562,14 @@ class ConvertDialog(QDialog):
         if folder:
             self.out_dir.setText(folder)
 
-    def convert(self) -> JobRequest | None:
-        """Validate, refuse to replace existing output unless allowed, then emit ``request_ready``."""
+    def convert(self) -> None:
+        """Validate, then (once a worker has looked for existing output, refused unless allowed) emit
+        ``request_ready``."""
         errors, _warnings = self.problems()
         if errors or self.current is None:
             self.update_preview()
-            return None
-        return hand_over(self, SETTINGS_DIR)
+            return
+        hand_over(self, SETTINGS_DIR)
 
     def request(self) -> JobRequest:
         prep = self.current

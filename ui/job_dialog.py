@@ -98,16 +98,66 @@ def refuse_existing(parent, existing: list[Path], overwrite: bool) -> bool:
     return True
 
 
-def hand_over(dialog, settings_key: str):
-    """End a job dialog: refuse to replace existing output unless allowed, remember the output folder, close
-    the dialog and emit its ``request_ready`` with its ``request()``.  Returns the request, or None."""
-    if refuse_existing(dialog, dialog.existing_outputs(), dialog.overwrite.isChecked()):
-        return None
-    request = dialog.request()
-    dialog.settings.setValue(settings_key, dialog.out_dir.text().strip())
-    dialog.accept()
-    dialog.request_ready.emit(request)
-    return request
+class ExistingCheck(QObject):
+    """Finds the outputs that already exist on a worker thread: even a stat or a glob can block for seconds on
+    a network folder, and the GUI thread never touches the disk.  ``check(key, probe)`` runs ``probe`` (a
+    function of plain values returning the existing paths); ``found`` holds the last result for the current
+    ``key``, and ``done`` is emitted with it."""
+
+    done = Signal(object)  # list[Path]
+
+    def __init__(self, parent: QObject):
+        super().__init__(parent)
+        self.worker = Worker(self, name="existing-outputs")
+        self.worker.result.connect(self._on_result)
+        self.worker.error.connect(lambda _message: self._on_result((self.key, [])))
+        self.key = None
+        self.found: list[Path] = []
+        self.known = False  # whether ``found`` answers the current key
+        self._then: Callable[[list[Path]], None] | None = None
+
+    def check(self, key, probe: Callable[[], list[Path]], then: Callable[[list[Path]], None] | None = None) -> None:
+        if key != self.key:
+            self.found, self.known = [], False
+        self.key, self._then = key, then
+
+        def job():
+            try:
+                return key, probe()
+            except OSError:  # unreadable folder: nothing to protect there
+                return key, []
+
+        self.worker.start(job)
+
+    def _on_result(self, result) -> None:
+        key, found = result
+        if key != self.key:
+            return
+        self.found, self.known = list(found), True
+        then, self._then = self._then, None
+        self.done.emit(self.found)
+        if then is not None:
+            then(self.found)
+
+
+def hand_over(dialog, settings_key: str) -> None:
+    """End a job dialog: look for existing output (on a worker), refuse to replace it unless allowed, remember
+    the output folder, close the dialog and emit its ``request_ready`` with its ``request()``.
+
+    The dialog provides ``exists`` (an :class:`ExistingCheck`), ``existing_key()`` and ``existing_probe()``."""
+    overwrite = dialog.overwrite.isChecked()
+    dialog.ok.setEnabled(False)  # one hand-over at a time
+
+    def finish(found: list[Path]) -> None:
+        dialog.ok.setEnabled(True)
+        if refuse_existing(dialog, found, overwrite):
+            return
+        request = dialog.request()
+        dialog.settings.setValue(settings_key, dialog.out_dir.text().strip())
+        dialog.accept()
+        dialog.request_ready.emit(request)
+
+    dialog.exists.check(dialog.existing_key(), dialog.existing_probe(), then=finish)
 
 
 def fmt_duration(seconds: float) -> str:

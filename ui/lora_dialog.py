@@ -24,7 +24,7 @@ from workbench.plan import PRESETS
 
 from .convert_dialog import (BAD_CHARS, DTYPE_LABELS, ERROR_STYLE, HF_DTYPES, SETTINGS_DIR, WARN_STYLE, _esc,
                              hf_nbytes, module_available)
-from .job_dialog import JobRequest, hand_over
+from .job_dialog import ExistingCheck, JobRequest, hand_over
 from .worker import Worker
 
 MERGE, TO_GGUF = "merge", "gguf-lora"
@@ -114,6 +114,7 @@ class LoraDialog(QDialog):
         self.inputs: Inputs | None = None
         self.setWindowTitle("Merge LoRA Adapter" if mode == MERGE else "LoRA Adapter to GGUF")
         self.reader = Worker(self, name="lora-inputs")
+        self.exists = ExistingCheck(self)
         self.reader.result.connect(self._on_inputs)
         self.reader.error.connect(lambda msg: self._on_inputs(Inputs(errors=[msg])))
 
@@ -353,21 +354,30 @@ class LoraDialog(QDialog):
     def gguf_output(self) -> bool:
         return self.mode == TO_GGUF or self.to_gguf.isChecked()
 
-    def existing_outputs(self) -> list[Path]:
+    def existing_key(self) -> tuple:
+        return (self.gguf_output(), self.output_path())
+
+    def existing_probe(self):
+        """A function of plain values (run on a worker) listing the outputs that already exist."""
         out = self.output_path()
-        if self.gguf_output():
-            if not out.name.lower().endswith(".gguf"):
-                out = out.with_name(out.name + ".gguf")
+        gguf = self.gguf_output()
+        if gguf and not out.name.lower().endswith(".gguf"):
+            out = out.with_name(out.name + ".gguf")
+
+        def probe() -> list[Path]:
+            if not gguf and out.is_dir():
+                return sorted(out.glob("model*.safetensors*")) + [p for p in (out / "config.json",) if p.exists()]
             return [out] if out.exists() else []
-        if out.is_dir():
-            return sorted(out.glob("model*.safetensors*")) + [p for p in (out / "config.json",) if p.exists()]
-        return [out] if out.exists() else []
+        return probe
+
+    def existing_outputs(self) -> list[Path]:
+        """The outputs that exist now, checked on the calling thread (for scripts and tests)."""
+        return self.existing_probe()()
 
     # -- running ------------------------------------------------------------------------------------
-    def run(self) -> JobRequest | None:
-        if not self.validate():
-            return None
-        return hand_over(self, SETTINGS_DIR)
+    def run(self) -> None:
+        if self.validate():
+            hand_over(self, SETTINGS_DIR)
 
     def request(self) -> JobRequest:
         assert self.inputs is not None and self.inputs.base is not None and self.inputs.adapter is not None

@@ -48,8 +48,8 @@ def run_dialog(qtbot, window, dlg, signal="succeeded"):
     """Press the dialog's OK and wait for the job window to finish."""
     jobs = window.conversion.jobs
     n = len(jobs.dialogs)
-    dlg.ok.click()
-    assert len(jobs.dialogs) == n + 1, "no job was started"
+    dlg.ok.click()  # a worker looks for existing output, then the job starts
+    qtbot.waitUntil(lambda: len(jobs.dialogs) == n + 1, timeout=JOB_TIMEOUT)
     job = jobs.last()
     qtbot.waitUntil(lambda: not job.is_running(), timeout=JOB_TIMEOUT)
     return job
@@ -137,6 +137,7 @@ def test_cancel_leaves_nothing(qtbot, win, load, llama_folder, tmp_path, monkeyp
     out.mkdir()
     dlg.out_dir.setText(str(out))
     dlg.ok.click()
+    qtbot.waitUntil(lambda: len(win.conversion.jobs.dialogs) == 1, timeout=JOB_TIMEOUT)
     job = win.conversion.jobs.last()
     seen = []
 
@@ -162,13 +163,20 @@ def test_existing_output_is_refused_unless_allowed(qtbot, win, load, llama_folde
     dlg.out_dir.setText(str(tmp_path))
     target = tmp_path / dlg.preview.full_text()
     target.write_bytes(b"keep me")
-    dlg.update_preview()
-    assert "Already exists" in dlg.name_note.text()
+    dlg.update_preview()  # the existence check runs on a worker; the note follows
+    qtbot.waitUntil(lambda: "Already exists" in dlg.name_note.text(), timeout=JOB_TIMEOUT)
+    assert target.name in dlg.name_note.text()
     dlg.ok.click()
-    assert len(warnings) == 1 and str(target) in warnings[0][1] and "Replace existing files" in warnings[0][1]
+    qtbot.waitUntil(lambda: len(warnings) == 1, timeout=JOB_TIMEOUT)
+    assert str(target) in warnings[0][1] and "Replace existing files" in warnings[0][1]
     assert win.conversion.jobs.dialogs == [] and dlg.isVisible() and target.read_bytes() == b"keep me"
+    assert dlg.ok.isEnabled()  # refused: the dialog stays usable
     dlg.overwrite.setChecked(True)
-    assert "will be replaced" in dlg.name_note.text()
+    qtbot.waitUntil(lambda: "will be replaced" in dlg.name_note.text(), timeout=JOB_TIMEOUT)
+    target.unlink()  # gone from disk: the next look drops the note
+    dlg.update_preview()
+    qtbot.waitUntil(lambda: "Already exists" not in dlg.name_note.text(), timeout=JOB_TIMEOUT)
+    target.write_bytes(b"keep me")
     job = run_dialog(qtbot, win, dlg)
     assert job.state == "done" and target.read_bytes()[:4] == b"GGUF"
 
@@ -303,7 +311,7 @@ def test_lora_dialog_defaults_and_wrong_inputs(qtbot, llama_folder, tmp_path):
     dlg.reader.shutdown()
 
 
-def test_lora_to_gguf_when_available(qtbot, win, load, llama_folder, adapter_folder, tmp_path):
+def test_lora_to_gguf_when_available(qtbot, win, load, llama_folder, adapter_folder, tmp_path, monkeypatch):
     pytest.importorskip("workbench.convert.lora_gguf")
     base, _ = llama_folder
     adapter, _ = adapter_folder
@@ -313,6 +321,16 @@ def test_lora_to_gguf_when_available(qtbot, win, load, llama_folder, adapter_fol
         dlg.set_paths(base=base)
     dlg.out_dir.setText(str(tmp_path))
     assert dlg.out_name.text().endswith("-F16-LoRA.gguf")
+    # an existing file of that name is refused (looked for on a worker) until replacing is allowed
+    existing = tmp_path / dlg.out_name.text()
+    existing.write_bytes(b"keep me")
+    warnings = []
+    monkeypatch.setattr("ui.job_dialog.QMessageBox.warning", lambda parent, title, text: warnings.append(text))
+    dlg.ok.click()
+    qtbot.waitUntil(lambda: len(warnings) == 1, timeout=JOB_TIMEOUT)
+    assert str(existing) in warnings[0] and win.conversion.jobs.dialogs == [] and dlg.ok.isEnabled()
+    assert existing.read_bytes() == b"keep me"
+    dlg.overwrite.setChecked(True)
     job = run_dialog(qtbot, win, dlg)
     assert job.state == "done", job.error
     got = workbench.open_model(job.outcome.paths[0])
@@ -328,3 +346,27 @@ def test_job_window_eta_and_per_tensor_progress():
     assert i == 1 and abs(frac - 1 / 3) < 1e-9 and nbytes == 10 + 30
     assert tr.at(1.0)[0] == 1 and tr.at(1.0)[2] == 100
     assert fmt_duration(75) == "1:15" and fmt_duration(3725) == "1:02:05"
+
+
+def test_existing_output_is_looked_for_off_the_gui_thread(qtbot, win, load, llama_folder, tmp_path, monkeypatch):
+    import pathlib
+    import threading
+
+    folder, _ = llama_folder
+    load(win, folder)
+    dlg = open_convert(qtbot, win)
+    dlg.out_dir.setText(str(tmp_path))
+    (tmp_path / dlg.preview.full_text()).write_bytes(b"x")
+    calls = []
+    for name in ("exists", "is_dir", "glob"):
+        real = getattr(pathlib.Path, name)
+
+        def spy(self, *a, _real=real, _name=name, **kw):
+            calls.append((_name, threading.current_thread() is threading.main_thread()))
+            return _real(self, *a, **kw)
+        monkeypatch.setattr(pathlib.Path, name, spy)
+    original = dlg.basename.text()
+    for text in ("a", "ab", "abc", original):  # typing a name: each keystroke looks again
+        dlg.basename.setText(text)
+    qtbot.waitUntil(lambda: "Already exists" in dlg.name_note.text(), timeout=JOB_TIMEOUT)
+    assert calls and not any(on_gui for _name, on_gui in calls), calls
