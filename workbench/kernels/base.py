@@ -52,8 +52,18 @@ class Kernel:
 
     @classmethod
     def dequantize_rows(cls, q: np.ndarray, n: int) -> np.ndarray:
-        """uint8 [rows, row_bytes] -> float32 [rows, n]."""
-        raise NotImplementedError
+        """uint8 [rows, row_bytes] -> float32 [rows, n] (implement this or ``dequantize_into``)."""
+        if cls.dequantize_into.__func__ is Kernel.dequantize_into.__func__:
+            raise NotImplementedError
+        out = np.empty((q.shape[0], n), np.float32)
+        cls.dequantize_into(q, n, out)
+        return out
+
+    @classmethod
+    def dequantize_into(cls, q: np.ndarray, n: int, out: np.ndarray) -> None:
+        """``dequantize_rows`` written into ``out`` (float32 [rows, n], C-contiguous).  Kernels override it
+        to decode straight into the output, without a temporary result and its copy."""
+        out[...] = cls.dequantize_rows(q, n)
 
     # -- shared ---------------------------------------------------------------------------------
     @classmethod
@@ -266,7 +276,7 @@ def dequantize(q, qtype, n: int | None = None, *, threads: int | None = None) ->
 
     def work(span):
         a, b = span
-        out[a:b] = kernel.dequantize_rows(q[a:b], n_row)
+        kernel.dequantize_into(q[a:b], n_row, out[a:b])
 
     _run(_chunks(rows, n_row), work, default_threads() if threads is None else threads)
     return out

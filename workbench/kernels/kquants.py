@@ -34,8 +34,8 @@ _NIB = np.uint32(0x0F0F0F0F)
 _BIT = np.uint32(0x01010101)
 _TWO = np.uint32(0x03030303)
 _SH4 = np.array([0, 2, 4, 6], np.uint32).reshape(4, 1)
-_SH_LO = np.repeat(np.array([0, 2, 4, 6], np.uint32), 8)  # the qh bit of sub-block 2k, per word
-_SH_HI = _SH_LO + np.uint32(1)
+_SH_NIB = np.array([0, 4], np.uint32).reshape(2, 1)  # low then high nibbles
+_SH_Q5 = np.arange(8, dtype=np.uint32).reshape(4, 2, 1)  # Q5_K: the qh bit of sub-block 2k + half
 
 
 def _words(b: np.ndarray, shape) -> np.ndarray:
@@ -91,6 +91,17 @@ def _first_by_abs(v: np.ndarray, vmax: np.ndarray, vmin: np.ndarray):
         mx[tie] = np.where(first_pos < first_neg, vmax[tie], vmin[tie])
     mx[amax == 0] = 0
     return amax.astype(np.float32), mx.astype(np.float32)
+
+
+def _scale_shift(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, out: np.ndarray) -> None:
+    """``out = scale * code - offset`` in float32, for integer ``codes`` (any shape, in value order) with one
+    ``scale`` and ``offset`` per run of values ([blocks, runs]: each covers out.size // scale.size values)."""
+    v = out.reshape(-1)
+    np.copyto(v, codes.reshape(-1), casting="unsafe")  # the integer codes as float32, straight into out
+    run = v.size // scale.size
+    v *= np.repeat(scale.reshape(-1), run)  # np.repeat beats a broadcast over short runs
+    if offset is not None:
+        v -= np.repeat(offset.reshape(-1), run)
 
 
 def _take_cols(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -403,15 +414,24 @@ def _pack_scales_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
     return out
 
 
+_LOW6 = np.uint32(0x3F3F3F3F)
+_TOP2 = np.uint32(0x03030303)
+
+
 def _unpack_scales_k4(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """get_scale_min_k4 for j = 0..7 of every block: s [nb, 12] -> (sc, m) [nb, 8] uint8."""
-    sc = np.empty((s.shape[0], 8), np.uint8)
-    m = np.empty((s.shape[0], 8), np.uint8)
-    sc[:, :4] = s[:, 0:4] & 63
-    m[:, :4] = s[:, 4:8] & 63
-    sc[:, 4:] = (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)
-    m[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
-    return sc, m
+    """get_scale_min_k4 for j = 0..7 of every block: s [nb, 12] -> (sc, m) [nb, 8] uint8.
+
+    Four scales at a time, as little-endian words: sc[0..3] = w0 & 63, m[0..3] = w1 & 63,
+    sc[4..7] = (w2 & 0xF) | (w0 >> 6) << 4, m[4..7] = (w2 >> 4) | (w1 >> 6) << 4, bytewise."""
+    w = _words(s, (s.shape[0], 3))
+    w0, w1, w2 = w[:, 0], w[:, 1], w[:, 2]
+    sc = np.empty((s.shape[0], 2), np.uint32)
+    m = np.empty((s.shape[0], 2), np.uint32)
+    np.bitwise_and(w0, _LOW6, out=sc[:, 0])
+    np.bitwise_and(w1, _LOW6, out=m[:, 0])
+    sc[:, 1] = (w2 & _NIB) | (((w0 >> np.uint32(6)) & _TOP2) << np.uint32(4))
+    m[:, 1] = ((w2 >> np.uint32(4)) & _NIB) | (((w1 >> np.uint32(6)) & _TOP2) << np.uint32(4))
+    return sc.view(np.uint8), m.view(np.uint8)
 
 
 @_quiet
@@ -517,22 +537,16 @@ class Q4_K(Kernel, qtype=T.Q4_K):
 
     @classmethod
     @_quiet
-    def dequantize_rows(cls, q, n):  # dequantize_row_q4_K
+    def dequantize_into(cls, q, n, out):  # dequantize_row_q4_K
         blk = q.reshape(-1, cls.type_size)
         nb = blk.shape[0]
         dm = fp16_value(np.ascontiguousarray(blk[:, 0:4]).view("<u2"))  # [nb, 2]
         sc, m = _unpack_scales_k4(blk[:, 4:16])
-        d1 = np.repeat(dm[:, 0:1] * sc.astype(np.float32), 32)  # per value: d * sc, min * m
-        m1 = np.repeat(dm[:, 1:2] * m.astype(np.float32), 32)
         qs = _words(blk[:, 16:], (nb, 4, 8))  # 4 groups of 32 bytes, as 8 little-endian words
-        iv = np.empty((nb, 4, 2, 8), np.uint32)  # low nibbles: sub-block 2k, high nibbles: 2k+1
-        np.bitwise_and(qs, _NIB, out=iv[:, :, 0])
-        np.right_shift(qs, 4, out=iv[:, :, 1])
-        iv[:, :, 1] &= _NIB
-        v = iv.view(np.uint8).astype(np.float32).reshape(-1)
-        v *= d1
-        v -= m1
-        return v.reshape(q.shape[0], n)
+        iv = scratch("dq_iv", (nb, 4, 2, 8), np.uint32)  # low nibbles: sub-block 2k, high nibbles: 2k+1
+        np.right_shift(qs[:, :, None, :], _SH_NIB, out=iv)
+        iv &= _NIB
+        _scale_shift(iv.view(np.uint8), dm[:, 0:1] * sc.astype(np.float32), dm[:, 1:2] * m.astype(np.float32), out)
 
 
 class Q5_K(Kernel, qtype=T.Q5_K):
@@ -557,27 +571,21 @@ class Q5_K(Kernel, qtype=T.Q5_K):
 
     @classmethod
     @_quiet
-    def dequantize_rows(cls, q, n):  # dequantize_row_q5_K
+    def dequantize_into(cls, q, n, out):  # dequantize_row_q5_K
         blk = q.reshape(-1, cls.type_size)
         nb = blk.shape[0]
         dm = fp16_value(np.ascontiguousarray(blk[:, 0:4]).view("<u2"))
         sc, m = _unpack_scales_k4(blk[:, 4:16])
-        d1 = np.repeat(dm[:, 0:1] * sc.astype(np.float32), 32)  # per value: d * sc, min * m
-        m1 = np.repeat(dm[:, 1:2] * m.astype(np.float32), 32)
         qs = _words(blk[:, 48:], (nb, 32))  # 4 groups of 32 bytes, 8 words each
-        qh = np.tile(_words(blk[:, 16:48], (nb, 8)), 4)  # bit j of qh[l]: fifth bit of value l of sub-block j
-        iv = np.empty((nb, 4, 2, 8), np.uint32)  # low nibbles: sub-block 2k, high nibbles: 2k+1
-        lo = np.bitwise_and(qs, _NIB)
-        lo |= ((qh >> _SH_LO) & _BIT) << 4
-        iv[:, :, 0] = lo.reshape(nb, 4, 8)
-        hi = np.right_shift(qs, 4)
-        hi &= _NIB
-        hi |= ((qh >> _SH_HI) & _BIT) << 4
-        iv[:, :, 1] = hi.reshape(nb, 4, 8)
-        v = iv.view(np.uint8).astype(np.float32).reshape(-1)
-        v *= d1
-        v -= m1
-        return v.reshape(q.shape[0], n)
+        qh = _words(blk[:, 16:48], (nb, 1, 1, 8))  # bit j of qh[l]: fifth bit of value l of sub-block j
+        iv = scratch("dq_iv", (nb, 4, 2, 8), np.uint32)  # low nibbles: sub-block 2k, high nibbles: 2k+1
+        np.right_shift(qs.reshape(nb, 4, 1, 8), _SH_NIB, out=iv)
+        iv &= _NIB
+        hb = np.right_shift(qh, _SH_Q5, out=scratch("dq_hb", (nb, 4, 2, 8), np.uint32))  # bit 2k + half
+        hb &= _BIT
+        hb <<= np.uint32(4)
+        iv |= hb
+        _scale_shift(iv.view(np.uint8), dm[:, 0:1] * sc.astype(np.float32), dm[:, 1:2] * m.astype(np.float32), out)
 
 
 # -- Q6_K ----------------------------------------------------------------------------------------------
@@ -637,21 +645,20 @@ class Q6_K(Kernel, qtype=T.Q6_K):
 
     @classmethod
     @_quiet
-    def dequantize_rows(cls, q, n):  # dequantize_row_q6_K
+    def dequantize_into(cls, q, n, out):  # dequantize_row_q6_K
         blk = q.reshape(-1, cls.type_size)
         nb = blk.shape[0]
         d = fp16_value(np.ascontiguousarray(blk[:, 208:210]).view("<u2"))  # [nb, 1]
         sc = blk[:, 192:208].view(np.int8).astype(np.float32)
-        ds = np.repeat(d * sc, 16)  # d * sc[is], per value
         ql = _words(blk[:, 0:128], (nb, 2, 2, 8))  # [half, m & 1, word]
         qh = _words(blk[:, 128:192], (nb, 2, 1, 8))  # bits 2m, 2m+1 of qh[l]: top of value 32*m + l
-        iv = np.empty((nb, 2, 4, 8), np.uint32)
-        np.bitwise_and(ql, _NIB, out=iv[:, :, 0:2])
-        np.right_shift(ql, 4, out=iv[:, :, 2:4])
-        iv[:, :, 2:4] &= _NIB
-        iv |= ((qh >> _SH4) & _TWO) << 4
+        iv = scratch("dq_iv", (nb, 2, 4, 8), np.uint32)  # [half, m, word]: m = 0, 1 low nibbles, 2, 3 high
+        np.right_shift(ql.reshape(nb, 2, 1, 2, 8), _SH_NIB.reshape(2, 1, 1), out=iv.reshape(nb, 2, 2, 2, 8))
+        iv &= _NIB
+        hb = np.right_shift(qh, _SH4, out=scratch("dq_hb", (nb, 2, 4, 8), np.uint32))
+        hb &= _TWO
+        hb <<= np.uint32(4)
+        iv |= hb
         b = iv.view(np.uint8)
         b -= 32  # (int8_t)(q) - 32, as uint8 arithmetic
-        v = b.view(np.int8).astype(np.float32).reshape(-1)
-        v *= ds
-        return v.reshape(q.shape[0], n)
+        _scale_shift(b.view(np.int8), d * sc, None, out)  # d * sc[is] * q
