@@ -142,3 +142,22 @@ def test_worker_processes_give_the_same_bytes(qtype, monkeypatch):
     x[50, 3] = np.nan
     with pytest.raises(WorkbenchError, match="w.weight: row 50 contains NaN"):
         kernels.quantize(x, qtype, threads=2, name="w.weight")
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 300, 5000])
+def test_fused_products_sum_in_c_order(k):
+    """The one-pass weighted sums of the K-quant searches (np.einsum where the import-time self-check
+    found it sequential) equal the C loop ``s = 0; for i: s += a[i]*b[i]`` (``(a[i]*b[i])*c[i]``) bit for bit."""
+    from workbench.kernels import kquants_low as kl
+
+    rng = np.random.default_rng(k)
+    a, b, c = ((rng.standard_normal((16, k)) * 10.0 ** rng.integers(-6, 9, (16, k))).astype(np.float32)
+               for _ in range(3))
+    a[:, 0] = -0.0
+    for args in ((a, b), (a, b, c), (a[:, ::-1], b), (np.asfortranarray(a), b, c)):
+        seq = np.zeros(k, np.float32)
+        prod = args[0] * args[1] if len(args) == 2 else (args[0] * args[1]) * args[2]
+        for row in prod:
+            seq = seq + row
+        got = kl._dot(*args)
+        assert np.array_equal(got.view(np.uint32), seq.view(np.uint32))

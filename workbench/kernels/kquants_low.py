@@ -10,6 +10,7 @@ their own quants for the few sub-blocks whose stored scale is zero (where ggml k
 """
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -23,6 +24,9 @@ EPS = F32(1e-15)  # GROUP_MAX_EPS
 _MAGIC = F32(12582912.0)
 _BATCH = 16384  # sub-blocks per search batch (a whole 256k-value chunk: fewer, longer numpy calls)
 _ERR = dict(all="ignore")
+# np.clip's ufunc itself (np.clip adds a Python wrapper's overhead to every call)
+_CLIP = getattr(getattr(np, "_core", getattr(np, "core", None)), "umath", None)
+_CLIP = getattr(_CLIP, "clip", np.clip)
 
 
 class _Workspace(threading.local):
@@ -92,6 +96,41 @@ def _rsum(a: np.ndarray, from_zero: bool = False) -> np.ndarray:
             s += F32(0)
         return s
     return _rsum_loop(a, from_zero)
+
+
+def _dot_loop(a, b, c=None):
+    t = np.multiply(a, b)
+    if c is not None:
+        t *= c
+    return _rsum(t, True)
+
+
+def _einsum_is_sequential() -> bool:
+    """Whether np.einsum('ij,ij->j', a, b) (and 'ij,ij,ij->j') over C-contiguous [n, k>=2] float32 arrays
+    is the C loop ``s = 0; for i: s += a[i]*b[i]`` (``(a[i]*b[i])*c[i]``): each product rounded, then
+    added row by row, no fused multiply-add.  Checked once, on data where any other order shows."""
+    rng = np.random.default_rng(6)
+    for k in (2, 3, 17, 300, 4099):
+        a, b, c = ((rng.standard_normal((16, k)) * 10.0 ** rng.integers(-5, 9, (16, k))).astype(np.float32)
+                   for _ in range(3))
+        a[:, :1] = -0.0  # an all -0.0 column sums to +0.0 from s = 0
+        for got, want in ((np.einsum("ij,ij->j", a, b), _dot_loop(a, b)),
+                          (np.einsum("ij,ij,ij->j", a, b, c), _dot_loop(a, b, c))):
+            if not np.array_equal(got.view(np.uint32), want.view(np.uint32)):
+                return False
+    return True
+
+
+_EINSUM_SEQ = _einsum_is_sequential()
+
+
+def _dot(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
+    """``s = 0; for i: s += a[i]*b[i]`` (``... (a[i]*b[i])*c[i]``) over axis 0, float32, in one pass."""
+    ops = (a, b) if c is None else (a, b, c)
+    if _EINSUM_SEQ and a.ndim == 2 and a.shape[1] >= 2 and all(
+            o.flags.c_contiguous and o.dtype == np.float32 and o.shape == a.shape for o in ops):
+        return np.einsum("ij,ij->j" if c is None else "ij,ij,ij->j", *ops)
+    return _dot_loop(a, b, c)
 
 
 def _absmax_first(x: np.ndarray):
@@ -338,34 +377,39 @@ def _qkx_eval(X, W, La, sum_w, sum_x, use_mad, tag):
     """One step of make_qkx2/3_quants for the columns of X with quants La: (D, this_scale, this_min, error)."""
     shape = X.shape
     WL = np.multiply(W, La, out=_WS.get(tag + "wl", shape))
-    T2 = _WS.get(tag + "t2", shape)
     sum_l = _rsum(WL, True)
-    sum_l2 = _rsum(np.multiply(WL, La, out=T2), True)
-    sum_xl = _rsum(np.multiply(WL, X, out=T2), True)
-    D = sum_w * sum_l2 - sum_l * sum_l
-    this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
-    this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
-    pos = this_min > 0
-    if pos.any():
+    sum_l2 = _dot(WL, La)
+    sum_xl = _dot(WL, X)
+    D = sum_w * sum_l2
+    D -= sum_l * sum_l
+    this_scale = sum_w * sum_xl
+    this_scale -= sum_x * sum_l
+    this_scale /= D
+    this_min = sum_l2 * sum_x
+    this_min -= sum_l * sum_xl
+    this_min /= D
+    pos = np.flatnonzero(this_min > 0)
+    if pos.size:
         this_min[pos] = 0
         this_scale[pos] = sum_xl[pos] / sum_l2[pos]
-    np.multiply(La, this_scale, out=T2)
+    T2 = np.multiply(La, this_scale, out=WL)
     T2 += this_min
     T2 -= X
     if use_mad:
         np.abs(T2, out=T2)
     else:
         T2 *= T2
-    T2 *= W
-    return D, this_scale, this_min, _rsum(T2, True)
+    return D, this_scale, this_min, _dot(W, T2)
 
 
 def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
     """make_qkx2_quants / make_qkx3_quants (identical for finite x) over the columns of X [16, k].
 
-    Returns (scale, the_min, iscale, min) where the last two rebuild the chosen quants (``_qkx_levels``)."""
+    Returns (scale, the_min, iscale, min, xmin, xmax) where iscale and min rebuild the chosen quants
+    (``_qkx_levels``) and xmin / xmax are each column's smallest and largest value."""
     shape = X.shape
-    mn = np.minimum(X.min(axis=0), F32(0))
+    xmin = X.min(axis=0)
+    mn = np.minimum(xmin, F32(0))
     mx = X.max(axis=0)
     sum_w = _rsum(W)
     sum_x = _rsum(np.multiply(W, X, out=_WS.get("qat2", shape)))
@@ -377,8 +421,12 @@ def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
         scale = F32(1) / iscale
         XM = np.subtract(X, mn, out=_WS.get("q_xm", shape))
         La = _WS.get("q_la", shape)
-        La[...] = nearest_int_c(XM * iscale)
-        np.clip(La, F32(0), fmax, out=La)
+        if np.isfinite(iscale).all():  # 0 <= XM * iscale <= ~nmax: nearest_int is rint there
+            np.multiply(XM, iscale, out=La)
+            np.rint(La, out=La)
+        else:
+            La[...] = nearest_int_c(XM * iscale)
+        _CLIP(La, F32(0), fmax, out=La)
         E = np.multiply(La, scale, out=_WS.get("qat2", shape))
         E += mn
         E -= X
@@ -386,8 +434,7 @@ def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
             np.abs(E, out=E)
         else:
             E *= E
-        E *= W
-        best = _rsum(E, True)
+        best = _dot(W, E)
         best_isc = iscale.copy()
         used_mn = mn.copy()
         mn = mn.copy()
@@ -396,12 +443,14 @@ def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
             if stale:
                 np.subtract(mx, mn, out=rng)
                 np.subtract(X, mn, out=XM)
-            isc = (F32(rmin) + F32(rdelta) * F32(s) + fmax) / rng
+            isc = np.divide(F32(rmin) + F32(rdelta) * F32(s) + fmax, rng)
             np.multiply(XM, isc, out=La)
             np.rint(La, out=La)
-            np.clip(La, F32(0), fmax, out=La)
+            _CLIP(La, F32(0), fmax, out=La)
             D, this_scale, this_min, cur = _qkx_eval(X, W, La, sum_w, sum_x, use_mad, "qa")
-            bi = np.flatnonzero((D > 0) & (cur < best))
+            ok = np.less(cur, best)
+            ok &= D > 0
+            bi = np.flatnonzero(ok)
             stale = bi.size > 0
             if stale:
                 best[bi] = cur[bi]
@@ -409,9 +458,9 @@ def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
                 best_isc[bi] = isc[bi]
                 used_mn[bi] = mn[bi]
                 mn[bi] = this_min[bi]
-    scale = np.where(flat, F32(0), scale)
-    best_isc = np.where(flat, F32(0), best_isc)
-    return scale, -mn, best_isc, used_mn
+    scale[flat] = 0
+    best_isc[flat] = 0
+    return scale, -mn, best_isc, used_mn, xmin, mx
 
 
 def _qkx_levels(x, isc, mn, nmax):
@@ -469,6 +518,102 @@ def _pack_2bit(L):
     return qs.reshape(-1, 64)
 
 
+# Packing straight from the search layout: quants L8 [16, k] uint8, row i = value i of sub-block c, with
+# the 16 sub-blocks of a super-block in consecutive columns.  Viewed as little-endian 64-bit words, one
+# word holds value i of 8 consecutive sub-blocks 8h + 2s + t (byte 2s + t), s = 0..3, t = 0..1.
+
+def _as_view(a, shape):
+    """``a`` reshaped without a copy (an error if that is impossible: writes must reach ``a``)."""
+    v = a.view()
+    v.shape = shape
+    return v
+
+
+def _words_T(L8):
+    """L8 [16, k] -> little-endian uint64 [16, k // 8] (a view)."""
+    return L8.view("<u8")
+
+
+_B2 = [np.uint64(0x0303 << (2 * s)) for s in range(4)]
+_SH14 = [np.uint64(14 * s) for s in range(4)]
+
+
+def _pack_2bit_T(L8, out):
+    """The low two bits of L8 [16, 16m] into qs ``out`` [m, 64] (Q2_K / Q3_K order): byte 32h + 16t + i
+    holds, at bits 2s, value i of sub-block 8h + 2s + t."""
+    U = _words_T(L8)
+    B = np.bitwise_and(U, _B2[0], out=_WS.get("pk_b", U.shape, np.uint64))
+    t = _WS.get("pk_t", U.shape, np.uint64)
+    for s in range(1, 4):  # bits 2s..2s+1 of bytes t = 0, 1: byte 2s + t of the word, shifted by 16s - 2s
+        np.right_shift(U, _SH14[s], out=t)
+        t &= _B2[s]
+        B |= t
+    B16 = np.ascontiguousarray(B.astype("<u2").T)  # [2m (sb, h), 16 (i)]: bytes (t = 0, t = 1)
+    m = out.shape[0]
+    _as_view(out, (m, 2, 2, 16))[...] = B16.view(np.uint8).reshape(m, 2, 16, 2).transpose(0, 1, 3, 2)
+
+
+_H01 = np.uint64(0x0101010101010101)
+_H10 = np.uint64(0x1010101010101010)
+_H11 = np.uint64(0x0011001100110011)
+_SH = {v: np.uint64(v) for v in (2, 8, 15, 30, 45)}
+
+
+def _pack_hmask_T(L8, out):
+    """Bit 2 of L8 [16, 16m] into Q3_K's hmask ``out`` [m, 32]: bit j of byte 16t + i is bit 2 of value i
+    of sub-block 2j + t."""
+    U = _words_T(L8)
+    m = out.shape[0]
+    Uh = U.reshape(16, m, 2)
+    # per byte 2j' + t: bit 0 = high bit of sub-block 2j' + t (j = j'), bit 4 = that of 8 + 2j' + t (j = 4 + j')
+    H = np.right_shift(Uh[:, :, 0], _SH[2])
+    H &= _H01
+    H |= np.left_shift(Uh[:, :, 1], _SH[2]) & _H10
+    R = np.empty((2, 16, m), np.uint8)
+    for t in range(2):
+        g = (H >> _SH[8]) if t else H.copy()
+        g &= _H11  # bytes 2j' only
+        r = g | (g >> _SH[15])  # byte 2j' moves to bits j', 4 + j'
+        r |= g >> _SH[30]
+        r |= g >> _SH[45]
+        np.copyto(R[t], r, casting="unsafe")  # the low byte
+    _as_view(out, (m, 2, 16))[...] = R.transpose(2, 0, 1)
+
+
+_LE = sys.byteorder == "little"
+
+
+def _round_div_T(X, off, d, lo, hi, xmin, xmax):
+    """``clip(nearest_int((X + off) / d), lo, hi) - lo`` (``off`` None: ``X / d``) over the columns of X
+    [16, k], as uint8 [16, k] (a reused scratch array): the quants Q2_K and Q3_K compute again from their
+    stored scales.  ``xmin`` / ``xmax``: each column's smallest and largest value.
+
+    One float pass for all columns whose quotients are surely below 2^21 in magnitude (there nearest_int
+    is a rounding: ``q + 1.5*2^23 - lo`` is an integer float whose low byte is the clipped quant - lo);
+    C's nearest_int bit for bit for the others (huge, infinite or NaN quotients, d == 0)."""
+    Q = _WS.get("rd_q", X.shape)
+    if off is None:
+        np.divide(X, d, out=Q)
+    else:
+        np.add(X, off, out=Q)
+        Q /= d
+    M = F32(_MAGIC - F32(lo))  # even: ties go to the even quant as in nearest_int
+    Q += M
+    np.clip(Q, M, M + F32(hi - lo), out=Q)
+    L = _WS.get("rd_l", X.shape, np.uint8)
+    np.copyto(L, Q.view(np.uint8)[:, 0::4] if _LE else Q.view(np.uint8)[:, 3::4])
+    with np.errstate(**_ERR):
+        if off is None:
+            big = np.maximum(np.abs(xmin), np.abs(xmax))
+        else:
+            big = np.maximum(np.abs(xmin + off), np.abs(xmax + off))
+        sp = np.flatnonzero(~(big < F32(2.0 ** 21) * np.abs(d)))
+        if sp.size:
+            q = X[:, sp] if off is None else X[:, sp] + off[sp]
+            L[:, sp] = np.clip(nearest_int_c(q / d[sp]), lo, hi) - lo
+    return L
+
+
 def _to_T(xb, a, b, name="t_x"):
     """Sub-blocks a..b of xb [k, 16] as [16, b - a] (in a reused scratch array)."""
     src = xb[a:b]
@@ -494,6 +639,33 @@ def _superblock_weights(x, imatrix, factor):
 
 # -- Q2_K ------------------------------------------------------------------------------------------
 
+def _q2_scales_ref(scales, mins):
+    """quantize_row_q2_K_ref's super-block scales: 4-bit scales and mins against max/15 (fp16)."""
+    S = scales.reshape(-1, 16)
+    M = mins.reshape(-1, 16)
+    with np.errstate(**_ERR):
+        max_scale = np.fmax(np.fmax.reduce(S, axis=1), F32(0))  # C: if (scale > max_scale)
+        max_min = np.fmax(np.fmax.reduce(M, axis=1), F32(0))
+        ps = max_scale > 0
+        pm = max_min > 0
+        ls = np.where(ps[:, None], nearest_int_c(S * (F32(15) / max_scale)[:, None]), 0)
+        lm = np.where(pm[:, None], nearest_int_c(M * (F32(15) / max_min)[:, None]), 0)
+        sc = ((ls & 0xFF) | ((lm << 4) & 0xFF)).astype(np.uint8)
+        d_bits = fp16_bits(np.where(ps, max_scale / F32(15), F32(0)))
+        m_bits = fp16_bits(np.where(pm, max_min / F32(15), F32(0)))
+    return sc, d_bits, m_bits
+
+
+def _q2_scales_impl(scales, mins, sw):
+    """quantize_row_q2_K_impl's: make_qp_quants(16, 15, ...) of the scales and of the mins (in one go)."""
+    nsb = scales.size // 16
+    swT = sw.reshape(nsb, 16).T
+    both, Lb = _make_qp_quants(np.concatenate([scales.reshape(nsb, 16).T, mins.reshape(nsb, 16).T], axis=1),
+                               np.concatenate([swT, swT], axis=1), 15)
+    sc = ((Lb[:, :nsb] | (Lb[:, nsb:] << 4)) & 0xFF).T.astype(np.uint8)
+    return sc, fp16_bits(both[:nsb]), fp16_bits(both[nsb:])
+
+
 class Q2_K(Kernel, qtype=T.Q2_K):
     gil_bound = True
     uses_imatrix = True
@@ -504,60 +676,33 @@ class Q2_K(Kernel, qtype=T.Q2_K):
         nsb = rows * n // QK_K
         nb = nsb * 16
         xb = x.reshape(nb, 16)
-        scales = np.empty(nb, np.float32)
-        mins = np.empty(nb, np.float32)
-        iscs = np.empty(nb, np.float32)
-        used = np.empty(nb, np.float32)
-        if imatrix is None:  # quantize_row_q2_K_ref: make_qkx2_quants(16, 3, x, |x|, ..., -0.5, 0.1, 15, true)
-            for a in range(0, nb, _BATCH):
-                X = _to_T(xb, a, a + _BATCH)
-                res = _qkx_search(X, np.abs(X, out=_WS.get("t_w", X.shape)), 3, -0.5, 0.1, 15, True)
-                scales[a:a + _BATCH], mins[a:a + _BATCH], iscs[a:a + _BATCH], used[a:a + _BATCH] = res
-            S = scales.reshape(nsb, 16)
-            M = mins.reshape(nsb, 16)
-            with np.errstate(**_ERR):
-                max_scale = np.fmax(np.fmax.reduce(S, axis=1), F32(0))  # C: if (scale > max_scale)
-                max_min = np.fmax(np.fmax.reduce(M, axis=1), F32(0))
-                ps = max_scale > 0
-                pm = max_min > 0
-                ls = np.where(ps[:, None], nearest_int_c(S * (F32(15) / max_scale)[:, None]), 0)
-                lm = np.where(pm[:, None], nearest_int_c(M * (F32(15) / max_min)[:, None]), 0)
-                sc = ((ls & 0xFF) | ((lm << 4) & 0xFF)).astype(np.uint8)
-                d_bits = fp16_bits(np.where(ps, max_scale / F32(15), F32(0)))
-                m_bits = fp16_bits(np.where(pm, max_min / F32(15), F32(0)))
-        else:  # quantize_row_q2_K_impl: make_qkx3_quants(..., -0.9, 0.05, 36, false) + make_qp_quants
-            wt = _superblock_weights(x, imatrix, 1).reshape(nb, 16)
-            sw = np.empty(nb, np.float32)
-            for a in range(0, nb, _BATCH):
-                X = _to_T(xb, a, a + _BATCH)
-                Wt = _to_T(wt, a, a + _BATCH, "t_w")
-                sw[a:a + _BATCH] = _rsum(Wt, True)
-                res = _qkx_search(X, Wt, 3, -0.9, 0.05, 36, False)
-                scales[a:a + _BATCH], mins[a:a + _BATCH], iscs[a:a + _BATCH], used[a:a + _BATCH] = res
-            swT = sw.reshape(nsb, 16).T
-            both, Lb = _make_qp_quants(np.concatenate([scales.reshape(nsb, 16).T, mins.reshape(nsb, 16).T], axis=1),
-                                       np.concatenate([swT, swT], axis=1), 15)  # scales and mins in one go
-            dm, mm, Ls, Lm = both[:nsb], both[nsb:], Lb[:, :nsb], Lb[:, nsb:]
-            sc = ((Ls | (Lm << 4)) & 0xFF).T.astype(np.uint8)
-            d_bits = fp16_bits(dm)
-            m_bits = fp16_bits(mm)
-        # the quants again from the stored scales (sub-blocks whose scale is 0 keep the search's quants)
-        d = fp16_value(d_bits)[:, None] * (sc & 0xF).astype(np.float32)
-        dmn = fp16_value(m_bits)[:, None] * (sc >> 4).astype(np.float32)
-        xs = x.reshape(nsb, 16, 16)
-        with np.errstate(**_ERR):
-            q = (xs + dmn[:, :, None]) / d[:, :, None]
-            L = nearest_int_c(q)
-        np.clip(L, 0, 3, out=L)
-        L = L.astype(np.uint8)
-        dz = np.flatnonzero(d.reshape(-1) == 0)
-        if dz.size:
-            L.reshape(nb, 16)[dz] = _qkx_levels(xb[dz], iscs[dz], used[dz], 3)
+        wt = None if imatrix is None else _superblock_weights(x, imatrix, 1).reshape(nb, 16)
         out = np.empty((nsb, cls.type_size), np.uint8)
-        out[:, :16] = sc
-        out[:, 16:80] = _pack_2bit(L.reshape(nsb, QK_K))
-        out[:, 80:82] = d_bits.reshape(-1, 1).view(np.uint8)
-        out[:, 82:84] = m_bits.reshape(-1, 1).view(np.uint8)
+        for a in range(0, nb, _BATCH):
+            b = min(nb, a + _BATCH)
+            X = _to_T(xb, a, b)
+            if wt is None:  # quantize_row_q2_K_ref: make_qkx2_quants(16, 3, x, |x|, ..., -0.5, 0.1, 15, true)
+                W = np.abs(X, out=_WS.get("t_w", X.shape))
+                scales, mins, iscs, used, xmin, xmax = _qkx_search(X, W, 3, -0.5, 0.1, 15, True)
+                sc, d_bits, m_bits = _q2_scales_ref(scales, mins)
+            else:  # quantize_row_q2_K_impl: make_qkx3_quants(..., -0.9, 0.05, 36, false) + make_qp_quants
+                W = _to_T(wt, a, b, "t_w")
+                sw = _rsum(W, True)
+                scales, mins, iscs, used, xmin, xmax = _qkx_search(X, W, 3, -0.9, 0.05, 36, False)
+                sc, d_bits, m_bits = _q2_scales_impl(scales, mins, sw)
+            # the quants again from the stored scales (sub-blocks whose scale is 0 keep the search's quants)
+            d = (fp16_value(d_bits)[:, None] * (sc & 0xF).astype(np.float32)).reshape(-1)
+            dmn = (fp16_value(m_bits)[:, None] * (sc >> 4).astype(np.float32)).reshape(-1)
+            L8 = _round_div_T(X, dmn, d, 0, 3, xmin, xmax)
+            dz = np.flatnonzero(d == 0)
+            if dz.size:
+                with np.errstate(**_ERR):
+                    L8[:, dz] = np.clip(nearest_int_c((X[:, dz] - used[dz]) * iscs[dz]), 0, 3)
+            o = out[a // 16:b // 16]
+            o[:, :16] = sc
+            _pack_2bit_T(L8, o[:, 16:80])
+            o[:, 80:82] = d_bits.reshape(-1, 1).view(np.uint8)
+            o[:, 82:84] = m_bits.reshape(-1, 1).view(np.uint8)
         return out.reshape(rows, -1)
 
     @classmethod
