@@ -769,3 +769,34 @@ def test_qwen2_names_biases_and_no_permutation():
     llama = shape_model("llama", ["blk.0.attn_k.weight"], {"llama.attention.head_count": 8,
                                                           "llama.attention.head_count_kv": 2})
     assert qk_heads(llama, "blk.0.attn_k.weight") == 2 and qk_heads(llama, "blk.0.attn_q.weight") == 8
+
+
+def test_long_metadata_arrays_pack_like_gguf_py():
+    """The writer packs a vocabulary's arrays in one go: the bytes must be gguf-py's, errors too."""
+    import random
+
+    from gguf import GGUFValueType as V
+    from gguf import GGUFWriter
+
+    from workbench.convert.metadata_edit import _Writer
+
+    ours, theirs = _Writer(None, "llama"), GGUFWriter(None, "llama")
+    rng = random.Random(3)
+    tokens = [f"▁tok{i}é" for i in range(5000)] + ["<0x0A>", "", "\u4e2d"] * 30
+    cases = [(tokens, None), (tokens, V.STRING), ([t.encode() for t in tokens], None),
+             ([rng.uniform(-1e3, 1e3) for _ in range(700)], None), ([rng.random() for _ in range(700)], V.FLOAT32),
+             ([rng.randint(1, 6) for _ in range(700)], None), ([rng.randint(0, 2**31) for _ in range(700)], V.UINT32),
+             (list(range(-300, 300)), V.INT64), ([0.1] * 100 + [3], V.FLOAT64), ([True, False] * 50, None),
+             (["a b", "c d"] * 40, V.STRING)]
+    for val, sub in cases:
+        got = ours._pack_val(val, V.ARRAY, True, sub)
+        assert got == theirs._pack_val(val, V.ARRAY, True, sub), (val[:2], sub)
+        assert len(got) >= 16 + len(val)
+    for bad, sub in (([2**40] * 100, None), ([1] * 99 + [1.5], V.INT32), ([1] * 99 + ["x"], None),
+                     ([1e39] * 100, V.FLOAT32)):
+        errors = []
+        for w in (ours, theirs):
+            with pytest.raises(Exception) as info:
+                w._pack_val(bad, V.ARRAY, True, sub)
+            errors.append(type(info.value))
+        assert errors[0] is errors[1]

@@ -11,13 +11,14 @@ import json
 import math
 import os
 import re
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Mapping
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFEndian, GGUFValueType, GGUFWriter
 
 from ..errors import Cancelled, UnsupportedError, WorkbenchError
 from ..formats import gguf as gguf_fmt
@@ -274,8 +275,46 @@ def _lossy(value: Any) -> bool:
     return False
 
 
+_ITEM_DTYPES = {GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2",
+                GGUFValueType.INT16: "<i2", GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4",
+                GGUFValueType.FLOAT32: "<f4", GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8",
+                GGUFValueType.FLOAT64: "<f8"}
+_INFERRED = {str: GGUFValueType.STRING, bytes: GGUFValueType.STRING, bytearray: GGUFValueType.STRING,
+             int: GGUFValueType.INT32, float: GGUFValueType.FLOAT32}  # GGUFValueType.get_type, exact types
+_LEN = struct.Struct("<Q")
+_FAST_MIN = 64  # items from which an array is packed in one go
+
+
+def _pack_items(val, sub_type: GGUFValueType | None):
+    """(item type, the items' bytes) of a long array of one plain Python type, exactly as gguf-py's per-item
+    loop packs them (little-endian); None when this shortcut does not apply (gguf-py then does it)."""
+    kinds = set(map(type, val))
+    if sub_type is None:
+        types = {_INFERRED.get(k) for k in kinds}
+        if len(types) != 1 or None in types:
+            return None
+        sub_type = types.pop()
+    if sub_type == GGUFValueType.STRING:
+        if not kinds <= {str, bytes, bytearray}:
+            return None
+        return sub_type, b"".join([_LEN.pack(len(e)) + e for e in
+                                   (v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in val)])
+    dtype = _ITEM_DTYPES.get(sub_type)
+    floating = sub_type in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64)
+    if dtype is None or not (kinds <= {int, float} if floating else kinds == {int}):
+        return None
+    try:
+        arr = np.asarray(val, dtype=dtype)
+    except (OverflowError, ValueError):
+        return None  # out of range: gguf-py raises its own error
+    if floating and not np.isfinite(arr).all():
+        return None  # struct refuses what float32 cannot hold; inf and nan it packs as numpy does
+    return sub_type, arr.tobytes()
+
+
 class _Writer(GGUFWriter):
-    """GGUFWriter that can also write empty arrays (valid GGUF; gguf-py refuses them)."""
+    """GGUFWriter that can also write empty arrays (valid GGUF; gguf-py refuses them), and packs long
+    arrays (a vocabulary's tokens, scores, types, merges) in one go instead of item by item."""
 
     def _pack_val(self, val: Any, vtype: GGUFValueType, add_vtype: bool,
                   sub_type: GGUFValueType | None = None) -> bytes:
@@ -283,6 +322,12 @@ class _Writer(GGUFWriter):
             head = self._pack("I", vtype) if add_vtype else b""
             item = sub_type if sub_type is not None else GGUFValueType.STRING
             return head + self._pack("I", item) + self._pack("Q", 0)
+        if (vtype == GGUFValueType.ARRAY and isinstance(val, (list, tuple)) and len(val) >= _FAST_MIN
+                and self.endianess == GGUFEndian.LITTLE):
+            packed = _pack_items(val, sub_type)
+            if packed is not None:
+                head = self._pack("I", vtype) if add_vtype else b""
+                return head + self._pack("I", packed[0]) + self._pack("Q", len(val)) + packed[1]
         return super()._pack_val(val, vtype, add_vtype, sub_type)
 
 
