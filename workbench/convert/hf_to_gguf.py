@@ -34,7 +34,7 @@ from ..model import Model
 from ..naming import GGUFName, name_for_model
 from ..plan import PRESETS, Plan
 from ..progress import Progress
-from .gguf_stream import StreamTensor, target_path, write_gguf_stream
+from .gguf_stream import StreamTensor, new_writer, target_path, write_gguf_stream
 from .hf_vocab import GGUFVocab, read_vocab
 
 # Hugging Face architectures[0] -> GGUF architecture, the ones this converter supports
@@ -478,7 +478,7 @@ def convert_hf_to_gguf(src, out_dir_or_file, plan_or_preset: Plan | str | HfToGg
     yield Progress(0, 1, "Reading the tokenizer")
     vocab = read_vocab(conv.folder, conv.arch, conv.hparams)
     target = _target_path(conv, out_dir_or_file, name)
-    w = gguf.GGUFWriter(None, conv.arch, split_max_tensors=split_max_tensors, split_max_size=split_max_size)
+    w = new_writer(conv.arch, split_max_tensors=split_max_tensors, split_max_size=split_max_size)
     _write_metadata(w, conv, vocab)
     model = conv.model
     tensors = [StreamTensor(t.name, t.shape, t.type, lambda t=t: _tensor_chunks(model, t, imatrix),

@@ -568,7 +568,7 @@ def _merge_hf_to_gguf(base: Model, adapter: Model, cfg: dict, warnings: list[str
     if not _has_tokenizer(folder) and _has_tokenizer(adapter.path):
         folder = adapter.path  # adapters often ship the tokenizer the base folder lacks
     vocab = read_vocab(folder, conv.arch, conv.hparams)
-    w = gguf.GGUFWriter(None, conv.arch, split_max_tensors=split_max_tensors, split_max_size=split_max_size)
+    w = new_writer(conv.arch, split_max_tensors=split_max_tensors, split_max_size=split_max_size)
     _write_metadata(w, conv, vocab)
     tensors: list[StreamTensor] = []
     for ot in conv.tensors:
