@@ -776,7 +776,7 @@ def test_long_metadata_arrays_pack_like_gguf_py():
     import random
 
     from gguf import GGUFValueType as V
-    from gguf import GGUFWriter
+    from gguf import GGUFWriter, TokenType
 
     from workbench.convert.metadata_edit import _Writer
 
@@ -787,13 +787,14 @@ def test_long_metadata_arrays_pack_like_gguf_py():
              ([rng.uniform(-1e3, 1e3) for _ in range(700)], None), ([rng.random() for _ in range(700)], V.FLOAT32),
              ([rng.randint(1, 6) for _ in range(700)], None), ([rng.randint(0, 2**31) for _ in range(700)], V.UINT32),
              (list(range(-300, 300)), V.INT64), ([0.1] * 100 + [3], V.FLOAT64), ([True, False] * 50, None),
-             (["a b", "c d"] * 40, V.STRING)]
+             (["a b", "c d"] * 40, V.STRING), ([TokenType.NORMAL, TokenType.CONTROL] * 100, None),
+             ([np.float64(0.5), 1.0, 2] * 30, V.FLOAT32)]
     for val, sub in cases:
         got = ours._pack_val(val, V.ARRAY, True, sub)
         assert got == theirs._pack_val(val, V.ARRAY, True, sub), (val[:2], sub)
         assert len(got) >= 16 + len(val)
     for bad, sub in (([2**40] * 100, None), ([1] * 99 + [1.5], V.INT32), ([1] * 99 + ["x"], None),
-                     ([1e39] * 100, V.FLOAT32)):
+                     ([1e39] * 100, V.FLOAT32), ([np.float32(0.25)] * 70, None)):
         errors = []
         for w in (ours, theirs):
             with pytest.raises(Exception) as info:

@@ -279,34 +279,41 @@ _ITEM_DTYPES = {GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValue
                 GGUFValueType.INT16: "<i2", GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4",
                 GGUFValueType.FLOAT32: "<f4", GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8",
                 GGUFValueType.FLOAT64: "<f8"}
-_INFERRED = {str: GGUFValueType.STRING, bytes: GGUFValueType.STRING, bytearray: GGUFValueType.STRING,
-             int: GGUFValueType.INT32, float: GGUFValueType.FLOAT32}  # GGUFValueType.get_type, exact types
 _LEN = struct.Struct("<Q")
 _FAST_MIN = 64  # items from which an array is packed in one go
 
 
 def _pack_items(val, sub_type: GGUFValueType | None):
-    """(item type, the items' bytes) of a long array of one plain Python type, exactly as gguf-py's per-item
-    loop packs them (little-endian); None when this shortcut does not apply (gguf-py then does it)."""
-    kinds = set(map(type, val))
+    """(item type, the items' bytes) of a long array of one plain type (str, int or float, subclasses such as
+    IntEnum included), exactly as gguf-py's per-item loop packs them (little-endian); None when this shortcut
+    does not apply (gguf-py then does it, and raises its own errors)."""
+    samples = {}
+    for v in val:
+        samples.setdefault(type(v), v)
+    kinds = tuple(samples)
+    if any(issubclass(k, bool) for k in kinds):
+        return None
     if sub_type is None:
-        types = {_INFERRED.get(k) for k in kinds}
-        if len(types) != 1 or None in types:
+        try:
+            types = {GGUFValueType.get_type(v) for v in samples.values()}
+        except ValueError:
+            return None
+        if len(types) != 1:
             return None
         sub_type = types.pop()
     if sub_type == GGUFValueType.STRING:
-        if not kinds <= {str, bytes, bytearray}:
+        if not all(issubclass(k, (str, bytes, bytearray)) for k in kinds):
             return None
         return sub_type, b"".join([_LEN.pack(len(e)) + e for e in
                                    (v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in val)])
     dtype = _ITEM_DTYPES.get(sub_type)
     floating = sub_type in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64)
-    if dtype is None or not (kinds <= {int, float} if floating else kinds == {int}):
+    if dtype is None or not all(issubclass(k, (int, float) if floating else int) for k in kinds):
         return None
     try:
         arr = np.asarray(val, dtype=dtype)
-    except (OverflowError, ValueError):
-        return None  # out of range: gguf-py raises its own error
+    except (OverflowError, ValueError, TypeError):
+        return None
     if floating and not np.isfinite(arr).all():
         return None  # struct refuses what float32 cannot hold; inf and nan it packs as numpy does
     return sub_type, arr.tobytes()
