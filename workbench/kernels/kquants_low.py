@@ -291,23 +291,153 @@ def _refine(x, w, wx, L, sumlx, suml2, lo, hi, qp):
                 kc = na
 
 
+def _plus_off(L, out):
+    """Integer-valued float32 L (|L| < 2^22) as int32 L + _OFF in ``out`` (two fast passes: float to int
+    casts are slow): the bits of L + 1.5*2^23 hold it in their low 23 bits."""
+    np.add(L, _MAGIC, out=out.view(np.float32))
+    out &= 0x007FFFFF
+    return out
+
+
+def _q3_trials(X, sumlx, suml2, T1, T2, Li, out):
+    """The quants make_q3_quants' rmse pass would try at every position under the sums ``sumlx``,
+    ``suml2`` (``T1`` = wx * L, ``T2`` = (w * L) * L: the position's own terms, left out):
+    ``clip(nearest_int(x * sl2 / slx), -4, 3)`` (+ _OFF, int32, in ``out``), with slx and sl2.
+    Returns (new quants, slx, sl2, tried) where ``tried``: slx > 0 and the quant differs from Li."""
+    sh = X.shape
+    slx = np.subtract(sumlx, T1, out=_WS.get("q3_slx", sh))
+    sl2 = np.subtract(suml2, T2, out=_WS.get("q3_sl2", sh))
+    q = np.multiply(X, sl2, out=out.view(np.float32))
+    q /= slx
+    q += _MAGIC
+    ni = out
+    ni &= 0x007FFFFF  # nearest_int(...) + _OFF, as C computes it (also for huge and non-finite values)
+    _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
+    tried = np.not_equal(ni, Li, out=_WS.get("q3_tried", sh, bool))
+    tried &= np.greater(slx, 0, out=_WS.get("q3_pos", sh, bool))
+    return ni, slx, sl2, tried
+
+
+def _refine_q3(X, L, sumlx, suml2, Lg, gcols):
+    """The ``itry`` loop of make_q3_quants(16, 4, x, L, true) over the columns of X [16, k]: up to five
+    sequential passes over the positions, each moving one quant when that raises sumlx^2/suml2.
+
+    Event driven: each iteration evaluates every position's move under the column's current sums (a
+    few dense passes), runs C's acceptance test on the moves it would try, and applies the first one
+    the C pass meets from its cursor on.  When there is none the pass ends; the next pass starts with
+    the same sums, so its first move is the first accepted one at any position, applied in the same
+    iteration.  ``L`` (float32 -4..3, [16, k]), ``sumlx``, ``suml2`` are updated in place, the moves also
+    in the columns ``gcols`` of ``Lg``.  Columns are compacted as they finish."""
+    n, k = X.shape
+    ids = np.arange(k)
+    xa, La = X, L
+    sx, s2 = sumlx.copy(), suml2.copy()
+    kc = 0
+    cur = np.zeros(k, np.intp)
+    npass = np.zeros(k, np.int8)
+    changed = np.zeros(k, bool)
+    alive = np.ones(k, bool)
+    with np.errstate(**_ERR):
+        while True:
+            if kc != xa.shape[1]:  # (re)build the per-position arrays of the active columns
+                kc = xa.shape[1]
+                sh = (n, kc)
+                wa = np.multiply(xa, xa, out=_WS.get("r3_w", sh))
+                wxa = np.multiply(wa, xa, out=_WS.get("r3_wx", sh))
+                T1 = np.multiply(wxa, La, out=_WS.get("r3_t1", sh))
+                T2 = np.multiply(wa, La, out=_WS.get("r3_t2", sh))
+                T2 *= La
+                Lia = _plus_off(La, _WS.get("r3_li", sh, np.int32))
+            ni, slx_a, sl2_a, tried = _q3_trials(xa, sx, s2, T1, T2, Lia, _WS.get("r3_ni", sh, np.int32))
+            idx = np.flatnonzero(tried)  # position-major: C's order within a column
+            p = idx // kc
+            c = idx - p * kc
+            nl = ni.reshape(-1)[idx]
+            nl -= _OFF
+            nl = nl.astype(np.float32)
+            t1 = wxa.reshape(-1)[idx] * nl  # C: slx += w*x[i]*new_l; sl2 += w*new_l*new_l
+            t2 = wa.reshape(-1)[idx] * nl
+            t2 *= nl
+            slx = slx_a.reshape(-1)[idx] + t1
+            sl2 = sl2_a.reshape(-1)[idx] + t2
+            sxc = sx[c]
+            a2 = sxc * sxc
+            a2 *= sl2
+            a1 = slx * slx
+            a1 *= s2[c]
+            ok = a1 > a2
+            ok &= sl2 > 0
+            acc = np.flatnonzero(ok)
+            pa, ca = p[acc], c[acc]
+            f0 = np.full(kc, n, np.intp)  # first accepted position, any / from the cursor on
+            np.minimum.at(f0, ca, pa)
+            ge = pa >= cur[ca]
+            f1 = np.full(kc, n, np.intp)
+            np.minimum.at(f1, ca[ge], pa[ge])
+            has1 = f1 < n
+            newpass = ~has1 & alive & changed & (npass < 4) & (f0 < n)
+            fsel = np.where(has1, f1, np.where(newpass, f0, n))
+            sel = acc[np.flatnonzero(pa == fsel[ca])]
+            if sel.size:
+                ps, cs, fi, v = p[sel], c[sel], idx[sel], nl[sel]
+                La.reshape(-1)[fi] = v
+                Lia.reshape(-1)[fi] = v.astype(np.int32) + _OFF
+                T1.reshape(-1)[fi] = t1[sel]
+                T2.reshape(-1)[fi] = t2[sel]
+                Lg[ps, gcols[ids[cs]]] = v
+                sx[cs] = slx[sel]
+                s2[cs] = sl2[sel]
+                cur[cs] = ps + 1
+                changed[cs] = True
+                npass[newpass] += 1
+            fin = np.flatnonzero(alive & ~has1 & ~newpass)
+            if fin.size:
+                sumlx[ids[fin]] = sx[fin]
+                suml2[ids[fin]] = s2[fin]
+                alive[fin] = False
+                cur[fin] = n  # never a candidate again
+                na = int(np.count_nonzero(alive))
+                if na == 0:
+                    break
+                if na * 2 <= kc:  # compact the still active columns
+                    keep = np.flatnonzero(alive)
+                    ids = ids[keep]
+                    xa, La = _take_cols((xa, La), keep)
+                    sx, s2, cur, npass, changed = sx[keep], s2[keep], cur[keep], npass[keep], changed[keep]
+                    alive = np.ones(na, bool)
+
+
 def _make_q3_quants(X):
-    """make_q3_quants(16, 4, x, L, true) for the columns of X [16, k]: (scale [k], L [16, k] float32 0..7)."""
+    """make_q3_quants(16, 4, x, L, true) for the columns of X [16, k]:
+    (scale [k], L [16, k] float32 -4..3, all-zero flags [k], amax [k] = largest |x|)."""
+    shape = X.shape
     amax, mx = _absmax_first(X)
     zero = amax < EPS
     with np.errstate(**_ERR):
         iscale = F32(-4) / np.where(zero, F32(1), mx)
-    L = np.rint(X * iscale)
-    np.clip(L, F32(-4), F32(3), out=L)
-    w = X * X
-    wx = w * X
-    sumlx = _rsum(wx * L, True)
-    suml2 = _rsum((w * L) * L, True)
-    _refine(X, w, wx, L, sumlx, suml2, -4, 3, False)
-    with np.errstate(**_ERR):
+        L = np.multiply(X, iscale, out=_WS.get("q3_l", shape))  # |x * iscale| <= ~4: nearest_int is rint
+        np.rint(L, out=L)
+        _CLIP(L, F32(-4), F32(3), out=L)
+        Li = _plus_off(L, _WS.get("q3_li", shape, np.int32))
+        w = np.multiply(X, X, out=_WS.get("q3_w", shape))
+        wx = np.multiply(w, X, out=_WS.get("q3_wx", shape))
+        T1 = np.multiply(wx, L, out=_WS.get("q3_t1", shape))  # C: sumlx += w*x[i]*l; suml2 += w*l*l
+        T2 = np.multiply(w, L, out=_WS.get("q3_t2", shape))
+        T2 *= L
+        sumlx = _rsum(T1, True)
+        suml2 = _rsum(T2, True)
+        # the columns where the first pass would try a move under the initial sums; the others are done
+        tried = _q3_trials(X, sumlx, suml2, T1, T2, Li, _WS.get("q3_ni", shape, np.int32))[3]
+        cb = np.flatnonzero(np.logical_or.reduce(tried, axis=0) & ~zero)
+        if cb.size:
+            xc, Lc = _take_cols((X, L), cb)
+            sx, s2 = sumlx[cb], suml2[cb]
+            _refine_q3(xc, Lc, sx, s2, L, cb)
+            sumlx[cb] = sx
+            suml2[cb] = s2
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
     scale[zero] = 0
-    return scale, L, zero
+    return scale, L, zero, amax
 
 
 def _make_qx_quants(X, W, nmax, exact):
@@ -597,9 +727,8 @@ def _round_div_T(X, off, d, lo, hi, xmin, xmax):
     else:
         np.add(X, off, out=Q)
         Q /= d
-    M = F32(_MAGIC - F32(lo))  # even: ties go to the even quant as in nearest_int
-    Q += M
-    np.clip(Q, M, M + F32(hi - lo), out=Q)
+    Q += F32(_MAGIC - F32(lo))  # even: ties go to the even quant as in nearest_int
+    _CLIP(Q, _MAGIC, _MAGIC + F32(hi - lo), out=Q)  # 1.5*2^23 + (quant - lo): its low byte is quant - lo
     L = _WS.get("rd_l", X.shape, np.uint8)
     np.copyto(L, Q.view(np.uint8)[:, 0::4] if _LE else Q.view(np.uint8)[:, 3::4])
     with np.errstate(**_ERR):
@@ -744,6 +873,25 @@ def _unpack_q3_scales(s):
     return lo | (hi << 4)
 
 
+def _q3_scales_ref(scales):
+    """quantize_row_q3_K_ref's super-block scale: 6-bit scales against max_scale / -32 (fp16)."""
+    S = scales.reshape(-1, 16)
+    nsb = S.shape[0]
+    with np.errstate(**_ERR):
+        A = np.abs(S)
+        A[np.isnan(A)] = -1  # never selected by `if (scale > amax)`
+        idx = np.argmax(A, axis=1)
+        r = np.arange(nsb)
+        max_scale = np.where(A[r, idx] > 0, S[r, idx], F32(0))
+        has = max_scale != 0
+        iscale = F32(-32) / max_scale
+        l8 = ((nearest_int_c(S * iscale[:, None]) + 128) & 0xFF) - 128  # int8_t l = nearest_int(...)
+        ls = np.clip(l8, -32, 31) + 32
+        ls[~has] = 0  # memset(y[i].scales, 0, 12)
+        d_bits = fp16_bits(np.where(has, F32(1) / iscale, F32(0)))
+    return ls, d_bits
+
+
 class Q3_K(Kernel, qtype=T.Q3_K):
     gil_bound = True
     uses_imatrix = True
@@ -754,66 +902,41 @@ class Q3_K(Kernel, qtype=T.Q3_K):
         nsb = rows * n // QK_K
         nb = nsb * 16
         xb = x.reshape(nb, 16)
-        scales = np.empty(nb, np.float32)
-        if imatrix is None:  # quantize_row_q3_K_ref: make_q3_quants(16, 4, x, L, true)
-            Lq, zq = [], []  # the search's quants and all-zero flags, per batch (only used where d == 0)
-            for a in range(0, nb, _BATCH):
-                X = _to_T(xb, a, a + _BATCH)
-                scales[a:a + _BATCH], Lb, zb = _make_q3_quants(X)
-                Lq.append(Lb)
-                zq.append(zb)
-            S = scales.reshape(nsb, 16)
-            with np.errstate(**_ERR):
-                A = np.abs(S)
-                A[np.isnan(A)] = -1  # never selected by `if (scale > amax)`
-                idx = np.argmax(A, axis=1)
-                r = np.arange(nsb)
-                max_scale = np.where(A[r, idx] > 0, S[r, idx], F32(0))
-                has = max_scale != 0
-                iscale = F32(-32) / max_scale
-                l8 = ((nearest_int_c(S * iscale[:, None]) + 128) & 0xFF) - 128  # int8_t l = nearest_int(...)
-                ls = np.clip(l8, -32, 31) + 32
-                ls[~has] = 0  # memset(y[i].scales, 0, 12)
-                d_bits = fp16_bits(np.where(has, F32(1) / iscale, F32(0)))
-        else:  # quantize_row_q3_K_impl: make_qx_quants(16, 4, x, L, 1, weight), then of the scales
-            wt = _superblock_weights(x, imatrix, 2).reshape(nb, 16)
-            sw = np.empty(nb, np.float32)
-            iscs = np.empty(nb, np.float32)
-            for a in range(0, nb, _BATCH):
-                X = _to_T(xb, a, a + _BATCH)
-                Wt = _to_T(wt, a, a + _BATCH, "t_w")
-                sw[a:a + _BATCH] = _rsum(Wt, True)
-                scales[a:a + _BATCH], iscs[a:a + _BATCH], _ = _make_qx_quants(X, Wt, 4, False)
-            d_block, _, Ls = _make_qx_quants(np.ascontiguousarray(scales.reshape(nsb, 16).T),
-                                             np.ascontiguousarray(sw.reshape(nsb, 16).T), 32, True)
-            ls = Ls.T
-            d_bits = fp16_bits(d_block)
-        sc = (ls - 32).astype(np.float32)  # also right for the memset case: d * -32 == 0 skips the sub-block
-        d = fp16_value(d_bits)[:, None] * sc
-        xs = x.reshape(nsb, 16, 16)
-        with np.errstate(**_ERR):
-            L = nearest_int_c(xs / d[:, :, None])
-        np.clip(L, -4, 3, out=L)
-        L += 4
-        L = L.astype(np.uint8)
-        dz = np.flatnonzero(d.reshape(-1) == 0)
-        if dz.size:
-            if imatrix is None:
-                Lz = np.empty((dz.size, 16), np.uint8)
-                for j, a in enumerate(range(0, nb, _BATCH)):
-                    m = (dz >= a) & (dz < a + _BATCH)
-                    if m.any():
-                        sel = dz[m] - a
-                        Lz[m] = np.where(zq[j][sel, None], 0, Lq[j][:, sel].T + 4)
-                L.reshape(nb, 16)[dz] = Lz
-            else:
-                L.reshape(nb, 16)[dz] = _qx_levels(xb[dz], iscs[dz], 4)
-        L = L.reshape(nsb, 8, 32)
+        wt = None if imatrix is None else _superblock_weights(x, imatrix, 2).reshape(nb, 16)
         out = np.empty((nsb, cls.type_size), np.uint8)
-        out[:, :32] = np.packbits(L > 3, axis=1, bitorder="little")[:, 0]
-        out[:, 32:96] = _pack_2bit((L & 3).reshape(nsb, QK_K))
-        out[:, 96:108] = _pack_q3_scales(ls)
-        out[:, 108:110] = d_bits.reshape(-1, 1).view(np.uint8)
+        for a in range(0, nb, _BATCH):
+            b = min(nb, a + _BATCH)
+            X = _to_T(xb, a, b)
+            if wt is None:  # quantize_row_q3_K_ref: make_q3_quants(16, 4, x, L, true)
+                scales, Ls, zero, amax = _make_q3_quants(X)
+                ls, d_bits = _q3_scales_ref(scales)
+            else:  # quantize_row_q3_K_impl: make_qx_quants(16, 4, x, L, 1, weight), then of the scales
+                W = _to_T(wt, a, b, "t_w")
+                sw = _rsum(W, True)
+                scales, iscs, _ = _make_qx_quants(X, W, 4, False)
+                m = (b - a) // 16
+                d_block, _, Lsc = _make_qx_quants(np.ascontiguousarray(scales.reshape(m, 16).T),
+                                                  np.ascontiguousarray(sw.reshape(m, 16).T), 32, True)
+                ls = Lsc.T
+                d_bits = fp16_bits(d_block)
+                amax = np.maximum(X.max(axis=0), -X.min(axis=0))
+            # the quants again from the stored scales; d * -32 == 0 (also the memset case) skips the
+            # sub-block: it keeps the search's quants
+            d = (fp16_value(d_bits)[:, None] * (ls - 32).astype(np.float32)).reshape(-1)
+            L8 = _round_div_T(X, None, d, -4, 3, -amax, amax)
+            dz = np.flatnonzero(d == 0)
+            if dz.size:
+                if wt is None:  # make_q3_quants' L + 4, or 0 for an all-zero sub-block (its early return)
+                    L8[:, dz] = np.where(zero[dz], F32(0), Ls[:, dz] + F32(4))
+                else:
+                    with np.errstate(**_ERR):
+                        L8[:, dz] = np.clip(nearest_int_c(X[:, dz] * iscs[dz]), -4, 3) + 4
+                    L8[:, dz[iscs[dz] == 0]] = 0
+            o = out[a // 16:b // 16]
+            _pack_hmask_T(L8, o[:, :32])
+            _pack_2bit_T(L8, o[:, 32:96])
+            o[:, 96:108] = _pack_q3_scales(ls)
+            o[:, 108:110] = d_bits.reshape(-1, 1).view(np.uint8)
         return out.reshape(rows, -1)
 
     @classmethod
