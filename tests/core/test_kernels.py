@@ -161,3 +161,12 @@ def test_fused_products_sum_in_c_order(k):
             seq = seq + row
         got = kl._dot(*args)
         assert np.array_equal(got.view(np.uint32), seq.view(np.uint32))
+
+
+def test_f16_dequantize_every_half():
+    """F16 decodes through bit operations (numpy's own conversion is slow): every one of the 65536 halves,
+    subnormals, infinities and NaN payloads included, gives ggml's float32 bit for bit."""
+    q = np.arange(1 << 16, dtype=np.uint32).astype("<u2").view(np.uint8).reshape(4, -1)
+    ours = kernels.dequantize(q, "F16")
+    ref = ggml().dequantize(q, "F16", 1 << 14)
+    assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32))

@@ -27,6 +27,7 @@ from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
 from .common import F32, fp16_bits, fp16_value, pack_nibbles, safe_recip
+from .legacy import block_bytes16, block_u16
 
 # kvalues_iq4nl (ggml-common.h)
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
@@ -75,16 +76,28 @@ def _lookup(al: np.ndarray, table: np.ndarray, out: np.ndarray, bounded: bool) -
     return np.take(table, pos, out=out, mode="clip")
 
 
-_BYTES = np.arange(256)
-_PAIRS = np.stack([KV[_BYTES & 0x0F], KV[_BYTES >> 4]], axis=1).reshape(-1).view(np.complex64)
+# Dequantization: kvalues of two packed bytes (a little-endian uint16: four 4-bit indices) in one
+# lookup: entry u = (kv[b0 & 15], kv[b1 & 15], kv[b0 >> 4], kv[b1 >> 4]) as int8 bytes of a uint32.
+_U16 = np.arange(1 << 16, dtype=np.uint32)
+_KV8 = KVALUES.view(np.uint8).astype(np.uint32)
+_QUADS = (_KV8[_U16 & 0xF] | (_KV8[(_U16 >> 8) & 0xF] << 8) | (_KV8[(_U16 >> 4) & 0xF] << 16)
+          | (_KV8[_U16 >> 12] << 24)).astype(np.uint32)
+del _U16, _KV8
 
 
-def _pair_values(qs: np.ndarray) -> np.ndarray:
-    """Packed bytes [..., m] -> float32 [..., m, 2]: (kvalues[b & 0xf], kvalues[b >> 4]) of each byte."""
-    qi = _buf("dq_i", qs.shape, np.intp)
-    np.copyto(qi, qs, casting="unsafe")
-    pairs = np.take(_PAIRS, qi, out=_buf("dq_p", qs.shape, np.complex64), mode="clip")
-    return pairs.view(np.float32).reshape(*qs.shape, 2)
+def _kvalues_into(qs: np.ndarray, nsub: int, out: np.ndarray) -> np.ndarray:
+    """kvalues of 32-value sub-blocks as int8 [nsub, 32] (``out``, value order: the low nibbles of the 16
+    bytes, then the high ones) from their packed bytes ``qs`` (16 bytes per sub-block, contiguous)."""
+    idx = _buf("dq_idx", (nsub * 8,), np.intp)
+    np.copyto(idx, qs.reshape(-1).view("<u2"), casting="unsafe")
+    g = np.take(_QUADS, idx, out=_buf("dq_g", (nsub * 8,), np.uint32), mode="clip")
+    half = out.view("<u2").reshape(nsub, 2, 8)  # two kvalues per uint16
+    lo = g.astype("<u2")
+    hi = (g >> np.uint32(16)).astype("<u2")
+    hv = half.view(np.complex128)  # [nsub, 2, 1]: 16 bytes at a time
+    hv[:, 0, 0] = lo.view(np.complex128)
+    hv[:, 1, 0] = hi.view(np.complex128)
+    return out.view(np.int8)
 
 
 def _nearest_int(a: np.ndarray) -> np.ndarray:
@@ -334,14 +347,15 @@ class IQ4_NL(Kernel, qtype=T.IQ4_NL):
         return out.reshape(rows, -1)
 
     @classmethod
-    def dequantize_rows(cls, q, n):  # dequantize_row_iq4_nl
-        rows = q.shape[0]
+    def dequantize_into(cls, q, n, out):  # dequantize_row_iq4_nl: y[j] = d * kvalues[...]
         blk = q.reshape(-1, cls.type_size)
         nb = blk.shape[0]
-        d = fp16_value(np.ascontiguousarray(blk[:, :2]).view("<u2")).reshape(nb, 1, 1)
-        # y[j] = d * kvalues[qs[j] & 0xf], y[j + 16] = d * kvalues[qs[j] >> 4]
+        d = block_u16(blk, 0).view("<f2").astype(np.float32)
+        qs = block_bytes16(blk, 2, _buf("dq_qs", (nb, 16), np.uint8))
+        v = out.reshape(-1)
+        np.copyto(v, _kvalues_into(qs, nb, _buf("dq_kv", (nb, 32), np.uint8)).reshape(-1), casting="unsafe")
         with np.errstate(invalid="ignore"):  # an inf scale times a 0 from nothing: NaN, as in the C
-            return np.multiply(_pair_values(blk[:, 2:]).transpose(0, 2, 1), d).reshape(rows, n)
+            v *= np.repeat(d, SUB)
 
 
 class IQ4_XS(Kernel, qtype=T.IQ4_XS):
@@ -376,16 +390,23 @@ class IQ4_XS(Kernel, qtype=T.IQ4_XS):
         return out.reshape(rows, -1)
 
     @classmethod
-    def dequantize_rows(cls, q, n):  # dequantize_row_iq4_xs
-        rows = q.shape[0]
+    def dequantize_into(cls, q, n, out):  # dequantize_row_iq4_xs
         blk = q.reshape(-1, cls.type_size)
         nsb = blk.shape[0]
-        d = fp16_value(np.ascontiguousarray(blk[:, 0:2]).view("<u2")).reshape(nsb, 1)
-        sh = np.ascontiguousarray(blk[:, 2:4]).view("<u2").astype(np.int32)  # scales_h [nsb, 1]
+        d = block_u16(blk, 0).view("<f2").astype(np.float32)[:, None]
+        sh = block_u16(blk, 1).astype(np.int32)[:, None]  # scales_h
         sl = blk[:, 4:8].astype(np.int32)
-        lo = np.stack([sl & 0x0F, sl >> 4], axis=2).reshape(nsb, 8)
-        ls = lo | (((sh >> (2 * np.arange(8))) & 3) << 4)
-        v = _pair_values(blk[:, 8:]).reshape(nsb, 8, 16, 2).transpose(0, 1, 3, 2)
+        ls = np.empty((nsb, 8), np.int32)
+        ls[:, 0::2] = sl & 0x0F
+        ls[:, 1::2] = sl >> 4
+        ls |= ((sh >> _SH_XS) & 3) << 4
+        qs = _buf("dq_qs", (nsb, 8, 16), np.uint8)
+        qs.view(np.complex128)[:, :, 0] = blk[:, 8:].view(np.complex128)
+        v = out.reshape(-1)
+        np.copyto(v, _kvalues_into(qs, nsb * 8, _buf("dq_kv", (nsb * 8, 32), np.uint8)).reshape(-1),
+                  casting="unsafe")
         with np.errstate(invalid="ignore"):  # inf * 0 (an overflowed scale): NaN, as in the C
-            dl = (d * (ls - 32).astype(np.float32)).reshape(nsb, 8, 1, 1)  # dl = d * (ls - 32)
-            return np.multiply(v, dl).reshape(rows, n)
+            v *= np.repeat(d * (ls - 32).astype(np.float32), SUB)  # dl = d * (ls - 32)
+
+
+_SH_XS = 2 * np.arange(8, dtype=np.int32)

@@ -18,6 +18,7 @@ from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
 from .common import F32, fp16_bits, fp16_value
+from .legacy import block_bytes16, block_u16
 
 QK_K = 256
 EPS = F32(1e-15)  # GROUP_MAX_EPS
@@ -835,22 +836,63 @@ class Q2_K(Kernel, qtype=T.Q2_K):
         return out.reshape(rows, -1)
 
     @classmethod
-    def dequantize_rows(cls, q, n):  # dequantize_row_q2_K
+    def dequantize_into(cls, q, n, out):  # dequantize_row_q2_K
         blk = q.reshape(-1, cls.type_size)
-        m = blk.shape[0]
+        nb = blk.shape[0]
+        d = block_u16(blk, 40).view("<f2").astype(np.float32)[:, None]
+        dmin = block_u16(blk, 41).view("<f2").astype(np.float32)[:, None]
         sc = blk[:, :16]
-        dm = fp16_value(np.ascontiguousarray(blk[:, 80:84]).view("<u2"))
-        dl = dm[:, :1] * (sc & 0xF).astype(np.float32)
-        ml = dm[:, 1:2] * (sc >> 4).astype(np.float32)
-        qs = blk[:, 16:80]
-        v = np.empty((m, 8, 32), np.uint8)
-        for k in range(8):  # value 32k + l: bits 2(k%4) of qs[32(k//4) + l]
-            t = np.right_shift(qs[:, 32 * (k // 4):32 * (k // 4) + 32], np.uint8(2 * (k % 4)), out=v[:, k])
-            t &= np.uint8(3)
-        y = v.astype(np.float32).reshape(m, QK_K)
-        y *= np.repeat(dl, 16, axis=1)
-        y -= np.repeat(ml, 16, axis=1)
-        return y.reshape(q.shape[0], n)
+        with np.errstate(**_ERR):  # an inf scale times 0: NaN, as in C
+            dl = d * (sc & 0xF).astype(np.float32)
+            ml = dmin * (sc >> 4).astype(np.float32)
+            _scale_into(_q2_codes(blk, 16, nb), dl, ml, out)
+
+
+def _qs_words(blk, start, nb):
+    """The 64 bytes of 2-bit codes at ``start`` as uint64 [nb, 2, 4]: group n holds values 128n + 32j + l
+    at bits 2j of byte l."""
+    qs = _WS.get("dq_qs", (nb, 2, 4), np.uint64)
+    for k in range(4):
+        block_bytes16(blk, start + 16 * k, qs.reshape(nb, 4, 2)[:, k])
+    return qs
+
+
+_V32 = np.dtype("V32")
+
+
+def _value_order(C, nb):
+    """C [4 (j), nb, 2 (n), 4] uint64 (j outermost: long vector operations) -> bytes [nb, 256] in value
+    order, value 128n + 32j + l (a copy of 32-byte pieces)."""
+    codes = _WS.get("dq_codes", (nb, 2, 4, 4), np.uint64)
+    cv = codes.view(_V32)  # [nb, 2, 4, 1]
+    for j in range(4):
+        cv[:, :, j] = C[j].view(_V32)
+    return codes.view(np.uint8).reshape(nb, QK_K)
+
+
+def _q2_codes(blk, start, nb):
+    """Q2_K's codes 0..3 as bytes [nb, 256] in value order (value 128n + 32j + l: bits 2j of qs[32n + l])."""
+    qs = _qs_words(blk, start, nb)
+    C = _WS.get("dq_c", (4, nb, 2, 4), np.uint64)
+    for j in range(4):
+        np.right_shift(qs, _SHJ[j], out=C[j])
+        C[j] &= _M2
+    return _value_order(C, nb)
+
+
+def _scale_into(codes, dl, ml, out):
+    """out = dl * code (- ml) for codes [nb, 256] (any integer dtype) with dl, ml per 16 values."""
+    v = out.reshape(-1)
+    np.copyto(v, codes.reshape(-1), casting="unsafe")
+    v *= np.repeat(dl.reshape(-1), 16)  # np.repeat beats a broadcast over runs of 16
+    if ml is not None:
+        v -= np.repeat(ml.reshape(-1), 16)
+
+
+_SHJ = [np.uint64(2 * j) for j in range(4)]
+_M2 = np.uint64(0x0303030303030303)
+_M1 = np.uint64(0x0101010101010101)
+_FC = np.uint64(0xFC)
 
 
 # -- Q3_K ------------------------------------------------------------------------------------------
@@ -864,13 +906,6 @@ def _pack_q3_scales(l):
     s[:, :8] = lo[:, :8] | (lo[:, 8:] << 4)
     s[:, 8:] = hi[:, 0:4] | (hi[:, 4:8] << 2) | (hi[:, 8:12] << 4) | (hi[:, 12:16] << 6)
     return s
-
-
-def _unpack_q3_scales(s):
-    """The 12 scale bytes -> 6-bit scales [m, 16] (dequantize_row_q3_K's kmask shuffle)."""
-    lo = np.concatenate([s[:, :8] & 0xF, s[:, :8] >> 4], axis=1)
-    hi = np.concatenate([(s[:, 8:] >> k) & 3 for k in (0, 2, 4, 6)], axis=1)
-    return lo | (hi << 4)
 
 
 def _q3_scales_ref(scales):
@@ -940,23 +975,45 @@ class Q3_K(Kernel, qtype=T.Q3_K):
         return out.reshape(rows, -1)
 
     @classmethod
-    def dequantize_rows(cls, q, n):  # dequantize_row_q3_K
+    def dequantize_into(cls, q, n, out):  # dequantize_row_q3_K
         blk = q.reshape(-1, cls.type_size)
-        m = blk.shape[0]
-        d_all = fp16_value(np.ascontiguousarray(blk[:, 108:110]).view("<u2")).reshape(-1)
-        sc = _unpack_q3_scales(blk[:, 96:108]).astype(np.int8) - np.int8(32)
-        dl = d_all[:, None] * sc.astype(np.float32)
-        hm = blk[:, :32]
-        qs = blk[:, 32:96]
-        v = np.empty((m, 8, 32), np.uint8)
-        for k in range(8):  # value 32k + l: bits 2(k%4) of qs[32(k//4) + l], bit k of hmask[l]
-            h = hm >> np.uint8(k)
-            h &= np.uint8(1)
-            h <<= np.uint8(2)
-            t = qs[:, 32 * (k // 4):32 * (k // 4) + 32] >> np.uint8(2 * (k % 4))
-            t &= np.uint8(3)
+        nb = blk.shape[0]
+        d_all = block_u16(blk, 54).view("<f2").astype(np.float32)[:, None]
+        qs = _qs_words(blk, 32, nb)
+        # hmask bit 4n + j of byte l is set where value 128n + 32j + l is (q & 3), clear where it is (q & 3) - 4
+        nh = _WS.get("dq_hm", (nb, 2, 4), np.uint64)  # [:, n]: the bits 4n.. of every byte shifted down
+        block_bytes16(blk, 0, nh[:, 0, :2])
+        block_bytes16(blk, 16, nh[:, 0, 2:])
+        np.invert(nh[:, 0], out=nh[:, 0])
+        np.right_shift(nh[:, 0], np.uint64(4), out=nh[:, 1])
+        C = _WS.get("dq_c", (4, nb, 2, 4), np.uint64)
+        h = _WS.get("dq_h", (nb, 2, 4), np.uint64)
+        for j in range(4):
+            t = np.right_shift(qs, _SHJ[j], out=C[j])
+            t &= _M2
+            np.right_shift(nh, _SHJ1[j], out=h)
+            h &= _M1
+            h *= _FC  # q - 4 as a byte: q | 0xFC
             t |= h
-            np.subtract(t, np.uint8(4), out=v[:, k])  # (q & 3) - (hm ? 0 : 4), as int8
-        y = v.view(np.int8).astype(np.float32).reshape(m, QK_K)
-        y *= np.repeat(dl, 16, axis=1)
-        return y.reshape(q.shape[0], n)
+        with np.errstate(**_ERR):
+            _scale_into(_value_order(C, nb).view(np.int8), d_all * _q3_scale_values(blk[:, 96:108]), None, out)
+
+
+def _q3_scale_values(s):
+    """The 12 scale bytes of Q3_K blocks -> (scale - 32) as float32 [nb, 16] (dequantize_row_q3_K's kmask
+    shuffle, on 64-bit words): scale k < 8 is the low nibble of byte k, k >= 8 the high nibble of byte
+    k - 8, with two high bits from bytes 8..11 (bits 2(k // 4) of byte 8 + k % 4)."""
+    a = s[:, :8].view("<u8")[:, 0].astype(np.uint64)
+    t = s[:, 8:12].view("<u4")[:, 0].astype(np.uint64)
+    sc = np.empty((s.shape[0], 2), "<u8")
+    np.bitwise_or(a & _M4, (((t | ((t >> _SHJ[1]) << _S32)) & _M2) << _SHJ[2]), out=sc[:, 0])
+    np.bitwise_or((a >> _SHJ[2]) & _M4, ((((t >> _SHJ[2]) | ((t >> _SHJ[3]) << _S32)) & _M2) << _SHJ[2]),
+                  out=sc[:, 1])
+    v = sc.view(np.uint8).astype(np.float32)
+    v -= F32(32)
+    return v
+
+
+_SHJ1 = [np.uint64(j) for j in range(4)]
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_S32 = np.uint64(32)

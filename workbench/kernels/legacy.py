@@ -1,14 +1,17 @@
 """Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: 32-value blocks with one fp16 scale (and a min for the _1 types)."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
 from .common import (F32, fp16_bits, fp16_value, make_qkx_quants, make_qx_quants, pack_bits,
-                     roundf, safe_recip, seqsum)
+                     roundf, safe_recip, scratch, seqsum)
 
 QK = 32
+_LE = sys.byteorder == "little"
 
 
 def _blocks(x: np.ndarray) -> np.ndarray:
@@ -122,30 +125,75 @@ def _quant_offset_rows(b: np.ndarray, iv: np.ndarray, offset: float, top: int) -
     return L
 
 
-def _unpack_qh(qh: np.ndarray) -> np.ndarray:
-    bits = np.unpackbits(qh, axis=1, bitorder="little")
-    return bits.astype(np.uint8) << 4
+# Dequantization works on whole 16-byte pieces of every block (one complex128 element each: numpy copies
+# them in one strided loop) and on 64-bit words of codes (eight values per operation): numpy is slow
+# on the short rows of a [blocks, 32] layout.
+
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_FOUR = np.uint64(4)
+_REP8 = np.uint64(0x0101010101010101)  # byte t to all eight bytes
+_BITK = np.uint64(0x8040201008040201)  # byte k keeps bit k
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+_TOP = np.uint64(0x8080808080808080)
+_THREE = np.uint64(3)
 
 
-def _unpack_nibbles(qs: np.ndarray) -> np.ndarray:
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+def block_u16(blk: np.ndarray, col: int) -> np.ndarray:
+    """The little-endian uint16 at byte 2*col of every block of ``blk`` [nb, type_size] (a strided view
+    when it can be one)."""
+    nb, ts = blk.shape
+    if ts % 2 == 0 and blk.strides[1] == 1 and blk.strides[0] == ts:
+        return blk.reshape(-1).view("<u2").reshape(nb, ts // 2)[:, col]
+    return np.ascontiguousarray(blk[:, 2 * col:2 * col + 2]).view("<u2")[:, 0]
 
 
-def _dequant(q: np.ndarray, n: int, type_size: int, heads: int, offset: int, qh: bool) -> np.ndarray:
-    """dequantize_row_q4_0/q4_1/q5_0/q5_1: y = (code - offset) * d (+ m)."""
+def block_bytes16(blk: np.ndarray, start: int, out: np.ndarray) -> np.ndarray:
+    """Bytes start..start+16 of every block into ``out`` ([nb, 16 bytes] with a contiguous last axis)."""
+    out.view(np.complex128)[:, 0] = blk[:, start:start + 16].view(np.complex128)[:, 0]
+    return out
+
+
+def _scale_into(b: np.ndarray, d: np.ndarray, m: np.ndarray | None, out: np.ndarray) -> None:
+    """out = b * d (+ m): integer codes ``b`` (value order) as float32 times one d (and m) per 32 values."""
+    v = out.reshape(-1)
+    np.copyto(v, b.reshape(-1), casting="unsafe")
+    v *= np.repeat(d, QK)  # np.repeat beats a broadcast over rows of 32
+    if m is not None:
+        v += np.repeat(m, QK)
+
+
+def _dequant_into(q: np.ndarray, out: np.ndarray, type_size: int, heads: int, offset: int, qh: bool) -> None:
+    """dequantize_row_q4_0/q4_1/q5_0/q5_1 into ``out``: y = (code - offset) * d (+ m)."""
     blk = q.reshape(-1, type_size)
-    hf = fp16_value(np.ascontiguousarray(blk[:, :2 * heads]).view("<u2"))  # d (and m)
+    nb = blk.shape[0]
+    d = block_u16(blk, 0).view("<f2").astype(np.float32)
+    m = block_u16(blk, 1).view("<f2").astype(np.float32) if heads == 2 else None
     start = 2 * heads + (4 if qh else 0)
-    codes = _unpack_nibbles(blk[:, start:])
-    if qh:
-        codes |= _unpack_qh(blk[:, 2 * heads:start])
-    v = codes.astype(np.float32)
+    qs = block_bytes16(blk, start, scratch("lg_qs", (nb, 2), np.uint64))
+    lo = np.bitwise_and(qs, _M4, out=scratch("lg_lo", (nb, 2), np.uint64))  # values 0..15
+    hi = np.right_shift(qs, _FOUR, out=scratch("lg_hi", (nb, 2), np.uint64))  # values 16..31
+    hi &= _M4
+    codes = scratch("lg_codes", (nb, 4), np.uint64)
+    cc = codes.view(np.complex128)
+    cc[:, 0] = lo.view(np.complex128)[:, 0]
+    cc[:, 1] = hi.view(np.complex128)[:, 0]
+    if qh:  # bit j of qh: the fifth bit of value j, spread to bit 4 of byte j
+        hb = scratch("lg_hb", (nb, 4), np.uint64)
+        for k in range(4):
+            np.copyto(hb[:, k], blk[:, 2 * heads + k], casting="unsafe")
+        hb *= _REP8
+        hb &= _BITK
+        hb += _LOW7  # bit 7 of byte k: bit k of the qh byte
+        hb &= _TOP
+        hb >>= _THREE
+        if not _LE:  # pragma: no cover - byte k of a word is byte 7 - k in memory there
+            hb.byteswap(inplace=True)
+        codes |= hb
+    b = codes.view(np.uint8)
     if offset:
-        v -= F32(offset)  # exact: small integers
-    v *= hf[:, :1]
-    if heads == 2:
-        v += hf[:, 1:2]
-    return v.reshape(q.shape[0], n)
+        b -= np.uint8(offset)  # (code - offset) as int8
+        b = b.view(np.int8)
+    _scale_into(b, d, m, out)
 
 
 def _quantize_symmetric(x: np.ndarray, imatrix, nmax: int) -> np.ndarray:
@@ -186,8 +234,9 @@ class Q4_0(Kernel, qtype=T.Q4_0):
         return _quantize_symmetric(x, imatrix, 8)
 
     @classmethod
-    def dequantize_rows(cls, q, n):
-        return _dequant(q, n, cls.type_size, 1, 8, False)
+    def dequantize_into(cls, q, n, out):
+        with np.errstate(invalid="ignore", over="ignore"):  # an inf scale times 0: NaN, as in C
+            _dequant_into(q, out, cls.type_size, 1, 8, False)
 
 
 class Q4_1(Kernel, qtype=T.Q4_1):
@@ -198,8 +247,9 @@ class Q4_1(Kernel, qtype=T.Q4_1):
         return _quantize_min_max(x, imatrix, 15)
 
     @classmethod
-    def dequantize_rows(cls, q, n):
-        return _dequant(q, n, cls.type_size, 2, 0, False)
+    def dequantize_into(cls, q, n, out):
+        with np.errstate(invalid="ignore", over="ignore"):  # an inf scale times 0: NaN, as in C
+            _dequant_into(q, out, cls.type_size, 2, 0, False)
 
 
 class Q5_0(Kernel, qtype=T.Q5_0):
@@ -210,8 +260,9 @@ class Q5_0(Kernel, qtype=T.Q5_0):
         return _quantize_symmetric(x, imatrix, 16)
 
     @classmethod
-    def dequantize_rows(cls, q, n):
-        return _dequant(q, n, cls.type_size, 1, 16, True)
+    def dequantize_into(cls, q, n, out):
+        with np.errstate(invalid="ignore", over="ignore"):  # an inf scale times 0: NaN, as in C
+            _dequant_into(q, out, cls.type_size, 1, 16, True)
 
 
 class Q5_1(Kernel, qtype=T.Q5_1):
@@ -222,8 +273,9 @@ class Q5_1(Kernel, qtype=T.Q5_1):
         return _quantize_min_max(x, imatrix, 31)
 
     @classmethod
-    def dequantize_rows(cls, q, n):
-        return _dequant(q, n, cls.type_size, 2, 0, True)
+    def dequantize_into(cls, q, n, out):
+        with np.errstate(invalid="ignore", over="ignore"):  # an inf scale times 0: NaN, as in C
+            _dequant_into(q, out, cls.type_size, 2, 0, True)
 
 
 class Q8_0(Kernel, qtype=T.Q8_0):  # quantize_row_q8_0_ref (ggml ignores quant weights for Q8_0)
@@ -238,9 +290,12 @@ class Q8_0(Kernel, qtype=T.Q8_0):  # quantize_row_q8_0_ref (ggml ignores quant w
         return out.reshape(rows, -1)
 
     @classmethod
-    def dequantize_rows(cls, q, n):
+    def dequantize_into(cls, q, n, out):  # dequantize_row_q8_0
         blk = q.reshape(-1, cls.type_size)
-        d = fp16_value(np.ascontiguousarray(blk[:, :2]).view("<u2"))
-        v = blk[:, 2:].view(np.int8).astype(np.float32)
-        v *= d
-        return v.reshape(q.shape[0], n)
+        nb = blk.shape[0]
+        d = block_u16(blk, 0).view("<f2").astype(np.float32)
+        qs = scratch("lg_qs8", (nb, 4), np.uint64)
+        block_bytes16(blk, 2, qs[:, :2])
+        block_bytes16(blk, 18, qs[:, 2:])
+        with np.errstate(invalid="ignore", over="ignore"):
+            _scale_into(qs.view(np.int8), d, None, out)
