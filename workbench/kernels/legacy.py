@@ -45,26 +45,36 @@ def _quant_offset(bt: np.ndarray, iv: np.ndarray, offset: float, top: int) -> np
     """``MIN(top, (int8_t)(x*id + offset))`` as uint8 [32, nb]."""
     q = bt * iv
     q += F32(offset)
-    L = q.astype(np.int8).view(np.uint8)
+    if np.isfinite(iv).all():
+        # x*id + offset lies in [0, top + 1): clamping the float before the truncation equals C's MIN after
+        # it, and a float clip is far cheaper than np.minimum on bytes
+        np.clip(q, F32(-128), F32(top), out=q)
+        return q.astype(np.int8).view(np.uint8)
+    L = q.astype(np.int8).view(np.uint8)  # id = inf (subnormal scales): C's int8 of +-inf / NaN is 0
     np.minimum(L, top, out=L)
     return L
 
 
 def _pack(Lt: np.ndarray, *heads: np.ndarray, qh: bool = False) -> np.ndarray:
-    """Block bytes from quants [32, nb]: fp16 fields (``heads``), the qh bits of 5-bit types, the nibbles."""
+    """Block bytes from quants [32, nb]: fp16 fields (``heads``), the qh bits of 5-bit types, the nibbles.
+
+    Every field starts on an even byte, so the block is written as little-endian 16-bit words: the
+    transposing writes move half as many items as bytes would."""
     nb = Lt.shape[1]
     h = 2 * len(heads) + (4 if qh else 0)
     out = np.empty((nb, h + 16), np.uint8)
+    words = out.view("<u2")  # [nb, h/2 + 8]
     for k, bits in enumerate(heads):
-        out[:, 2 * k:2 * k + 2] = bits.reshape(nb, 1).view(np.uint8)
+        words[:, k] = bits.reshape(nb)
     if qh:
         fifth = (Lt >> 4).reshape(4, 8, nb)  # qh bit j of byte k is the fifth bit of quant 8k+j
         qhb = np.zeros((4, nb), np.uint8)
         for j in range(8):
             qhb |= fifth[:, j] << j
-        out[:, 2 * len(heads):h] = qhb.T
+        words[:, len(heads):len(heads) + 2] = (qhb[0::2].astype("<u2") | (qhb[1::2].astype("<u2") << 8)).T
         Lt = Lt & 0x0F
-    out[:, h:] = (Lt[:16] | (Lt[16:] << 4)).T
+    nib = Lt[:16] | (Lt[16:] << 4)  # byte j: quants j and j + 16
+    words[:, h // 2:] = (nib[0::2].astype("<u2") | (nib[1::2].astype("<u2") << 8)).T
     return out
 
 
