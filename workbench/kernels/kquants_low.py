@@ -319,93 +319,95 @@ def _q3_trials(X, sumlx, suml2, T1, T2, Li, out):
     return ni, slx, sl2, tried
 
 
-def _refine_q3(X, L, sumlx, suml2, Lg, gcols):
+def _refine_q3(X, w, wx, L, Li, T1, T2, sumlx, suml2, trials):
     """The ``itry`` loop of make_q3_quants(16, 4, x, L, true) over the columns of X [16, k]: up to five
     sequential passes over the positions, each moving one quant when that raises sumlx^2/suml2.
 
     Event driven: each iteration evaluates every position's move under the column's current sums (a
-    few dense passes), runs C's acceptance test on the moves it would try, and applies the first one
-    the C pass meets from its cursor on.  When there is none the pass ends; the next pass starts with
-    the same sums, so its first move is the first accepted one at any position, applied in the same
-    iteration.  ``L`` (float32 -4..3, [16, k]), ``sumlx``, ``suml2`` are updated in place, the moves also
-    in the columns ``gcols`` of ``Lg``.  Columns are compacted as they finish."""
+    few dense passes, ``_q3_trials``), runs C's acceptance test on the moves it would try, and applies
+    the first one the C pass meets from its cursor on.  When there is none the pass ends; the next pass
+    starts with the same sums, so its first move is the first accepted one at any position, applied in
+    the same iteration.  ``w`` = x*x, ``wx`` = w*x, ``Li`` = L + _OFF (int32), ``T1`` = wx*L and
+    ``T2`` = (w*L)*L go with ``L``; ``trials`` are _q3_trials' results for the initial sums (columns
+    where nothing is tried are done at once).  ``L``, ``sumlx`` and ``suml2`` are updated in place.
+    Columns are compacted as they finish."""
     n, k = X.shape
-    ids = np.arange(k)
-    xa, La = X, L
+    ids = np.arange(k)  # the columns of X of the active ones
+    xa, wa, wxa, La, Lia, T1a, T2a = X, w, wx, L, Li, T1, T2
     sx, s2 = sumlx.copy(), suml2.copy()
-    kc = 0
-    cur = np.zeros(k, np.intp)
+    cur = np.zeros(k, np.intp)  # the C pass's position in each column
     npass = np.zeros(k, np.int8)
-    changed = np.zeros(k, bool)
+    elig = np.zeros(k, bool)  # the pass changed something and another may follow
     alive = np.ones(k, bool)
+    kc = k
     with np.errstate(**_ERR):
         while True:
-            if kc != xa.shape[1]:  # (re)build the per-position arrays of the active columns
-                kc = xa.shape[1]
-                sh = (n, kc)
-                wa = np.multiply(xa, xa, out=_WS.get("r3_w", sh))
-                wxa = np.multiply(wa, xa, out=_WS.get("r3_wx", sh))
-                T1 = np.multiply(wxa, La, out=_WS.get("r3_t1", sh))
-                T2 = np.multiply(wa, La, out=_WS.get("r3_t2", sh))
-                T2 *= La
-                Lia = _plus_off(La, _WS.get("r3_li", sh, np.int32))
-            ni, slx_a, sl2_a, tried = _q3_trials(xa, sx, s2, T1, T2, Lia, _WS.get("r3_ni", sh, np.int32))
+            if trials is None:
+                trials = _q3_trials(xa, sx, s2, T1a, T2a, Lia, _WS.get("r3_ni", (n, kc), np.int32))
+            ni, slx_a, sl2_a, tried = trials
+            trials = None
             idx = np.flatnonzero(tried)  # position-major: C's order within a column
             p = idx // kc
             c = idx - p * kc
-            nl = ni.reshape(-1)[idx]
-            nl -= _OFF
-            nl = nl.astype(np.float32)
+            nl = np.subtract(ni.reshape(-1)[idx], _OFF, dtype=np.float32)
             t1 = wxa.reshape(-1)[idx] * nl  # C: slx += w*x[i]*new_l; sl2 += w*new_l*new_l
             t2 = wa.reshape(-1)[idx] * nl
             t2 *= nl
             slx = slx_a.reshape(-1)[idx] + t1
             sl2 = sl2_a.reshape(-1)[idx] + t2
-            sxc = sx[c]
-            a2 = sxc * sxc
+            a2 = sx[c]
+            a2 *= a2
             a2 *= sl2
             a1 = slx * slx
             a1 *= s2[c]
-            ok = a1 > a2
+            ok = a1 > a2  # slx*slx*suml2 > sumlx*sumlx*sl2
             ok &= sl2 > 0
             acc = np.flatnonzero(ok)
             pa, ca = p[acc], c[acc]
-            f0 = np.full(kc, n, np.intp)  # first accepted position, any / from the cursor on
-            np.minimum.at(f0, ca, pa)
-            ge = pa >= cur[ca]
-            f1 = np.full(kc, n, np.intp)
-            np.minimum.at(f1, ca[ge], pa[ge])
-            has1 = f1 < n
-            newpass = ~has1 & alive & changed & (npass < 4) & (f0 < n)
-            fsel = np.where(has1, f1, np.where(newpass, f0, n))
-            sel = acc[np.flatnonzero(pa == fsel[ca])]
+            # per column the first accepted move from the cursor on (key p), else the first of all (key n + p)
+            key = np.where(pa >= cur[ca], pa, pa + n)
+            fk = np.full(kc, 2 * n, np.intp)
+            np.minimum.at(fk, ca, key)
+            pick = fk < n
+            pick |= (fk < 2 * n) & elig  # pass ended: the next pass's first move
+            npass[pick & (fk >= n)] += 1
+            sel = acc[np.flatnonzero(key == np.where(pick, fk, -1)[ca])]
             if sel.size:
                 ps, cs, fi, v = p[sel], c[sel], idx[sel], nl[sel]
                 La.reshape(-1)[fi] = v
                 Lia.reshape(-1)[fi] = v.astype(np.int32) + _OFF
-                T1.reshape(-1)[fi] = t1[sel]
-                T2.reshape(-1)[fi] = t2[sel]
-                Lg[ps, gcols[ids[cs]]] = v
+                T1a.reshape(-1)[fi] = t1[sel]
+                T2a.reshape(-1)[fi] = t2[sel]
+                if La is not L:
+                    L[ps, ids[cs]] = v
                 sx[cs] = slx[sel]
                 s2[cs] = sl2[sel]
                 cur[cs] = ps + 1
-                changed[cs] = True
-                npass[newpass] += 1
-            fin = np.flatnonzero(alive & ~has1 & ~newpass)
+                elig[cs] = npass[cs] < 4
+            fin = np.flatnonzero(alive & ~pick)
             if fin.size:
                 sumlx[ids[fin]] = sx[fin]
                 suml2[ids[fin]] = s2[fin]
                 alive[fin] = False
+                elig[fin] = False
                 cur[fin] = n  # never a candidate again
                 na = int(np.count_nonzero(alive))
                 if na == 0:
                     break
                 if na * 2 <= kc:  # compact the still active columns
                     keep = np.flatnonzero(alive)
+                    kc = na
                     ids = ids[keep]
                     xa, La = _take_cols((xa, La), keep)
-                    sx, s2, cur, npass, changed = sx[keep], s2[keep], cur[keep], npass[keep], changed[keep]
-                    alive = np.ones(na, bool)
+                    sh = (n, kc)
+                    wa = np.multiply(xa, xa, out=_WS.get("r3_w", sh))
+                    wxa = np.multiply(wa, xa, out=_WS.get("r3_wx", sh))
+                    T1a = np.multiply(wxa, La, out=_WS.get("r3_t1", sh))
+                    T2a = np.multiply(wa, La, out=_WS.get("r3_t2", sh))
+                    T2a *= La
+                    Lia = _plus_off(La, _WS.get("r3_li", sh, np.int32))
+                    sx, s2, cur, npass, elig = sx[keep], s2[keep], cur[keep], npass[keep], elig[keep]
+                    alive = np.ones(kc, bool)
 
 
 def _make_q3_quants(X):
@@ -428,12 +430,21 @@ def _make_q3_quants(X):
         sumlx = _rsum(T1, True)
         suml2 = _rsum(T2, True)
         # the columns where the first pass would try a move under the initial sums; the others are done
+        # (all-zero sub-blocks return before the rmse passes)
         tried = _q3_trials(X, sumlx, suml2, T1, T2, Li, _WS.get("q3_ni", shape, np.int32))[3]
         cb = np.flatnonzero(np.logical_or.reduce(tried, axis=0) & ~zero)
         if cb.size:
             xc, Lc = _take_cols((X, L), cb)
+            sh = xc.shape
+            wc = np.multiply(xc, xc, out=_WS.get("r3_w", sh))
+            wxc = np.multiply(wc, xc, out=_WS.get("r3_wx", sh))
+            T1c = np.multiply(wxc, Lc, out=_WS.get("r3_t1", sh))
+            T2c = np.multiply(wc, Lc, out=_WS.get("r3_t2", sh))
+            T2c *= Lc
+            Lic = _plus_off(Lc, _WS.get("r3_li", sh, np.int32))
             sx, s2 = sumlx[cb], suml2[cb]
-            _refine_q3(xc, Lc, sx, s2, L, cb)
+            _refine_q3(xc, wc, wxc, Lc, Lic, T1c, T2c, sx, s2, None)
+            L[:, cb] = Lc
             sumlx[cb] = sx
             suml2[cb] = s2
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
@@ -550,13 +561,12 @@ def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
         rng = mx - mn
         iscale = fmax / np.where(flat, F32(1), rng)
         scale = F32(1) / iscale
-        XM = np.subtract(X, mn, out=_WS.get("q_xm", shape))
-        La = _WS.get("q_la", shape)
-        if np.isfinite(iscale).all():  # 0 <= XM * iscale <= ~nmax: nearest_int is rint there
-            np.multiply(XM, iscale, out=La)
+        La = np.subtract(X, mn, out=_WS.get("q_la", shape))
+        if np.isfinite(iscale).all():  # 0 <= (x - min) * iscale <= ~nmax: nearest_int is rint there
+            La *= iscale
             np.rint(La, out=La)
         else:
-            La[...] = nearest_int_c(XM * iscale)
+            La[...] = nearest_int_c(La * iscale)
         _CLIP(La, F32(0), fmax, out=La)
         E = np.multiply(La, scale, out=_WS.get("qat2", shape))
         E += mn
@@ -569,21 +579,18 @@ def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
         best_isc = iscale.copy()
         used_mn = mn.copy()
         mn = mn.copy()
-        stale = False
         for s in range(nstep + 1):
-            if stale:
-                np.subtract(mx, mn, out=rng)
-                np.subtract(X, mn, out=XM)
+            np.subtract(mx, mn, out=rng)
             isc = np.divide(F32(rmin) + F32(rdelta) * F32(s) + fmax, rng)
-            np.multiply(XM, isc, out=La)
+            np.subtract(X, mn, out=La)  # C: l = nearest_int(iscale*(x[i] - min)); MAX(0, MIN(nmax, l))
+            La *= isc
             np.rint(La, out=La)
             _CLIP(La, F32(0), fmax, out=La)
             D, this_scale, this_min, cur = _qkx_eval(X, W, La, sum_w, sum_x, use_mad, "qa")
             ok = np.less(cur, best)
             ok &= D > 0
             bi = np.flatnonzero(ok)
-            stale = bi.size > 0
-            if stale:
+            if bi.size:
                 best[bi] = cur[bi]
                 scale[bi] = this_scale[bi]
                 best_isc[bi] = isc[bi]
