@@ -777,20 +777,24 @@ def _superblock_weights(x, imatrix, factor):
 # -- Q2_K ------------------------------------------------------------------------------------------
 
 def _q2_scales_ref(scales, mins):
-    """quantize_row_q2_K_ref's super-block scales: 4-bit scales and mins against max/15 (fp16)."""
-    S = scales.reshape(-1, 16)
-    M = mins.reshape(-1, 16)
+    """quantize_row_q2_K_ref's super-block scales: 4-bit scales and mins against max/15 (fp16).
+    (Worked on [2, 16, nsb] transposed copies: numpy is slow along rows of 16.)"""
+    nsb = scales.size // 16
+    SM = np.empty((2, 16, nsb), np.float32)
+    SM[0] = scales.reshape(nsb, 16).T
+    SM[1] = mins.reshape(nsb, 16).T
     with np.errstate(**_ERR):
-        max_scale = np.fmax(np.fmax.reduce(S, axis=1), F32(0))  # C: if (scale > max_scale)
-        max_min = np.fmax(np.fmax.reduce(M, axis=1), F32(0))
-        ps = max_scale > 0
-        pm = max_min > 0
-        ls = np.where(ps[:, None], nearest_int_c(S * (F32(15) / max_scale)[:, None]), 0)
-        lm = np.where(pm[:, None], nearest_int_c(M * (F32(15) / max_min)[:, None]), 0)
-        sc = ((ls & 0xFF) | ((lm << 4) & 0xFF)).astype(np.uint8)
-        d_bits = fp16_bits(np.where(ps, max_scale / F32(15), F32(0)))
-        m_bits = fp16_bits(np.where(pm, max_min / F32(15), F32(0)))
-    return sc, d_bits, m_bits
+        mx = np.fmax(np.fmax.reduce(SM, axis=1), F32(0))  # C: if (scale > max_scale); max_min alike
+        has = mx > 0
+        L = nearest_int_c(SM * (F32(15) / mx)[:, None, :])
+        L *= has[:, None, :]  # 0 where max <= 0
+        L[1] <<= 4
+        L[0] &= 0xFF
+        L[1] &= 0xFF
+        L[0] |= L[1]
+        sc = np.ascontiguousarray(L[0].T).astype(np.uint8)
+        bits = fp16_bits(np.where(has, mx / F32(15), F32(0)))
+    return sc, bits[0], bits[1]
 
 
 def _q2_scales_impl(scales, mins, sw):
@@ -904,15 +908,24 @@ _FC = np.uint64(0xFC)
 
 # -- Q3_K ------------------------------------------------------------------------------------------
 
+_M4W = np.uint32(0x0F0F0F0F)
+_M3W = np.uint32(0x03030303)
+
+
 def _pack_q3_scales(l):
-    """6-bit scales l [m, 16] (0..63) -> the 12 scale bytes of block_q3_K."""
-    l = l.astype(np.uint8)
-    lo = l & 0xF
-    hi = l >> 4
-    s = np.empty((l.shape[0], 12), np.uint8)
-    s[:, :8] = lo[:, :8] | (lo[:, 8:] << 4)
-    s[:, 8:] = hi[:, 0:4] | (hi[:, 4:8] << 2) | (hi[:, 8:12] << 4) | (hi[:, 12:16] << 6)
-    return s
+    """6-bit scales l [m, 16] (0..63) -> the 12 scale bytes of block_q3_K: bytes 0..7 hold the low nibbles
+    of scales j and 8 + j, bytes 8..11 the high two bits of scales j, 4 + j, 8 + j, 12 + j (as 32-bit words,
+    four scales per operation)."""
+    m = l.shape[0]
+    w = np.ascontiguousarray(l, dtype=np.uint8).view("<u4").astype(np.uint32)  # [m, 4]: scales 4q..4q+3
+    s = np.empty((m, 3), "<u4")
+    s[:, 0] = (w[:, 0] & _M4W) | ((w[:, 2] & _M4W) << np.uint32(4))
+    s[:, 1] = (w[:, 1] & _M4W) | ((w[:, 3] & _M4W) << np.uint32(4))
+    h = np.right_shift(w, np.uint32(4))
+    h &= _M3W
+    h <<= np.array([0, 2, 4, 6], np.uint32)
+    s[:, 2] = np.bitwise_or.reduce(h, axis=1)
+    return s.view(np.uint8)
 
 
 def _q3_scales_ref(scales):
@@ -927,9 +940,13 @@ def _q3_scales_ref(scales):
         max_scale = np.where(A[r, idx] > 0, S[r, idx], F32(0))
         has = max_scale != 0
         iscale = F32(-32) / max_scale
-        l8 = ((nearest_int_c(S * iscale[:, None]) + 128) & 0xFF) - 128  # int8_t l = nearest_int(...)
-        ls = np.clip(l8, -32, 31) + 32
-        ls[~has] = 0  # memset(y[i].scales, 0, 12)
+        l8 = nearest_int_c(S * iscale[:, None])
+        l8 += 128
+        l8 &= 0xFF
+        l8 -= 128  # int8_t l = nearest_int(...)
+        ls = _CLIP(l8, -32, 31, out=l8)
+        ls += 32
+        ls *= has[:, None]  # memset(y[i].scales, 0, 12)
         d_bits = fp16_bits(np.where(has, F32(1) / iscale, F32(0)))
     return ls, d_bits
 
