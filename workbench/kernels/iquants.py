@@ -26,7 +26,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
-from .common import F32, fp16_bits, fp16_value, pack_nibbles, safe_recip
+from .common import F32, fp16_bits, pack_nibbles, safe_recip
 from .legacy import block_bytes16, block_u16
 
 # kvalues_iq4nl (ggml-common.h)

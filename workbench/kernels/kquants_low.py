@@ -7,6 +7,10 @@ and the C loops' left-to-right float32 sums are plain row additions in the same 
 Only the scales ggml's searches find reach the output in most sub-blocks: the quants are computed again
 from the stored (fp16 / 4- or 6-bit) scales.  The searches therefore keep just what is needed to rebuild
 their own quants for the few sub-blocks whose stored scale is zero (where ggml keeps the search's quants).
+Those final quants are computed, and packed with 64-bit word operations, in the same [16, k] layout.
+
+Where numpy has a fused, sequential form of a C sum (``np.einsum`` over C-contiguous float32, checked at
+import) the weighted sums take one pass.  Dequantization works on 64-bit words of the packed codes.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
-from .common import (F32, fp16_bits, fp16_value, make_qkx_quants, make_qx_quants, pack_bits,
+from .common import (F32, fp16_bits, make_qkx_quants, make_qx_quants, pack_bits,
                      roundf, safe_recip, scratch, seqsum)
 
 QK = 32
