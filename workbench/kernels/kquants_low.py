@@ -323,7 +323,7 @@ def _q3_trials(X, sumlx, suml2, T1, T2, Li, out):
     return ni, slx, sl2, tried
 
 
-def _refine_q3(X, w, wx, L, Li, T1, T2, sumlx, suml2, trials):
+def _refine_q3(X, w, wx, L, Li, T1, T2, sumlx, suml2, trials, Lg, gcols):
     """The ``itry`` loop of make_q3_quants(16, 4, x, L, true) over the columns of X [16, k]: up to five
     sequential passes over the positions, each moving one quant when that raises sumlx^2/suml2.
 
@@ -333,8 +333,8 @@ def _refine_q3(X, w, wx, L, Li, T1, T2, sumlx, suml2, trials):
     starts with the same sums, so its first move is the first accepted one at any position, applied in
     the same iteration.  ``w`` = x*x, ``wx`` = w*x, ``Li`` = L + _OFF (int32), ``T1`` = wx*L and
     ``T2`` = (w*L)*L go with ``L``; ``trials`` are _q3_trials' results for the initial sums (columns
-    where nothing is tried are done at once).  ``L``, ``sumlx`` and ``suml2`` are updated in place.
-    Columns are compacted as they finish."""
+    where nothing is tried are done at once).  ``sumlx`` and ``suml2`` are updated in place, the moves
+    written to ``L`` and to the columns ``gcols`` of ``Lg``.  Columns are compacted as they finish."""
     n, k = X.shape
     ids = np.arange(k)  # the columns of X of the active ones
     xa, wa, wxa, La, Lia, T1a, T2a = X, w, wx, L, Li, T1, T2
@@ -382,8 +382,7 @@ def _refine_q3(X, w, wx, L, Li, T1, T2, sumlx, suml2, trials):
                 Lia.reshape(-1)[fi] = v.astype(np.int32) + _OFF
                 T1a.reshape(-1)[fi] = t1[sel]
                 T2a.reshape(-1)[fi] = t2[sel]
-                if La is not L:
-                    L[ps, ids[cs]] = v
+                Lg[ps, gcols[ids[cs]]] = v
                 sx[cs] = slx[sel]
                 s2[cs] = sl2[sel]
                 cur[cs] = ps + 1
@@ -447,8 +446,7 @@ def _make_q3_quants(X):
             T2c *= Lc
             Lic = _plus_off(Lc, _WS.get("r3_li", sh, np.int32))
             sx, s2 = sumlx[cb], suml2[cb]
-            _refine_q3(xc, wc, wxc, Lc, Lic, T1c, T2c, sx, s2, None)
-            L[:, cb] = Lc
+            _refine_q3(xc, wc, wxc, Lc, Lic, T1c, T2c, sx, s2, None, L, cb)
             sumlx[cb] = sx
             suml2[cb] = s2
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
