@@ -287,10 +287,8 @@ def _pack_items(val, sub_type: GGUFValueType | None):
     """(item type, the items' bytes) of a long array of one plain type (str, int or float, subclasses such as
     IntEnum included), exactly as gguf-py's per-item loop packs them (little-endian); None when this shortcut
     does not apply (gguf-py then does it, and raises its own errors)."""
-    samples = {}
-    for v in val:
-        samples.setdefault(type(v), v)
-    kinds = tuple(samples)
+    kinds = tuple(set(map(type, val)))
+    samples = {type(val[0]): val[0]} if len(kinds) == 1 else {k: next(v for v in val if type(v) is k) for k in kinds}
     if any(issubclass(k, bool) for k in kinds):
         return None
     if sub_type is None:
