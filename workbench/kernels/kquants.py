@@ -358,7 +358,6 @@ def _qx(x: np.ndarray, nmax: int, qw: np.ndarray | None):
     iscs = np.divide(nums[:, None], mxs[None, :])
     SX = np.empty((len(steps), G), np.float32)  # sum of w*x*l per trial
     S2 = np.empty((len(steps), G), np.float32)  # sum of w*l*l per trial
-    add = np.add.reduce
     for r, k in enumerate(steps):
         # l = MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x[i]))).  iscale*x[i] lies between iscale*max
         # = -(nmax + 0.1*is)(1 +- 2**-23) and iscale*opp, whose size is at most that (float ops are

@@ -402,15 +402,21 @@ def _refine_q3(X, w, wx, L, Li, T1, T2, sumlx, suml2, trials, Lg, gcols):
                     kc = na
                     ids = ids[keep]
                     xa, La = _take_cols((xa, La), keep)
-                    sh = (n, kc)
-                    wa = np.multiply(xa, xa, out=_WS.get("r3_w", sh))
-                    wxa = np.multiply(wa, xa, out=_WS.get("r3_wx", sh))
-                    T1a = np.multiply(wxa, La, out=_WS.get("r3_t1", sh))
-                    T2a = np.multiply(wa, La, out=_WS.get("r3_t2", sh))
-                    T2a *= La
-                    Lia = _plus_off(La, _WS.get("r3_li", sh, np.int32))
+                    wa, wxa, T1a, T2a, Lia = _q3_terms(xa, La)
                     sx, s2, cur, npass, elig = sx[keep], s2[keep], cur[keep], npass[keep], elig[keep]
                     alive = np.ones(kc, bool)
+
+
+def _q3_terms(x, L):
+    """The refinement's per-value state for columns x [16, k] with quants L: w = x*x, w*x, the sum terms
+    w*x*l and w*l*l (C's order), and the quants as offset ints (in the refinement's scratch buffers)."""
+    sh = x.shape
+    w = np.multiply(x, x, out=_WS.get("r3_w", sh))
+    wx = np.multiply(w, x, out=_WS.get("r3_wx", sh))
+    T1 = np.multiply(wx, L, out=_WS.get("r3_t1", sh))
+    T2 = np.multiply(w, L, out=_WS.get("r3_t2", sh))
+    T2 *= L
+    return w, wx, T1, T2, _plus_off(L, _WS.get("r3_li", sh, np.int32))
 
 
 def _make_q3_quants(X):
@@ -438,13 +444,7 @@ def _make_q3_quants(X):
         cb = np.flatnonzero(np.logical_or.reduce(tried, axis=0) & ~zero)
         if cb.size:
             xc, Lc = _take_cols((X, L), cb)
-            sh = xc.shape
-            wc = np.multiply(xc, xc, out=_WS.get("r3_w", sh))
-            wxc = np.multiply(wc, xc, out=_WS.get("r3_wx", sh))
-            T1c = np.multiply(wxc, Lc, out=_WS.get("r3_t1", sh))
-            T2c = np.multiply(wc, Lc, out=_WS.get("r3_t2", sh))
-            T2c *= Lc
-            Lic = _plus_off(Lc, _WS.get("r3_li", sh, np.int32))
+            wc, wxc, T1c, T2c, Lic = _q3_terms(xc, Lc)
             sx, s2 = sumlx[cb], suml2[cb]
             _refine_q3(xc, wc, wxc, Lc, Lic, T1c, T2c, sx, s2, None, L, cb)
             sumlx[cb] = sx
