@@ -148,7 +148,7 @@ def test_worker_processes_give_the_same_bytes(qtype, monkeypatch):
 def test_fused_products_sum_in_c_order(k):
     """The one-pass weighted sums of the K-quant searches (np.einsum where the import-time self-check
     found it sequential) equal the C loop ``s = 0; for i: s += a[i]*b[i]`` (``(a[i]*b[i])*c[i]``) bit for bit."""
-    from workbench.kernels import kquants_low as kl
+    from workbench.kernels.common import seqdot
 
     rng = np.random.default_rng(k)
     a, b, c = ((rng.standard_normal((16, k)) * 10.0 ** rng.integers(-6, 9, (16, k))).astype(np.float32)
@@ -159,7 +159,7 @@ def test_fused_products_sum_in_c_order(k):
         prod = args[0] * args[1] if len(args) == 2 else (args[0] * args[1]) * args[2]
         for row in prod:
             seq = seq + row
-        got = kl._dot(*args)
+        got = seqdot(*args)
         assert np.array_equal(got.view(np.uint32), seq.view(np.uint32))
 
 
@@ -170,3 +170,15 @@ def test_f16_dequantize_every_half():
     ours = kernels.dequantize(q, "F16")
     ref = ggml().dequantize(q, "F16", 1 << 14)
     assert np.array_equal(ours.view(np.uint32), ref.view(np.uint32))
+
+
+@pytest.mark.parametrize("qtype", ["Q2_K", "Q3_K", "Q4_K", "Q6_K"])
+def test_searches_without_einsum_give_the_same_bytes(qtype, monkeypatch):
+    """Where einsum is not C's loop (an FMA build), the searches fall back to plain row loops: same bytes."""
+    from workbench.kernels import common
+
+    x = np.random.default_rng(11).standard_normal((8, 512)).astype(np.float32)
+    fast = kernels.quantize(x, qtype, threads=1)
+    monkeypatch.setattr(common, "_SEQ_EINSUM", False)
+    assert np.array_equal(kernels.quantize(x, qtype, threads=1), fast)
+    assert np.array_equal(fast, ggml().quantize(x, qtype))

@@ -81,31 +81,35 @@ def _seqdot_loop(arrays, out=None):
 
 
 def _einsum_is_sequential() -> bool:
-    """Whether ``np.einsum('ij,ij->j', ...)`` on float32 computes each product rounded to float32 and adds
-    them row after row from zero, like a C loop ``s = 0; for (i...) s += a[i]*b[i];`` (it does with
-    numpy's baseline SIMD; an FMA build or another loop order would not).  Checked once, on data where
-    order and rounding matter."""
+    """Whether ``np.einsum('ij,ij->j', ...)`` (and ``'ij,ij,ij->j'``) on C-contiguous float32 [n, k >= 2]
+    arrays computes each product rounded to float32 and adds them row after row from zero, like a C loop
+    ``s = 0; for (i...) s += a[i]*b[i];`` (it does with numpy's baseline SIMD; an FMA build or another loop
+    order would not).  Checked once, on data where order and rounding show."""
     rng = np.random.default_rng(7)
     with np.errstate(all="ignore"):
-        for k in (2, 3, 17, 300):
-            arrays = [(rng.standard_normal((40, k)) * 10.0 ** rng.integers(-3, 4, (40, k))).astype(np.float32)
+        for k in (2, 3, 17, 300, 4099):
+            arrays = [(rng.standard_normal((40, k)) * 10.0 ** rng.integers(-5, 9, (40, k))).astype(np.float32)
                       for _ in range(3)]
+            arrays[0][:, :1] = -0.0  # an all -0.0 column sums to +0.0 from s = 0
             for m in (2, 3):
-                got = np.einsum(",".join(["ij"] * m) + "->j", *arrays[:m])
+                got = np.einsum(_SPECS[m], *arrays[:m])
                 if not np.array_equal(got.view(np.uint32), _seqdot_loop(arrays[:m]).view(np.uint32)):
                     return False
     return True
 
 
-_SEQ_EINSUM = _einsum_is_sequential()
 _SPECS = {2: "ij,ij->j", 3: "ij,ij,ij->j"}
+_SEQ_EINSUM = _einsum_is_sequential()
 
 
 def seqdot(*arrays: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """C's ``s = 0; for (i = 0; i < n; ++i) s += a[i]*b[i]`` (or ``a[i]*b[i]*c[i]``, multiplied left to
     right) for every column of float32 [n, k] arrays: products rounded to float32, added in row order.
-    One fused pass through einsum where it is exact here, else an explicit row loop."""
-    if _SEQ_EINSUM and arrays[0].ndim == 2 and arrays[0].shape[1] >= 2:
+    One fused pass through einsum where that is exact (C-contiguous float32 operands of one shape, k >= 2),
+    else an explicit row loop."""
+    a = arrays[0]
+    if (_SEQ_EINSUM and a.ndim == 2 and a.shape[1] >= 2
+            and all(o.flags.c_contiguous and o.dtype == np.float32 and o.shape == a.shape for o in arrays)):
         return np.einsum(_SPECS[len(arrays)], *arrays, out=out)
     return _seqdot_loop(arrays, out)
 

@@ -21,7 +21,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
-from .common import F32, fp16_bits, fp16_value
+from .common import F32, fp16_bits, fp16_value, seqdot
 from .legacy import block_bytes16, block_u16
 
 QK_K = 256
@@ -103,39 +103,9 @@ def _rsum(a: np.ndarray, from_zero: bool = False) -> np.ndarray:
     return _rsum_loop(a, from_zero)
 
 
-def _dot_loop(a, b, c=None):
-    t = np.multiply(a, b)
-    if c is not None:
-        t *= c
-    return _rsum(t, True)
-
-
-def _einsum_is_sequential() -> bool:
-    """Whether np.einsum('ij,ij->j', a, b) (and 'ij,ij,ij->j') over C-contiguous [n, k>=2] float32 arrays
-    is the C loop ``s = 0; for i: s += a[i]*b[i]`` (``(a[i]*b[i])*c[i]``): each product rounded, then
-    added row by row, no fused multiply-add.  Checked once, on data where any other order shows."""
-    rng = np.random.default_rng(6)
-    for k in (2, 3, 17, 300, 4099):
-        a, b, c = ((rng.standard_normal((16, k)) * 10.0 ** rng.integers(-5, 9, (16, k))).astype(np.float32)
-                   for _ in range(3))
-        a[:, :1] = -0.0  # an all -0.0 column sums to +0.0 from s = 0
-        for got, want in ((np.einsum("ij,ij->j", a, b), _dot_loop(a, b)),
-                          (np.einsum("ij,ij,ij->j", a, b, c), _dot_loop(a, b, c))):
-            if not np.array_equal(got.view(np.uint32), want.view(np.uint32)):
-                return False
-    return True
-
-
-_EINSUM_SEQ = _einsum_is_sequential()
-
-
 def _dot(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
     """``s = 0; for i: s += a[i]*b[i]`` (``... (a[i]*b[i])*c[i]``) over axis 0, float32, in one pass."""
-    ops = (a, b) if c is None else (a, b, c)
-    if _EINSUM_SEQ and a.ndim == 2 and a.shape[1] >= 2 and all(
-            o.flags.c_contiguous and o.dtype == np.float32 and o.shape == a.shape for o in ops):
-        return np.einsum("ij,ij->j" if c is None else "ij,ij,ij->j", *ops)
-    return _dot_loop(a, b, c)
+    return seqdot(a, b) if c is None else seqdot(a, b, c)
 
 
 def _absmax_first(x: np.ndarray):
