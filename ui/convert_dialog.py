@@ -555,6 +555,16 @@ class ConvertDialog(QDialog):
         self.name_note.setText("\n".join(notes))
         self.name_note.setStyleSheet(WARN_STYLE)
         self.out_form.setRowVisible(self.name_note, bool(notes))
+        self._fit_height()
+
+    def _fit_height(self) -> None:
+        """Grow to fit notes that appear while the dialog is shown (never shrink what the user sized)."""
+        layout = self.layout()
+        if layout is not None:
+            layout.activate()
+            need = max(self.sizeHint().height(), self.minimumSizeHint().height())
+            if self.isVisible() and self.height() < need:
+                self.resize(self.width(), need)
 
     # -- actions ------------------------------------------------------------------------------------
     def browse(self) -> None:

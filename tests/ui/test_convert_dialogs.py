@@ -370,3 +370,21 @@ def test_existing_output_is_looked_for_off_the_gui_thread(qtbot, win, load, llam
         dlg.basename.setText(text)
     qtbot.waitUntil(lambda: "Already exists" in dlg.name_note.text(), timeout=JOB_TIMEOUT)
     assert calls and not any(on_gui for _name, on_gui in calls), calls
+    # a note that arrives after the dialog was laid out: the dialog grows to show it whole
+    monkeypatch.undo()
+    existing = tmp_path / dlg.preview.full_text()
+    existing.unlink()
+    dlg.size_label.setText("TINY")  # a second note: the name would read back differently
+    existing = tmp_path / dlg.preview.full_text()
+    dlg.show()
+    dlg.update_preview()
+    qtbot.waitUntil(lambda: "Already exists" not in dlg.name_note.text(), timeout=JOB_TIMEOUT)
+    qtbot.wait(50)
+    dlg.resize(dlg.width(), dlg.minimumSizeHint().height())
+    qtbot.wait(50)
+    existing.write_bytes(b"x")
+    dlg.update_preview()
+    qtbot.waitUntil(lambda: "Already exists" in dlg.name_note.text(), timeout=JOB_TIMEOUT)
+    qtbot.wait(50)
+    note = dlg.name_note
+    assert note.isVisible() and note.height() >= note.heightForWidth(note.width()) - 2
