@@ -15,13 +15,12 @@ import) the weighted sums take one pass.  Dequantization works on 64-bit words o
 from __future__ import annotations
 
 import sys
-import threading
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
-from .common import F32, fp16_bits, fp16_value, seqdot
+from .common import _SCRATCH, F32, fp16_bits, fp16_value, seqdot
 from .legacy import block_bytes16, block_u16
 
 QK_K = 256
@@ -34,25 +33,7 @@ _CLIP = getattr(getattr(np, "_core", getattr(np, "core", None)), "umath", None)
 _CLIP = getattr(_CLIP, "clip", np.clip)
 
 
-class _Workspace(threading.local):
-    """Per-thread scratch arrays reused across steps and calls: fresh multi-MB temporaries cost page faults
-    (often more than the arithmetic done in them)."""
-
-    def __init__(self):
-        self.bufs = {}
-
-    def get(self, name, shape, dtype=np.float32):
-        size = 1
-        for d in shape:
-            size *= d
-        b = self.bufs.get(name)
-        if b is None or b.dtype != dtype or b.size < size:
-            b = np.empty(max(size, 1), dtype)
-            self.bufs[name] = b
-        return b[:size].reshape(shape)
-
-
-_WS = _Workspace()
+_WS = _SCRATCH  # per-thread scratch arrays (common.scratch), names prefixed by their use
 
 
 # -- exact scalar semantics ----------------------------------------------------------------------
