@@ -114,6 +114,20 @@ def seqdot(*arrays: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return _seqdot_loop(arrays, out)
 
 
+def scale_codes(codes: np.ndarray, scale: np.ndarray, out: np.ndarray, *, plus: np.ndarray | None = None,
+                minus: np.ndarray | None = None) -> None:
+    """The last step of the dequantizers: ``out = scale * code`` (``+ plus`` or ``- minus``) in float32, for
+    integer ``codes`` in value order with one scale (and offset) per run of out.size // scale.size values."""
+    v = out.reshape(-1)
+    np.copyto(v, codes.reshape(-1), casting="unsafe")  # the integer codes as float32, straight into out
+    run = v.size // scale.size
+    v *= np.repeat(scale.reshape(-1), run)  # np.repeat beats a broadcast over short runs
+    if plus is not None:
+        v += np.repeat(plus.reshape(-1), run)
+    if minus is not None:
+        v -= np.repeat(minus.reshape(-1), run)
+
+
 def first_min(b: np.ndarray) -> np.ndarray:
     """Row minimum as a C loop ``if (x[i] < min) min = x[i]`` finds it: the first minimal element (-0.0 vs 0.0)."""
     return np.take_along_axis(b, np.argmin(b, axis=1)[:, None], axis=1)[:, 0]

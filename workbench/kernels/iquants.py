@@ -20,14 +20,12 @@ sequential float32 sums are 32 vector additions.  Three facts keep it exact and 
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
-from .common import F32, fp16_bits, pack_nibbles, safe_recip
-from .legacy import block_bytes16, block_u16
+from .common import F32, fp16_bits, pack_nibbles, safe_recip, scratch
+from .legacy import block_bytes16, block_f16, block_u16
 
 # kvalues_iq4nl (ggml-common.h)
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
@@ -48,16 +46,9 @@ _QV = KV[_IDX]  # values[best_index_int8]
 _NEXT = np.full(256, np.nan, np.float32)  # the next table value above value v, at v + 128
 _NEXT[KVALUES[:-1].astype(np.intp) + 128] = KV[1:]
 
-# per-thread work arrays (a few MB), reused from chunk to chunk: fresh big temporaries cost page faults
-_WS = threading.local()
-
-
 def _buf(name: str, shape: tuple, dtype=np.float32) -> np.ndarray:
-    size = int(np.prod(shape))
-    a = _WS.__dict__.get(name)
-    if a is None or a.size < size or a.dtype != dtype:
-        a = _WS.__dict__[name] = np.empty(size, dtype)
-    return a[:size].reshape(shape)
+    """Per-thread work arrays (common.scratch), reused from chunk to chunk."""
+    return scratch("iq_" + name, shape, dtype)
 
 
 def _lookup(al: np.ndarray, table: np.ndarray, out: np.ndarray, bounded: bool) -> np.ndarray:
@@ -350,7 +341,7 @@ class IQ4_NL(Kernel, qtype=T.IQ4_NL):
     def dequantize_into(cls, q, n, out):  # dequantize_row_iq4_nl: y[j] = d * kvalues[...]
         blk = q.reshape(-1, cls.type_size)
         nb = blk.shape[0]
-        d = block_u16(blk, 0).view("<f2").astype(np.float32)
+        d = block_f16(blk, 0)
         qs = block_bytes16(blk, 2, _buf("dq_qs", (nb, 16), np.uint8))
         v = out.reshape(-1)
         np.copyto(v, _kvalues_into(qs, nb, _buf("dq_kv", (nb, 32), np.uint8)).reshape(-1), casting="unsafe")
@@ -393,7 +384,7 @@ class IQ4_XS(Kernel, qtype=T.IQ4_XS):
     def dequantize_into(cls, q, n, out):  # dequantize_row_iq4_xs
         blk = q.reshape(-1, cls.type_size)
         nsb = blk.shape[0]
-        d = block_u16(blk, 0).view("<f2").astype(np.float32)[:, None]
+        d = block_f16(blk, 0)[:, None]
         sh = block_u16(blk, 1).astype(np.int32)[:, None]  # scales_h
         sl = blk[:, 4:8].astype(np.int32)
         ls = np.empty((nsb, 8), np.int32)

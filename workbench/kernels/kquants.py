@@ -23,7 +23,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
-from .common import F32, fp16_bits, fp16_value, scratch, seqdot
+from .common import F32, fp16_bits, fp16_value, scale_codes, scratch, seqdot
+from .legacy import block_f16
 
 QK_K = 256
 _MAGIC = F32(12582912.0)  # 1.5 * 2**23: ggml's nearest_int adds it and reads the low mantissa bits
@@ -91,17 +92,6 @@ def _first_by_abs(v: np.ndarray, vmax: np.ndarray, vmin: np.ndarray):
         mx[tie] = np.where(first_pos < first_neg, vmax[tie], vmin[tie])
     mx[amax == 0] = 0
     return amax.astype(np.float32), mx.astype(np.float32)
-
-
-def _scale_shift(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, out: np.ndarray) -> None:
-    """``out = scale * code - offset`` in float32, for integer ``codes`` (any shape, in value order) with one
-    ``scale`` and ``offset`` per run of values ([blocks, runs]: each covers out.size // scale.size values)."""
-    v = out.reshape(-1)
-    np.copyto(v, codes.reshape(-1), casting="unsafe")  # the integer codes as float32, straight into out
-    run = v.size // scale.size
-    v *= np.repeat(scale.reshape(-1), run)  # np.repeat beats a broadcast over short runs
-    if offset is not None:
-        v -= np.repeat(offset.reshape(-1), run)
 
 
 def _take_cols(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -539,13 +529,13 @@ class Q4_K(Kernel, qtype=T.Q4_K):
     def dequantize_into(cls, q, n, out):  # dequantize_row_q4_K
         blk = q.reshape(-1, cls.type_size)
         nb = blk.shape[0]
-        dm = fp16_value(np.ascontiguousarray(blk[:, 0:4]).view("<u2"))  # [nb, 2]
+        d, dmin = block_f16(blk, 0)[:, None], block_f16(blk, 1)[:, None]
         sc, m = _unpack_scales_k4(blk[:, 4:16])
         qs = _words(blk[:, 16:], (nb, 4, 8))  # 4 groups of 32 bytes, as 8 little-endian words
         iv = scratch("dq_iv", (nb, 4, 2, 8), np.uint32)  # low nibbles: sub-block 2k, high nibbles: 2k+1
         np.right_shift(qs[:, :, None, :], _SH_NIB, out=iv)
         iv &= _NIB
-        _scale_shift(iv.view(np.uint8), dm[:, 0:1] * sc.astype(np.float32), dm[:, 1:2] * m.astype(np.float32), out)
+        scale_codes(iv.view(np.uint8), d * sc.astype(np.float32), out, minus=dmin * m.astype(np.float32))
 
 
 class Q5_K(Kernel, qtype=T.Q5_K):
@@ -573,7 +563,7 @@ class Q5_K(Kernel, qtype=T.Q5_K):
     def dequantize_into(cls, q, n, out):  # dequantize_row_q5_K
         blk = q.reshape(-1, cls.type_size)
         nb = blk.shape[0]
-        dm = fp16_value(np.ascontiguousarray(blk[:, 0:4]).view("<u2"))
+        d, dmin = block_f16(blk, 0)[:, None], block_f16(blk, 1)[:, None]
         sc, m = _unpack_scales_k4(blk[:, 4:16])
         qs = _words(blk[:, 48:], (nb, 32))  # 4 groups of 32 bytes, 8 words each
         qh = _words(blk[:, 16:48], (nb, 1, 1, 8))  # bit j of qh[l]: fifth bit of value l of sub-block j
@@ -584,7 +574,7 @@ class Q5_K(Kernel, qtype=T.Q5_K):
         hb &= _BIT
         hb <<= np.uint32(4)
         iv |= hb
-        _scale_shift(iv.view(np.uint8), dm[:, 0:1] * sc.astype(np.float32), dm[:, 1:2] * m.astype(np.float32), out)
+        scale_codes(iv.view(np.uint8), d * sc.astype(np.float32), out, minus=dmin * m.astype(np.float32))
 
 
 # -- Q6_K ----------------------------------------------------------------------------------------------
@@ -647,7 +637,7 @@ class Q6_K(Kernel, qtype=T.Q6_K):
     def dequantize_into(cls, q, n, out):  # dequantize_row_q6_K
         blk = q.reshape(-1, cls.type_size)
         nb = blk.shape[0]
-        d = fp16_value(np.ascontiguousarray(blk[:, 208:210]).view("<u2"))  # [nb, 1]
+        d = block_f16(blk, 104)[:, None]
         sc = blk[:, 192:208].view(np.int8).astype(np.float32)
         ql = _words(blk[:, 0:128], (nb, 2, 2, 8))  # [half, m & 1, word]
         qh = _words(blk[:, 128:192], (nb, 2, 1, 8))  # bits 2m, 2m+1 of qh[l]: top of value 32*m + l
@@ -660,4 +650,4 @@ class Q6_K(Kernel, qtype=T.Q6_K):
         iv |= hb
         b = iv.view(np.uint8)
         b -= 32  # (int8_t)(q) - 32, as uint8 arithmetic
-        _scale_shift(b.view(np.int8), d * sc, None, out)  # d * sc[is] * q
+        scale_codes(b.view(np.int8), d * sc, out)  # d * sc[is] * q

@@ -20,8 +20,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
-from .common import _SCRATCH, F32, fp16_bits, fp16_value, seqdot
-from .legacy import block_bytes16, block_u16
+from .common import _SCRATCH, F32, fp16_bits, fp16_value, scale_codes, seqdot
+from .legacy import block_bytes16, block_f16
 
 QK_K = 256
 EPS = F32(1e-15)  # GROUP_MAX_EPS
@@ -803,13 +803,13 @@ class Q2_K(Kernel, qtype=T.Q2_K):
     def dequantize_into(cls, q, n, out):  # dequantize_row_q2_K
         blk = q.reshape(-1, cls.type_size)
         nb = blk.shape[0]
-        d = block_u16(blk, 40).view("<f2").astype(np.float32)[:, None]
-        dmin = block_u16(blk, 41).view("<f2").astype(np.float32)[:, None]
+        d = block_f16(blk, 40)[:, None]
+        dmin = block_f16(blk, 41)[:, None]
         sc = blk[:, :16]
         with np.errstate(**_ERR):  # an inf scale times 0: NaN, as in C
             dl = d * (sc & 0xF).astype(np.float32)
             ml = dmin * (sc >> 4).astype(np.float32)
-            _scale_into(_q2_codes(blk, 16, nb), dl, ml, out)
+            scale_codes(_q2_codes(blk, 16, nb), dl, out, minus=ml)
 
 
 def _qs_words(blk, start, nb):
@@ -842,15 +842,6 @@ def _q2_codes(blk, start, nb):
         np.right_shift(qs, _SHJ[j], out=C[j])
         C[j] &= _M2
     return _value_order(C, nb)
-
-
-def _scale_into(codes, dl, ml, out):
-    """out = dl * code (- ml) for codes [nb, 256] (any integer dtype) with dl, ml per 16 values."""
-    v = out.reshape(-1)
-    np.copyto(v, codes.reshape(-1), casting="unsafe")
-    v *= np.repeat(dl.reshape(-1), 16)  # np.repeat beats a broadcast over runs of 16
-    if ml is not None:
-        v -= np.repeat(ml.reshape(-1), 16)
 
 
 _SHJ = [np.uint64(2 * j) for j in range(4)]
@@ -955,7 +946,7 @@ class Q3_K(Kernel, qtype=T.Q3_K):
     def dequantize_into(cls, q, n, out):  # dequantize_row_q3_K
         blk = q.reshape(-1, cls.type_size)
         nb = blk.shape[0]
-        d_all = block_u16(blk, 54).view("<f2").astype(np.float32)[:, None]
+        d_all = block_f16(blk, 54)[:, None]
         qs = _qs_words(blk, 32, nb)
         # hmask bit 4n + j of byte l is set where value 128n + 32j + l is (q & 3), clear where it is (q & 3) - 4
         nh = _WS.get("dq_hm", (nb, 2, 4), np.uint64)  # [:, n]: the bits 4n.. of every byte shifted down
@@ -973,7 +964,7 @@ class Q3_K(Kernel, qtype=T.Q3_K):
             h *= _FC  # q - 4 as a byte: q | 0xFC
             t |= h
         with np.errstate(**_ERR):
-            _scale_into(_value_order(C, nb).view(np.int8), d_all * _q3_scale_values(blk[:, 96:108]), None, out)
+            scale_codes(_value_order(C, nb).view(np.int8), d_all * _q3_scale_values(blk[:, 96:108]), out)
 
 
 def _q3_scale_values(s):

@@ -8,7 +8,7 @@ from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
 from .common import (F32, fp16_bits, make_qkx_quants, make_qx_quants, pack_bits,
-                     roundf, safe_recip, scratch, seqsum)
+                     roundf, safe_recip, scale_codes, scratch, seqsum)
 
 QK = 32
 _LE = sys.byteorder == "little"
@@ -157,27 +157,23 @@ def block_u16(blk: np.ndarray, col: int) -> np.ndarray:
     return np.ascontiguousarray(blk[:, 2 * col:2 * col + 2]).view("<u2")[:, 0]
 
 
+def block_f16(blk: np.ndarray, col: int) -> np.ndarray:
+    """The fp16 field at byte 2*col of every block, as float32 [nb] (GGML_FP16_TO_FP32)."""
+    return block_u16(blk, col).view("<f2").astype(np.float32)
+
+
 def block_bytes16(blk: np.ndarray, start: int, out: np.ndarray) -> np.ndarray:
     """Bytes start..start+16 of every block into ``out`` ([nb, 16 bytes] with a contiguous last axis)."""
     out.view(np.complex128)[:, 0] = blk[:, start:start + 16].view(np.complex128)[:, 0]
     return out
 
 
-def _scale_into(b: np.ndarray, d: np.ndarray, m: np.ndarray | None, out: np.ndarray) -> None:
-    """out = b * d (+ m): integer codes ``b`` (value order) as float32 times one d (and m) per 32 values."""
-    v = out.reshape(-1)
-    np.copyto(v, b.reshape(-1), casting="unsafe")
-    v *= np.repeat(d, QK)  # np.repeat beats a broadcast over rows of 32
-    if m is not None:
-        v += np.repeat(m, QK)
-
-
 def _dequant_into(q: np.ndarray, out: np.ndarray, type_size: int, heads: int, offset: int, qh: bool) -> None:
     """dequantize_row_q4_0/q4_1/q5_0/q5_1 into ``out``: y = (code - offset) * d (+ m)."""
     blk = q.reshape(-1, type_size)
     nb = blk.shape[0]
-    d = block_u16(blk, 0).view("<f2").astype(np.float32)
-    m = block_u16(blk, 1).view("<f2").astype(np.float32) if heads == 2 else None
+    d = block_f16(blk, 0)
+    m = block_f16(blk, 1) if heads == 2 else None
     start = 2 * heads + (4 if qh else 0)
     qs = block_bytes16(blk, start, scratch("lg_qs", (nb, 2), np.uint64))
     lo = np.bitwise_and(qs, _M4, out=scratch("lg_lo", (nb, 2), np.uint64))  # values 0..15
@@ -203,7 +199,7 @@ def _dequant_into(q: np.ndarray, out: np.ndarray, type_size: int, heads: int, of
     if offset:
         b -= np.uint8(offset)  # (code - offset) as int8
         b = b.view(np.int8)
-    _scale_into(b, d, m, out)
+    scale_codes(b, d, out, plus=m)
 
 
 def _quantize_symmetric(x: np.ndarray, imatrix, nmax: int) -> np.ndarray:
@@ -303,9 +299,9 @@ class Q8_0(Kernel, qtype=T.Q8_0):  # quantize_row_q8_0_ref (ggml ignores quant w
     def dequantize_into(cls, q, n, out):  # dequantize_row_q8_0
         blk = q.reshape(-1, cls.type_size)
         nb = blk.shape[0]
-        d = block_u16(blk, 0).view("<f2").astype(np.float32)
+        d = block_f16(blk, 0)
         qs = scratch("lg_qs8", (nb, 4), np.uint64)
         block_bytes16(blk, 2, qs[:, :2])
         block_bytes16(blk, 18, qs[:, 2:])
         with np.errstate(invalid="ignore", over="ignore"):
-            _scale_into(qs.view(np.int8), d, None, out)
+            scale_codes(qs.view(np.int8), d, out)
