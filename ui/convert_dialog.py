@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Signal
-from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog,
-                               QFormLayout, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
-                               QPushButton, QRadioButton, QSizePolicy, QStackedWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout,
+                               QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QRadioButton, QSizePolicy,
+                               QStackedWidget, QVBoxLayout, QWidget)
 
 from workbench import Model, WorkbenchError, dtypes
 from workbench.naming import GGUFName, name_for_model, parse_gguf_name
@@ -27,7 +27,7 @@ from workbench.plan import PRESETS, Plan
 
 from .elided_label import ElidedLabel
 from .formatting import human_bytes
-from .job_dialog import ExistingCheck, JobRequest, Segment, hand_over
+from .job_dialog import ExistingCheck, JobRequest, Segment, hand_over, output_folder_row
 from .worker import Worker
 
 GGUF, SAFETENSORS, BIN = "gguf", "safetensors", "bin"
@@ -206,15 +206,8 @@ class ConvertDialog(QDialog):
 
         # output
         out_box = QGroupBox("Output", self)
-        self.out_dir = QLineEdit(self._initial_dir(), out_box)
-        self.out_dir.setToolTip("Folder the output is written to (created if it does not exist)")
-        self.out_dir.setClearButtonEnabled(True)
-        browse = QPushButton("&Browse…", out_box)
-        browse.setToolTip("Choose the output folder")
-        browse.clicked.connect(self.browse)
-        dir_row = QHBoxLayout()
-        dir_row.addWidget(self.out_dir, 1)
-        dir_row.addWidget(browse)
+        self.out_dir, dir_row = output_folder_row(out_box, self._initial_dir(),
+                                                  "Folder the output is written to (created if it does not exist)")
         self.name_stack = QStackedWidget(out_box)
         gguf_page = QWidget(self.name_stack)
         self.basename = self._part("Base name, e.g. SmolLM2 or Mistral", gguf_page)
@@ -567,11 +560,6 @@ class ConvertDialog(QDialog):
                 self.resize(self.width(), need)
 
     # -- actions ------------------------------------------------------------------------------------
-    def browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Output Folder", self.out_dir.text())
-        if folder:
-            self.out_dir.setText(folder)
-
     def convert(self) -> None:
         """Validate, then (once a worker has looked for existing output, refused unless allowed) emit
         ``request_ready``."""

@@ -20,8 +20,8 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QCloseEvent, QDesktopServices
-from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel, QListWidget, QMessageBox,
-                               QProgressBar, QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                               QListWidget, QMessageBox, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from workbench import Cancelled
 
@@ -96,6 +96,26 @@ def refuse_existing(parent, existing: list[Path], overwrite: bool) -> bool:
                         f"The output already exists:\n{shown}\n\nNothing was written. Choose another "
                         "name or folder, or tick “Replace existing files”.")
     return True
+
+
+def output_folder_row(parent: QWidget, text: str, tooltip: str) -> tuple[QLineEdit, QHBoxLayout]:
+    """The output folder's line edit beside a Browse… button that picks a folder (starting at the text)."""
+    edit = QLineEdit(text, parent)
+    edit.setToolTip(tooltip)
+    edit.setClearButtonEnabled(True)
+    browse = QPushButton("&Browse…", parent)
+    browse.setToolTip("Choose the output folder")
+
+    def pick() -> None:
+        folder = QFileDialog.getExistingDirectory(parent, "Output Folder", edit.text())
+        if folder:
+            edit.setText(folder)
+
+    browse.clicked.connect(pick)
+    row = QHBoxLayout()
+    row.addWidget(edit, 1)
+    row.addWidget(browse)
+    return edit, row
 
 
 class ExistingCheck(QObject):

@@ -24,7 +24,7 @@ from workbench.plan import PRESETS
 
 from .convert_dialog import (BAD_CHARS, DTYPE_LABELS, ERROR_STYLE, HF_DTYPES, SETTINGS_DIR, WARN_STYLE, _esc,
                              hf_nbytes, module_available)
-from .job_dialog import ExistingCheck, JobRequest, hand_over
+from .job_dialog import ExistingCheck, JobRequest, hand_over, output_folder_row
 from .worker import Worker
 
 MERGE, TO_GGUF = "merge", "gguf-lora"
@@ -188,14 +188,8 @@ class LoraDialog(QDialog):
                 w.hide()
         grid.setColumnStretch(1, 1)
 
-        self.out_dir = QLineEdit(str(settings.value(SETTINGS_DIR, "") or self._default_dir(model)), self)
-        self.out_dir.setToolTip("Folder the result is written to (created if it does not exist)")
-        browse = QPushButton("&Browse…", self)
-        browse.setToolTip("Choose the output folder")
-        browse.clicked.connect(self._browse_out)
-        out_row = QHBoxLayout()
-        out_row.addWidget(self.out_dir, 1)
-        out_row.addWidget(browse)
+        self.out_dir, out_row = output_folder_row(self, str(settings.value(SETTINGS_DIR, "") or self._default_dir(model)),
+                                                  "Folder the result is written to (created if it does not exist)")
         self.out_name = QLineEdit(self)
         self.out_name.setToolTip("The folder (Hugging Face) or file (GGUF) written inside the output folder")
         self.overwrite = QCheckBox("&Replace existing files", self)
@@ -268,11 +262,6 @@ class LoraDialog(QDialog):
         if path:
             edit.setText(path)
             self.read_inputs()
-
-    def _browse_out(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Output Folder", self.out_dir.text())
-        if folder:
-            self.out_dir.setText(folder)
 
     # -- inputs ---------------------------------------------------------------------------------------
     def set_paths(self, base: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None) -> int:

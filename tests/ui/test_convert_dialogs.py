@@ -388,3 +388,20 @@ def test_existing_output_is_looked_for_off_the_gui_thread(qtbot, win, load, llam
     qtbot.wait(50)
     note = dlg.name_note
     assert note.isVisible() and note.height() >= note.heightForWidth(note.width()) - 2
+
+
+def test_browse_sets_the_output_folder(qtbot, win, load, llama_folder, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QPushButton
+
+    folder, _ = llama_folder
+    load(win, folder)
+    picked = []
+    monkeypatch.setattr("ui.job_dialog.QFileDialog.getExistingDirectory",
+                        lambda parent, title, start: picked.append(start) or str(tmp_path / "chosen"))
+    for dlg in (open_convert(qtbot, win), win.conversion.merge_dialog()):
+        before = dlg.out_dir.text()
+        browse = next(b for b in dlg.findChildren(QPushButton) if b.text() == "&Browse…"
+                      and b.parent() is dlg.out_dir.parent())
+        browse.click()
+        assert picked[-1] == before and dlg.out_dir.text() == str(tmp_path / "chosen")
+        dlg.reject()
