@@ -87,3 +87,22 @@ def test_abandoned_stream_leaves_no_shared_memory():
     assert np.array_equal(again, kernels.quantize(x, "Q4_K", threads=1))
     procpool._SEGMENTS.clear()  # what the idle reaper does after a few seconds
     assert {n for n in shm_names() if n.startswith("psm_")} - before == set()
+
+
+@pytest.mark.parametrize("qtype,threads", [("Q4_0", 2), ("Q6_K", 2), ("Q6_K", 1)])
+def test_submit_handle_gives_the_bytes_of_quantize(qtype, threads):
+    x = np.random.default_rng(21).standard_normal((12, 512), dtype=np.float32)
+    handle = kernels.submit(x, qtype, threads=threads, process_min=0)
+    assert np.array_equal(handle.result(), kernels.quantize(x, qtype, threads=1))
+    assert handle.ready()
+    # the route: K types go to the worker processes only with more than one thread
+    assert kernels.in_processes(qtype, threads=threads) == (threads > 1 and qtype == "Q6_K" and procpool.available())
+    assert not kernels.in_processes("F16") and not kernels.in_processes("NOT_A_TYPE")
+
+
+def test_submit_reports_bad_rows_through_the_handle():
+    x = np.ones((8, 256), np.float32)
+    x[6, 3] = np.inf
+    handle = kernels.submit(x, "Q4_K", threads=2, name="output.weight", row0=40, process_min=0)
+    with pytest.raises(WorkbenchError, match=r"output\.weight: row 46 "):
+        handle.result()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Generator, Iterable, Sequence
@@ -28,7 +28,8 @@ from .metadata_edit import _Writer as _EmptyArrayWriter
 
 @dataclass(frozen=True)
 class StreamTensor:
-    """One tensor of a GGUF being written: ``chunks()`` yields (bytes of whole rows, values covered)."""
+    """One tensor of a GGUF being written: ``chunks()`` yields (bytes of whole rows, values covered); the
+    bytes may come as a handle of :func:`workbench.kernels.submit`, resolved when they are written."""
 
     name: str
     shape: tuple[int, ...]  # numpy order
@@ -103,24 +104,30 @@ def write_gguf_stream(w: gguf.GGUFWriter, target: Path, tensors: Sequence[Stream
             w.write_kv_data_to_file()
             w.write_ti_data_to_file()
             yield Progress(0, total, f"Writing {target.name}")
-            for t in tensors:
-                check_cancel(cancel)
-                fout, nbytes = begin_tensor(w)
-                written = 0
-                label = t.message or f"{t.name} → {t.type}"
-                for q, n_values in t.chunks():
-                    check_cancel(cancel)
-                    view = memoryview(np.ascontiguousarray(q)).cast("B")
-                    fout.write(view)
-                    written += view.nbytes
-                    done += n_values
-                    yield Progress(done, total, label)
-                if written != nbytes:  # pragma: no cover - a bug, not a user error
-                    raise WorkbenchError(f"{t.name}: wrote {written} bytes, expected {nbytes}")
-                if t.done is not None:
-                    t.done()
-                w.write_padding(fout, nbytes)
-                w.state = gguf.gguf_writer.WriterState.WEIGHTS
+            ahead = _Ahead(tensors)
+            with contextlib.closing(iter(ahead)) as chunks:
+                current = None
+                for i, q, n_values in chunks:
+                    t = tensors[i]
+                    if current != i:
+                        check_cancel(cancel)
+                        fout, nbytes = begin_tensor(w)
+                        written, current = 0, i
+                        label = t.message or f"{t.name} → {t.type}"
+                    if q is not None:
+                        check_cancel(cancel)
+                        view = memoryview(np.ascontiguousarray(q)).cast("B")
+                        fout.write(view)
+                        written += view.nbytes
+                        done += n_values
+                        yield Progress(done, total, label)
+                        continue
+                    if written != nbytes:  # pragma: no cover - a bug, not a user error
+                        raise WorkbenchError(f"{t.name}: wrote {written} bytes, expected {nbytes}")
+                    if t.done is not None:
+                        t.done()
+                    w.write_padding(fout, nbytes)
+                    w.state = gguf.gguf_writer.WriterState.WEIGHTS
             check_cancel(cancel)
             w.flush()
     except BaseException:
@@ -133,6 +140,113 @@ def write_gguf_stream(w: gguf.GGUFWriter, target: Path, tensors: Sequence[Stream
     if overwrite:
         _remove_stale_parts(target, paths, source_set)
     return paths
+
+
+AHEAD = 6  # chunks read and being quantized ahead of the one being written, across tensor boundaries
+EARLY = 4  # chunks of worker-process tensors (K and IQ types) started out of file order...
+EARLY_BUFFER = 128 << 20  # ...whose finished bytes wait, at most this many, for their turn to be written
+
+
+def _result(q):
+    return q.result() if hasattr(q, "result") else q
+
+
+class _Ahead:
+    """Every tensor's chunks in file order as (tensor index, bytes, values), and (index, None, 0) at the end
+    of each tensor, computed ahead of the writer.
+
+    A chunk may come as a handle (:func:`workbench.kernels.submit`) whose ``result()`` gives the bytes.  Two
+    lanes keep both kinds of workers busy: up to ``depth`` chunks are pulled in file order ahead of the one
+    being written (also from the next tensors), and tensors whose kernels run in the worker processes are
+    started early, out of order, ``early`` chunks at a time, with their finished bytes kept (up to
+    ``buffer`` bytes) until the writer reaches them.  So a Q4_0 conversion quantizes the Q6_K output
+    matrix in the worker processes while this process quantizes the Q4_0 tensors before it.  Closing
+    waits for and drops the chunks still in flight."""
+
+    def __init__(self, tensors: Sequence[StreamTensor], depth: int | None = None, early: int | None = None,
+                 buffer: int | None = None):
+        from .. import kernels
+
+        self.tensors = tensors
+        self.depth = max(1, AHEAD if depth is None else depth)
+        self.early = EARLY if early is None else early
+        self.buffer = EARLY_BUFFER if buffer is None else buffer
+        n = len(tensors)
+        self.gens: list = [None] * n
+        self.queues: list[deque] = [deque() for _ in range(n)]  # entries [bytes or handle, values, early]
+        self.finished = [False] * n
+        self.lane = [i for i, t in enumerate(tensors) if kernels.in_processes(t.type)]
+        self.lane_pos = 0
+        self.running: deque = deque()  # early entries still being quantized
+        self.buffered = 0  # bytes of finished early entries not written yet
+
+    def _pull(self, i: int):
+        """Tensor ``i``'s next chunk appended to its queue (the entry), or None when it has no more."""
+        if self.finished[i]:
+            return None
+        if self.gens[i] is None:
+            self.gens[i] = iter(self.tensors[i].chunks())
+        try:
+            q, n_values = next(self.gens[i])
+        except StopIteration:
+            self.finished[i] = True
+            return None
+        entry = [q, n_values, False]
+        self.queues[i].append(entry)
+        return entry
+
+    def _fill(self, i: int) -> None:
+        still = deque()
+        for e in self.running:  # finished early chunks: keep the bytes, free the workers' shared memory
+            if e[0] is None:  # written meanwhile
+                continue
+            if e[0].ready():
+                e[0] = e[0].result()
+                e[2] = True
+                self.buffered += e[0].nbytes
+            else:
+                still.append(e)
+        self.running = still
+        while len(self.running) < self.early and self.buffered < self.buffer and self.lane_pos < len(self.lane):
+            j = self.lane[self.lane_pos]
+            e = self._pull(j) if j >= i else None
+            if e is None:
+                self.lane_pos += 1
+            elif hasattr(e[0], "ready"):
+                self.running.append(e)
+        pending, j = 0, i  # in file order
+        while j < len(self.tensors) and pending < self.depth:
+            pending += len(self.queues[j])
+            while pending < self.depth and self._pull(j) is not None:
+                pending += 1
+            j += 1
+
+    def __iter__(self):
+        try:
+            for i in range(len(self.tensors)):
+                while True:
+                    self._fill(i)
+                    if not self.queues[i]:
+                        break
+                    e = self.queues[i].popleft()
+                    q, e[0] = e[0], None
+                    if e[2]:
+                        self.buffered -= q.nbytes
+                    yield i, _result(q), e[1]
+                yield i, None, 0
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for g in self.gens:
+            if g is not None and hasattr(g, "close"):
+                g.close()
+        for queue in self.queues:
+            while queue:
+                q = queue.popleft()[0]
+                if hasattr(q, "discard"):
+                    q.discard()
+        self.running.clear()
 
 
 def stale_parts(target: Path, paths: Sequence[Path]) -> list[Path]:

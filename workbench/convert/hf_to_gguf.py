@@ -492,7 +492,7 @@ def _target_path(conv: HfToGguf, out, name) -> Path:
 
 
 def _tensor_chunks(model: Model, t: OutTensor, imatrix):
-    """(quantized bytes, values) for row chunks of the output tensor."""
+    """(quantized bytes or a handle giving them, values) for row chunks of the output tensor."""
     if t.data is not None:
         x = t.data.reshape(-1, t.shape[-1] if t.shape else 1)
         yield kernels.quantize(x, t.type, name=t.name), x.size
@@ -513,14 +513,11 @@ def _tensor_chunks(model: Model, t: OutTensor, imatrix):
     perm = _qk_permutation(rows, t.permute_heads) if t.permute_heads else None
     step = max(1, CHUNK_ELEMENTS // max(cols, 1))
 
-    def blocks():  # read and decoded here while the kernels quantize the previous blocks
-        for a in range(0, rows, step):
-            b = min(rows, a + step)
-            part = raw2[perm[a:b]] if perm is not None else raw2[a:b]
-            yield dtypes.decode(np.asarray(part), info.dtype, (b - a, cols))
-
-    for q in kernels.quantize_stream(blocks(), t.type, imatrix=im, name=t.name):
-        yield q, q.shape[0] * cols
+    for a in range(0, rows, step):  # each block read and decoded while the kernels quantize earlier ones
+        b = min(rows, a + step)
+        part = raw2[perm[a:b]] if perm is not None else raw2[a:b]
+        x = dtypes.decode(np.asarray(part), info.dtype, (b - a, cols))
+        yield kernels.submit(x, t.type, im, name=t.name, row0=a), x.size
 
 
 def _qk_permutation(rows: int, heads: int) -> np.ndarray:

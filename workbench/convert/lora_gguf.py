@@ -408,7 +408,7 @@ def _merged_chunks(model: Model, info: TensorInfo, a: np.ndarray, b: np.ndarray,
     s = np.float32(scale)
     for start, stop, x in float_rows(model, info, perm):
         x = x + s * (b[start:stop] @ a)  # [n, cols] float32, as the Hugging Face merge computes it
-        yield kernels.quantize(x, qtype, imatrix=imatrix, name=info.name), x.size
+        yield kernels.submit(x, qtype, imatrix, name=info.name, row0=start), x.size
 
 
 def _replacement_chunks(model: Model, info: TensorInfo, qtype: str, heads: int,
@@ -419,8 +419,8 @@ def _replacement_chunks(model: Model, info: TensorInfo, qtype: str, heads: int,
         yield kernels.quantize(x[None, :], qtype, name=info.name), x.size
         return
     perm = _qk_permutation(info.shape[0], heads) if heads else None
-    for _s, _e, x in float_rows(model, info, perm):
-        yield kernels.quantize(x, qtype, imatrix=imatrix, name=info.name), x.size
+    for start, _e, x in float_rows(model, info, perm):
+        yield kernels.submit(x, qtype, imatrix, name=info.name, row0=start), x.size
 
 
 def _importance(imatrix, name: str, qtype: str):

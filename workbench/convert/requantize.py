@@ -82,13 +82,12 @@ def raw_chunks(model: Model, info: TensorInfo) -> Iterator[tuple[np.ndarray, int
 
 
 def quantized_chunks(model: Model, info: TensorInfo, qtype: str, *, name: str | None = None,
-                     imatrix: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, int]]:
-    """A tensor decoded and quantized to ``qtype`` in row blocks."""
+                     imatrix: np.ndarray | None = None) -> Iterator[tuple[object, int]]:
+    """A tensor decoded and quantized to ``qtype`` in row blocks: (a handle giving the bytes, values) per
+    block (see :func:`~.gguf_stream.write_gguf_stream`); each block is decoded while earlier ones are quantized."""
     label = name or info.name
-    cols = _rows_cols(info)[1]
-    blocks = (x for _a, _b, x in float_rows(model, info))  # decoded while the previous blocks are quantized
-    for q in kernels.quantize_stream(blocks, qtype, imatrix=imatrix, name=label):
-        yield q, q.shape[0] * cols
+    for a, _b, x in float_rows(model, info):
+        yield kernels.submit(x, qtype, imatrix, name=label, row0=a), x.size
 
 
 def check_writable_type(qtype: str, tensor: str, path=None) -> None:

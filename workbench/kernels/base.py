@@ -176,6 +176,9 @@ class _Done:
     def __init__(self, value):
         self.value = value
 
+    def ready(self) -> bool:
+        return True
+
     def result(self):
         return self.value
 
@@ -187,6 +190,9 @@ class _InThread:
     def __init__(self, future):
         self.future = future
 
+    def ready(self) -> bool:
+        return self.future.done()
+
     def result(self):
         return self.future.result()
 
@@ -195,46 +201,62 @@ class _InThread:
             self.future.exception()  # wait: the block's memory must not outlive the stream
 
 
+def in_processes(qtype, threads: int | None = None) -> bool:
+    """Whether :func:`submit` sends large blocks of ``qtype`` to the worker processes (GIL-bound kernels
+    on more than one thread), leaving the main process free for other work.  False for unknown types."""
+    threads = default_threads() if threads is None else threads
+    kernel = Kernel.registry.get(qtype.name if isinstance(qtype, GGMLQuantizationType) else str(qtype).upper())
+    if kernel is None or threads <= 1 or not kernel.gil_bound:
+        return False
+    from . import procpool
+
+    return procpool.available()
+
+
+def submit(x, qtype, imatrix=None, *, threads: int | None = None, name: str | None = None, row0: int = 0,
+           process_min: int | None = None):
+    """Start quantizing one float32 block [rows, n] and return at once with a handle: ``handle.result()``
+    waits and gives exactly the bytes of :func:`quantize`, ``handle.ready()`` tells whether it would return at
+    once, ``handle.discard()`` waits and drops them (the block's memory must not outlive the job).
+    GIL-bound kernels (K and IQ types) run in the worker processes from ``process_min`` values up (default
+    ``STREAM_PROCESS_MIN_ELEMENTS``), the others on the stream threads; with one thread the block is
+    quantized before this returns.  ``row0``: the tensor row of the block's first row (error messages)."""
+    global _STREAM_POOL
+    from .. import kernels as package  # the package's quantize, looked up now: wrappers installed there apply
+
+    kernel = get_kernel(qtype)
+    threads = default_threads() if threads is None else threads
+    x = _rows2d(x)
+    n = x.shape[1]
+    im = _check_imatrix(kernel, imatrix, n, name)
+    process_min = STREAM_PROCESS_MIN_ELEMENTS if process_min is None else process_min
+    if threads > 1 and kernel.gil_bound and x.size >= process_min:
+        from . import procpool
+
+        if procpool.available():
+            return procpool.submit(kernel.name, x, kernel.row_bytes(n), im, name or "tensor", threads, row0)
+    if threads > 1:
+        with _POOLS_LOCK:
+            if _STREAM_POOL is None:
+                _STREAM_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wb-stream")
+        return _InThread(_STREAM_POOL.submit(package.quantize, x, qtype, im, threads=threads, name=name, row0=row0))
+    return _Done(package.quantize(x, qtype, im, threads=threads, name=name, row0=row0))
+
+
 def quantize_stream(blocks: Iterable[np.ndarray], qtype, imatrix=None, *, threads: int | None = None,
                     name: str | None = None, depth: int = 2, row0: int = 0,
                     process_min: int | None = None) -> Iterator[np.ndarray]:
     """Quantize a stream of float32 row blocks (same row length), yielding each block's bytes in order.
 
-    Up to ``depth`` blocks are quantized while the caller consumes (writes) the previous one and the
-    next is produced (read, decoded): the kernels run back to back.  GIL-bound kernels (K and IQ types)
-    run in worker processes, whole blocks at a time; the others on the kernel threads.  The bytes are
-    exactly those of :func:`quantize` on each block.  ``row0``: the tensor row of the first block's first
-    row (error messages count rows of the whole stream from it); ``process_min``: the block size from
-    which GIL-bound kernels use the processes (default ``STREAM_PROCESS_MIN_ELEMENTS``)."""
-    global _STREAM_POOL
-    from .. import kernels as package  # the package's quantize, looked up now: wrappers installed there apply
-
-    quantize_block = package.quantize
-    kernel = get_kernel(qtype)
-    threads = default_threads() if threads is None else threads
-    label = name or "tensor"
-    procs = None
-    if threads > 1 and kernel.gil_bound:
-        from . import procpool
-
-        procs = procpool if procpool.available() else None
-    process_min = STREAM_PROCESS_MIN_ELEMENTS if process_min is None else process_min
+    Up to ``depth`` blocks are quantized (:func:`submit`) while the caller consumes (writes) the previous
+    one and the next is produced (read, decoded): the kernels run back to back.  The bytes are exactly
+    those of :func:`quantize` on each block.  ``row0``: the tensor row of the first block's first row
+    (error messages count rows of the whole stream from it)."""
     inflight: deque = deque()
     try:
         for x in blocks:
             x = _rows2d(x)
-            n = x.shape[1]
-            im = _check_imatrix(kernel, imatrix, n, name)
-            if procs is not None and x.size >= process_min:
-                inflight.append(procs.submit(kernel.name, x, kernel.row_bytes(n), im, label, threads, row0))
-            elif threads > 1:
-                with _POOLS_LOCK:
-                    if _STREAM_POOL is None:
-                        _STREAM_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wb-stream")
-                inflight.append(_InThread(_STREAM_POOL.submit(quantize_block, x, qtype, im, threads=threads,
-                                                              name=name, row0=row0)))
-            else:
-                inflight.append(_Done(quantize_block(x, qtype, im, threads=threads, name=name, row0=row0)))
+            inflight.append(submit(x, qtype, imatrix, threads=threads, name=name, row0=row0, process_min=process_min))
             row0 += x.shape[0]
             if len(inflight) >= depth:
                 yield inflight.popleft().result()

@@ -154,6 +154,9 @@ class Pending:
         if last:
             self.done.set()
 
+    def ready(self) -> bool:
+        return self.done.is_set()
+
     def result(self) -> np.ndarray:
         self.done.wait()
         if self._release is not None:
