@@ -26,8 +26,23 @@ from .metadata_edit import TypedValue
 from .metadata_edit import _Writer as _EmptyArrayWriter
 
 
+class Sized:
+    """Values and file bytes of a tensor from its ``shape`` (numpy order) and ggml ``type``."""
+
+    shape: tuple[int, ...]
+    type: str
+
+    @property
+    def n_params(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return dtypes.nbytes_for(self.type, self.shape)
+
+
 @dataclass(frozen=True)
-class StreamTensor:
+class StreamTensor(Sized):
     """One tensor of a GGUF being written: ``chunks()`` yields (bytes of whole rows, values covered); the
     bytes may come as a handle of :func:`workbench.kernels.submit`, resolved when they are written."""
 
@@ -37,14 +52,6 @@ class StreamTensor:
     chunks: Callable[[], Iterable[tuple[np.ndarray, int]]] = field(compare=False, repr=False)
     message: str = ""  # progress text (default: "name → type")
     done: Callable[[], None] | None = field(default=None, compare=False, repr=False)  # after the tensor
-
-    @property
-    def n_params(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
-
-    @property
-    def nbytes(self) -> int:
-        return dtypes.nbytes_for(self.type, self.shape)
 
 
 class RawValue(bytes):

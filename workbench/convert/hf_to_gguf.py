@@ -34,7 +34,7 @@ from ..model import Model
 from ..naming import GGUFName, name_for_model
 from ..plan import PRESETS, Plan
 from ..progress import Progress
-from .gguf_stream import StreamTensor, new_writer, target_path, write_gguf_stream
+from .gguf_stream import Sized, StreamTensor, new_writer, target_path, write_gguf_stream
 from .hf_vocab import GGUFVocab, read_vocab
 
 # Hugging Face architectures[0] -> GGUF architecture, the ones this converter supports
@@ -58,7 +58,7 @@ _T5_SHARED = ("decoder.embed_tokens.weight", "encoder.embed_tokens.weight", "sha
 
 
 @dataclass(frozen=True)
-class OutTensor:
+class OutTensor(Sized):
     """One tensor of the output file."""
 
     name: str  # GGUF name
@@ -67,14 +67,6 @@ class OutTensor:
     type: str  # ggml type written
     permute_heads: int = 0  # llama Q/K: rows are permuted in groups of this many heads
     data: np.ndarray | None = field(default=None, compare=False, repr=False)  # computed tensors
-
-    @property
-    def n_params(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
-
-    @property
-    def nbytes(self) -> int:
-        return dtypes.nbytes_for(self.type, self.shape)
 
 
 @dataclass

@@ -59,9 +59,14 @@ def _first_extreme(xq: np.ndarray, value: np.ndarray) -> np.ndarray:
     return value
 
 
-def _quant_offset(xq: np.ndarray, iv: np.ndarray, offset: float, top: int) -> np.ndarray:
-    """``MIN(top, (int8_t)(x*id + offset))`` as uint8 in the quad layout (``iv``: id per block)."""
-    q = xq * np.repeat(iv, 4)
+def _quant_offset(xq: np.ndarray, iv: np.ndarray, offset: float, top: int, minus=None) -> np.ndarray:
+    """``MIN(top, (int8_t)(x*id + offset))`` as uint8 in the quad layout (``iv``: id per block), of
+    ``x - min`` when ``minus`` gives the min per block."""
+    if minus is None:
+        q = xq * np.repeat(iv, 4)
+    else:
+        q = xq - np.repeat(minus, 4)
+        q *= np.repeat(iv, 4)
     q += F32(offset)
     if np.isfinite(iv).all():
         # x*id + offset lies in [0, top + 1): clamping the float before the truncation equals C's MIN after
@@ -252,7 +257,7 @@ def _quantize_min_max(x: np.ndarray, imatrix, nmax: int) -> np.ndarray:
         mx = _first_extreme(xq, _per_block(xq.max(axis=0), np.maximum))
         d = ((mx - mn) / F32(nmax)).astype(np.float32)
         # Q5_1's C cast has no MIN(): never above 31 anyway
-        L = _quant_offset(xq - np.repeat(mn, 4), safe_recip(d), 0.5, nmax)
+        L = _quant_offset(xq, safe_recip(d), 0.5, nmax, minus=mn)
         m = mn
     else:
         b = _blocks(x)
