@@ -45,6 +45,12 @@ def _cases() -> dict[str, np.ndarray]:
     cases["subnormal"] = sub
     tiny = (rng.standard_normal((r, N)) * 1e-8).astype(np.float32)
     cases["tiny"] = tiny
+    edges = rng.standard_normal((r, N)).astype(np.float32)
+    blocks = edges.reshape(r, -1, 32)
+    blocks[:, :, 0] = 127.0  # Q8_0 scale 1: x * id is x itself, so these are the values rounded
+    below = np.float32(0.5) - np.float32(2.0 ** -25)  # x + 0.5 rounds up to 1.0 in float32
+    blocks[:, :, 1:9] = np.array([below, -below, 0.5, -0.5, 1.5, -2.5, 0.5 + 2.0 ** -24, -126.5], np.float32)
+    cases["round_edges"] = edges
     return cases
 
 
