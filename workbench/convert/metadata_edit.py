@@ -309,7 +309,8 @@ def _pack_items(val, sub_type: GGUFValueType | None):
     if dtype is None or not all(issubclass(k, (int, float) if floating else int) for k in kinds):
         return None
     try:
-        arr = np.asarray(val, dtype=dtype)
+        with np.errstate(over="ignore"):  # a float beyond float32 becomes inf, refused just below
+            arr = np.asarray(val, dtype=dtype)
     except (OverflowError, ValueError, TypeError):
         return None
     if floating and not np.isfinite(arr).all():
