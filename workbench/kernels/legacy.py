@@ -8,7 +8,7 @@ from gguf import GGMLQuantizationType as T
 
 from .base import Kernel
 from .common import (F32, fp16_bits, make_qkx_quants, make_qx_quants, pack_bits,
-                     safe_recip, scale_codes, scratch, seqsum)
+                     roundf, safe_recip, scale_codes, scratch, seqsum)
 
 QK = 32
 _LE = sys.byteorder == "little"
@@ -31,9 +31,6 @@ def row_weights(x: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
 # cheaper than transposing single floats to [32, nb].
 
 _U4 = np.uint32(4)
-_SIGN = np.uint32(0x80000000)
-_HALF_BITS = np.uint32(0x3F000000)  # 0.5f
-_JUST_BELOW_HALF = F32(0.5) - F32(2.0 ** -25)  # the one value roundf's x + 0.5 gets wrong
 
 
 def _quads(x: np.ndarray) -> np.ndarray:
@@ -333,17 +330,8 @@ class Q8_0(Kernel, qtype=T.Q8_0):  # quantize_row_q8_0_ref (ggml ignores quant w
         d = _per_block(u.max(axis=0), np.maximum).view(np.float32) / F32(127)
         out = np.empty((nb, cls.type_size), np.uint8)
         out.view("<u2")[:, 0] = fp16_bits(d)
-        # roundf(x * id) as C's (int8_t) cast of x*id + copysign(0.5, x*id): the sign bit of each product
-        # on the bits of 0.5, then one add and a truncating cast straight into the block bytes
         a = np.multiply(b, np.repeat(safe_recip(d), QK).reshape(nb, QK), out=scratch("q8_a", b.shape))
-        h = np.bitwise_and(a.view(np.uint32), _SIGN, out=scratch("q8_h", b.shape, np.uint32))
-        h |= _HALF_BITS
-        t = h.view(np.float32)
-        t += a
-        np.copyto(out[:, 2:].view(np.int8), t, casting="unsafe")
-        if (a == _JUST_BELOW_HALF).any() or (a == -_JUST_BELOW_HALF).any():  # + 0.5 rounds up to 1: roundf is 0
-            r, c = np.nonzero(np.abs(a) == _JUST_BELOW_HALF)
-            out[r, 2 + c] = 0
+        roundf(a, out=out[:, 2:].view(np.int8))  # straight into the block bytes
         return out.reshape(rows, -1)
 
     @classmethod
