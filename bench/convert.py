@@ -2,6 +2,12 @@
 """Conversion benchmark: a ~1.2 GB F32 llama-shaped HF folder -> GGUF at Q8_0, Q4_0, Q4_K_M and Q6_K.
 
     python bench/convert.py [--llama-quantize PATH] [--presets Q8_0,Q4_0,Q4_K_M,Q6_K]
+    python bench/convert.py --smollm2 --llama-quantize PATH [--runs 3]
+
+``--smollm2``: GGUF -> GGUF requantization of the real SmolLM2-135M-Instruct (its F32 GGUF, made once from
+the Q4_1 test model as bench/infer.py makes it), ours (``requantize_gguf``, default threads) against
+``llama-quantize IN OUT PRESET 2`` on the same file, alternating, ``--runs`` times per preset: MB/s of the
+F32 source for each run, the medians and the ratio of the medians.
 
 Prints MB/s of F32 source and peak memory of each conversion (each in a fresh process, its kernel
 worker processes included): total RSS (which counts the memory-mapped source pages) and the
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -90,12 +97,14 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def watch(cmd: list[str]) -> tuple[str, float, float]:
-    """Run ``cmd``; return (stdout, peak RSS MB, peak anonymous RSS MB) sampled from /proc every 20 ms,
-    summed over the process and its worker processes.
+def watch(cmd: list[str]) -> tuple[str, float, float, float]:
+    """Run ``cmd``; return (stdout, peak RSS MB, peak anonymous RSS MB, CPU seconds): memory sampled from
+    /proc every 20 ms, summed over the process and its worker processes; CPU (user + system) of the process
+    and the worker processes it waited for.
 
     Peak RSS counts the memory-mapped source pages the kernel may drop at any time (pages mapped by
     several processes count once per process); the anonymous peak is the memory really held."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = peak_anon = 0.0
     while proc.poll() is None:
@@ -113,25 +122,81 @@ def watch(cmd: list[str]) -> tuple[str, float, float]:
     out = proc.stdout.read()
     if proc.returncode:
         raise SystemExit(f"{cmd[0]} failed with exit code {proc.returncode}")
-    return out, peak, peak_anon
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return out, peak, peak_anon, cpu
 
 
 def ours(src: Path, out: Path, preset: str) -> dict:
-    stdout, peak, anon = watch([sys.executable, "-c", RUN_OURS, str(src), str(out), preset, str(ROOT)])
+    stdout, peak, anon, _ = watch([sys.executable, "-c", RUN_OURS, str(src), str(out), preset, str(ROOT)])
     return {**json.loads(stdout.strip().splitlines()[-1]), "rss_mb": peak, "anon_mb": anon}
 
 
-def anchor(binary: str, f32_gguf: Path, out: Path, preset: str) -> tuple[float, float, float]:
+RUN_REQUANT = r"""
+import json, os, sys, time
+sys.path.insert(0, sys.argv[4])
+from workbench.convert.requantize import requantize_gguf
+from workbench.progress import run
+t = time.perf_counter()
+paths = run(requantize_gguf(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=True))
+print(json.dumps({"seconds": time.perf_counter() - t, "out_mb": sum(os.path.getsize(p) for p in paths) / 1e6,
+                  "paths": [str(p) for p in paths]}))
+"""
+
+
+def smollm2(binary: str, presets: list[str], runs: int) -> int:
+    """Requantize SmolLM2's F32 GGUF with ours and with llama-quantize (2 threads), alternating."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from infer import f32_gguf
+
+    src = f32_gguf()
+    src_mb = src.stat().st_size / 1e6
+    print(f"source: {src.name}, {src_mb:.0f} MB; {runs} alternating runs per preset; MB/s of source (wall time,\n"
+          f"ours timed inside its process as in the main mode); CPU s: user + system of all processes, Python\n"
+          f"start-up and imports included for ours; medians and their ratio (ours / llama-quantize)")
+    print(f"{'preset':<8} {'ours MB/s (runs)':>22} {'llama-quantize (runs)':>22} | {'ours':>5} {'l-q':>5} {'ratio':>5}"
+          f" | {'CPU s ours':>10} {'l-q':>5} {'ratio':>5}")
+    with tempfile.TemporaryDirectory(dir=cache_dir() / "bench") as tmp:
+        for preset in presets:
+            mine, theirs, cpu_mine, cpu_theirs = [], [], [], []
+            for _ in range(runs):
+                out = Path(tmp) / f"ours-{preset}.gguf"
+                stdout, _, _, cpu = watch([sys.executable, "-c", RUN_REQUANT, str(src), str(out), preset, str(ROOT)])
+                r = json.loads(stdout.strip().splitlines()[-1])
+                mine.append(src_mb / r["seconds"])
+                cpu_mine.append(cpu)
+                for p in r["paths"]:
+                    os.remove(p)
+                sec, _, _, cpu = anchor(binary, src, Path(tmp) / f"ref-{preset}.gguf", preset)
+                theirs.append(src_mb / sec)
+                cpu_theirs.append(cpu)
+                os.remove(Path(tmp) / f"ref-{preset}.gguf")
+            a, b = float(np.median(mine)), float(np.median(theirs))
+            ca, cb = float(np.median(cpu_mine)), float(np.median(cpu_theirs))
+            print(f"{preset:<8} {' '.join(f'{v:.0f}' for v in mine):>22} {' '.join(f'{v:.0f}' for v in theirs):>22} | "
+                  f"{a:>5.0f} {b:>5.0f} {a / b:>5.2f} | {ca:>10.2f} {cb:>5.2f} {cb / ca:>5.2f}", flush=True)
+    return 0
+
+
+def anchor(binary: str, f32_gguf: Path, out: Path, preset: str) -> tuple[float, float, float, float]:
+    """llama-quantize on 2 threads: (seconds, peak RSS MB, peak anonymous MB, CPU seconds)."""
     t = time.perf_counter()
-    _, peak, anon = watch([binary, str(f32_gguf), str(out), preset, "2"])
-    return time.perf_counter() - t, peak, anon
+    _, peak, anon, cpu = watch([binary, str(f32_gguf), str(out), preset, "2"])
+    return time.perf_counter() - t, peak, anon, cpu
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--llama-quantize", help="path of a llama-quantize binary (the anchor)")
     ap.add_argument("--presets", default="Q8_0,Q4_0,Q4_K_M,Q6_K")
+    ap.add_argument("--smollm2", action="store_true",
+                    help="requantize SmolLM2-135M's F32 GGUF instead, beside llama-quantize (needs --llama-quantize)")
+    ap.add_argument("--runs", type=int, default=3, help="alternating runs per preset with --smollm2")
     args = ap.parse_args()
+    if args.smollm2:
+        if not args.llama_quantize:
+            ap.error("--smollm2 needs --llama-quantize PATH")
+        return smollm2(args.llama_quantize, args.presets.split(","), args.runs)
     src = build(cache_dir() / "bench" / "llama-1.2g-f32")
     src_mb = (src / "model.safetensors").stat().st_size / 1e6
     print(f"source: {src_mb:.0f} MB F32 safetensors (4 layers, width 2048, ffn 5632, vocab 32000)")
@@ -144,7 +209,7 @@ def main() -> int:
             r = ours(src, Path(tmp) / preset, preset)
             line = f"{preset:<8} {src_mb / r['seconds']:>10.0f} {r['rss_mb']:>6.0f}/{r['anon_mb']:<5.0f} {r['out_mb']:>8.0f} |"
             if f32_gguf is not None:
-                sec, rss, anon = anchor(args.llama_quantize, f32_gguf, Path(tmp) / f"ref-{preset}.gguf", preset)
+                sec, rss, anon, _ = anchor(args.llama_quantize, f32_gguf, Path(tmp) / f"ref-{preset}.gguf", preset)
                 line += f" {src_mb / sec:>20.0f} {rss:>6.0f}/{anon:<5.0f}"
             else:
                 line += f" {'-':>20} {'-':>12}"

@@ -2,13 +2,16 @@
 """Inference benchmark: SmolLM2-135M-Instruct with F32 weights, our numpy engine beside llama.cpp.
 
     python bench/infer.py [--llama-bench PATH] [-p 512] [-n 128] [-r 3] [--levels stored,Q8_0,Q4_K_M,Q4_0]
+                          [--speed-level stored] [--numerics exact|llama-cpu]
 
 Makes an F32 GGUF of the real SmolLM2 model once (the Q4_1 file of tests/fetch_models.py dequantized by
 our GGUF -> HF export, then converted back with preset F32; cached under ``$WORKBENCH_CACHE_DIR/bench``),
 then measures, each in a fresh process:
 
 * prompt processing (``-p`` tokens in one pass) and generation (``-n`` tokens one by one from a one-token
-  context) in tokens/s, best of ``-r`` runs, as llama-bench measures pp and tg;
+  context) in tokens/s, best of ``-r`` runs, as llama-bench measures pp and tg, of the ``--speed-level`` weights
+  computed with ``--numerics`` (``llama-cpu``: activations rounded as llama.cpp's CPU backend rounds them,
+  F16 cache; the cost of the Compare tab's default evaluation);
 * with ``--llama-bench``: llama.cpp's llama-bench on the same file with 2 threads, beside ours;
 * for each quantization level: the file size that level gives, the time to load the weights through it
   (quantize + dequantize with our kernels) and the memory the engine holds (float32 weights, so the same
@@ -71,7 +74,7 @@ def worker(args) -> None:
     level = args.worker
     plan = None if level == "stored" else Plan(model, level)
     t = time.perf_counter()
-    eng = run(load_engine(model, plan))
+    eng = run(load_engine(model, plan, numerics=args.numerics if args.speed else "exact"))
     out = {"level": level, "load_s": time.perf_counter() - t, "weights_mb": eng.nbytes() / 1e6,
            "file_mb": (plan.nbytes if plan else model.nbytes) / 1e6,
            "bpw": plan.bits_per_weight if plan else model.bits_per_weight}
@@ -98,7 +101,7 @@ def worker(args) -> None:
 
 def in_process(model: Path, level: str, args, speed: bool) -> dict:
     cmd = [sys.executable, __file__, "--worker", level, "--model", str(model), "-p", str(args.p), "-n", str(args.n),
-           "-r", str(args.r)] + (["--speed"] if speed else [])
+           "-r", str(args.r), "--numerics", args.numerics] + (["--speed"] if speed else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"measuring {level} failed:\n{proc.stderr[-2000:]}")
@@ -123,6 +126,9 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=128, help="generated tokens (default 128, as llama-bench)")
     ap.add_argument("-r", type=int, default=3, help="repetitions (best is reported)")
     ap.add_argument("--levels", default="stored,Q8_0,Q4_K_M,Q4_0", help="plans to load for the memory table")
+    ap.add_argument("--speed-level", default="stored", help="the level whose speed is measured (default: stored)")
+    ap.add_argument("--numerics", choices=("exact", "llama-cpu"), default="exact",
+                    help="how the speed run computes (default exact)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--speed", action="store_true", help=argparse.SUPPRESS)
@@ -132,7 +138,8 @@ def main() -> int:
         return 0
     model = f32_gguf()
     print(f"model: {model.name} ({model.stat().st_size / 1e6:.0f} MB); numpy BLAS on all cores, llama.cpp -t 2")
-    ours = in_process(model, "stored", args, speed=True)
+    ours = in_process(model, args.speed_level, args, speed=True)
+    print(f"speed of {args.speed_level}, numerics {args.numerics}")
     ref = llama_bench(args.llama_bench, model, args) if args.llama_bench else {}
     print(f"\n{'test':<8} {'ours tok/s':>11} {'llama.cpp tok/s':>16} {'ours/llama.cpp':>15} {'target':>7}")
     for key, label, target in (("pp", f"pp{args.p}", 0.5), ("tg", f"tg{args.n}", 0.6)):
@@ -143,7 +150,7 @@ def main() -> int:
     print(f"KV cache after the runs: {ours['cache_mb']:.1f} MB")
     print(f"\n{'level':<8} {'file MB':>8} {'bpw':>6} {'load s':>7} {'weights MB':>11} {'RSS MB':>7} {'anon MB':>8}")
     for level in args.levels.split(","):
-        r = ours if level == "stored" else in_process(model, level, args, speed=False)
+        r = ours if level == args.speed_level else in_process(model, level, args, speed=False)
         print(f"{level:<8} {r['file_mb']:>8.0f} {r['bpw']:>6.2f} {r['load_s']:>7.1f} {r['weights_mb']:>11.0f} "
               f"{r.get('vmrss_mb', 0):>7.0f} {r.get('rssanon_mb', 0):>8.0f}", flush=True)
     return 0

@@ -280,3 +280,152 @@ def write_llama_gguf(path: Path, spec) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def exact_values(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Deterministic float32 values on every platform (integer hashing, exact arithmetic): uniform in [-2, 2)
+    with per-row scales 2**-3 .. 2**3 and every 97th value 8x larger."""
+    n = int(np.prod(shape))
+    h = np.arange(n, dtype=np.uint64) + np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64)
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 (wrapping uint64)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    x = ((h >> np.uint64(40)).astype(np.int64) - (1 << 23)).astype(np.float32) * np.float32(2.0 ** -22)
+    x[::97] *= np.float32(8)
+    x = x.reshape(shape)
+    if x.ndim == 2:
+        x *= (np.float32(2.0) ** (np.arange(shape[0]) % 7 - 3).astype(np.float32))[:, None]
+    return x
+
+
+def write_random_llama_gguf(path: Path, *, file_type: bool = True, row_tensor: bool = False, seed: int = 0) -> Path:
+    """A small llama GGUF (rows of 256, so the K-quants apply) with deterministic non-zero F32 weights that
+    llama.cpp loads, written in convert_hf_to_gguf's tensor order; ``general.file_type`` in the middle of the
+    header (where the converter writes it) or absent; ``row_tensor`` adds a [1, 256] tensor stored with 2
+    dimensions (``blk.0.row_scale.weight``, which llama-quantize writes with 1)."""
+    import gguf
+
+    n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab = 2, 256, 512, 4, 2, 64
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("Exact Llama")
+    w.add_block_count(n_layer)
+    w.add_context_length(256)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(n_embd // n_head)
+    if file_type:
+        w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"t{i}" for i in range(n_vocab)])
+    w.add_token_scores([0.0] * n_vocab)
+    w.add_token_types([1] * n_vocab)
+    for i, (tname, shape) in enumerate(llama_gguf_tensors(n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, False)):
+        w.add_tensor(tname, exact_values(shape, seed * 1000 + i))
+        if row_tensor and tname == "blk.0.ffn_down.weight":
+            w.add_tensor("blk.0.row_scale.weight", exact_values((1, n_embd), seed * 1000 + 999))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+# -- plan parity cases beyond plain llama shapes: MoE experts, shared experts, 80-layer "70B", imatrix ----------
+def plan_case_tensors(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:
+    """(GGUF name, numpy-order shape, dtype) of a plan parity case, in convert_hf_to_gguf's order.
+
+    ``spec``: arch, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, tied, and optionally n_expert (expert
+    tensors ``ffn_*_exps`` of shape [n_expert, rows, cols] with a router ``ffn_gate_inp``), shared_expert
+    (``ffn_*_shexp``, as qwen2moe) and dtype (of the 2-D+ weights; 1-D tensors are F32)."""
+    L, E, F = spec["n_layer"], spec["n_embd"], spec["n_ff"]
+    kv, V, X = E // spec["n_head"] * spec["n_head_kv"], spec["n_vocab"], spec.get("n_expert", 0)
+    out = [("token_embd.weight", (V, E))]
+    for i in range(L):
+        b = f"blk.{i}."
+        out += [(b + "attn_norm.weight", (E,)), (b + "attn_q.weight", (E, E)), (b + "attn_k.weight", (kv, E)),
+                (b + "attn_v.weight", (kv, E)), (b + "attn_output.weight", (E, E)), (b + "ffn_norm.weight", (E,))]
+        if X:
+            out += [(b + "ffn_gate_inp.weight", (X, E)), (b + "ffn_gate_exps.weight", (X, F, E)),
+                    (b + "ffn_up_exps.weight", (X, F, E)), (b + "ffn_down_exps.weight", (X, E, F))]
+            if spec.get("shared_expert"):
+                out += [(b + "ffn_gate_inp_shexp.weight", (E,)), (b + "ffn_gate_shexp.weight", (F, E)),
+                        (b + "ffn_up_shexp.weight", (F, E)), (b + "ffn_down_shexp.weight", (E, F))]
+        else:
+            out += [(b + "ffn_gate.weight", (F, E)), (b + "ffn_up.weight", (F, E)), (b + "ffn_down.weight", (E, F))]
+    out.append(("output_norm.weight", (E,)))
+    if not spec["tied"]:
+        out.append(("output.weight", (V, E)))
+    dtype = spec.get("dtype", "F32")
+    return [(n, s, dtype if len(s) > 1 else "F32") for n, s in out]
+
+
+def _plan_case_meta(spec: dict) -> list[tuple[str, str, object]]:
+    """(key, GGUF type name, value) of a parity case's metadata, as llama.cpp's loader needs it."""
+    a = spec["arch"]
+    meta = [(f"{a}.block_count", "uint32", spec["n_layer"]), (f"{a}.context_length", "uint32", 256),
+            (f"{a}.embedding_length", "uint32", spec["n_embd"]), (f"{a}.feed_forward_length", "uint32", spec["n_ff"]),
+            (f"{a}.attention.head_count", "uint32", spec["n_head"]),
+            (f"{a}.attention.head_count_kv", "uint32", spec["n_head_kv"]),
+            (f"{a}.attention.layer_norm_rms_epsilon", "float32", 1e-5)]
+    if spec.get("n_expert"):
+        meta += [(f"{a}.expert_count", "uint32", spec["n_expert"]),
+                 (f"{a}.expert_used_count", "uint32", spec["n_expert_used"]),
+                 (f"{a}.expert_feed_forward_length", "uint32", spec["n_ff"])]
+        if spec.get("shared_expert"):
+            meta.append((f"{a}.expert_shared_feed_forward_length", "uint32", spec["n_ff"]))
+    return meta
+
+
+def shape_only_model(name: str, spec: dict) -> "Model":
+    """A Model with a parity case's tensors and metadata but no data (plans need only names, shapes, metadata)."""
+    from collections import OrderedDict
+
+    from workbench.model import MetaEntry, Model, TensorInfo
+
+    tensors = [TensorInfo(n, s, d, int(np.prod(s)) * (2 if d == "F16" else 4), Path(f"{name}.gguf"), 0)
+               for n, s, d in plan_case_tensors(spec)]
+    meta = [MetaEntry("general.architecture", "string", spec["arch"])]
+    meta += [MetaEntry(k, t, v) for k, t, v in _plan_case_meta(spec)]
+    return Model("gguf", Path(f"{name}.gguf"), [], tensors, OrderedDict(GGUF=meta), spec["arch"], name)
+
+
+def write_plan_case_gguf(path: Path, spec: dict) -> None:
+    """The parity case as a real GGUF (zero weights) that llama-quantize --dry-run loads."""
+    import gguf
+
+    w = gguf.GGUFWriter(path, spec["arch"])
+    w.add_name(path.stem)
+    for key, vtype, value in _plan_case_meta(spec):
+        w.add_key_value(key, value, gguf.GGUFValueType[vtype.upper()])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.get("dtype") == "F16" else gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"t{i}" for i in range(spec["n_vocab"])])
+    w.add_token_scores([0.0] * spec["n_vocab"])
+    w.add_token_types([1] * spec["n_vocab"])
+    for tname, shape, dtype in plan_case_tensors(spec):
+        w.add_tensor(tname, np.zeros(shape, np.float16 if dtype == "F16" else np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def write_imatrix_gguf(path: Path, rows: dict[str, int]) -> None:
+    """An importance matrix in llama-imatrix's GGUF format: ``<tensor>.in_sum2`` / ``.counts`` per tensor."""
+    import gguf
+
+    w = gguf.GGUFWriter(path, "imatrix")
+    w.add_type("imatrix")
+    w.add_key_value("imatrix.datasets", ["parity-fixture"], gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING)
+    w.add_key_value("imatrix.chunk_count", 1, gguf.GGUFValueType.UINT32)
+    w.add_key_value("imatrix.chunk_size", 512, gguf.GGUFValueType.UINT32)
+    for name, n in rows.items():
+        w.add_tensor(f"{name}.in_sum2", np.ones((1, n), np.float32))
+        w.add_tensor(f"{name}.counts", np.ones((1, 1), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

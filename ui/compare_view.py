@@ -27,7 +27,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QBoxLayout, QCheckBox, QComboB
                                QVBoxLayout, QWidget)
 
 from workbench import Model, WorkbenchError
-from workbench.infer.compare import DEFAULT_N_CTX, PROGRESS_STEPS, CompareResult, LevelResult, compare
+from workbench.infer.compare import (DEFAULT_EVAL, DEFAULT_N_CTX, EVAL_MODES, PROGRESS_STEPS, CompareResult,
+                                     LevelResult, compare)
 from workbench.plan import PRESETS, Plan
 
 from .formatting import human_bytes
@@ -542,6 +543,15 @@ class CompareView(QWidget):
             nums.addWidget(w)
             nums.addSpacing(10)
         nums.addWidget(self.chat_box)
+        self.eval_combo = QComboBox(settings)
+        for mode, label in EVAL_MODES.items():
+            self.eval_combo.addItem(label, mode)
+        self.eval_combo.setCurrentIndex(self.eval_combo.findData(DEFAULT_EVAL))
+        self.eval_combo.setToolTip("As llama.cpp CPU runs it: activations rounded to the weight type's dot-product "
+                                   "partner (Q8_0, Q8_1, Q8_K, F16), F16 KV cache, 16-bit base log-probabilities: "
+                                   "the numbers llama-perplexity prints.\nExact: what the weights alone cost.")
+        nums.addSpacing(10)
+        nums.addWidget(self.eval_combo)
         nums.addStretch(1)
         form.addRow("Prompt", self.prompt_edit)
         form.addRow("Calibration", self.calib_combo)
@@ -773,7 +783,8 @@ class CompareView(QWidget):
         kwargs = dict(base=self.base_combo.currentText(), text=self.calibration[1] if self.calibration else None,
                       prompt=prompt if prompt.strip() else None, n_ctx=self.ctx_spin.value(),
                       max_windows=self.windows_spin.value() or None, max_tokens=self.tokens_spin.value(),
-                      chat=self.chat_box.isChecked(), cancel=self._cancel.is_set)
+                      chat=self.chat_box.isChecked(), eval_mode=self.eval_combo.currentData(),
+                      cancel=self._cancel.is_set)
         self._set_running(True)
         self.status.setToolTip("")
         self._started = time.monotonic()
@@ -876,7 +887,7 @@ class CompareView(QWidget):
             self.summary.setText(
                 f"Base <b>{_esc(result.base.label)}</b> · {result.n_tokens_scored:,} tokens scored in "
                 f"{result.n_windows} window{'s' if result.n_windows != 1 else ''} of {result.n_ctx} "
-                f"(the second half of each)")
+                f"(the second half of each), evaluated {_esc(result.eval_label)}")
             self._plot(result, colors)
             self._texts(result, colors)
         self.results.setVisible(True)

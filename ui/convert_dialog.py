@@ -28,6 +28,7 @@ from workbench.plan import PRESETS, Plan
 from .elided_label import ElidedLabel
 from .formatting import human_bytes
 from .job_dialog import ExistingCheck, JobRequest, Segment, hand_over, output_folder_row
+from .leftovers import LeftoverNote
 from .worker import Worker
 
 GGUF, SAFETENSORS, BIN = "gguf", "safetensors", "bin"
@@ -258,6 +259,9 @@ class ConvertDialog(QDialog):
         self.out_form = form
         form.addRow(self.split_label, self.split)
         form.addRow("", self.overwrite)
+        self.leftovers = LeftoverNote(out_box)  # partial files of killed runs in the folder, with a Remove button
+        self.leftovers.scanned.connect(lambda _found: self._fit_height())
+        form.addRow(self.leftovers)
 
         self.size_info = QLabel("", self)
         self.size_info.setToolTip("The size of the tensor data written (metadata adds a little)")
@@ -294,6 +298,9 @@ class ConvertDialog(QDialog):
                   self.split):
             w.textChanged.connect(lambda _t: self.update_preview())
         self.overwrite.toggled.connect(lambda _on: self.update_preview())
+        self.out_dir.textChanged.connect(lambda _t: self.leftovers.check(self.out_dir.text().strip()
+                                                                         and self.output_dir()))
+        self.leftovers.check(self.out_dir.text().strip() and self.output_dir())
         self._choices_changed()
         self.resize(640, self.sizeHint().height())
 
@@ -601,6 +608,7 @@ class ConvertDialog(QDialog):
 
     def done(self, r: int) -> None:  # noqa: D401 - Qt override: stop the preparation with the dialog
         self.prep.cancel()
+        self.leftovers.worker.cancel()
         super().done(r)
 
 

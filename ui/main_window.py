@@ -1,6 +1,7 @@
 """The main window: assembles the widgets, menus, drag-and-drop, settings and the loading worker."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable
 
@@ -30,6 +31,8 @@ from .tensor_detail import TensorDetailWidget
 from .tensor_tree import TensorTreeWidget
 from .welcome import WelcomeWidget
 from .worker import Worker
+
+log = logging.getLogger(__name__)
 
 FILE_FILTER = ("Model files (*.gguf *.safetensors *.bin *.pt *.pth *.index.json);;"
                "GGUF (*.gguf);;safetensors (*.safetensors *.safetensors.index.json);;All files (*)")
@@ -414,14 +417,49 @@ class MainWindow(QMainWindow):
             self.generate_panel.stop()
 
     def _on_loaded(self, model: Model) -> None:
-        old, self.model = self.model, model
+        old, old_plan = self.model, self.plan.plan
+        try:
+            self._show_model(model)
+        except BaseException:
+            # a part failed to take the new model: show the previous one again (or the welcome page) and let
+            # the worker report the error (a dialog), instead of a half-updated window still "Opening…"
+            self._show_previous(old, old_plan, model)
+            raise
+        if self._pending_path is not None:
+            self.recent.add(self._pending_path)
+        if old is not None and old is not model:
+            old.close()
+        self.model_loaded.emit(model)
+
+    def _show_previous(self, old: Model | None, old_plan, failed: Model) -> None:
+        self.model = None
+        if old is not None:
+            try:
+                self._show_model(old, plan=old_plan)
+                return
+            except Exception:  # noqa: BLE001 - the welcome page then; the first error is what is reported
+                log.exception("Could not show the previous model again")
+        self.model = None
+        self.stack.setCurrentWidget(self.welcome)
+        self.setWindowTitle(APP_NAME)
+        self.setWindowFilePath("")
+        self.status.set_model(None)
+
+    def _show_model(self, model: Model, plan=None) -> None:
+        """Hand ``model`` to every part; ``plan``: restore that plan (of the same model) instead of a new one."""
+        self.model = model
         self.analysis.reset()
         self.error_view.set_model(model)
         self.plan_bar.set_model(model)
-        try:
-            self.plan.set_model(model)
-        except WorkbenchError as exc:
-            self.statusBar().showMessage(f"No quantization plan for this model: {exc}", 8000)
+        if plan is not None:
+            self.plan.undo_stack.clear()
+            self.plan.plan = plan
+            self.plan.changed.emit()
+        else:
+            try:
+                self.plan.set_model(model)
+            except WorkbenchError as exc:
+                self.statusBar().showMessage(f"No quantization plan for this model: {exc}", 8000)
         self.tree.set_plan(self.plan.plan, self.plan.set_types)
         self.compare_view.set_model(model, self.plan_bar.preset_sizes)
         self.generate_panel.set_model(model, self.plan_bar.preset_sizes)
@@ -432,11 +470,6 @@ class MainWindow(QMainWindow):
         self.stack.setCurrentWidget(self.splitter)
         self.setWindowTitle(f"{model.name} — {APP_NAME}")
         self.setWindowFilePath(str(model.path))
-        if self._pending_path is not None:
-            self.recent.add(self._pending_path)
-        if old is not None and old is not model:
-            old.close()
-        self.model_loaded.emit(model)
 
     def _on_load_error(self, message: str) -> None:
         if self._pending_path is not None and not os.path.exists(self._pending_path) \

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -201,14 +202,16 @@ class Worker(QObject):
     def _on_result(self, job_id: int, value: object) -> None:
         if job_id == self._current:
             self._current = None
-            self.result.emit(value)
+            failure = _deliver(self.result, value)
+            if failure is not None:  # a result handler failed: the job's owner hears it as an error
+                _deliver(self.error, _error_text(failure))
             self.finished.emit()
 
     @Slot(int, str)
     def _on_error(self, job_id: int, message: str) -> None:
         if job_id == self._current:
             self._current = None
-            self.error.emit(message)
+            _deliver(self.error, message)
             self.finished.emit()
 
     @Slot(int)
@@ -221,6 +224,33 @@ class Worker(QObject):
     @Slot(int)
     def _on_done(self, job_id: int) -> None:
         self._tasks.pop(job_id, None)
+
+
+def _deliver(signal, *args: Any) -> BaseException | None:
+    """Emit ``signal`` and return the first exception one of its (directly connected) slots raised, logged
+    in full, or None.  PySide reports a slot's exception through ``sys.excepthook`` during the emit and goes
+    on; caught here, a failing completion handler reaches the error path (a dialog, the window restored)
+    instead of leaving the window half-updated, e.g. on "Opening…"."""
+    failures: list[BaseException] = []
+    previous = sys.excepthook
+
+    def hook(typ, value, tb) -> None:
+        log.error("Error in a handler of a background job's signal:\n%s",
+                  "".join(traceback.format_exception(typ, value, tb)))
+        failures.append(value)
+
+    sys.excepthook = hook
+    try:
+        signal.emit(*args)
+    finally:
+        sys.excepthook = previous
+    return failures[0] if failures else None
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, WorkbenchError):
+        return str(exc)
+    return f"Unexpected error: {type(exc).__name__}: {exc}"
 
 
 def stop_all_workers(timeout_ms: int = 5000) -> bool:

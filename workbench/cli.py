@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import sys
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -14,7 +16,7 @@ from . import __version__
 from .errors import WorkbenchError
 from .formats import iter_open_model
 from .model import MetaEntry, Model
-from .progress import TextProgressBar, run
+from .progress import Progress, TextProgressBar, run
 from .units import human_bytes, human_count
 
 
@@ -88,8 +90,28 @@ def print_summary(model: Model, out=None, max_tensors: int | None = None) -> Non
             w(f"  {e.key:<{key_w}}  {e.vtype:<14} {_short_value(e)}\n")
 
 
+def _bar(args) -> TextProgressBar:
+    return TextProgressBar(quiet=getattr(args, "quiet", False))
+
+
+def _open(path, args) -> Model:
+    """Open a model (headers only) with progress, and pass its warnings on to the user."""
+    bar = _bar(args)
+    try:
+        model = run(iter_open_model(path), bar)
+    finally:
+        bar.close()
+    _warn(model.warnings)
+    return model
+
+
+def _warn(messages) -> None:
+    for text in messages:
+        print(f"warning: {text}", file=sys.stderr)
+
+
 def cmd_inspect(args) -> int:
-    bar = TextProgressBar()
+    bar = _bar(args)
     try:
         model = run(iter_open_model(args.path), bar)
     finally:
@@ -102,11 +124,41 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _preset(text: str | None, option: str = "--type") -> str | None:
+    """A preset name, upper-cased; an unknown one is refused before anything is opened."""
+    if text is None:
+        return None
+    from .plan import PRESETS
+
+    t = text.strip().upper()
+    if t not in PRESETS:
+        raise WorkbenchError(f"unknown type {text!r} ({option})", hint="Choose one of: " + ", ".join(PRESETS))
+    return t
+
+
+def _load_imatrix(args):
+    """``--imatrix FILE``: the importance matrix (GGUF or legacy .dat), or None."""
+    if not getattr(args, "imatrix", None):
+        return None
+    from .optimize.imatrix import Imatrix
+
+    return Imatrix.load(args.imatrix)
+
+
+def _with_imatrix(plan, imatrix):
+    """The plan with llama-quantize's rules for an imatrix's presence (a saved plan follows --imatrix)."""
+    if imatrix is not None and not plan.has_imatrix:
+        plan.has_imatrix = True
+        plan.validate()
+    return plan
+
+
 def cmd_plan(args) -> int:
     from .plan import Plan
 
-    model = run(iter_open_model(args.path))
-    plan = Plan.load(model, args.plan) if args.plan else Plan(model, args.type.upper())
+    preset = _preset(args.type)
+    model = _open(args.path, args)
+    plan = _with_imatrix(Plan.load(model, args.plan) if args.plan else Plan(model, preset), _load_imatrix(args))
     if args.rule:
         rules = []
         for r in args.rule:
@@ -137,21 +189,24 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _run_job(job) -> list:
-    """Drive a job with a progress bar on stderr; print the written paths on stdout."""
-    bar = TextProgressBar()
-    last: list[str] = []
+def _run_job(job, args) -> list:
+    """Drive a job with progress on stderr; print its warnings (``warning: ...``) and the written paths."""
+    bar = _bar(args)
+    warned: list[str] = []
+    last: list[Progress] = []
 
-    def on_progress(p) -> None:
+    def on_progress(p: Progress) -> None:
         bar(p)
-        last[:] = [p.message]
+        last[:] = [p]
+        warned.extend(w for w in p.warnings if w not in warned)
 
     try:
         paths = run(job, on_progress)
     finally:
         bar.close()
-    if last and "warning" in last[0].lower():  # e.g. ignored adapter keys, an already quantized source
-        print(last[0], file=sys.stderr)
+    _warn(warned)
+    if not warned and last and "warning" in last[0].message.lower():  # a job that only words it in its message
+        print(last[0].message, file=sys.stderr)
     for path in paths or ():
         print(path)
     return paths
@@ -169,12 +224,25 @@ def parse_size(text: str) -> int:
         raise WorkbenchError(f"{text!r} is not a size (examples: 2G, 500M, 4096)") from None
 
 
-def cmd_export(args) -> int:
-    from .convert.export import export_hf
+def check_output(output, *, file_suffix: str | None = None) -> None:
+    """Refuse an output we cannot write before any tensor is read: a file where a folder must be created,
+    or a folder without write permission (a probe file is created and removed in the nearest existing one)."""
+    from pathlib import Path
 
-    _run_job(export_hf(args.src, args.output, dtype=None if args.dtype == "keep" else args.dtype.upper(),
-                       format=args.format, max_shard_size=parse_size(args.max_shard_size), overwrite=args.overwrite))
-    return 0
+    from .fsutil import check_writable
+
+    out = Path(output).expanduser()
+    is_file = file_suffix is not None and out.suffix.lower() == file_suffix and not out.is_dir()
+    folder = out.parent if is_file else out
+    p = folder
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise WorkbenchError("the output cannot be created: this is a file, not a folder", path=p,
+                             hint="Choose another output location.")
+    check_writable(p)
 
 
 def _is_gguf(path: str) -> bool:
@@ -187,49 +255,86 @@ def _is_gguf(path: str) -> bool:
         return f.read(4) == b"GGUF"
 
 
+def cmd_export(args) -> int:
+    from .convert.export import export_hf, normalize_dtype
+
+    dtype = normalize_dtype(args.type)  # unknown types are refused here, before the model is opened
+    check_output(args.output)
+    model = _open(args.src, args)
+    _run_job(export_hf(model, args.output, dtype=dtype, format=args.format,
+                       max_shard_size=parse_size(args.max_shard_size), overwrite=args.force), args)
+    return 0
+
+
 def cmd_convert(args) -> int:
+    from pathlib import Path
+
     from .plan import Plan
 
     gguf_src = _is_gguf(args.src)
-    plan = (args.type or ("Q8_0" if gguf_src else "F16")).upper()
-    if args.plan:
-        plan = Plan.load(run(iter_open_model(args.src)), args.plan)
+    preset = _preset(args.type) or ("Q8_0" if gguf_src else "F16")
     split = dict(split_max_size=parse_size(args.split_max_size) if args.split_max_size else 0,
                  split_max_tensors=args.split_max_tensors or 0)
+    check_output(args.output, file_suffix=".gguf")
+    src = Path(args.src).expanduser()
+    model = _open(src if gguf_src or src.is_dir() else src.parent, args)  # a Hugging Face model is its folder
+    imatrix = _load_imatrix(args)
+    plan = _with_imatrix(Plan.load(model, args.plan) if args.plan else Plan(model, preset), imatrix)
     if gguf_src:  # GGUF -> GGUF: requantize (a single file or any part of a split set)
         from .convert.requantize import requantize_gguf
 
-        _run_job(requantize_gguf(args.src, args.output, plan, name=args.name, overwrite=args.overwrite, **split))
+        meta = imatrix.meta(args.imatrix) if imatrix is not None else None  # the path as given, as llama-quantize
+        _run_job(requantize_gguf(model, args.output, plan, name=args.name, overwrite=args.force, imatrix=imatrix,
+                                 imatrix_meta=meta, **split), args)
         return 0
     from .convert.hf_to_gguf import convert_hf_to_gguf
 
-    _run_job(convert_hf_to_gguf(args.src, args.output, plan, name=args.name, overwrite=args.overwrite, **split))
+    _run_job(convert_hf_to_gguf(args.src, args.output, plan, name=args.name, overwrite=args.force, imatrix=imatrix,
+                                **split), args)
     return 0
+
+
+FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
 def cmd_merge_lora(args) -> int:
     from .convert.lora import merge_lora
 
-    to = "gguf" if args.to == "gguf" or args.type or args.plan or _is_gguf(args.base) else "hf"
-    kw: dict = dict(dtype=args.dtype.upper() if args.dtype else None, overwrite=args.overwrite)
-    if to == "gguf":
-        plan = args.type.upper() if args.type else None
-        if args.plan:
-            from .plan import Plan
-
-            plan = Plan.load(run(iter_open_model(args.base)), args.plan)
-        kw.update(plan_or_preset=plan, name=args.name,
+    t = args.type.strip().upper() if args.type else None
+    out_gguf = str(args.output).lower().endswith(".gguf")
+    if args.to:
+        to = "gguf" if args.to == "gguf" else "hf"
+    else:  # a GGUF base, a plan, a quantized type or a .gguf name mean a GGUF; else a safetensors folder
+        to = "gguf" if _is_gguf(args.base) or args.plan or out_gguf or (t and t not in FLOAT_TYPES) else "hf"
+    kw: dict = dict(overwrite=args.force)
+    if to == "hf":
+        if t and t not in FLOAT_TYPES:
+            raise WorkbenchError(f"--type {t} is a GGUF type: a safetensors output is F32, F16 or BF16",
+                                 hint="Add --to gguf for a quantized GGUF.")
+        kw["dtype"] = t
+        check_output(args.output)
+    else:
+        kw.update(plan_or_preset=_preset(t), name=args.name,
                   split_max_size=parse_size(args.split_max_size) if args.split_max_size else 0,
                   split_max_tensors=args.split_max_tensors or 0)
-    _run_job(merge_lora(args.base, args.adapter, args.output, to=to, **kw))
+        check_output(args.output, file_suffix=".gguf")
+    base = _open(args.base, args)
+    adapter = _open(args.adapter, args)
+    if to == "gguf" and args.plan:
+        from .plan import Plan
+
+        kw["plan_or_preset"] = Plan.load(base, args.plan)
+    _run_job(merge_lora(base, adapter, args.output, to=to, **kw), args)
     return 0
 
 
 def cmd_lora_to_gguf(args) -> int:
-    from .convert.lora_gguf import lora_to_gguf
+    from .convert.lora_gguf import lora_to_gguf, normalize_outtype
 
-    _run_job(_single(lora_to_gguf(args.adapter, args.output, base=args.base, outtype=args.outtype,
-                                  overwrite=args.overwrite)))
+    outtype = normalize_outtype(args.type)
+    check_output(args.output, file_suffix=".gguf")
+    adapter = _open(args.adapter, args)
+    _run_job(_single(lora_to_gguf(adapter, args.output, base=args.base, outtype=outtype, overwrite=args.force)), args)
     return 0
 
 
@@ -243,7 +348,8 @@ def cmd_set_metadata(args) -> int:
     from .convert.metadata_edit import parse_assignment, set_metadata
 
     assignments = dict(parse_assignment(a) for a in args.assignments)
-    _run_job(set_metadata(args.src, args.output, assignments, remove=args.remove or (), overwrite=args.overwrite))
+    check_output(args.output, file_suffix=".gguf")
+    _run_job(set_metadata(args.src, args.output, assignments, remove=args.remove or (), overwrite=args.force), args)
     return 0
 
 
@@ -254,10 +360,10 @@ def cmd_generate(args) -> int:
     from .infer.tokenizer import load_tokenizer
     from .infer.weights import load_engine
 
-    bar = TextProgressBar()
+    plan = _preset(args.type)
+    model = _open(args.model, args)
+    bar = _bar(args)
     try:
-        model = run(iter_open_model(args.model), bar)
-        plan = args.type.upper() if args.type else None
         if args.plan:
             from .plan import Plan
 
@@ -278,18 +384,24 @@ def cmd_generate(args) -> int:
         sys.stdout.flush()
     sys.stdout.write("\n")
     seconds = time.perf_counter() - t0
-    print(f"{len(ids)} tokens in {seconds:.1f} s ({len(ids) / seconds if seconds else 0:.1f} tokens/s)",
-          file=sys.stderr)
+    if not args.quiet:
+        print(f"{len(ids)} tokens in {seconds:.1f} s ({len(ids) / seconds if seconds else 0:.1f} tokens/s)",
+              file=sys.stderr)
     if detect_repetition(ids):
-        print("warning: the output ends in a repeating loop (try sampling: --temperature 0.8)", file=sys.stderr)
+        _warn(["the output ends in a repeating loop (try sampling: --temperature 0.8)"])
     return 0
 
 
 def cmd_compare(args) -> int:
     from pathlib import Path
 
-    from .infer.compare import compare
+    from .infer.compare import MIN_N_CTX, compare
 
+    if args.ctx < MIN_N_CTX:
+        raise WorkbenchError(f"--ctx {args.ctx} is too small: needs at least {MIN_N_CTX} tokens "
+                             "(the second half of each window is scored)")
+    if args.chunks is not None and args.chunks < 1:
+        raise WorkbenchError(f"--chunks {args.chunks} is too small: score at least 1 window")
     levels = [x.strip() for x in args.levels.split(",") if x.strip()]
     text = None
     if args.text:
@@ -297,14 +409,21 @@ def cmd_compare(args) -> int:
             text = Path(args.text).expanduser().read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             raise WorkbenchError(f"cannot read the calibration text: {exc.strerror}", path=args.text) from None
-    bar = TextProgressBar()
+    model = _open(args.model, args)
+    bar = _bar(args)
+    warned: list[str] = []
+
+    def on_progress(p: Progress) -> None:
+        bar(p)
+        warned.extend(w for w in p.warnings if w not in warned)
+
     try:
-        model = run(iter_open_model(args.model), bar)
         result = run(compare(model, levels, base=args.base, text=text, prompt=None if args.no_generate else args.prompt,
                              n_ctx=args.ctx, max_windows=args.chunks, max_tokens=args.max_tokens,
-                             chat=args.chat), bar)
+                             chat=args.chat, eval_mode=args.eval), on_progress)
     finally:
         bar.close()
+    _warn(warned)
     if args.json:
         print(result.to_json())
     elif args.csv:
@@ -313,10 +432,9 @@ def cmd_compare(args) -> int:
         sys.stdout.write(result.to_markdown())
         if result.kind != "embedding":
             print(f"\n{result.n_tokens_scored} tokens scored in {result.n_windows} windows of {result.n_ctx} "
-                  f"(the second half of each), base: {result.base.label} ({result.base.plan})")
-    for r in result.levels:
-        if r.repetition:
-            print(f"warning: {r.label}: the generated text ends in a repeating loop", file=sys.stderr)
+                  f"(the second half of each), base: {result.base.label} ({result.base.plan}), "
+                  f"evaluated {result.eval_label}")
+    _warn(f"{r.label}: the generated text ends in a repeating loop" for r in result.levels if r.repetition)
     return 0
 
 
@@ -349,6 +467,34 @@ def cmd_uninstall_desktop(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return n
+
+
+def _common(p: argparse.ArgumentParser, *, threads: bool = False, force: bool = False) -> None:
+    """The options every command spells the same way."""
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output (warnings and errors are still "
+                                                              "printed)")
+    if threads:
+        p.add_argument("--threads", type=_positive_int, metavar="N",
+                       help="threads (and worker processes) for the quantization kernels and numpy's BLAS "
+                            "(default: one per core; or set WORKBENCH_THREADS)")
+    if force:
+        p.add_argument("--force", action="store_true", help="replace an existing output")
+        p.add_argument("--overwrite", dest="force", action="store_true", help=argparse.SUPPRESS)  # the old name
+
+
+def _alias(p: argparse.ArgumentParser, *names: str, dest: str, **kw) -> None:
+    """Old spellings of an option, still accepted, not listed in --help."""
+    p.add_argument(*names, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Model Workbench: inspect, quantize and convert model weights.")
     p.add_argument("--version", action="version", version=f"Model Workbench {__version__}")
@@ -360,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ins.add_argument("--all", action="store_true", help="list every tensor (the table shows 40 by default)")
     ins.add_argument("--full-arrays", action="store_true", help="with --json, include long arrays whole")
+    _common(ins)
     ins.set_defaults(func=cmd_inspect)
     pl = sub.add_parser("plan", help="show the type each tensor gets under a preset (llama-quantize's rules)",
                         description="Per-tensor quantization plan: preset, rules, size and bits per weight.")
@@ -370,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--save", metavar="PLAN.json", help="save the plan as JSON")
     pl.add_argument("--tensor-type-file", metavar="FILE", help="export llama-quantize's --tensor-type-file")
     pl.add_argument("--json", action="store_true", help="print JSON")
+    pl.add_argument("--imatrix", metavar="FILE", help="an importance matrix (llama-imatrix .gguf or .dat): the "
+                                                      "preset rules that depend on one apply")
+    _common(pl)
     pl.set_defaults(func=cmd_plan)
     cv = sub.add_parser("convert", help="convert a Hugging Face folder to GGUF, or requantize a GGUF",
                         description="HF folder (llama, mistral, qwen2, bert, t5) -> GGUF with full metadata and "
@@ -384,7 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--name", help="output file name (default: the GGUF naming convention from the metadata)")
     cv.add_argument("--split-max-size", metavar="SIZE", help="split into shards of at most SIZE (e.g. 2G)")
     cv.add_argument("--split-max-tensors", type=int, metavar="N", help="split into shards of at most N tensors")
-    cv.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    cv.add_argument("--imatrix", metavar="FILE", help="importance matrix (llama-imatrix .gguf or .dat) weighting "
+                                                      "the quantization, as llama-quantize --imatrix")
+    _alias(cv, "--outtype", dest="type")
+    _common(cv, threads=True, force=True)
     cv.set_defaults(func=cmd_convert)
     ex = sub.add_parser("export", help="write a Hugging Face folder (safetensors or .bin) from a GGUF or any model",
                         description="GGUF -> HF folder (dequantized, Q/K un-permuted, config and tokenizer rebuilt), "
@@ -392,10 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("src", help="a model file or folder")
     ex.add_argument("-o", "--output", required=True, help="output folder")
     ex.add_argument("--format", choices=("safetensors", "bin"), default="safetensors")
-    ex.add_argument("--dtype", choices=("f32", "f16", "bf16", "keep"), default="f16",
-                    help="float type of the written tensors (keep: as stored; quantized ones become f32)")
+    ex.add_argument("--type", type=str.lower, choices=("f32", "f16", "bf16", "keep"), default="f16",
+                    help="float type of the written tensors (default f16; keep: as stored, quantized ones "
+                         "become f32)")
+    _alias(ex, "--dtype", "--outtype", dest="type", type=str.lower, choices=("f32", "f16", "bf16", "keep"))
     ex.add_argument("--max-shard-size", default="5G", help="shard above this size (default 5G)")
-    ex.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    _common(ex, threads=True, force=True)
     ex.set_defaults(func=cmd_export)
     ml = sub.add_parser("merge-lora", help="merge a PEFT LoRA adapter into its base model (HF folder or GGUF)",
                         description="W + scale * B @ A for every LoRA module (rsLoRA, rank/alpha patterns, "
@@ -406,17 +561,18 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument("base", help="the base model: a Hugging Face folder (safetensors or .bin) or a .gguf")
     ml.add_argument("adapter", help="the PEFT adapter folder (adapter_config.json + adapter_model.*)")
     ml.add_argument("-o", "--output", required=True, help="output folder (or a .gguf file name with --to gguf)")
-    ml.add_argument("--to", choices=("safetensors", "gguf"), default="safetensors",
-                    help="output format (gguf is implied for a GGUF base or with --type/--plan)")
-    ml.add_argument("--dtype", choices=("f32", "f16", "bf16"),
-                    help="float type of a safetensors result (default: the base's)")
-    ml.add_argument("--type", help="GGUF preset: F16, Q8_0, Q4_K_M, ... (default: F16 for a Hugging Face base; "
-                                   "a GGUF base keeps each tensor's type)")
+    ml.add_argument("--to", choices=("safetensors", "gguf"),
+                    help="output format (default: gguf for a GGUF base, a quantized --type, --plan or an "
+                         "output name ending in .gguf; else safetensors)")
+    ml.add_argument("--type", help="type of the result: F32, F16 or BF16 for a safetensors folder (default: the "
+                                   "base's), any preset (Q8_0, Q4_K_M, ...) for a GGUF (default: F16 for a "
+                                   "Hugging Face base; a GGUF base keeps each tensor's type)")
+    _alias(ml, "--dtype", "--outtype", dest="type")
     ml.add_argument("--plan", help="a saved plan (JSON, made on the base) for the GGUF tensor types")
     ml.add_argument("--name", help="GGUF file name (default: the GGUF naming convention)")
     ml.add_argument("--split-max-size", metavar="SIZE", help="split the GGUF into shards of at most SIZE")
     ml.add_argument("--split-max-tensors", type=int, metavar="N", help="split the GGUF into shards of at most N tensors")
-    ml.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _common(ml, threads=True, force=True)
     ml.set_defaults(func=cmd_merge_lora)
     lg = sub.add_parser("lora-to-gguf", help="convert a PEFT LoRA adapter to a GGUF adapter for llama.cpp --lora",
                         description="PEFT LoRA adapter -> GGUF LoRA adapter as llama.cpp's convert_lora_to_gguf.py "
@@ -425,9 +581,10 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("adapter", help="the PEFT adapter folder (adapter_config.json + adapter_model.*)")
     lg.add_argument("-o", "--output", required=True, help="output folder or .gguf file name")
     lg.add_argument("--base", required=True, help="the base model: a Hugging Face folder (config.json) or a .gguf")
-    lg.add_argument("--outtype", choices=("f32", "f16", "bf16", "q8_0"), default="f16",
+    lg.add_argument("--type", type=str.lower, choices=("f32", "f16", "bf16", "q8_0"), default="f16",
                     help="type of the LoRA tensors (default f16)")
-    lg.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _alias(lg, "--outtype", "--dtype", dest="type", type=str.lower, choices=("f32", "f16", "bf16", "q8_0"))
+    _common(lg, threads=True, force=True)
     lg.set_defaults(func=cmd_lora_to_gguf)
     sm = sub.add_parser("set-metadata", help="add, change or remove GGUF keys (tensors copied unchanged)",
                         description="Write a copy of a GGUF with metadata edited; tensor data is copied byte for byte.")
@@ -436,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("assignments", nargs="*", metavar="KEY=VALUE",
                     help="e.g. general.name=\"My Model\", tokenizer.chat_template=@template.jinja, llama.context_length=uint32:8192")
     sm.add_argument("--remove", action="append", metavar="KEY", help="remove a key (repeatable)")
-    sm.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _common(sm, force=True)
     sm.set_defaults(func=cmd_set_metadata)
     gn = sub.add_parser("generate", help="complete a prompt with the model (numpy test inference)",
                         description="Run the model in float32 numpy (llama family, qwen2, t5) and stream the "
@@ -452,6 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling threshold (1: off)")
     gn.add_argument("--seed", type=int, help="random seed for sampling (repeatable output)")
     gn.add_argument("--no-chat", action="store_true", help="use the prompt as is, without the chat template")
+    _common(gn, threads=True)
     gn.set_defaults(func=cmd_generate)
     cp = sub.add_parser("compare", help="compare quantization levels against the base: PPL, KL divergence, texts",
                         description="Score a calibration text (the bundled one by default) with the base and with each "
@@ -467,9 +625,14 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--chat", action="store_true", help="apply the chat template to the prompt")
     cp.add_argument("--ctx", type=int, default=512, metavar="N", help="context window (default 512)")
     cp.add_argument("--chunks", type=int, metavar="N", help="score at most N windows")
+    cp.add_argument("--eval", choices=("llama-cpu", "exact"), default="llama-cpu",
+                    help="llama-cpu (default): as llama.cpp CPU runs it (activations rounded to the weight type's "
+                         "dot-product partner, F16 KV cache, 16-bit base log-probs), the numbers llama-perplexity "
+                         "prints; exact: what the weights alone cost")
     fmt = cp.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the full result as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the table as CSV")
+    _common(cp, threads=True)
     cp.set_defaults(func=cmd_compare)
     idk = sub.add_parser("install-desktop", help="add the app to the desktop menu and open .gguf/.safetensors with it",
                          description="Install a .desktop entry, the GGUF and safetensors file types and the icon for "
@@ -487,6 +650,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _warnings_as_lines():
+    """Python warnings and library log warnings (gguf-py logs some) raised while a command runs reach the
+    user as ``warning: ...`` lines, each once, instead of a source-code excerpt or a logger's format."""
+    import logging
+
+    seen: set[str] = set()
+
+    def say(message) -> None:
+        text = str(message).strip().replace("\n", " ")
+        if text not in seen:
+            seen.add(text)
+            print(f"warning: {text}", file=sys.stderr)
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            say(record.getMessage())
+
+    root = logging.getLogger()
+    handler = Lines(logging.WARNING) if not root.handlers else None  # a program's own logging setup wins
+    if handler is not None:
+        root.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = lambda message, *a, **kw: say(message)
+            yield
+    finally:
+        if handler is not None:
+            root.removeHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -495,8 +690,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.assignments = [*args.assignments, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "threads", None):
+        from .threads import set_threads
+
+        set_threads(args.threads)
     try:
-        return args.func(args)
+        with _warnings_as_lines():
+            return args.func(args)
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

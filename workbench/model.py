@@ -87,18 +87,24 @@ class Tensor:
         if dtypes.is_quantized(info.dtype):
             block, size = dtypes.block_info(info.dtype)
             row = info.shape[-1] if info.shape else 1
-            return data.reshape(-1, row // block * size)
+            rows = info.n_params // row if row else 0
+            return data.reshape(rows, row // block * size)
         return data.view(dtypes.PLAIN_DTYPES[info.dtype]).reshape(info.shape)
 
     def to_float32(self) -> np.ndarray:
         """The whole tensor as float32 of ``info.shape`` (dequantized or widened; F32 data comes back as a
         read-only view of the mapped file, so copy it before changing it)."""
+        if self.info.n_params == 0:  # a tensor with a zero dimension: nothing to decode
+            self.raw()
+            return np.zeros(self.info.shape, np.float32)
         return dtypes.decode(self.raw(), self.info.dtype, self.info.shape)
 
     def iter_float32(self, max_elements: int = 1 << 22) -> Iterator[np.ndarray]:
         """The tensor as flat float32 chunks of whole rows, each at most ~``max_elements`` values."""
         info = self.info
         raw = self.raw()
+        if info.n_params == 0:
+            return
         row = info.shape[-1] if info.shape else 1
         rows = max(1, info.n_params // max(row, 1))
         raw2 = raw.reshape(rows, -1)

@@ -22,7 +22,7 @@ from gguf import LlamaFileType as FT
 
 from .archs import gguf_arch, to_gguf_name
 from .dtypes import block_info, is_quantized
-from .errors import WorkbenchError
+from .errors import WorkbenchError, quote
 from .model import Model
 
 # preset -> (llama file type, default ggml type)
@@ -104,6 +104,13 @@ def loader_order(gname: str) -> tuple[int, bytes]:
     return (int(m.group(1)) if m else -1, gname.encode())
 
 
+# layer counts llama.cpp's loaders call LLM_TYPE_70B (src/models/<arch>.cpp load_arch_hparams)
+_70B_LAYERS = {"llama": 80, "qwen2": 80, "deci": 80, "olmo": 80, "jais2": 68}
+
+
+MAX_LAYERS = 1024  # more than any real model has (a damaged block_count must not build a million-layer name map)
+
+
 def use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
@@ -123,25 +130,30 @@ class ModelFacts:
         return self.n_head // self.n_head_kv if self.n_head and self.n_head_kv else 0
 
     @property
-    def is_70b(self) -> bool:  # llama.cpp names an 80-layer llama with GQA "70B"
-        return self.arch == "llama" and self.n_layer == 80 and self.n_head != self.n_head_kv
+    def is_70b(self) -> bool:
+        """llama.cpp's LLM_TYPE_70B (its attn_v rule depends on it), as each architecture's loader sets it."""
+        if _70B_LAYERS.get(self.arch or "") != self.n_layer:
+            return False
+        if self.arch == "llama":  # 80 layers: 65B when every head is a KV head; 8 experts are never "70B"
+            return self.n_head != self.n_head_kv and self.n_expert != 8
+        return True
 
     @classmethod
     def from_model(cls, model: Model) -> "ModelFacts":
         arch = gguf_arch(model.architecture)
 
         def first(*keys, default=0):
-            for k in keys:
+            for k in keys:  # a value of the wrong type or out of range (a damaged file) counts as absent
                 v = model.meta(k)
-                if v is not None and not isinstance(v, (list, dict)):
+                if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and 0 <= v <= 1 << 20:
                     return int(v)
             return default
 
         a = arch or ""
         n_layer = first(f"{a}.block_count", "num_hidden_layers", "n_layer", "num_layers")
-        if not n_layer:
+        if not n_layer or n_layer > MAX_LAYERS:
             layers = [k for k in model.layers() if k is not None]
-            n_layer = len(layers)
+            n_layer = min(len(layers), MAX_LAYERS)
         n_head = first(f"{a}.attention.head_count", "num_attention_heads", "num_heads", "n_head")
         n_head_kv = first(f"{a}.attention.head_count_kv", "num_key_value_heads", default=n_head)
         n_expert = first(f"{a}.expert_count", "num_local_experts", "num_experts")
@@ -209,6 +221,9 @@ def preset_type(preset: str, gname: str, shape: tuple[int, ...], facts: ModelFac
         return "Q8_0" if facts.n_expert == 8 else new
     if cat == "ffn_down":
         i, n = cnt.i_ffn_down, cnt.n_ffn
+        m = _BLK.match(gname) if facts.n_expert > 1 else None
+        if m is not None and int(m.group(1)) < n:  # experts (+ shared ones): not one ffn_down per layer
+            i = int(m.group(1))
         falcon = facts.arch == "falcon"
         if p == "Q2_K":
             new = "Q3_K"
@@ -280,17 +295,17 @@ class Plan:
     # -- editing (each call invalidates the cached entries) ---------------------------------------
     def validate(self) -> None:
         if self.preset not in PRESETS:
-            raise WorkbenchError(f"unknown preset {self.preset!r}", hint="Choose one of: " + ", ".join(PRESETS))
+            raise WorkbenchError(f"unknown preset {quote(self.preset)}", hint="Choose one of: " + ", ".join(PRESETS))
         for pattern, qtype in self.rules:
             _check_type(qtype)
             try:
                 re.compile(pattern)
-            except re.error as exc:
-                raise WorkbenchError(f"rule {pattern!r} is not a valid regular expression: {exc}") from None
+            except (re.error, OverflowError, RecursionError) as exc:
+                raise WorkbenchError(f"rule {quote(pattern)} is not a valid regular expression: {exc}") from None
         for name, qtype in self.overrides.items():
             _check_type(qtype)
             if name not in self.model:
-                raise WorkbenchError(f"override names tensor {name!r}, which this model does not have")
+                raise WorkbenchError(f"override names tensor {quote(name, 60)}, which this model does not have")
         self._entries = None
 
     def set_preset(self, preset: str) -> None:
@@ -421,11 +436,22 @@ class Plan:
     def from_json(cls, model: Model, data: dict[str, Any]) -> "Plan":
         if not isinstance(data, dict) or data.get("format") != "model-workbench-plan":
             raise WorkbenchError("not a Model Workbench plan (expected \"format\": \"model-workbench-plan\")")
-        if data.get("version") != 1:
-            raise WorkbenchError(f"plan version {data.get('version')!r} is not supported (expected 1)")
-        rules = [(str(p), str(t).upper()) for p, t in data.get("rules", [])]
-        overrides = {str(k): str(v).upper() for k, v in (data.get("overrides") or {}).items()}
-        return cls(model, str(data.get("preset", "Q8_0")), rules, overrides, bool(data.get("has_imatrix", False)))
+        version = data.get("version")
+        if type(version) is not int or version != 1:
+            raise WorkbenchError(f"plan version {quote(version)} is not supported (expected 1)")
+        preset, rules, overrides = data.get("preset", "Q8_0"), data.get("rules", []), data.get("overrides") or {}
+        has_imatrix = data.get("has_imatrix", False)
+        if not isinstance(preset, str):
+            raise WorkbenchError(f"\"preset\" should be a preset name such as \"Q4_K_M\" but is {quote(preset)}")
+        if not isinstance(rules, list) or not all(isinstance(r, list) and len(r) == 2 and isinstance(r[0], str)
+                                                  and isinstance(r[1], str) for r in rules):
+            raise WorkbenchError(f"\"rules\" should be a list of [regex, type] string pairs but is {quote(rules)}")
+        if not isinstance(overrides, dict) or not all(isinstance(v, str) for v in overrides.values()):
+            raise WorkbenchError(f"\"overrides\" should map tensor names to type names but is {quote(overrides)}")
+        if not isinstance(has_imatrix, bool):
+            raise WorkbenchError(f"\"has_imatrix\" should be true or false but is {quote(has_imatrix)}")
+        return cls(model, preset, [(p, t.upper()) for p, t in rules], {k: v.upper() for k, v in overrides.items()},
+                   has_imatrix)
 
     def save(self, path) -> None:
         from .fsutil import atomic_write_path
@@ -435,10 +461,9 @@ class Plan:
 
     @classmethod
     def load(cls, model: Model, path) -> "Plan":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise WorkbenchError(f"could not read the plan: {exc}", path=path) from None
+        from .formats.hf import load_json
+
+        data = load_json(Path(path))  # a FormatError naming the file when it is unreadable or not JSON
         try:
             return cls.from_json(model, data)
         except WorkbenchError as exc:
@@ -458,4 +483,4 @@ class Plan:
 
 def _check_type(qtype: str) -> None:
     if qtype.upper() not in TYPES:
-        raise WorkbenchError(f"unknown tensor type {qtype!r}", hint="Choose one of: " + ", ".join(TYPES))
+        raise WorkbenchError(f"unknown tensor type {quote(qtype)}", hint="Choose one of: " + ", ".join(TYPES))

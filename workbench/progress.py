@@ -15,9 +15,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Progress:
+    """``done`` of ``total`` units of work; ``message`` says what is being done.  A job's last Progress may
+    carry ``warnings``: sentences the user should read (the CLI prints each as ``warning: ...``)."""
+
     done: float
     total: float
     message: str = ""
+    warnings: tuple[str, ...] = ()
 
     @property
     def fraction(self) -> float:
@@ -49,26 +53,94 @@ def relay(job: Job[T], transform: Callable[[Progress], Progress]) -> Job[T]:
 
 
 class TextProgressBar:
-    """A one-line progress bar with ETA for a terminal (used by the CLI on stderr)."""
+    """Progress of a long operation on a stream (the CLI's stderr).
 
-    def __init__(self, stream=None, width: int = 30):
+    On a terminal: a one-line bar with ETA, redrawn in place.  Not on a terminal (a log file, a pipe, a CI
+    job): a plain line every ``interval`` seconds (what, done/total, percent, ETA), so a long run is not
+    silent and the log stays readable.  ``quiet``: nothing at all.
+    """
+
+    INTERVAL = 5.0  # seconds between lines when not on a terminal
+
+    def __init__(self, stream=None, width: int = 30, *, quiet: bool = False, interval: float | None = None,
+                 clock: Callable[[], float] | None = None):
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
-        self.start = time.monotonic()
-        self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval = self.INTERVAL if interval is None else interval
+        self.clock = clock or time.monotonic
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.enabled = not quiet
+        self.start = self.clock()
+        self._total: float | None = None
+        self._next_line = self.start + self.interval
+        self._drawn = False  # a bar is on the terminal line (close() ends it)
+        self._pending: Progress | None = None  # the last state not yet printed as a line
+        self.lines = 0  # progress lines printed (not on a terminal)
+
+    def _eta(self, p: Progress) -> tuple[float, float]:
+        if p.total != self._total:  # a new phase (opening, then converting): its own clock for the ETA
+            self._total = p.total
+            self.start = self.clock()
+        elapsed = self.clock() - self.start
+        frac = p.fraction
+        return elapsed, (elapsed / frac - elapsed) if frac > 0 else float("nan")
 
     def __call__(self, p: Progress) -> None:
         if not self.enabled:
             return
-        frac = p.fraction
-        elapsed = time.monotonic() - self.start
-        eta = (elapsed / frac - elapsed) if frac > 0 else 0.0
-        filled = int(self.width * frac)
-        bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] {frac * 100:5.1f}%  ETA {eta:5.0f}s  {p.message[:40]:<40}")
+        elapsed, eta = self._eta(p)
+        if self.tty:
+            frac = p.fraction
+            filled = int(self.width * frac)
+            bar = "#" * filled + "-" * (self.width - filled)
+            eta_s = f"{eta:5.0f}s" if eta == eta else "    ?s"
+            self.stream.write(f"\r[{bar}] {frac * 100:5.1f}%  ETA {eta_s}  {p.message[:40]:<40}")
+            self.stream.flush()
+            self._drawn = True
+            return
+        now = self.clock()
+        if now < self._next_line:
+            self._pending = p
+            return
+        self._line(p, elapsed, eta)
+        self._next_line = now + self.interval
+
+    def _line(self, p: Progress, elapsed: float, eta: float) -> None:
+        what = p.message.split("; warning")[0] if p.warnings else p.message  # the warnings get their own lines
+        what = what.replace("\n", " ")
+        what = what if len(what) <= 70 else what[:69] + "…"
+        eta_s = f"ETA {_seconds(eta)}" if eta == eta else "ETA ?"
+        self.stream.write(f"{what}: {_amount(p.done)}/{_amount(p.total)} ({p.fraction * 100:.1f}%), "
+                          f"{_seconds(elapsed)} elapsed, {eta_s}\n")
         self.stream.flush()
+        self._pending = None
+        self.lines += 1
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        if not self.enabled:
+            return
+        if self.tty:
+            if self._drawn:
+                self.stream.write("\n")
+                self.stream.flush()
+            return
+        # a log that showed progress lines ends with the final state
+        if self._pending is not None and self.lines:
+            p = self._pending
+            elapsed = self.clock() - self.start
+            self._line(p, elapsed, 0.0 if p.fraction >= 1 else float("nan"))
+
+
+def _amount(x: float) -> str:
+    from .units import human_count
+
+    return human_count(x).replace(" ", "")
+
+
+def _seconds(s: float) -> str:
+    s = max(0.0, s)
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"

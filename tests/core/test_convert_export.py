@@ -12,11 +12,12 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+import convert_fixtures as cf
 from builders import LLAMA_CONFIG, bf16_bits, bf16_value, llama_tensors
 from fetch_models import real_model
+from gguf import quants
 
 import workbench
-from workbench import kernels
 from workbench.archs import to_gguf_name
 from workbench.convert.export import export_hf, f32_to_bf16_bits, shard_plan
 from workbench.convert.gguf_to_hf import hf_config, hf_names, permute, tokenizer_files, unpermute
@@ -34,7 +35,8 @@ N_HEAD, N_KV = LLAMA_CONFIG["num_attention_heads"], LLAMA_CONFIG["num_key_value_
 
 def write_llama_gguf_from_hf(path: Path, tensors: dict[str, np.ndarray], *, tokenizer: bool = False,
                              alignment: int | None = None) -> None:
-    """An F32 GGUF of the HF llama fixture, as convert_hf_to_gguf.py would write it."""
+    """An F32 GGUF of the HF llama fixture, as convert_hf_to_gguf.py would write it (Q/K rows permuted by the
+    tests' own reference, ``convert_fixtures.permute_qk``, not by the code under test)."""
     w = gguf.GGUFWriter(path, "llama")
     if alignment:
         w.add_custom_alignment(alignment)
@@ -59,9 +61,9 @@ def write_llama_gguf_from_hf(path: Path, tensors: dict[str, np.ndarray], *, toke
     w.add_eos_token_id(2)
     for name, arr in tensors.items():
         if name.endswith("q_proj.weight"):
-            arr = permute(arr, N_HEAD)
+            arr = cf.permute_qk(arr, N_HEAD)
         elif name.endswith("k_proj.weight"):
-            arr = permute(arr, N_KV)
+            arr = cf.permute_qk(arr, N_KV)
         w.add_tensor(to_gguf_name(name, "llama", 2), np.ascontiguousarray(arr))
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -94,6 +96,21 @@ def smollm2() -> Path:
 
 
 # -- GGUF -> HF: names, permutation, values ------------------------------------------------------
+
+# llama.cpp's LlamaModel.permute on 8 rows, worked out by hand: each head's rows are split in two halves
+# (the rotary pairs' first and second members) and interleaved: a head of rows r0..r3 becomes r0 r2 r1 r3.
+HAND_PERMUTED_ROWS = {1: [0, 4, 1, 5, 2, 6, 3, 7], 2: [0, 2, 1, 3, 4, 6, 5, 7], 4: [0, 1, 2, 3, 4, 5, 6, 7]}
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_permute_matches_hand_computed_rows(heads):
+    w = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+    want = w[HAND_PERMUTED_ROWS[heads]]
+    assert np.array_equal(cf.permute_qk(w, heads), want)  # the tests' reference...
+    assert np.array_equal(permute(w, heads), want)  # ...and the code under test
+    assert np.array_equal(unpermute(want, heads), w)
+    assert np.array_equal(permute(w[:, 0], heads), want[:, 0])  # a bias: the same row order
+
 
 def test_permute_roundtrip():
     w = np.arange(12 * 5, dtype=np.float32).reshape(12, 5)
@@ -241,7 +258,10 @@ def smollm2_export(tmp_path_factory):
 
 
 @pytest.mark.realmodel
-def test_quantized_gguf_to_f16_equals_workbench_dequantization(smollm2_export):
+def test_quantized_gguf_to_f16_equals_ggml_dequantization(smollm2_export):
+    from ggml_oracle import ggml
+
+    oracle = ggml()  # ggml's own dequantize_row_* (the values llama.cpp computes with)
     src, out, paths = smollm2_export
     g = workbench.open_model(src)
     m = workbench.open_model(out)
@@ -253,11 +273,12 @@ def test_quantized_gguf_to_f16_equals_workbench_dequantization(smollm2_export):
                   "blk.29.ffn_down.weight", "blk.3.ffn_gate.weight", "blk.0.attn_norm.weight", "output_norm.weight"):
         info = g.info(gname)
         raw = g.tensor(gname).raw()
-        ref = kernels.dequantize(raw, info.dtype).reshape(info.shape) if info.dtype != "F32" else raw.copy()
-        if gname.endswith("attn_q.weight"):
-            ref = unpermute(ref, 9)
+        ref = oracle.dequantize(raw, info.dtype, info.shape[-1]).reshape(info.shape) if info.dtype != "F32" \
+            else raw.copy()
+        if gname.endswith("attn_q.weight"):  # undo llama.cpp's permutation: invert the reference's row order
+            ref = ref[np.argsort(cf.permute_qk(np.arange(ref.shape[0]), 9))]
         elif gname.endswith("attn_k.weight"):
-            ref = unpermute(ref, 3)
+            ref = ref[np.argsort(cf.permute_qk(np.arange(ref.shape[0]), 3))]
         got = m.tensor(names[gname]).raw()
         assert np.array_equal(got, ref.astype(np.float16)), gname
         checked.add(info.dtype)
@@ -481,9 +502,13 @@ def test_unsupported_gguf_arch_keeps_gguf_names(gguf_file, tmp_path):
     for gname, (tname, _x) in values.items():
         info = g.info(gname)
         hf = hf_names(g)[gname]
-        ref = g.tensor(gname).to_float32()
-        if tname not in ("F32", "F16", "BF16"):
-            ref = kernels.dequantize(g.tensor(gname).raw(), tname).reshape(info.shape)
+        raw = np.array(g.tensor(gname).raw())  # gguf-py's decoders give the reference values
+        if tname == "BF16":
+            ref = bf16_value(raw)
+        elif tname == "F16":
+            ref = raw.astype(np.float32)
+        else:
+            ref = quants.dequantize(raw, gguf.GGMLQuantizationType[tname]).reshape(info.shape)
         assert np.array_equal(m.tensor(hf).raw(), ref), gname
 
 
@@ -549,7 +574,7 @@ def test_failure_leaves_nothing_and_keeps_existing_output(llama_gguf, tmp_path, 
         return real(model, item, *a, **kw)
 
     monkeypatch.setattr(export_mod, "iter_converted", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(workbench.WorkbenchError, match="disk full"):
         export(src, out, dtype="F16", overwrite=True)
     assert {p.name: sha(p) for p in out.iterdir()} == before
     assert leftovers(tmp_path) == []
@@ -801,3 +826,23 @@ def test_long_metadata_arrays_pack_like_gguf_py():
                 w._pack_val(bad, V.ARRAY, True, sub)
             errors.append(type(info.value))
         assert errors[0] is errors[1]
+
+
+def test_export_then_convert_round_trip_has_no_duplicate_keys(tmp_path, caplog):
+    """A SmolLM-size vocabulary (49152): llama.cpp's converter sets add_bos_token False itself; the exported
+    tokenizer_config.json also says add_bos_token, and the round trip must not log gguf-py's
+    "Duplicated key name" notice (the reference's value replaces the file's in place)."""
+    import logging
+
+    from workbench.convert import convert_hf_to_gguf
+
+    cf.build_llama(tmp_path / "hf", config={"vocab_size": 49152})
+    first = run(convert_hf_to_gguf(tmp_path / "hf", tmp_path / "a.gguf", "F32"))[0]
+    export(first, tmp_path / "exported", dtype="F32")
+    assert "add_bos_token" in json.loads((tmp_path / "exported" / "tokenizer_config.json").read_text())
+    with caplog.at_level(logging.WARNING):
+        again = run(convert_hf_to_gguf(tmp_path / "exported", tmp_path / "b.gguf", "F32"))[0]
+    assert not [r for r in caplog.records if "Duplicated key" in r.getMessage()], caplog.text
+    b = workbench.open_model(again)
+    assert b.meta("tokenizer.ggml.add_bos_token") is False  # llama.cpp's rule for this vocabulary size
+    assert [e.key for e in b.metadata["GGUF"]].count("tokenizer.ggml.add_bos_token") == 1

@@ -257,6 +257,10 @@ def test_llama3_rope_freqs(tmp_path):
     wavelen = 2 * np.pi / freqs
     assert got.shape == (dim // 2,)
     assert np.all(got[wavelen < 64 / 4.0] == 1.0) and np.all(got[wavelen > 64 / 1.0] == 8.0)
+    # the one frequency in the smoothing band (wavelength 26.5 between 16 and 64), by hand:
+    # smooth = (64 / 26.496 - 1) / 3 = 0.47183, factor = 1 / ((1 - smooth) / 8 + smooth) = 1.85928
+    assert np.count_nonzero((wavelen >= 16) & (wavelen <= 64)) == 1
+    assert got[1] == pytest.approx(1.8592789, rel=1e-6)
 
 
 # -- qwen2 -------------------------------------------------------------------------------------

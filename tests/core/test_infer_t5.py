@@ -15,7 +15,7 @@ import pytest
 import convert_fixtures as cf
 from workbench import WorkbenchError, open_model
 from workbench.convert import convert_hf_to_gguf
-from workbench.infer import t5
+from workbench.infer import t5, weights
 from workbench.infer.base import Engine
 from workbench.infer.t5 import T5Engine, relative_position_bucket
 from workbench.progress import run
@@ -227,7 +227,6 @@ def test_gguf_f32_gives_the_same_logits(tmp_path, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_load_engine_builds_the_t5_engine_at_each_level(name):
-    weights = pytest.importorskip("workbench.infer.weights")
     ref = np.load(DATA / name / "reference.npz")
     err = {}
     for plan in (None, "Q8_0", "Q4_0"):

@@ -188,3 +188,32 @@ def test_searches_without_einsum_give_the_same_bytes(qtype, monkeypatch):
     monkeypatch.setattr(common, "_SEQ_EINSUM", False)
     assert np.array_equal(kernels.quantize(x, qtype, threads=1), fast)
     assert np.array_equal(fast, ggml().quantize(x, qtype))
+
+
+@pytest.mark.parametrize("qw0", [-0.011249977, -0.011249988])
+def test_q6_k_requantizes_huge_ratios_like_ggml(qw0):
+    """Q6_K with quant weights: a negative importance entry (a hand-edited imatrix) cancels a sub-block's
+    weighted sums, so its scale, and with it the super-block's d, is ~1e6 times smaller than its values.
+    ggml's nearest_int(x/d) is then no rounding (|x/d| >= 2**22); our kernel's exact fallback must match."""
+    x = np.zeros((1, 256), np.float32)
+    x[0, 0] = -1000.0
+    x[0, 1:9] = -45.0
+    w = np.ones(256, np.float32)
+    w[0] = qw0
+    ref = ggml().quantize(x, "Q6_K", w)
+    d = ref[0, 208:210].view("<f2").astype(np.float32) * ref[0, 192:208].view(np.int8).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.abs(x[0].reshape(16, 16) / d[:, None])[d != 0]
+    assert ratio.max() >= 2.0 ** 22  # the case reaches the large-ratio path (checked on ggml's own bytes)
+    assert np.array_equal(kernels.quantize(x, "Q6_K", w), ref)
+
+
+def test_q3_k_rmse_passes_on_many_sub_blocks():
+    """make_q3_quants' rmse passes (a cursor per sub-block, at most five passes, a pass ending where no
+    move is accepted) over 16,384 sub-blocks: enough of them need four or five passes that a wrong pass
+    limit, cursor or pass-end rule changes some block."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((256, 1024)).astype(np.float32)
+    x[::3] = np.round(x[::3] * 2) / 2  # half-integers: many exact ties
+    ours, ref = kernels.quantize(x, "Q3_K", threads=1), ggml().quantize(x, "Q3_K")
+    assert _differing_blocks(ours, ref, 110) == 0

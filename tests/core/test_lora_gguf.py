@@ -11,7 +11,8 @@ from gguf import GGUFReader
 
 import convert_fixtures as cf
 from fetch_models import real_model
-from workbench import Cancelled, UnsupportedError, WorkbenchError, kernels, open_model
+from ggml_oracle import ggml
+from workbench import Cancelled, UnsupportedError, WorkbenchError, open_model
 from workbench.cli import main
 from workbench.convert import convert_hf_to_gguf, lora_to_gguf, merge_lora
 from workbench.formats.safetensors import write_safetensors
@@ -34,6 +35,12 @@ def llama(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hf") / "Tiny-Llama"
     cf.build_llama(folder)
     return folder, run(convert_hf_to_gguf(folder, tmp_path_factory.mktemp("gguf"), "F32"))[0]
+
+
+@pytest.fixture(scope="module")
+def llama_source(tmp_path_factory) -> dict[str, np.ndarray]:
+    """The exact float32 values of the ``llama`` fixture's tensors (the same seeded builder)."""
+    return cf.build_llama(tmp_path_factory.mktemp("values") / "Tiny-Llama")
 
 
 def make_adapter(folder: Path, cfg: dict | None = None, modules=tuple(SHAPES), *, layers=(0, 1), seed=3,
@@ -123,7 +130,8 @@ def test_gguf_base_gives_the_same_file_and_q8_0_falls_back_like_the_reference(ll
     # lora_a rows (64 values) are Q8_0; lora_b rows (r = 4) fit no block: F16, as convert_lora_to_gguf.py does
     hf = f"{P}model.layers.1.self_attn.k_proj"
     assert a["blk.1.attn_k.weight.lora_a"].tensor_type.name == "Q8_0"
-    assert a["blk.1.attn_k.weight.lora_a"].data.tobytes() == kernels.quantize(tensors[hf + ".lora_A.weight"], "Q8_0").tobytes()
+    want = ggml().quantize(tensors[hf + ".lora_A.weight"], "Q8_0")  # ggml's own quantizer
+    assert a["blk.1.attn_k.weight.lora_a"].data.tobytes() == want.tobytes()
     assert a["blk.1.attn_k.weight.lora_b"].tensor_type.name == "F16"
     np.testing.assert_array_equal(values(a["blk.1.attn_k.weight.lora_b"]),
                                   cf.permute_qk(tensors[hf + ".lora_B.weight"], 2).astype(np.float16).astype(np.float32))
@@ -226,9 +234,9 @@ def test_real_t5_adapter(tmp_path):
 
 # -- merging into GGUF ---------------------------------------------------------------------------
 
-def test_merge_into_gguf_base_equals_hf_merge_then_convert(llama, tmp_path):
+def test_merge_into_gguf_base_equals_hf_merge_then_convert(llama, llama_source, tmp_path):
     folder, base_gguf = llama
-    make_adapter(tmp_path / "ad", {"rank_pattern": {"v_proj": 2}, "alpha_pattern": {"o_proj": 3}})
+    tensors = make_adapter(tmp_path / "ad", {"rank_pattern": {"v_proj": 2}, "alpha_pattern": {"o_proj": 3}})
     into_gguf = run(merge_lora(base_gguf, tmp_path / "ad", tmp_path / "a.gguf"))[0]  # to="gguf" implied
     direct = run(merge_lora(folder, tmp_path / "ad", tmp_path / "b.gguf", to="gguf", plan_or_preset="F32"))[0]
     run(merge_lora(folder, tmp_path / "ad", tmp_path / "merged-hf", dtype="F32"))
@@ -241,11 +249,20 @@ def test_merge_into_gguf_base_equals_hf_merge_then_convert(llama, tmp_path):
         assert b.tensor(t.name).raw().tobytes() == want, t.name
     changed = [t.name for t in base.tensors if base.tensor(t.name).raw().tobytes() != a.tensor(t.name).raw().tobytes()]
     assert sorted(changed) == sorted(gguf_name(i, m) for i in (0, 1) for m in SHAPES)
+    # and the merge itself, by hand: W + alpha / r * B @ A, Q/K rows in llama.cpp's order
+    for i, module, scale, heads in ((0, "self_attn.q_proj", 8 / 4, 4), (1, "self_attn.k_proj", 8 / 4, 2),
+                                    (0, "self_attn.v_proj", 8 / 2, 0), (1, "self_attn.o_proj", 3 / 4, 0)):
+        hf = f"model.layers.{i}.{module}"
+        want = llama_source[hf + ".weight"] + np.float32(scale) * (tensors[f"{P}{hf}.lora_B.weight"] @
+                                                                   tensors[f"{P}{hf}.lora_A.weight"])
+        want = cf.permute_qk(want, heads) if heads else want
+        np.testing.assert_allclose(a.tensor(gguf_name(i, module)).raw(), want, rtol=1e-6, atol=1e-6, err_msg=hf)
     assert not (tmp_path / "b.gguf.partial").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
         "a.gguf", "ad", "b.gguf", "c.gguf", "merged-hf"]  # no intermediate folder for the direct GGUF merge
 
 
 def test_merge_into_quantized_gguf_keeps_types(llama, tmp_path):
+    oracle = ggml()
     folder, base_gguf = llama
     tensors = make_adapter(tmp_path / "ad", modules=("self_attn.q_proj", "mlp.down_proj"), layers=(1,))
     q8 = run(convert_hf_to_gguf(folder, tmp_path / "base-q8.gguf", "Q8_0"))[0]
@@ -260,8 +277,9 @@ def test_merge_into_quantized_gguf_keeps_types(llama, tmp_path):
                          ("blk.1.ffn_down.weight", "model.layers.1.mlp.down_proj", 0)):
         delta = np.float32(2.0) * (tensors[f"{P}{hf}.lora_B.weight"] @ tensors[f"{P}{hf}.lora_A.weight"])
         delta = cf.permute_qk(delta, heads) if heads else delta
-        exact = base.tensor(g).to_float32() + delta  # dequantized base + delta, requantized to its own type
-        assert merged.tensor(g).raw().tobytes() == kernels.quantize(exact, "Q8_0").tobytes()
+        # ggml's dequantized base + delta, requantized to its own type by ggml: what llama.cpp would compute
+        exact = oracle.dequantize(base.tensor(g).raw(), "Q8_0", base.info(g).shape[-1]) + delta
+        assert merged.tensor(g).raw().tobytes() == oracle.quantize(exact, "Q8_0").tobytes()
         full = f32.tensor(g).to_float32() + delta  # the F32 merge: within Q8_0's error
         assert np.abs(merged.tensor(g).to_float32() - full).max() < 0.02 * np.abs(full).max()
     assert "2 LoRA modules merged" in messages[-1]
@@ -315,6 +333,14 @@ def test_cli_lora_to_gguf_and_merge_to_gguf(llama, tmp_path, capsys):
     assert open_model(printed[0]).info("blk.0.attn_q.weight").dtype == "Q8_0"
     assert main(["merge-lora", str(base_gguf), str(tmp_path / "ad"), "-o", str(tmp_path / "g.gguf")]) == 0
     assert capsys.readouterr().out.split() == [str(tmp_path / "g.gguf")]
+    # what the user should know reaches stderr as warning lines: folded scales, ignored config keys
+    make_adapter(tmp_path / "ad2", {"alpha_pattern": {"o_proj": 3}, "megatron_core": "megatron.core"})
+    assert main(["lora-to-gguf", str(tmp_path / "ad2"), "-o", str(tmp_path / "w.gguf"), "--base", str(folder),
+                 "-q"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert all(line.startswith("warning: ") for line in err), err
+    assert any(line.startswith("warning: per-module scales differ") and "2 modules" in line for line in err), err
+    assert "warning: adapter_config.json keys ignored: megatron_core" in err
 
 
 def test_t5_merge_to_gguf_with_the_adapters_tokenizer(tmp_path):

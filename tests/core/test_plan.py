@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import PLAN_MODELS, shape_only_llama
+from builders import PLAN_MODELS, plan_case_tensors, shape_only_llama, shape_only_model
 
 from workbench import WorkbenchError
 from workbench.plan import PRESETS, Plan, use_more_bits
@@ -149,17 +149,43 @@ def test_hf_names_are_planned_by_their_gguf_names(tmp_path):
     assert plan.entry("lm_head.weight").gguf_name == "output.weight"
 
 
-PARITY = DATA / "llama_quantize_plans.json"
+PARITY = json.loads((DATA / "llama_quantize_plans.json").read_text())
 
 
-@pytest.mark.parametrize("spec", PLAN_MODELS, ids=[s[0] for s in PLAN_MODELS])
-def test_presets_equal_llama_quantize(spec):
-    """Against llama-quantize --dry-run's choices, recorded by tests/core/data/make_plan_fixtures.py."""
-    recorded = json.loads(PARITY.read_text())[spec[0]]
-    model = shape_only_llama(spec)
+@pytest.mark.parametrize("case", sorted(PARITY["cases"]))
+def test_presets_equal_llama_quantize(case):
+    """Against llama-quantize --dry-run's choices, recorded by tests/core/data/make_plan_fixtures.py: llama
+    shapes, an imatrix, 80-layer models (llama.cpp's "70B" rule), 8 experts and experts with a shared expert."""
+    recorded = PARITY["cases"][case]
+    spec, decode = recorded["spec"], {c: t for t, c in PARITY["codes"].items()}
+    model = shape_only_model(case, spec)
+    names = [n for n, _s, _d in plan_case_tensors(spec)]
     mismatches = []
-    for preset, types in recorded.items():
-        ours = Plan(model, preset).types()
-        mismatches += [f"{preset} {n}: ours {ours[n]} llama-quantize {t}" for n, t in types.items() if ours[n] != t]
-    assert set(recorded) == set(PRESETS)
+    for preset, codes in recorded["types"].items():
+        assert len(codes) == len(names)
+        ours = Plan(model, preset, has_imatrix=bool(spec.get("imatrix"))).types()
+        mismatches += [f"{preset} {n}: ours {ours[n]} llama-quantize {decode[c]}"
+                       for n, c in zip(names, codes) if ours[n] != decode[c]]
+    assert set(recorded["types"]) == set(PRESETS)
     assert not mismatches, f"{len(mismatches)} tensors differ:\n" + "\n".join(mismatches[:20])
+
+
+def test_parity_cases_reach_the_rules_beyond_llama_shapes():
+    """The recorded cases really exercise the 70B, MoE and imatrix rules (a case that lost its point fails)."""
+    decode = {c: t for t, c in PARITY["codes"].items()}
+
+    def recorded(case, preset, name):
+        spec = PARITY["cases"][case]["spec"]
+        names = [n for n, _s, _d in plan_case_tensors(spec)]
+        return decode[PARITY["cases"][case]["types"][preset][names.index(name)]]
+
+    assert recorded("llama80-gqa4-70b", "Q4_K_M", "blk.11.attn_v.weight") == "Q5_K"  # Q4_K raised for 70B
+    assert recorded("llama80-mha-65b", "Q4_K_M", "blk.11.attn_v.weight") == "Q4_K"
+    assert recorded("qwen2-80-mha-70b", "Q4_K_M", "blk.11.attn_v.weight") == "Q5_K"
+    assert recorded("mixtral16-8x", "Q4_K_M", "blk.5.attn_k.weight") == "Q8_0"
+    assert recorded("mixtral16-8x", "Q4_K_M", "blk.5.attn_output.weight") == "Q5_K"
+    assert recorded("llama16-gqa4-imatrix", "Q4_0", "blk.1.ffn_down.weight") == "Q4_1"
+    assert recorded("llama16-gqa4", "Q4_0", "blk.1.ffn_down.weight") == "Q4_0"
+    # with a shared expert, layer 1's ffn_down tensors are the 3rd and 4th: a counter would call them layer 2/3
+    assert recorded("qwen2moe16-4x-shexp-imatrix", "Q4_0", "blk.1.ffn_down_shexp.weight") == "Q4_1"
+    assert recorded("qwen2moe16-4x-shexp-imatrix", "Q4_0", "blk.2.ffn_down_exps.weight") == "Q4_0"

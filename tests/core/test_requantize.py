@@ -1,6 +1,8 @@
 """GGUF -> GGUF requantization: bytes against our kernels, raw copies, metadata, splits, cancel, CLI."""
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ from gguf import GGUFReader, LlamaFileType
 
 import convert_fixtures as cf
 from builders import write_gguf_model
+from fetch_models import real_model
 from workbench import Cancelled, WorkbenchError, kernels, open_model
 from workbench.cli import main
 from workbench.convert import convert_hf_to_gguf, requantize_gguf
@@ -55,7 +58,7 @@ def test_f32_source_matches_kernels_and_metadata(f32_gguf, tmp_path, preset):
     assert paths[0].name == f32_gguf.name.replace("-F32", f"-{preset}")  # the naming convention, new encoding
     src, out = open_model(f32_gguf), open_model(paths[0])
     plan = Plan(src, preset)
-    assert [t.name for t in out.tensors] == [t.name for t in src.tensors]
+    assert sorted(t.name for t in out.tensors) == sorted(t.name for t in src.tensors)  # in llama-quantize's order
     converted = 0
     for t in src.tensors:
         want = plan.entry(t.name).type
@@ -71,10 +74,11 @@ def test_f32_source_matches_kernels_and_metadata(f32_gguf, tmp_path, preset):
     if preset == "Q4_K_M":
         assert {"Q4_K", "Q6_K"} <= set(out.dtype_counts())
     before, after = fields(f32_gguf), fields(paths[0])
+    assert list(after)[-2:] == ["general.quantization_version", "general.file_type"]  # re-set: moved to the end
     assert after.pop("general.file_type") == PRESETS[preset][0]
     assert before.pop("general.file_type") == LlamaFileType.ALL_F32
     assert after == before  # everything else, the tokenizer included, is copied
-    assert list(after) == list(before)  # in the source's order
+    assert list(after)[:-1] == [k for k in before if k != "general.quantization_version"]  # in the source's order
     assert "16 tensors converted" in messages[-1] and "warning" not in messages[-1]
 
 
@@ -171,8 +175,6 @@ def header_values(path) -> dict:
 
 
 def test_real_tiny_model(tmp_path):
-    from fetch_models import real_model
-
     src = real_model("tinycoder")
     paths, messages = requantize(src, tmp_path, "Q8_0")
     a, b = open_model(src), open_model(paths[0])
@@ -195,6 +197,38 @@ def test_real_tiny_model(tmp_path):
         before.pop(key, None)
         after.pop(key)
     assert after == before
+
+
+# -- byte parity with llama-quantize (recorded once by tests/core/data/make_requant_fixtures.py) --------------
+
+DATA = Path(__file__).parent / "data"
+REQUANT = DATA / "llama_quantize_requant.json"
+sys.path.insert(0, str(DATA))
+from make_requant_fixtures import (BUILT, IMATRIX_INPUT, REAL, build_input,  # noqa: E402
+                                   first_difference, imatrix_meta, imatrix_values, sha256_file, summary)
+# SmolLM2's other three presets are recorded too; one runs here to keep the suite fast (every preset passes:
+# python tests/core/data/make_requant_fixtures.py records them, the README gives the check)
+PARITY = [(name, preset) for name in ("exact-llama", "exact-llama-no-ftype-row", "tinycoder")
+          for preset in ("Q8_0", "Q4_0", "Q4_K_M", "Q6_K")] + [("smollm2", "Q4_K_M")] + \
+         [(IMATRIX_INPUT + "-imatrix", preset) for preset in ("Q4_0", "Q4_K_M")]
+
+
+@pytest.mark.parametrize("name,preset", PARITY)
+def test_requantized_file_is_byte_identical_to_llama_quantize(name, preset, tmp_path):
+    """The whole file, header included (keys re-set by llama-quantize move to the end, tensors in its loader's
+    order, ggml's dimension count; with an importance matrix, the quantize.imatrix.* keys), against the sha256
+    of llama-quantize --allow-requantize's output."""
+    case = json.loads(REQUANT.read_text(encoding="utf-8"))["inputs"][name]
+    expected = case["presets"][preset]
+    kw = {}
+    if name == IMATRIX_INPUT + "-imatrix":
+        name, kw = IMATRIX_INPUT, {"imatrix": imatrix_values(), "imatrix_meta": imatrix_meta()}
+    src = build_input(name, tmp_path) if name in BUILT else real_model(REAL[name])
+    out = run(requantize_gguf(src, tmp_path / "out.gguf", preset, **kw))[0]
+    if sha256_file(out) != expected["sha256"]:
+        got = summary(out)
+        pytest.fail(f"{name} {preset}: not llama-quantize's file ({got['size']} bytes, expected {expected['size']}): "
+                    + first_difference({**expected, "keys": case["keys"], "tensors": case["tensors"]}, got))
 
 
 def test_cli_convert_routes_gguf_sources(mixed_gguf, tmp_path, capsys):

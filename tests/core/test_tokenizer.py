@@ -19,7 +19,7 @@ from workbench.infer.tokenizer import (IncrementalDecoder, folder_tokenizer, ggu
 
 DATA = Path(__file__).parent / "data" / "tokenizer_vectors"
 sys.path.insert(0, str(DATA))
-from make_fixtures import read_inputs, write_t5_vocab  # noqa: E402
+from make_fixtures import MIXED_VOCABS, read_inputs, write_t5_vocab, write_vocab  # noqa: E402
 
 # Every llama.cpp test-vector vocabulary of llama-cpp-python 0.3.36 (models/ggml-vocab-*.gguf.inp/.out) and the
 # cases we pass.  All of them pass 100%; a vocabulary with known gaps would be listed in GAPS with the reason.
@@ -91,10 +91,9 @@ def test_vocabs_without_vectors_match_llama_tokenize(tmp_path):
     texts = read_inputs(vocab_dir() / fixture["inputs"])
     for name, expected in fixture["ids"].items():
         if name == "t5-lora":
-            path = write_t5_vocab(real_model("t5-lora"), tmp_path / "t5.gguf")
+            tok = gguf_tokenizer(workbench.open_model(write_t5_vocab(real_model("t5-lora"), tmp_path / "t5.gguf")))
         else:
-            path = vocab_dir() / f"ggml-vocab-{name}.gguf"
-        tok = gguf_tokenizer(workbench.open_model(path))
+            tok = vocab_tokenizer(name)
         got = [tok.encode(t, add_special=False, parse_special=False) for t in texts]
         bad = [(t, e, g) for t, e, g in zip(texts, expected, got) if e != g]
         assert not bad, f"{name}: {len(bad)}/{len(texts)} differ, first: {bad[:2]}"
@@ -113,6 +112,35 @@ def test_t5_vocab_from_gguf_matches_its_tokenizer_json(tmp_path):
         assert ours.encode(text) == theirs.encode(text), text
     assert ours.encode("Hello")[-1] == ours.eos_id == theirs.eos_id == 1
     assert ours.decode(ours.encode("Hello world")) == "Hello world"
+
+
+# one vocabulary kind per row: gpt2 BPE, llama SentencePiece, bert WordPiece, t5 Unigram
+MIXED_KINDS = {"gpt-2": "gpt2", "llama-bpe": "gpt2", "qwen2": "gpt2", "llama-spm": "llama", "bert-bge": "bert",
+               "all-minilm": "bert", "nomic-bert-moe": "t5", "t5-lora": "t5"}
+
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize("name", sorted(MIXED_KINDS))
+def test_mixed_text_matches_llama_cpp(name, tmp_path):
+    """Code, digits, accents, CJK, Hangul, emoji, right-to-left scripts and special-token texts, against ids
+    llama.cpp gave (committed): ``llama_tokenize`` adding special tokens (what llama-completion and
+    llama-embedding do: all-MiniLM's GGUF, whose converter writes add_sep_token false, still ends with [SEP]),
+    adding none, and ``llama-tokenize``'s default (adding them when the vocabulary's add_bos says so)."""
+    fixture = json.loads((DATA / "mixed.json").read_text(encoding="utf-8"))
+    key, arch = MIXED_VOCABS[name]
+    if arch is None:
+        tok = vocab_tokenizer(name)
+    else:  # a tokenizer folder written as a GGUF vocabulary the way our converter writes it
+        tok = gguf_tokenizer(workbench.open_model(write_vocab(real_model(key), tmp_path / "v.gguf", arch)))
+    assert tok.vocab.kind == MIXED_KINDS[name]
+    assert set(fixture["vocabs"]) == set(MIXED_KINDS)
+    for text, case in zip(fixture["texts"], fixture["vocabs"][name]):
+        for label, got in (("special", tok.encode(text)), ("plain", tok.encode(text, add_special=False)),
+                           ("tool", tok.encode(text, add_special=tok.vocab.add_bos))):
+            want = case[label]
+            at = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
+            assert got == want, (f"{name} ({label}) differs from llama.cpp at token {at} of {len(want)}: "
+                                 f"llama.cpp {want[at:at + 4]}, ours {got[at:at + 4]}, in {text[:40]!r}")
 
 
 # -- special tokens, ids, pieces -----------------------------------------------------------------------------
@@ -310,6 +338,35 @@ def test_exported_tokenizer_json_encodes_like_the_gguf(name, tmp_path):
     # and the folder loads as a tokenizer.json folder again, with the same special ids
     again = folder_tokenizer(tmp_path)
     assert (again.bos_id, again.eos_id) == (ours.bos_id, ours.eos_id)
+
+
+@pytest.mark.realmodel
+def test_export_then_convert_round_trip_keeps_the_tokenizer_keys(tmp_path, caplog):
+    """GGUF -> HF folder -> GGUF: the exported tokenizer_config.json says add_bos_token and the converter's own
+    rule for 49152-token vocabularies sets it again; the key is written once, without gguf-py's warning, and
+    every tokenizer key of the original comes back with the same bytes."""
+    import logging
+
+    from workbench.convert import convert_hf_to_gguf
+    from workbench.convert.export import export_hf
+    from workbench.convert.requantize import raw_metadata
+    from workbench.progress import run
+
+    src = real_model("smollm2")
+    run(export_hf(src, tmp_path / "hf", dtype="BF16"))
+    with caplog.at_level(logging.WARNING):
+        back = run(convert_hf_to_gguf(tmp_path / "hf", tmp_path / "back.gguf", "F16"))[0]
+    assert not [r.getMessage() for r in caplog.records if "Duplicated key" in r.getMessage()]
+    n_kv = int(np.frombuffer(back.read_bytes()[16:24], "<u8")[0])  # the header's key count
+    got = raw_metadata(back)
+    assert n_kv == len(got)  # every key once
+    original = {k: v for k, v in raw_metadata(src).items() if k.startswith("tokenizer.")}
+    got = {k: v for k, v in got.items() if k.startswith("tokenizer.")}
+    assert original["tokenizer.ggml.add_bos_token"] == bytes([gguf.GGUFValueType.BOOL, 0, 0, 0, 0])  # False
+    extra = {k: got.pop(k) for k in set(got) - set(original)}
+    assert got == original
+    assert extra == {"tokenizer.ggml.add_eos_token": bytes([gguf.GGUFValueType.BOOL, 0, 0, 0, 0])}  # llama.cpp's
+    # default for a gpt2 vocabulary, which the exported tokenizer.json's ByteLevel post-processor states
 
 
 def test_gguf_tokenizer_json_notes_unknown_pre_tokenizer(tmp_path):

@@ -115,3 +115,15 @@ def errors():
 def win(make_window, errors):
     """A main window whose error dialogs are recorded in ``errors`` instead of shown."""
     return make_window(show_error=lambda title, message: errors.append((title, message)))
+
+
+@pytest.fixture
+def drained(qtbot):
+    """``drained(*workers)``: wait until every signal the workers' threads sent has been delivered.
+
+    Each job's last signal (``_sig_done``, sent after its result, error or cancel) removes it from the
+    worker's task table, so an empty table proves that a superseded job's late result has arrived and been
+    handled: the positive control before asserting that it was dropped, instead of a fixed wait."""
+    def wait(*workers, timeout: int = 10_000) -> None:
+        qtbot.waitUntil(lambda: all(not w._tasks for w in workers), timeout=timeout)
+    return wait

@@ -136,7 +136,7 @@ def test_a_comparison_shows_the_core_result(qtbot, view, expected, monkeypatch):
         assert col.note.text() == f"differs from token {col.result.divergence + 1}"
 
 
-def test_cancel_stops_the_job_and_shows_nothing(qtbot, view, tiny):
+def test_cancel_stops_the_job_and_shows_nothing(qtbot, view, tiny, drained):
     seen = {}
     gate = threading.Event()
 
@@ -158,7 +158,7 @@ def test_cancel_stops_the_job_and_shows_nothing(qtbot, view, tiny):
     gate.set()
     assert view.worker.wait(10_000)  # the thread stopped
     assert seen["cancel"]() and seen.get("after", True)  # the core job's cancel flag is set
-    qtbot.wait(50)  # anything the stopped job still sent has been delivered (and dropped)
+    drained(view.worker)  # anything the stopped job still sent has been delivered (and dropped)
     assert view.result is None and not view.results.isVisible()
     assert view.table_model.rowCount() == 0 and view.curves == [] and view.columns == []
     assert not view.is_running() and view.run_button.isEnabled() and not view.cancel_button.isEnabled()

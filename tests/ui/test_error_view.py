@@ -75,7 +75,7 @@ def test_default_types_and_toggling_a_type(qtbot, window, error_tab, demo_path):
     assert "IQ4_NL" in [s.qtype for s in blocker.args[0]]
 
 
-def test_selecting_another_tensor_drops_stale_results(qtbot, window, error_tab):
+def test_selecting_another_tensor_drops_stale_results(qtbot, window, error_tab, drained):
     gate = threading.Event()
     started = []
 
@@ -95,8 +95,7 @@ def test_selecting_another_tensor_drops_stale_results(qtbot, window, error_tab):
     qtbot.waitUntil(lambda: shown == [{TENSOR}], timeout=20_000)
     gate.set()
     qtbot.waitUntil(lambda: not error_tab.worker.is_busy(), timeout=5000)
-    error_tab.worker.wait(5000)
-    qtbot.wait(100)  # a late result of the first job would be delivered now; it must be dropped
+    drained(error_tab.worker)  # the first job's late result has been delivered (and dropped)
     assert shown == [{TENSOR}]
     assert {s.name for s in error_tab.stats} == {TENSOR}
 

@@ -122,7 +122,7 @@ def test_the_engine_is_cached_per_level_and_dropped_with_the_model(qtbot, make_p
     assert panel.cache.keys() == [] and panel.output.toPlainText() == ""
 
 
-def test_stop_keeps_the_text_so_far(qtbot, make_panel, tiny, monkeypatch):
+def test_stop_keeps_the_text_so_far(qtbot, make_panel, tiny, monkeypatch, drained):
     monkeypatch.setattr("ui.worker._PROGRESS_INTERVAL", 0.0)
     panel = make_panel(tiny)
     panel.tokens_spin.setValue(200)
@@ -137,7 +137,7 @@ def test_stop_keeps_the_text_so_far(qtbot, make_panel, tiny, monkeypatch):
     with qtbot.waitSignal(panel.worker.cancelled, timeout=TIMEOUT):
         panel.start()
     assert panel.worker.wait(10_000)
-    qtbot.wait(50)
+    drained(panel.worker)  # every token the stopped job still sent has been delivered (and dropped)
     assert panel.result is None and panel.output.toPlainText() == stopped[0]
     assert panel.status.text() == "Stopped." and panel.generate_button.isEnabled()
     assert panel._cancel.is_set()
@@ -179,7 +179,7 @@ def test_a_saved_plan_file_as_the_level(qtbot, make_panel, tiny, tmp_path):
     assert panel.cache.keys() == [("file", str(path))]
 
 
-def test_escape_in_the_window_stops_generation(qtbot, window, load, monkeypatch):
+def test_escape_in_the_window_stops_generation(qtbot, window, load, monkeypatch, drained):
     monkeypatch.setattr("ui.worker._PROGRESS_INTERVAL", 0.0)
     load(window, TINY)
     panel = window.generate_panel
@@ -197,5 +197,5 @@ def test_escape_in_the_window_stops_generation(qtbot, window, load, monkeypatch)
     with qtbot.waitSignal(panel.worker.cancelled, timeout=TIMEOUT):
         panel.start()
     assert panel.worker.wait(10_000)
-    qtbot.wait(50)
+    drained(panel.worker)  # every token the stopped job still sent has been delivered (and dropped)
     assert panel.result is None and panel.output.toPlainText() == stopped[0]

@@ -29,14 +29,14 @@ def test_selecting_a_tensor_shows_its_histogram_and_stats(qtbot, window, load, d
     assert labels["nan"].text().startswith("0")
 
 
-def test_a_newer_selection_supersedes_the_running_job(qtbot, window, load, demo_path):
+def test_a_newer_selection_supersedes_the_running_job(qtbot, window, load, demo_path, drained):
     load(window, demo_path)
     shown = []
     window.detail.stats_shown.connect(lambda s: shown.append(s.name))
     window.tree.select("token_embd.weight")
     window.tree.select("blk.0.attn_norm.weight")
     qtbot.waitUntil(lambda: shown == ["blk.0.attn_norm.weight"], timeout=10_000)
-    qtbot.wait(200)  # a late result of the first job would arrive now; it must be dropped
+    drained(window.detail.worker)  # the first job's late signals have been delivered (and dropped)
     assert shown == ["blk.0.attn_norm.weight"]
     assert window.detail.stats.name == "blk.0.attn_norm.weight"
 
@@ -96,7 +96,7 @@ def test_recent_files_and_status_bar(qtbot, window, load, st_folder):
     assert "safetensors" in text and "LlamaForCausalLM" in text and "tensors" in text
 
 
-def test_cancel_a_slow_load(qtbot, window, demo_path):
+def test_cancel_a_slow_load(qtbot, window, demo_path, drained):
     gate = threading.Event()
 
     def slow_open(path):
@@ -110,7 +110,7 @@ def test_cancel_a_slow_load(qtbot, window, demo_path):
     with qtbot.waitSignal(window.loader.cancelled, timeout=5000):
         window.cancel_load()
     gate.set()
-    qtbot.wait(100)
+    drained(window.loader)  # whatever the cancelled job still sent has been delivered
     assert window.model is None and not window.loader.is_busy()
 
 

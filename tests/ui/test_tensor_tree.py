@@ -149,3 +149,23 @@ def test_expand_and_collapse_all(qtbot, window, load, st_folder):
     assert all(view.isExpanded(g) for g in groups)
     window.act_collapse.trigger()
     assert not any(view.isExpanded(g) for g in groups)
+
+
+def test_sort_by_name_puts_blk_9_before_blk_10(qtbot, window, load, tmp_path):
+    """Twelve layers: alphabetical order would put blk.10 and blk.11 between blk.1 and blk.2."""
+    from builders import write_llama_gguf
+
+    path = tmp_path / "twelve.gguf"
+    write_llama_gguf(path, ("twelve", 12, 32, 64, 2, 2, 32, False))
+    load(window, path)
+    tree = window.tree
+    natural = [f"blk.{i}" for i in range(12)]
+    for order, expected in ((Qt.SortOrder.AscendingOrder, natural), (Qt.SortOrder.DescendingOrder, natural[::-1])):
+        tree.sort_by(NAME, order)
+        groups = [n for n in (tree.proxy.index(r, 0).data() for r in range(tree.proxy.rowCount()))
+                  if n.startswith("blk.")]
+        assert groups == expected, order
+    # the same inside a name: a filter that matches across layers keeps the natural order of the matches
+    tree.sort_by(NAME)
+    tree.filter.set_text("ffn_down")
+    assert tree.visible_tensor_names() == [f"blk.{i}.ffn_down.weight" for i in range(12)]

@@ -100,6 +100,7 @@ def test_cancel_stops_the_generator(qtbot, worker):
         worker.cancel()
     assert not worker.is_busy()
     assert worker.wait(5000)
+    qtbot.waitUntil(lambda: not worker._tasks, timeout=5000)  # whatever the thread still sent has arrived
     assert closed.is_set() and results == []
 
 
@@ -123,3 +124,53 @@ def test_huge_progress_counts_fit_qt_ints(qtbot, worker):
     with qtbot.waitSignal(worker.result, timeout=5000):
         worker.start(big)
     assert seen == [(500_000, 1_000_000)]
+
+
+def test_a_stale_result_that_arrives_after_the_user_moved_on_is_dropped(qtbot, worker):
+    """A plain-function job cannot be interrupted: its result really reaches the worker after a newer job
+    started, and must not be shown (nor end the newer job)."""
+    release_first, first_running = threading.Event(), threading.Event()
+    second_gate, second_closed = threading.Event(), threading.Event()
+
+    def first_job():
+        first_running.set()
+        release_first.wait(10)
+        return "stale"
+
+    results, delivered = [], []
+    worker.result.connect(results.append)
+    worker._sig_result.connect(lambda job_id, value: delivered.append((job_id, value)))
+    first = worker.start(first_job)
+    qtbot.waitUntil(first_running.is_set, timeout=5000)
+    with qtbot.waitSignal(worker.progress, timeout=5000):  # the user moved on: a second job is running
+        second = worker.start(blocking_job, second_gate, second_closed, "fresh")
+    # the stale result arrives while the second job still runs; _sig_done follows it from the same thread
+    with qtbot.waitSignal(worker._sig_done, timeout=5000, check_params_cb=lambda job_id: job_id == first):
+        release_first.set()
+    assert delivered == [(first, "stale")]  # positive control: the stale result did reach the worker
+    assert results == [] and worker.job_id == second and worker.is_busy()
+    with qtbot.waitSignal(worker.result, timeout=5000):
+        second_gate.set()
+    assert results == ["fresh"] and not worker.is_busy()
+
+
+def test_a_stale_error_is_dropped_too(qtbot, worker):
+    release_first, first_running = threading.Event(), threading.Event()
+
+    def failing_late():
+        first_running.set()
+        release_first.wait(10)
+        raise FormatError("late failure", path="/tmp/old.gguf")
+
+    errors, results, delivered = [], [], []
+    worker.error.connect(errors.append)
+    worker.result.connect(results.append)
+    worker._sig_error.connect(lambda job_id, message: delivered.append(job_id))
+    first = worker.start(failing_late)
+    qtbot.waitUntil(first_running.is_set, timeout=5000)
+    with qtbot.waitSignal(worker.result, timeout=5000):
+        worker.start(counting_job, 1, "second")
+    with qtbot.waitSignal(worker._sig_done, timeout=5000, check_params_cb=lambda job_id: job_id == first):
+        release_first.set()
+    assert delivered == [first]  # positive control: the late error reached the worker
+    assert results == ["second"] and errors == []

@@ -17,14 +17,13 @@ import os
 import re
 import shutil
 import struct
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, fsutil
 from ..errors import Cancelled, UnsupportedError, WorkbenchError
 from ..model import Model, TensorInfo
 from ..progress import Progress
@@ -329,7 +328,6 @@ def _write_bin_shard(path: Path, model: Model, items: list[_Item], cancel, tick)
         _check_cancel(cancel)
         write_bin(path, arrays, bf16_names={it.name for it in items if it.dtype == "BF16"})
         arrays.clear()
-        os.chmod(path, _default_file_mode())  # write_bin's temporary file is private (0600)
     finally:
         with contextlib.suppress(FileNotFoundError):
             scratch.unlink()
@@ -372,6 +370,7 @@ def _check_output(out_dir: Path, names: list[str], stem: str, ext: str, model: M
 
 
 def _commit(tmp: Path, out_dir: Path, names: list[str], stale: list[Path]) -> None:
+    fsutil.fsync_tree(tmp)  # every file (copied side files too) on disk before any rename
     if not out_dir.exists():
         os.replace(tmp, out_dir)
     else:
@@ -380,13 +379,8 @@ def _commit(tmp: Path, out_dir: Path, names: list[str], stale: list[Path]) -> No
                 p.unlink()
         for n in names:
             os.replace(tmp / n, out_dir / n)
-        shutil.rmtree(tmp, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        fd = os.open(out_dir.parent if out_dir.parent.exists() else out_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsutil.fsync_dir(out_dir)
+    fsutil.fsync_dir(out_dir.parent)
 
 
 def export_hf(src_model_or_path, out_dir, *, dtype: str | None = "F16", format: str = "safetensors",
@@ -436,9 +430,7 @@ def export_hf(src_model_or_path, out_dir, *, dtype: str | None = "F16", format: 
         done += it.nbytes
         return Progress(done, total, f"Wrote {it.name}")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_temp_dir(out_dir)
-    try:
+    with fsutil.partial_dir(out_dir) as tmp:  # locked, probed; removed on failure or cancel
         yield Progress(0, total, f"Exporting {len(items)} tensors to {out_dir.name}")
         for fname, shard in zip(shard_files, shards):
             writer = _write_safetensors_shard if format == "safetensors" else _write_bin_shard
@@ -452,31 +444,9 @@ def export_hf(src_model_or_path, out_dir, *, dtype: str | None = "F16", format: 
                 _write_text(tmp / name, content)
         _check_cancel(cancel)
         _commit(tmp, out_dir, names, stale)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     message = "Export finished" + ("; " + "; ".join(notes) if notes else "")
-    yield Progress(total, total, message)
+    yield Progress(total, total, message, warnings=tuple(notes))
     return [out_dir / n for n in names]
-
-
-def _make_temp_dir(out_dir: Path) -> Path:
-    """A new hidden folder beside ``out_dir`` with the default permissions (mkdtemp's are 0700, which
-    would stay on the renamed output folder)."""
-    for _ in range(100):
-        cand = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(4)}.partial"
-        try:
-            os.mkdir(cand)
-            return cand
-        except FileExistsError:
-            continue
-    raise WorkbenchError("could not create a temporary folder beside the output", path=out_dir)
-
-
-def _default_file_mode() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _write_text(path: Path, text: str) -> None:

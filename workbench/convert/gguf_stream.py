@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType
 
-from .. import dtypes
+from .. import dtypes, fsutil
 from ..errors import Cancelled, WorkbenchError
 from ..fsutil import atomic_write_path
 from ..naming import GGUFName
@@ -101,7 +101,8 @@ def write_gguf_stream(w: gguf.GGUFWriter, target: Path, tensors: Sequence[Stream
             raise WorkbenchError("the output already exists", path=p, hint="Choose another name or allow overwriting.")
     total = sum(t.n_params for t in tensors) or 1
     done = 0
-    created_dirs = make_dir(target.parent)
+    with fsutil.os_errors(target):  # a read-only or full disk: one line with the reason
+        created_dirs = make_dir(target.parent)
     try:
         with contextlib.ExitStack() as stack:
             tmps = [stack.enter_context(atomic_write_path(p, overwrite=overwrite)) for p in paths]

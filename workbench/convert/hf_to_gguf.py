@@ -32,6 +32,7 @@ from .. import dtypes, kernels
 from ..errors import FormatError, MissingFileError, UnsupportedError, WorkbenchError
 from ..model import Model
 from ..naming import GGUFName, name_for_model
+from ..optimize.imatrix import check_required, submit_rows, tensor_weights
 from ..plan import PRESETS, Plan
 from ..progress import Progress
 from .gguf_stream import Sized, StreamTensor, new_writer, target_path, write_gguf_stream
@@ -463,9 +464,12 @@ def convert_hf_to_gguf(src, out_dir_or_file, plan_or_preset: Plan | str | HfToGg
     :class:`GGUFName`) or else the conventional name (:meth:`HfToGguf.output_name`).
     ``plan_or_preset``: a :class:`Plan` made on the source model, a preset name (``"F16"``, ``"Q4_K_M"``...)
     or a prepared :class:`HfToGguf`.  ``split_max_size`` (bytes) / ``split_max_tensors`` split the output
-    like llama-gguf-split.  ``imatrix``: importance per GGUF tensor name (llama-imatrix's values).
+    like llama-gguf-split.  ``imatrix``: an :class:`~workbench.optimize.imatrix.Imatrix` or importance per
+    GGUF tensor name (used as given).
     """
     conv = plan_or_preset if isinstance(plan_or_preset, HfToGguf) else prepare_hf_to_gguf(src, plan_or_preset)
+    if conv.plan is not None:
+        check_required(conv.plan, imatrix)
     kernels.start_workers({t.type for t in conv.tensors})  # K/IQ types: the workers start while we set up
     yield Progress(0, 1, "Reading the tokenizer")
     vocab = read_vocab(conv.folder, conv.arch, conv.hparams)
@@ -494,9 +498,7 @@ def _tensor_chunks(model: Model, t: OutTensor, imatrix):
     raw = tensor.raw()
     cols = info.shape[-1] if info.shape else 1
     rows = info.n_params // max(cols, 1)
-    im = None
-    if imatrix is not None and t.name in imatrix and kernels.get_kernel(t.type).uses_imatrix:
-        im = imatrix[t.name]
+    im = tensor_weights(imatrix, t.name, t.shape, t.type)  # as llama-quantize looks it up, [n_expert, cols]
     if t.permute_heads and len(info.shape) == 1:  # a Q/K bias: permute the elements
         x = dtypes.decode(np.asarray(raw), info.dtype, info.shape)[_qk_permutation(cols, t.permute_heads)]
         yield kernels.quantize(x[None, :], t.type, name=t.name), x.size
@@ -509,7 +511,8 @@ def _tensor_chunks(model: Model, t: OutTensor, imatrix):
         b = min(rows, a + step)
         part = raw2[perm[a:b]] if perm is not None else raw2[a:b]
         x = dtypes.decode(np.asarray(part), info.dtype, (b - a, cols))
-        yield kernels.submit(x, t.type, im, name=t.name, row0=a), x.size
+        yield from submit_rows(x, t.type, im, name=t.name, row0=a,
+                               rows_per_expert=rows // (im.shape[0] if im is not None else 1))
 
 
 def _qk_permutation(rows: int, heads: int) -> np.ndarray:

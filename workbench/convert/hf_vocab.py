@@ -118,8 +118,21 @@ class GGUFVocab:
             for typ in [t for t in self.special.special_token_ids if not hasattr(w, f"add_{t}_token_id")]:
                 del self.special.special_token_ids[typ]  # no GGUF key (cls): the reference skips it too
             self.special.add_to_gguf(w, quiet=True)
+        # the reference's own values (e.g. add_bos_token False for SmolLM-size vocabularies) replace what
+        # tokenizer_config.json gave, in place
         for method, value in self.extra:
-            getattr(w, method)(value)
+            set_in_place(w, method, value)
+
+
+def set_in_place(w: gguf.GGUFWriter, method: str, value: Any) -> None:
+    """Add keys with GGUFWriter's ``method``; a key already written (add_bos_token from the tokenizer_config.json
+    an export wrote) takes the new value where it stands, as the reference's writer leaves it, without gguf-py's
+    "Duplicated key name" warning."""
+    scratch = gguf.GGUFWriter(None, "scratch")
+    scratch.kv_data[0].clear()
+    getattr(scratch, method)(value)
+    for key, v in scratch.kv_data[0].items():
+        w.kv_data[0][key] = v
 
 
 # -- entry point -------------------------------------------------------------------------------

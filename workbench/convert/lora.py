@@ -21,7 +21,7 @@ from typing import Callable, Generator, Iterator
 
 import numpy as np
 
-from .. import dtypes
+from .. import dtypes, fsutil
 from ..errors import UnsupportedError, WorkbenchError
 from ..formats.peft import KNOWN_LORA_KEYS
 from ..model import Model, TensorInfo
@@ -271,9 +271,7 @@ def merge_lora(base, adapter, out, *, to: str = "hf", plan_or_preset=None, dtype
     n_replaced = sum(1 for it in items if it.replace is not None)
     total = sum(it.nbytes for it in items) or 1
     done = 0
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = export._make_temp_dir(out_dir)
-    try:
+    with fsutil.partial_dir(out_dir) as tmp:  # locked, probed; removed on failure or cancel
         yield Progress(0, total, f"Merging {n_merged} LoRA modules into {len(items)} tensors")
         for fname, shard in zip(shard_files, shards):
             with open(tmp / fname, "wb") as f:
@@ -303,13 +301,10 @@ def merge_lora(base, adapter, out, *, to: str = "hf", plan_or_preset=None, dtype
                 _write_text(tmp / name, content)
         _check_cancel(cancel)
         export._commit(tmp, out_dir, names, stale)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     message = f"Merge finished: {n_merged} LoRA modules merged"
     if n_replaced:
         message += f", {n_replaced} tensors replaced (modules_to_save)"
     if warnings:
         message += "; warnings: " + "; ".join(warnings)
-    yield Progress(total, total, message)
+    yield Progress(total, total, message, warnings=tuple(warnings))
     return [out_dir / n for n in names]

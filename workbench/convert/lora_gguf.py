@@ -389,14 +389,16 @@ def lora_to_gguf(adapter, out_dir_or_file, *, base, outtype: str = "F16", overwr
     paths = yield from write_gguf_stream(w, target, tensors, sources=adapter_m.files, overwrite=overwrite,
                                          cancel=cancel)
     message = f"Wrote {len(targets)} LoRA modules for {base_info.arch} (alpha {alpha:g})"
+    notes = []
     if factors:
-        message += (f"; per-module scales differ: llama.cpp applies one alpha per file, so the scale ratio of "
-                    f"{len(factors)} modules was folded into their lora_b")
+        notes.append(f"per-module scales differ: llama.cpp applies one alpha per file, so the scale ratio of "
+                     f"{len(factors)} modules was folded into their lora_b")
     if skipped_norms:
-        message += f"; skipped {len(skipped_norms)} norm tensors (llama.cpp ignores them in LoRA adapters)"
+        notes.append(f"skipped {len(skipped_norms)} norm tensors (llama.cpp ignores them in LoRA adapters)")
+    message += "".join("; " + n for n in notes)
     if warnings:
         message += "; warnings: " + "; ".join(warnings)
-    yield Progress(1, 1, message)
+    yield Progress(1, 1, message, warnings=(*notes, *warnings))
     return paths[0]
 
 
@@ -545,7 +547,7 @@ def _merge_into_gguf(base: Model, adapter: Model, cfg: dict, warnings: list[str]
     target = target_path(out, name, lambda: conventional_name(base, encoding))
     paths = yield from write_gguf_stream(w, target, tensors, sources=[*base.files, *adapter.files],
                                          overwrite=overwrite, cancel=cancel)
-    yield Progress(1, 1, _finish_message(len(targets), len(replaced), target, warnings))
+    yield Progress(1, 1, _finish_message(len(targets), len(replaced), target, warnings), warnings=tuple(warnings))
     return paths
 
 
@@ -597,5 +599,5 @@ def _merge_hf_to_gguf(base: Model, adapter: Model, cfg: dict, warnings: list[str
     target = _target_path(conv, out, name)
     paths = yield from write_gguf_stream(w, target, tensors, sources=[*base.files, *adapter.files],
                                          overwrite=overwrite, cancel=cancel)
-    yield Progress(1, 1, _finish_message(len(deltas), len(replaced), target, warnings))
+    yield Progress(1, 1, _finish_message(len(deltas), len(replaced), target, warnings), warnings=tuple(warnings))
     return paths

@@ -24,11 +24,12 @@ from .. import dtypes, kernels
 from ..errors import UnsupportedError, WorkbenchError
 from ..model import Model, TensorInfo
 from ..naming import GGUFName, name_for_model
-from ..plan import PRESETS, Plan, allows_quantization
+from ..plan import PRESETS, Plan, allows_quantization, ggml_n_dims, loader_order
 from ..progress import Progress
 from .gguf_stream import RawValue, StreamTensor, new_writer, target_path, write_gguf_stream
 from .hf_to_gguf import CHUNK_ELEMENTS
 from .metadata_edit import TypedValue
+from ..optimize.imatrix import check_required, tensor_weights
 
 
 # the file type that names a plan whose weights are mostly of one ggml type
@@ -85,9 +86,13 @@ def quantized_chunks(model: Model, info: TensorInfo, qtype: str, *, name: str | 
                      imatrix: np.ndarray | None = None) -> Iterator[tuple[object, int]]:
     """A tensor decoded and quantized to ``qtype`` in row blocks: (a handle giving the bytes, values) per
     block (see :func:`~.gguf_stream.write_gguf_stream`); each block is decoded while earlier ones are quantized."""
+    from ..optimize.imatrix import submit_rows
+
     label = name or info.name
-    for a, _b, x in float_rows(model, info):
-        yield kernels.submit(x, qtype, imatrix, name=label, row0=a), x.size
+    w = None if imatrix is None else np.asarray(imatrix, dtype=np.float32).reshape(-1, info.shape[-1])
+    rows_per_expert = _rows_cols(info)[0] // (w.shape[0] if w is not None else 1)
+    for a, _b, x in float_rows(model, info):  # per expert's weights for a 3-D MoE tensor
+        yield from submit_rows(x, qtype, w, name=label, row0=a, rows_per_expert=rows_per_expert)
 
 
 def check_writable_type(qtype: str, tensor: str, path=None) -> None:
@@ -123,10 +128,11 @@ def raw_metadata(path: Path) -> "OrderedDict[str, RawValue]":
         buf.close()
 
 
-def copied_metadata(model: Model, set_values: dict[str, TypedValue] | None = None
+def copied_metadata(model: Model, set_values: dict[str, TypedValue] | None = None, *, move_to_end: bool = False
                     ) -> tuple["OrderedDict[str, RawValue | TypedValue]", int]:
     """The GGUF source's key/values, byte for byte, without ``split.*``; ``set_values`` replace keys in place
-    or are added at the end.  Also returns the source's data alignment."""
+    or are added at the end (with ``move_to_end``, a key that exists is removed and added at the end, in
+    ``set_values``' order, as gguf.cpp's ``gguf_set_val_*`` does).  Also returns the source's data alignment."""
     from ..formats import gguf as gguf_fmt
 
     header = gguf_fmt.read_header(model.files[0])
@@ -136,6 +142,8 @@ def copied_metadata(model: Model, set_values: dict[str, TypedValue] | None = Non
     kv: OrderedDict[str, RawValue | TypedValue] = OrderedDict(
         (k, v) for k, v in raw_metadata(model.files[0]).items() if not k.startswith("split."))
     for key, value in (set_values or {}).items():
+        if move_to_end:
+            kv.pop(key, None)
         kv[key] = value
     return kv, header.alignment
 
@@ -159,6 +167,32 @@ def plan_file_type(plan: Plan) -> LlamaFileType:
 def file_type_values(ftype: LlamaFileType) -> dict[str, TypedValue]:
     return {"general.file_type": TypedValue(GGUFValueType.UINT32, int(ftype)),
             "general.quantization_version": TypedValue(GGUFValueType.UINT32, gguf.GGML_QUANT_VERSION)}
+
+
+def llama_quantize_keys(ftype: LlamaFileType, imatrix_meta: dict | None = None) -> "OrderedDict[str, TypedValue]":
+    """The keys llama-quantize sets on the copied metadata, in its order (``llama_model_quantize_impl``:
+    ``general.quantization_version`` then ``general.file_type``, then the ``quantize.imatrix.*`` keys
+    llama-quantize's ``--imatrix`` adds as overrides); each moves to the end of the header."""
+    out: OrderedDict[str, TypedValue] = OrderedDict()
+    out["general.quantization_version"] = TypedValue(GGUFValueType.UINT32, gguf.GGML_QUANT_VERSION)
+    out["general.file_type"] = TypedValue(GGUFValueType.UINT32, int(ftype))
+    if imatrix_meta is not None:
+        def cut(text) -> str:  # strncpy into a 128-byte buffer
+            return str(text).encode("utf-8")[:127].decode("utf-8", errors="ignore")
+
+        out["quantize.imatrix.file"] = TypedValue(GGUFValueType.STRING, cut(imatrix_meta.get("file", "")))
+        datasets = imatrix_meta.get("datasets") or []
+        if datasets:
+            out["quantize.imatrix.dataset"] = TypedValue(GGUFValueType.STRING, cut(datasets[0]))
+        out["quantize.imatrix.entries_count"] = TypedValue(GGUFValueType.UINT32, abs(int(imatrix_meta["entries"])))
+        if int(imatrix_meta.get("chunks") or 0) > 0:
+            out["quantize.imatrix.chunks_count"] = TypedValue(GGUFValueType.UINT32, int(imatrix_meta["chunks"]))
+    return out
+
+
+def ggml_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape gguf.cpp writes (``ggml_n_dims``): outer dimensions of size 1 dropped."""
+    return tuple(shape)[len(shape) - ggml_n_dims(shape):] if shape else tuple(shape)
 
 
 def encoding_of(ftype: LlamaFileType) -> str:
@@ -198,47 +232,53 @@ def _source_and_plan(src, plan_or_preset, imatrix) -> tuple[Model, Plan]:
                                hint="Requantize a .gguf model; convert a Hugging Face folder with convert_hf_to_gguf.")
     if str(model.meta("general.type", "model")) == "adapter":
         raise UnsupportedError("this GGUF is a LoRA adapter, not a model", path=model.path,
-                               hint="Convert the PEFT adapter again with `workbench lora-to-gguf --outtype ...`.")
+                               hint="Convert the PEFT adapter again with `workbench lora-to-gguf --type ...`.")
     return model, plan
 
 
 def requantize_gguf(src, out_dir_or_file, plan_or_preset: Plan | str = "Q8_0", *,
                     name: str | GGUFName | None = None, split_max_size: int = 0, split_max_tensors: int = 0,
                     overwrite: bool = False, cancel: Callable[[], bool] | None = None,
-                    imatrix: dict[str, np.ndarray] | None = None) -> Generator[Progress, None, list[Path]]:
+                    imatrix: dict[str, np.ndarray] | None = None,
+                    imatrix_meta: dict | None = None) -> Generator[Progress, None, list[Path]]:
     """Requantize a GGUF (a file or any part of a split set) into a new GGUF; returns the written paths.
 
     ``plan_or_preset``: a preset name (``"Q8_0"``, ``"Q4_K_M"``...) or a :class:`Plan` made on the source.
     ``out_dir_or_file``: a ``.gguf`` path, or a folder in which the file gets ``name`` or the GGUF naming
     convention's name.  ``split_max_size`` (bytes) / ``split_max_tensors`` split the output.  ``imatrix``:
-    importance per tensor name (llama-imatrix's values).  The last Progress message says how many tensors
-    were requantized and copied, and warns when the source was already quantized.
+    an :class:`~workbench.optimize.imatrix.Imatrix` or importance per tensor name (used as given); ``imatrix_meta`` (``file``, ``datasets``,
+    ``entries``, ``chunks``) adds the ``quantize.imatrix.*`` keys llama-quantize writes.  The last Progress
+    message says how many tensors were requantized and copied, and warns when the source was already quantized.
+
+    The file is the one llama-quantize writes (for a source without ``general.alignment``): the source's keys in
+    order with ``general.quantization_version`` and ``general.file_type`` moved to the end, and the tensors
+    in llama-quantize's order (:func:`~workbench.plan.loader_order`), written with ggml's number of dimensions.
     """
     model, plan = _source_and_plan(src, plan_or_preset, imatrix)
+    check_required(plan, imatrix)
     ftype = plan_file_type(plan)
-    kv, alignment = copied_metadata(model, file_type_values(ftype))
+    kv, alignment = copied_metadata(model, llama_quantize_keys(ftype, imatrix_meta), move_to_end=True)
     w = new_writer(model.meta("general.architecture"), kv, alignment=alignment, split_max_size=split_max_size, split_max_tensors=split_max_tensors)
     tensors: list[StreamTensor] = []
     requantized_from: set[str] = set()
     requantized_to: set[str] = set()
     n_copied = 0
-    for info in model.tensors:
+    for info in sorted(model.tensors, key=lambda t: loader_order(t.name)):  # llama-quantize's order
         qtype = plan.entry(info.name).type
         release = (lambda n=info.name: model.release(n))
+        shape = ggml_shape(info.shape)
         if qtype == info.dtype:
             n_copied += 1
-            tensors.append(StreamTensor(info.name, info.shape, qtype, lambda i=info: raw_chunks(model, i),
+            tensors.append(StreamTensor(info.name, shape, qtype, lambda i=info: raw_chunks(model, i),
                                         f"{info.name} (copied, {qtype})", release))
             continue
         check_writable_type(qtype, info.name, model.path)
         if dtypes.is_quantized(info.dtype):
             requantized_from.add(info.dtype)
         requantized_to.add(qtype)
-        im = None
-        if imatrix is not None and info.name in imatrix and kernels.get_kernel(qtype).uses_imatrix:
-            im = imatrix[info.name]
+        im = tensor_weights(imatrix, info.name, info.shape, qtype)  # as llama-quantize looks it up
         tensors.append(StreamTensor(
-            info.name, info.shape, qtype,
+            info.name, shape, qtype,
             lambda i=info, q=qtype, m=im: quantized_chunks(model, i, q, imatrix=m), done=release))
     encoding = encoding_of(ftype)
     target = target_path(out_dir_or_file, name, lambda: conventional_name(model, encoding))
@@ -247,8 +287,10 @@ def requantize_gguf(src, out_dir_or_file, plan_or_preset: Plan | str = "Q8_0", *
     total = sum(t.n_params for t in tensors) or 1
     message = (f"Requantized to {encoding}: {len(tensors) - n_copied} tensors converted, {n_copied} copied "
                f"unchanged")
+    warnings = []
     if requantized_from:
-        message += (f"; warning: the source is already quantized ({', '.join(sorted(requantized_from))}), so the "
-                    f"result carries both quantization errors; requantize from an F32/F16/BF16 model when you can")
-    yield Progress(total, total, message)
+        warnings.append(f"the source is already quantized ({', '.join(sorted(requantized_from))}), so the "
+                        f"result carries both quantization errors; requantize from an F32/F16/BF16 model when you can")
+        message += "; warning: " + warnings[0]
+    yield Progress(total, total, message, warnings=tuple(warnings))
     return paths

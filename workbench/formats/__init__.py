@@ -5,7 +5,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Generator
 
-from ..errors import FormatError, MissingFileError, UnsupportedError, WorkbenchError
+from ..errors import FormatError, MissingFileError, UnsupportedError, WorkbenchError, quote, short
 from ..model import MetaEntry, Model, TensorInfo
 from ..progress import Progress, run
 from . import gguf as gguf_fmt
@@ -33,7 +33,7 @@ def iter_open_model(path) -> Generator[Progress, None, Model]:
     except WorkbenchError:
         raise
     except (OSError, ValueError, OverflowError, MemoryError) as exc:
-        raise FormatError(f"could not be read: {exc}", path=p) from exc
+        raise FormatError(f"could not be read: {short(str(exc) or type(exc).__name__, 120)}", path=p) from exc
     return model
 
 
@@ -130,7 +130,7 @@ def _check_unique(tensors: list[TensorInfo], where: Path) -> None:
     seen: set[str] = set()
     for t in tensors:
         if t.name in seen:
-            raise FormatError(f"tensor {t.name} appears in more than one file", path=where)
+            raise FormatError(f"tensor {short(t.name)} appears in more than one file", path=where)
         seen.add(t.name)
 
 
@@ -157,8 +157,11 @@ def _open_gguf(p: Path) -> Generator[Progress, None, Model]:
     groups = hf.gguf_metadata(fields)
     groups["GGUF"].insert(0, MetaEntry("GGUF.version", "uint32", headers[0].version))
     arch = fields["general.architecture"].value if "general.architecture" in fields else None
+    if arch is not None and not isinstance(arch, str):
+        raise FormatError(f"general.architecture should be a string but is {fields['general.architecture'].type_name} "
+                          f"{quote(arch)}", path=p)
     name = fields["general.name"].value if "general.name" in fields else ""
-    return Model("gguf", p, [h.path for h in headers], tensors, groups, arch, str(name))
+    return Model("gguf", p, [h.path for h in headers], tensors, groups, arch, name if isinstance(name, str) else "")
 
 
 def _open_bin(files: list[Path], path: Path, extra_files: list[Path] = ()) -> Generator[Progress, None, Model]:

@@ -20,12 +20,18 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 
-from ..errors import FormatError, MissingFileError, UnsupportedError
+from ..errors import FormatError, MissingFileError, UnsupportedError, quote, short
 from ..model import TensorInfo
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 MAX_DIMS = 4
+INT64_MAX = (1 << 63) - 1
+MAX_TENSORS = 1 << 17  # per file; real files hold a few thousand
+MAX_KEYS = 1 << 16  # metadata keys per file; real files hold a few dozen
+MAX_STRINGS = 3_000_000  # strings in metadata arrays (a 262k-token vocabulary with its merges: 0.78M)
+MAX_NESTED = 1 << 16  # arrays inside arrays (llama.cpp reads none)
+MAX_ARRAY_DEPTH = 4  # arrays of arrays (llama.cpp reads none; gguf-py can write them)
 
 _SCALARS: dict[GGUFValueType, np.dtype] = {
     GGUFValueType.UINT8: np.dtype("<u1"),
@@ -40,6 +46,10 @@ _SCALARS: dict[GGUFValueType, np.dtype] = {
     GGUFValueType.FLOAT64: np.dtype("<f8"),
     GGUFValueType.BOOL: np.dtype("<u1"),
 }
+
+_TYPE_NAMES = {int(t): t.name for t in GGMLQuantizationType if t in GGML_QUANT_SIZES}  # ggml types with a layout
+_BLOCKS = {t.name: GGML_QUANT_SIZES[t] for t in GGMLQuantizationType if t in GGML_QUANT_SIZES}
+_NE = [f"<{n}Q" for n in range(MAX_DIMS + 1)]
 
 SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
@@ -74,11 +84,19 @@ class _Cursor:
         self.size = len(buf)
         self.pos = 0
         self.path = path
+        self.budget = {"strings": MAX_STRINGS, "nested arrays": MAX_NESTED}  # each becomes a Python object
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
-            raise FormatError(f"{what} at byte {self.pos} runs past the end of the file ({self.size} bytes); "
-                              "the file is truncated or damaged", path=self.path)
+            raise FormatError(f"{what} at byte {self.pos} runs past the end of the file (needs {n} bytes, "
+                              f"{self.size - self.pos} left): the file is truncated or damaged", path=self.path)
+
+    def spend(self, kind: str, n: int, what: str) -> None:
+        self.budget[kind] -= n
+        if self.budget[kind] < 0:
+            limit = MAX_STRINGS if kind == "strings" else MAX_NESTED
+            raise UnsupportedError(f"{what}: the metadata holds more than {limit} {kind}, more than Model Workbench "
+                                   "reads", path=self.path)
 
     def unpack(self, fmt: str, what: str):
         n = struct.calcsize(fmt)
@@ -98,7 +116,7 @@ class _Cursor:
         self.need(n, what)
         raw = self.buf[self.pos:self.pos + n]
         self.pos += n
-        return bytes(raw).decode("utf-8", errors="replace")
+        return str(raw, "utf-8", "replace")
 
     def array(self, dtype: np.dtype, count: int, what: str) -> np.ndarray:
         self.need(count * dtype.itemsize, what)
@@ -111,33 +129,39 @@ def _value_type(raw: int, cur: _Cursor, key: str) -> GGUFValueType:
     try:
         return GGUFValueType(raw)
     except ValueError:
-        raise FormatError(f"metadata key {key!r} has unknown value type {raw}", path=cur.path) from None
+        raise FormatError(f"metadata key {short(key)} at byte {cur.pos - 4} has unknown value type {raw} "
+                          "(expected 0-12)", path=cur.path) from None
 
 
-def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> tuple[Any, GGUFValueType | None]:
+def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str, depth: int = 0) -> tuple[Any, GGUFValueType | None]:
+    k = short(key)
     if vtype == GGUFValueType.STRING:
-        return cur.string(f"value of {key!r}"), None
+        return cur.string(f"value of {k}"), None
     if vtype in _SCALARS:
-        v = cur.array(_SCALARS[vtype], 1, f"value of {key!r}")[0]
+        v = cur.array(_SCALARS[vtype], 1, f"value of {k}")[0]
         if vtype == GGUFValueType.BOOL:
             return bool(v), None
         if vtype == GGUFValueType.FLOAT32:
             return float(str(v)), None  # shortest repr of the float32 (1e-05, not 9.9999997e-06)
         return v.item(), None
     if vtype == GGUFValueType.ARRAY:
-        item_type = _value_type(cur.u32(f"array type of {key!r}"), cur, key)
-        count = cur.u64(f"array length of {key!r}")
+        item_type = _value_type(cur.u32(f"array type of {k}"), cur, key)
+        count = cur.u64(f"array length of {k}")
         if item_type in _SCALARS:
-            arr = cur.array(_SCALARS[item_type], count, f"array {key!r} ({count} items)")
+            arr = cur.array(_SCALARS[item_type], count, f"array {k} ({count} items)")
             return (arr.astype(bool) if item_type == GGUFValueType.BOOL else arr), item_type
         if item_type == GGUFValueType.STRING:
-            cur.need(count * 8, f"array {key!r} ({count} strings)")  # each string needs >= 8 bytes
+            cur.need(count * 8, f"array {k} ({count} strings)")  # each string needs >= 8 bytes
+            cur.spend("strings", count, f"array {k} ({count} strings)")
             return _read_strings(cur, count, key), item_type
         if item_type == GGUFValueType.ARRAY:
-            cur.need(count * 12, f"array {key!r} ({count} arrays)")
-            return [_read_value(cur, GGUFValueType.ARRAY, key)[0] for _ in range(count)], item_type
-        raise FormatError(f"metadata key {key!r} is an array of unknown type {item_type}", path=cur.path)
-    raise FormatError(f"metadata key {key!r} has unknown value type {vtype}", path=cur.path)
+            if depth >= MAX_ARRAY_DEPTH:
+                raise UnsupportedError(f"metadata key {k} nests arrays more than {MAX_ARRAY_DEPTH} levels deep "
+                                       f"(at byte {cur.pos})", path=cur.path)
+            cur.need(count * 12, f"array {k} ({count} arrays)")  # each array needs >= 12 bytes
+            cur.spend("nested arrays", count, f"array {k} ({count} arrays)")
+            return [_read_value(cur, GGUFValueType.ARRAY, key, depth + 1)[0] for _ in range(count)], item_type
+    raise FormatError(f"metadata key {k} has value type {vtype.name}, which has no defined layout", path=cur.path)
 
 
 def _read_strings(cur: _Cursor, count: int, key: str) -> list[str]:
@@ -148,13 +172,13 @@ def _read_strings(cur: _Cursor, count: int, key: str) -> list[str]:
     for _ in range(count):
         if pos + 8 > size:
             cur.pos = pos
-            cur.need(8, f"string in array {key!r}")
+            cur.need(8, f"string in array {short(key)}")
         (n,) = unpack(buf, pos)
         pos += 8
         if pos + n > size:
             cur.pos = pos
-            cur.need(n, f"string in array {key!r}")
-        append(bytes(buf[pos:pos + n]).decode("utf-8", errors="replace"))
+            cur.need(n, f"string in array {short(key)}")
+        append(str(buf[pos:pos + n], "utf-8", "replace"))
         pos += n
     cur.pos = pos
     return out
@@ -191,43 +215,56 @@ def _parse(buf, path: Path) -> GGUFHeader:
     if n_kv * 13 > cur.size or n_tensors * 24 > cur.size:
         raise FormatError(f"header claims {n_kv} metadata keys and {n_tensors} tensors, more than fit in "
                           f"{cur.size} bytes; the file is damaged", path=path)
+    if n_tensors > MAX_TENSORS or n_kv > MAX_KEYS:
+        raise UnsupportedError(f"header claims {n_kv} metadata keys and {n_tensors} tensors, more than Model "
+                               f"Workbench reads from one file ({MAX_KEYS} keys, {MAX_TENSORS} tensors)", path=path)
     fields: OrderedDict[str, GGUFField] = OrderedDict()
     for _ in range(n_kv):
         key = cur.string("metadata key")
-        vtype = _value_type(cur.u32(f"type of {key!r}"), cur, key)
+        vtype = _value_type(cur.u32(f"type of {short(key)}"), cur, key)
         value, item_type = _read_value(cur, vtype, key)
         if key in fields:
-            raise FormatError(f"metadata key {key!r} appears twice", path=path)
+            raise FormatError(f"metadata key {short(key)} appears twice", path=path)
         fields[key] = GGUFField(key, vtype, item_type, value)
 
     raw_tensors: list[tuple[str, tuple[int, ...], str, int]] = []
     names: set[str] = set()
+    u32, u64 = struct.Struct("<I").unpack_from, struct.Struct("<Q").unpack_from
     for i in range(n_tensors):
         name = cur.string(f"name of tensor {i}")
-        n_dims = cur.u32(f"dimension count of {name}")
-        if n_dims > MAX_DIMS:
-            raise FormatError(f"tensor {name} has {n_dims} dimensions (at most {MAX_DIMS})", path=path)
-        ne = cur.unpack(f"<{n_dims}Q", f"dimensions of {name}") if n_dims else ()
-        raw_type = cur.u32(f"type of {name}")
-        rel = cur.u64(f"data offset of {name}")
-        try:
-            qtype = GGMLQuantizationType(raw_type)
-        except ValueError:
-            raise FormatError(f"tensor {name} has unknown ggml type {raw_type}", path=path,
-                              hint="The file may need a newer Model Workbench, or it is damaged.") from None
-        if qtype not in GGML_QUANT_SIZES:
-            raise UnsupportedError(f"tensor {name} uses ggml type {qtype.name}, which has no defined block size",
-                                   path=path)
+        pos = cur.pos
+        if pos + 4 + 8 * MAX_DIMS + 12 <= cur.size and u32(buf, pos)[0] <= MAX_DIMS:  # no bounds check needed
+            n_dims = u32(buf, pos)[0]
+            ne = struct.unpack_from(_NE[n_dims], buf, pos + 4)
+            pos += 4 + 8 * n_dims
+            raw_type, rel = u32(buf, pos)[0], u64(buf, pos + 4)[0]
+            cur.pos = pos + 12
+        else:
+            n_dims = cur.u32(f"dimension count of tensor {short(name)}")
+            if n_dims > MAX_DIMS:
+                raise FormatError(f"tensor {short(name)} has {n_dims} dimensions (at most {MAX_DIMS})", path=path)
+            ne = cur.unpack(_NE[n_dims], f"dimensions of tensor {short(name)}")
+            raw_type = cur.u32(f"type of tensor {short(name)}")
+            rel = cur.u64(f"data offset of tensor {short(name)}")
+        tname = _TYPE_NAMES.get(raw_type)
+        if tname is None:
+            try:
+                qtype = GGMLQuantizationType(raw_type)
+            except ValueError:
+                raise FormatError(f"tensor {short(name)} has unknown ggml type {raw_type}", path=path,
+                                  hint="The file may need a newer Model Workbench, or it is damaged.") from None
+            raise UnsupportedError(f"tensor {short(name)} uses ggml type {qtype.name}, which has no defined block "
+                                   "size", path=path)
         if name in names:
-            raise FormatError(f"tensor {name} appears twice", path=path)
+            raise FormatError(f"tensor {short(name)} appears twice", path=path)
         names.add(name)
-        raw_tensors.append((name, tuple(reversed(ne)), qtype.name, rel))
+        raw_tensors.append((name, ne[::-1], tname, rel))
 
     alignment = GGUF_DEFAULT_ALIGNMENT
     if "general.alignment" in fields:
         a = fields["general.alignment"].value
-        if not isinstance(a, int) or a <= 0 or a & (a - 1):
-            raise FormatError(f"general.alignment {a!r} is not a power of two", path=path)
+        if not isinstance(a, int) or isinstance(a, bool) or a <= 0 or a & (a - 1) or a > 1 << 30:
+            raise FormatError(f"general.alignment {quote(a)} is not a power of two up to 2^30", path=path)
         alignment = a
     data_offset = -(-cur.pos // alignment) * alignment
     tensors = _tensor_infos(path, raw_tensors, data_offset, alignment, cur.size)
@@ -237,27 +274,30 @@ def _parse(buf, path: Path) -> GGUFHeader:
 def _tensor_infos(path: Path, raw, data_offset: int, alignment: int, file_size: int) -> list[TensorInfo]:
     tensors: list[TensorInfo] = []
     for name, shape, tname, rel in raw:
-        block, bsize = GGML_QUANT_SIZES[GGMLQuantizationType[tname]]
+        block, bsize = _BLOCKS[tname]
         n = 1
         for d in shape:
             n *= d
+        if n > INT64_MAX or any(d > INT64_MAX for d in shape):
+            raise FormatError(f"tensor {short(name)}: shape {quote(shape, 80)} has more elements than int64 holds",
+                              path=path)
         row = shape[-1] if shape else 1
         if row % block:
-            raise FormatError(f"tensor {name}: row length {row} is not a multiple of the {tname} block size {block}",
-                              path=path)
+            raise FormatError(f"tensor {short(name)}: row length {row} is not a multiple of the {tname} block size "
+                              f"{block}", path=path)
         nbytes = n // block * bsize
         if rel % alignment:
-            raise FormatError(f"tensor {name}: data offset {rel} is not aligned to {alignment}", path=path)
+            raise FormatError(f"tensor {short(name)}: data offset {rel} is not aligned to {alignment}", path=path)
         start = data_offset + rel
         if start + nbytes > file_size:
-            raise FormatError(f"tensor {name}: data [{start}, {start + nbytes}) lies past the end of the file "
+            raise FormatError(f"tensor {short(name)}: data [{start}, {start + nbytes}) lies past the end of the file "
                               f"({file_size} bytes)", path=path,
                               hint="The file is truncated; download or convert it again.")
         tensors.append(TensorInfo(name, shape, tname, nbytes, path, start))
     ordered = sorted(tensors, key=lambda t: (t.offset, t.nbytes))
     for a, b in zip(ordered, ordered[1:]):
         if a.nbytes and b.nbytes and a.offset + a.nbytes > b.offset:
-            raise FormatError(f"tensors {a.name} and {b.name} overlap in the data section", path=path)
+            raise FormatError(f"tensors {short(a.name)} and {short(b.name)} overlap in the data section", path=path)
     return tensors
 
 
@@ -277,6 +317,16 @@ def split_files(path: Path) -> list[Path]:
     return files
 
 
+def _count_field(fields, key: str, path: Path) -> int | None:
+    f = fields.get(key)
+    if f is None:
+        return None
+    v = f.value
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise FormatError(f"{key} should be an integer but is {f.type_name} {quote(v)}", path=path)
+    return v
+
+
 def read_split(path: Path) -> tuple[list[GGUFHeader], list[TensorInfo]]:
     headers = [read_header(f) for f in split_files(path)]
     tensors: list[TensorInfo] = []
@@ -284,14 +334,16 @@ def read_split(path: Path) -> tuple[list[GGUFHeader], list[TensorInfo]]:
     for h in headers:
         for t in h.tensors:
             if t.name in seen:
-                raise FormatError(f"tensor {t.name} appears in more than one part of the split set", path=h.path)
+                raise FormatError(f"tensor {short(t.name)} appears in more than one part of the split set", path=h.path)
             seen.add(t.name)
             tensors.append(t)
     first = headers[0].fields
-    if "split.count" in first and int(first["split.count"].value) != len(headers):
-        raise FormatError(f"split.count says {first['split.count'].value} parts but the file names say {len(headers)}",
+    count = _count_field(first, "split.count", headers[0].path)
+    if count is not None and count != len(headers):
+        raise FormatError(f"split.count says {count} parts but the file names say {len(headers)}",
                           path=headers[0].path)
-    if "split.tensors.count" in first and int(first["split.tensors.count"].value) != len(tensors):
-        raise FormatError(f"split.tensors.count says {first['split.tensors.count'].value} tensors but the parts "
-                          f"hold {len(tensors)}", path=headers[0].path)
+    n_tensors = _count_field(first, "split.tensors.count", headers[0].path)
+    if n_tensors is not None and n_tensors != len(tensors):
+        raise FormatError(f"split.tensors.count says {n_tensors} tensors but the parts hold {len(tensors)}",
+                          path=headers[0].path)
     return headers, tensors

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..errors import FormatError, MissingFileError
+from ..errors import FormatError, MissingFileError, short
 from ..model import MetaEntry, Model
 from . import hf
 from . import safetensors as st_fmt
@@ -42,20 +42,27 @@ def read_adapter(folder: Path) -> Model:
     groups.move_to_end("adapter", last=False)
     if st_meta:
         groups["safetensors"] = [MetaEntry(k, "string", v) for k, v in st_meta.items()]
-    peft_type = str(cfg.get("peft_type", "LORA"))
+    peft_type = cfg.get("peft_type", "LORA")
+    peft_type = short(peft_type, 40) if isinstance(peft_type, str) else "LORA"
     model = Model("peft", folder, [cfg_path, weights], tensors, groups, f"{peft_type} adapter",
                   name=folder.name)
     extra = sorted(k for k in cfg if k not in KNOWN_LORA_KEYS)
     if extra:
-        model.warnings.append("adapter_config.json has keys older PEFT releases reject: " + ", ".join(extra))
+        listed = ", ".join(short(k, 40) for k in extra[:12]) + (f" and {len(extra) - 12} more" if len(extra) > 12 else "")
+        model.warnings.append("adapter_config.json has keys older PEFT releases reject: " + listed)
     return model
 
 
 def lora_scale(cfg: dict) -> float | None:
+    """lora_alpha / r (or / sqrt(r) with rsLoRA); None when either is missing, not a number or out of range."""
     r, alpha = cfg.get("r"), cfg.get("lora_alpha")
-    if not isinstance(r, (int, float)) or not isinstance(alpha, (int, float)) or r <= 0:
+    if not isinstance(r, (int, float)) or not isinstance(alpha, (int, float)) or isinstance(r, bool) or r <= 0:
         return None
-    return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    try:
+        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    except (OverflowError, ValueError):  # integers too big for a float
+        return None
+    return scale if math.isfinite(scale) else None
 
 
 def adapter_summary(cfg: dict, names: list[str]) -> list[MetaEntry]:

@@ -7,6 +7,13 @@ weights in float32, i.e. the F32 plan), scores the calibration text window by wi
 loads one level at a time (so memory holds one engine plus the base logits), scoring the same windows and
 generating from the same prompt.  Decoder-only and encoder-decoder models get perplexity and KL-divergence
 statistics; sentence encoders (bert) get the cosine similarity of their embeddings to the base's.
+
+Two evaluations (``eval_mode``): ``"llama-cpu"`` (the default, "as llama.cpp CPU runs it") reproduces the
+numbers ``llama-perplexity --kl-divergence`` prints on a CPU: every matrix product rounds its activations to
+the weight type's dot-product partner (Q8_0, Q8_1, Q8_K, F16), keys and values are cached as F16, and the
+base's log-probabilities are kept in llama.cpp's 16-bit fixed point; ``"exact"`` measures what the weights
+alone cost (float32 activations, float32 cache and base).  llama-family models only; the others are always
+evaluated exactly.
 """
 from __future__ import annotations
 
@@ -32,6 +39,9 @@ from ..units import human_bytes
 from . import metrics as M
 
 DEFAULT_N_CTX = 512
+MIN_N_CTX = 16
+EVAL_MODES = {"llama-cpu": "as llama.cpp CPU runs it", "exact": "exactly (the weights alone)"}
+DEFAULT_EVAL = "llama-cpu"
 MAX_LEVELS = 8
 # progress of compare(): step i (0 = the base, then one per level) covers [i * STEPS, (i + 1) * STEPS)
 PROGRESS_STEPS = 1000
@@ -74,6 +84,11 @@ class CompareResult:
     prompt: str | None
     base: LevelResult
     levels: list[LevelResult]
+    eval_mode: str = "exact"  # a key of EVAL_MODES
+
+    @property
+    def eval_label(self) -> str:
+        return EVAL_MODES.get(self.eval_mode, self.eval_mode)
 
     # -- export ------------------------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
@@ -128,6 +143,8 @@ class CompareResult:
             cells += [_num(r.prompt_tokens_per_s, 1), _num(r.gen_tokens_per_s, 1)]
             lines.append("| " + " | ".join(cells) + " |")
         text = "\n".join(lines) + "\n"
+        if self.kind != "embedding":
+            text += f"\nEvaluated {self.eval_label}.\n"
         if self.prompt is not None and self.kind != "embedding":
             text += f"\nPrompt: {self.prompt!r}\n\n"
             for r in [self.base, *self.levels]:
@@ -195,19 +212,30 @@ def _sentences(text: str, limit: int = 64) -> list[str]:
 def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: str | Plan = "F32",
             text: str | None = None, prompt: str | None = "The capital of France is", n_ctx: int = DEFAULT_N_CTX,
             max_windows: int | None = None, max_tokens: int = 32, chat: bool = False,
+            eval_mode: str = DEFAULT_EVAL,
             cancel: Callable[[], bool] | None = None) -> Generator[Progress, None, CompareResult]:
     """Compare ``levels`` (presets or plans) of ``model`` against ``base`` (a job generator).
 
     ``text``: the calibration text (default: the bundled one); ``n_ctx``: the window (the second half of
     each window is scored, as llama-perplexity does); ``max_windows`` limits the work; ``prompt``: greedy
-    generation of ``max_tokens`` tokens by every level (None: no generation).
+    generation of ``max_tokens`` tokens by every level (None: no generation); ``eval_mode``: ``"llama-cpu"``
+    (as llama.cpp CPU runs it) or ``"exact"`` (see the module's docstring).
     """
     from ..formats import open_model
     from .tokenizer import load_tokenizer
-    from .weights import load_engine
+    from .weights import load_engine, model_arch
 
+    if eval_mode not in EVAL_MODES:
+        raise WorkbenchError(f"unknown evaluation {eval_mode!r}", hint="Use one of: " + ", ".join(EVAL_MODES))
+    if int(n_ctx) < MIN_N_CTX:
+        raise WorkbenchError(f"a context window of {int(n_ctx)} tokens is too small: it needs at least {MIN_N_CTX} "
+                             "tokens (the second half of each window is scored)")
     if not isinstance(model, Model):
         model = open_model(model)
+    if model_arch(model) not in ("llama", "qwen2"):
+        eval_mode = "exact"  # only the llama-family engine emulates llama.cpp's rounding
+    llama_cpu = eval_mode == "llama-cpu"
+    engine_options = {"numerics": eval_mode} if llama_cpu else {}
     if not levels:
         raise WorkbenchError("choose at least one level to compare")
     if len(levels) > MAX_LEVELS:
@@ -226,7 +254,8 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
 
     # the base ---------------------------------------------------------------------------------------------
     yield Progress(0, total, f"Loading the base ({base_label})")
-    engine, load_s = yield from _load(load_engine, model, base_plan, cancel, lambda d, t, m: sub(0, d, 2 * t, m))
+    engine, load_s = yield from _load(load_engine, model, base_plan, cancel, lambda d, t, m: sub(0, d, 2 * t, m),
+                                      engine_options)
     kind = _kind(engine)
     arch = getattr(engine, "config", {}).get("model_type", model.architecture or "")
     base_res = _level_result(base_label, base_plan, engine, load_s)
@@ -245,21 +274,23 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
         # as llama-perplexity: the text tokenized with the model's specials, then every window starts with
         # BOS when the model adds one
         ids = tok.encode(text)
+        if len(ids) < MIN_N_CTX:
+            raise WorkbenchError(f"the calibration text is too short: {len(ids)} tokens, it needs at least "
+                                 f"{MIN_N_CTX}")
         n_ctx = min(int(n_ctx), len(ids)) // 2 * 2
-        if n_ctx < 16:
-            raise WorkbenchError("the calibration text is too short: it needs at least 16 tokens")
         add_bos = tok.bos_id is not None and bool(ids) and ids[0] == tok.bos_id
         windows = M.windows(ids, n_ctx, tok.bos_id if add_bos and kind == "causal" else None)
         if max_windows:
             windows = windows[:max_windows]
-        base_logits: list[np.ndarray] = []
+        base_logits: list[Any] = []  # per window: float32 logits, or llama.cpp's 16-bit log-probs
         base_nll: list[np.ndarray] = []
         t0 = time.perf_counter()
         for wi, w in enumerate(windows):
             _check(cancel)
             lg, tg = _score_window(engine, w, kind)
-            base_logits.append(lg)
+            base_logits.append(M.fixed_log_probs(lg) if llama_cpu else lg)
             base_nll.append(M.nll_only(lg, tg))
+            del lg
             yield sub(0, len(windows) + wi + 1, 2 * len(windows) + 1, f"Scoring the base: window {wi + 1}/{len(windows)}")
         elapsed = time.perf_counter() - t0
         scored = sum(len(x) for x in base_nll)
@@ -277,7 +308,8 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
         _check(cancel)
         yield sub(li, 0, 1, f"Loading {label}")
         engine, load_s = yield from _load(load_engine, model, plan, cancel,
-                                          lambda d, t, m, li=li: sub(li, d, 2 * t, f"Loading {label}: {m}"))
+                                          lambda d, t, m, li=li: sub(li, d, 2 * t, f"Loading {label}: {m}"),
+                                          engine_options)
         res = _level_result(label, plan, engine, load_s)
         if kind == "embedding":
             t0 = time.perf_counter()
@@ -292,7 +324,8 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
             for wi, w in enumerate(windows):
                 _check(cancel)
                 lg, tg = _score_window(engine, w, kind)
-                acc.add(M.token_stats(lg, base_logits[wi], tg))
+                stats = M.token_stats_fixed if llama_cpu else M.token_stats
+                acc.add(stats(lg, base_logits[wi], tg))
                 yield sub(li, len(windows) + wi + 1, 2 * len(windows) + 1,
                           f"Scoring {label}: window {wi + 1}/{len(windows)}")
             res.prompt_tokens_per_s = len(windows) * n_ctx / max(time.perf_counter() - t0, 1e-9)
@@ -309,13 +342,14 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
         yield sub(li, 1, 1, f"{label} done")
     return CompareResult(model=str(model.path), architecture=str(arch), kind=kind, n_ctx=n_ctx if windows else 0,
                          n_windows=len(windows), n_tokens_scored=scored, prompt=prompt if kind != "embedding" else None,
-                         base=base_res, levels=results)
+                         base=base_res, levels=results, eval_mode=eval_mode)
 
 
-def _load(load_engine, model, plan, cancel, progress):
+def _load(load_engine, model, plan, cancel, progress, options):
     """Load one level's engine, its progress mapped by ``progress(done, total, message)``; (engine, seconds)."""
     t0 = time.perf_counter()
-    engine = yield from relay(load_engine(model, plan, cancel=cancel), lambda p: progress(p.done, p.total, p.message))
+    engine = yield from relay(load_engine(model, plan, cancel=cancel, **options),
+                              lambda p: progress(p.done, p.total, p.message))
     return engine, time.perf_counter() - t0
 
 
@@ -336,8 +370,8 @@ def _score_window(engine, w: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndar
         dec = np.concatenate([[start], targets[:-1]])
         return np.asarray(engine.score(w[:half].tolist(), dec.tolist()), np.float32), targets
     sl = M.scored_positions(len(w))
-    logits = np.asarray(engine.score(w.tolist()), np.float32)
-    return logits[sl], w[sl.start + 1:sl.stop + 1]
+    logits = np.asarray(engine.score(w.tolist(), first=sl.start), np.float32)  # positions sl.start..
+    return logits[:sl.stop - sl.start], w[sl.start + 1:sl.stop + 1]
 
 
 def _embed(engine, batches: list[list[int]], batch_size: int = 16) -> np.ndarray:

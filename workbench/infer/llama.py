@@ -4,6 +4,13 @@ RMSNorm, rotary embeddings in Hugging Face's half-split layout (GGUF's interleav
 un-permuted by the loader), grouped-query attention, optional q/k/v biases (qwen2), SwiGLU, tied
 or separate output head.  Keys and values go to a preallocated float32 cache that doubles when full.
 Reference: transformers' ``modeling_llama.py`` / ``modeling_qwen2.py``.
+
+``numerics="llama-cpu"`` computes as llama.cpp's CPU backend does when it evaluates a prompt batch: every
+matrix product rounds its activations to the weight type's dot-product partner first
+(:mod:`workbench.infer.activations`), and the KV cache holds F16 keys and values (llama.cpp's default cache
+type; its flash attention on CPU multiplies the F16 cache with float32 queries).  ``"exact"`` (the default)
+multiplies float32 activations by the weights' values.  (For a single decoded token llama.cpp's attention
+also rounds the query to F16 and accumulates in F16; that path only affects generation and is not emulated.)
 """
 from __future__ import annotations
 
@@ -14,9 +21,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import UnsupportedError, WorkbenchError
+from .activations import round_activations, vec_dot_type
 from .weights import Weights
 
 F32 = np.float32
+NUMERICS = ("exact", "llama-cpu")
 
 
 def rope_parameters(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
@@ -110,6 +119,22 @@ def linear_weight(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.T)
 
 
+def _matmul(x: np.ndarray, w: np.ndarray, groups: tuple) -> np.ndarray:
+    """x @ w; with column groups (llama-cpu numerics) the activations are first rounded as llama.cpp's CPU
+    backend rounds them for each group's weight type."""
+    if not groups:
+        return x @ w
+    if len(groups) == 1:
+        return round_activations(x, groups[0][2]) @ w
+    out = np.empty((x.shape[0], w.shape[1]), F32)
+    rounded: dict = {}
+    for a, b, vt in groups:
+        if vt not in rounded:
+            rounded[vt] = round_activations(x, vt)
+        out[:, a:b] = rounded[vt] @ w[:, a:b]
+    return out
+
+
 @dataclass
 class _Layer:
     attn_norm: np.ndarray  # [H]
@@ -119,6 +144,11 @@ class _Layer:
     ffn_norm: np.ndarray  # [H]
     w_gate_up: np.ndarray  # [H, 2F]
     w_down: np.ndarray  # [F, H]
+    # llama-cpu numerics: (first column, end column, activation type) of each matrix's column groups
+    act_qkv: tuple = ()
+    act_o: tuple = ()
+    act_gate_up: tuple = ()
+    act_down: tuple = ()
 
 
 class LlamaEngine:
@@ -130,7 +160,12 @@ class LlamaEngine:
 
     is_encoder_decoder = False
 
-    def __init__(self, weights: Weights, *, n_ctx: int | None = None, consume: bool = False):
+    def __init__(self, weights: Weights, *, n_ctx: int | None = None, consume: bool = False,
+                 numerics: str = "exact"):
+        if numerics not in NUMERICS:
+            raise WorkbenchError(f"unknown numerics {numerics!r}", hint="Use one of: " + ", ".join(NUMERICS))
+        self.numerics = numerics
+        llama_cpu = numerics == "llama-cpu"
         cfg = self.config = weights.config
         self.arch = weights.arch
         self.hidden = int(cfg["hidden_size"])
@@ -156,19 +191,44 @@ class LlamaEngine:
         def take_opt(name: str) -> np.ndarray | None:
             return take(name) if name in w else None
 
+        def act(*parts: tuple[str, int]) -> tuple:
+            """Column groups (start, end, activation type) of a matrix made of the named weights."""
+            if not llama_cpu:
+                return ()
+            groups: list[list] = []
+            col = 0
+            for name, width in parts:
+                vt = vec_dot_type(w.file_types.get(name) or w.types.get(name, "F32"))
+                if groups and groups[-1][2] == vt:
+                    groups[-1][1] = col + width
+                else:
+                    groups.append([col, col + width, vt])
+                col += width
+            return tuple(tuple(g) for g in groups)
+
         tied = "lm_head.weight" not in w and cfg.get("tie_word_embeddings", True)
+        head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
         embed = take("model.embed_tokens.weight")  # [V, H]
         # the output head [H, V]; tied models look their embeddings up in the same matrix
         self.w_out = linear_weight(embed if tied else take("lm_head.weight"))
         self.embed = None if tied else np.ascontiguousarray(embed, dtype=F32)
         self.vocab_size = int(self.w_out.shape[1])
+        self.act_out = act((head_name, self.vocab_size))
         self.n_embd_rows = int(embed.shape[0])
         del embed
         self.norm = _f32(take("model.norm.weight"))
         scale = F32(1.0 / math.sqrt(self.head_dim))
         self.layers: list[_Layer] = []
+        q_cols, kv_cols = self.n_head * self.head_dim, self.n_kv * self.head_dim
         for i in range(self.n_layer):
             p = f"model.layers.{i}."
+            ff = int(w[p + "mlp.gate_proj.weight"].shape[0])
+            acts = dict(
+                act_qkv=act((p + "self_attn.q_proj.weight", q_cols), (p + "self_attn.k_proj.weight", kv_cols),
+                            (p + "self_attn.v_proj.weight", kv_cols)),
+                act_o=act((p + "self_attn.o_proj.weight", self.hidden)),
+                act_gate_up=act((p + "mlp.gate_proj.weight", ff), (p + "mlp.up_proj.weight", ff)),
+                act_down=act((p + "mlp.down_proj.weight", self.hidden)))
             wq = take(p + "self_attn.q_proj.weight") * scale  # softmax scale folded into q (rope is linear)
             qkv = np.concatenate([wq, take(p + "self_attn.k_proj.weight"), take(p + "self_attn.v_proj.weight")])
             del wq
@@ -187,6 +247,7 @@ class LlamaEngine:
                 ffn_norm=_f32(take(p + "post_attention_layernorm.weight")),
                 w_gate_up=linear_weight(gate_up),
                 w_down=linear_weight(take(p + "mlp.down_proj.weight")),
+                **acts,
             ))
             del qkv, gate_up
         freqs = w.tensors.get("rope_freqs.weight")
@@ -204,7 +265,7 @@ class LlamaEngine:
     # -- bookkeeping ---------------------------------------------------------------------------
     def _arrays(self) -> Iterator[np.ndarray]:
         for a in [self.embed, self.w_out, self.norm] + [x for L in self.layers for x in vars(L).values()]:
-            if a is not None:
+            if isinstance(a, np.ndarray):
                 yield a
 
     def nbytes(self) -> int:
@@ -272,15 +333,19 @@ class LlamaEngine:
         """Self-attention of x [T, H] at positions start..start+T over the cache; returns [T, H]."""
         t, hd, nh, nkv = x.shape[0], self.head_dim, self.n_head, self.n_kv
         g = nh // nkv
-        qkv = x @ L.w_qkv  # [T, (nh + 2 nkv) * hd]
+        qkv = _matmul(x, L.w_qkv, L.act_qkv)  # [T, (nh + 2 nkv) * hd]
         if L.b_qkv is not None:
             qkv += L.b_qkv
         heads = qkv.reshape(t, nh + 2 * nkv, hd)
         self._rope(heads[:, :nh + nkv], start)  # q and k together
         end = start + t
         kc, vc = self.k_cache[i], self.v_cache[i]  # [n_kv, cap, hd]
-        kc[:, start:end] = heads[:, nh:nh + nkv].transpose(1, 0, 2)
-        vc[:, start:end] = heads[:, nh + nkv:].transpose(1, 0, 2)
+        k_new = heads[:, nh:nh + nkv].transpose(1, 0, 2)  # [n_kv, T, hd]
+        v_new = heads[:, nh + nkv:].transpose(1, 0, 2)
+        if self.numerics == "llama-cpu":  # llama.cpp's F16 cache
+            k_new, v_new = k_new.astype(np.float16), v_new.astype(np.float16)
+        kc[:, start:end] = k_new
+        vc[:, start:end] = v_new
         if t == 1:
             qg = heads[0, :nh].reshape(nkv, g, hd)  # [n_kv, g, hd]
         else:  # heads sharing a KV head become rows of one matrix: [n_kv, g * T, hd]
@@ -294,7 +359,7 @@ class LlamaEngine:
             ctx = ctx.reshape(1, nh * hd)
         else:
             ctx = ctx.reshape(nkv, g, t, hd).transpose(2, 0, 1, 3).reshape(t, nh * hd)
-        return ctx @ L.w_o  # [T, H]
+        return _matmul(ctx, L.w_o, L.act_o)  # [T, H]
 
     @staticmethod
     def _mask(t: int, start: int) -> np.ndarray:
@@ -313,13 +378,13 @@ class LlamaEngine:
         nf = self.n_ff
         for i, L in enumerate(self.layers):
             x += self._attention(L, i, rms_norm(x, L.attn_norm, self.eps), start, mask)
-            gu = rms_norm(x, L.ffn_norm, self.eps) @ L.w_gate_up  # [T, 2F]
-            x += silu_mul(gu[:, :nf], gu[:, nf:]) @ L.w_down  # [T, H]
+            gu = _matmul(rms_norm(x, L.ffn_norm, self.eps), L.w_gate_up, L.act_gate_up)  # [T, 2F]
+            x += _matmul(silu_mul(gu[:, :nf], gu[:, nf:]), L.w_down, L.act_down)  # [T, H]
         self.pos = start + t
         return rms_norm(x, self.norm, self.eps)
 
     def _logits(self, h: np.ndarray) -> np.ndarray:
-        return h @ self.w_out  # [T, V]
+        return _matmul(h, self.w_out, self.act_out)  # [T, V]
 
     # -- Engine interface ----------------------------------------------------------------------
     def start(self, prompt_ids: Sequence[int], *, use_cache: bool = True) -> np.ndarray:
@@ -345,18 +410,23 @@ class LlamaEngine:
             h = self._forward(self.ids, 0)  # recompute everything from the full sequence
         return self._logits(h[-1:])[0]
 
-    def iter_score(self, ids: Sequence[int], chunk: int = 256) -> Iterator[np.ndarray]:
-        """Logits [n, vocab] of consecutive chunks of positions of ``ids`` (bounded memory for long texts)."""
+    def iter_score(self, ids: Sequence[int], chunk: int = 256, first: int = 0) -> Iterator[np.ndarray]:
+        """Logits [n, vocab] of consecutive chunks of positions of ``ids`` (bounded memory for long texts);
+        positions before ``first`` run through the layers but get no logits (the output head is skipped)."""
         ids = [int(t) for t in ids]
         self.reset()
         self.use_cache = True
         self.ids = list(ids)
         for a in range(0, len(ids), chunk):
-            yield self._logits(self._forward(ids[a:a + chunk], a))
+            h = self._forward(ids[a:a + chunk], a)
+            if a + len(h) > first:
+                yield self._logits(h[max(0, first - a):])
 
-    def score(self, ids: Sequence[int], decoder_ids: Sequence[int] | None = None, *, chunk: int = 256) -> np.ndarray:
-        """Logits float32 [len, vocab] of every position (the prompt runs in chunks of ``chunk`` tokens)."""
+    def score(self, ids: Sequence[int], decoder_ids: Sequence[int] | None = None, *, chunk: int = 256,
+              first: int = 0) -> np.ndarray:
+        """Logits float32 [len - first, vocab] of the positions from ``first`` on (the prompt runs in chunks of
+        ``chunk`` tokens)."""
         if decoder_ids is not None:
             raise WorkbenchError("decoder_ids are for encoder-decoder models; a llama model scores one sequence")
-        parts = list(self.iter_score(ids, chunk))
+        parts = list(self.iter_score(ids, chunk, first))
         return np.concatenate(parts) if parts else np.zeros((0, self.vocab_size), F32)

@@ -8,9 +8,10 @@ under both models, the KL divergence ``sum p_base * (log p_base - log p_q)``, th
 token's probability (``Δp = p_q - p_base``) and whether both models rank the same token first.  The summary
 gives the means with llama.cpp's uncertainty estimates and the same percentiles it prints.
 
-One difference by design: llama.cpp stores the base log-probabilities as 16-bit fixed point and skips terms
-with ``log p_base <= -16`` in the KL sum; we keep them in float32 and sum every term.  The results agree to
-about 1e-4 in KLD.
+llama.cpp stores the base log-probabilities as 16-bit fixed point (``--kl-divergence-base``) and skips terms
+with ``log p_base <= -16`` in the KL sum: :func:`fixed_log_probs` and :func:`token_stats_fixed` do the same
+(the "as llama.cpp CPU runs it" evaluation of :mod:`workbench.infer.compare`); :func:`token_stats` keeps the
+base in float64 and sums every term (the exact evaluation).
 """
 from __future__ import annotations
 
@@ -86,6 +87,76 @@ def token_stats(logits: np.ndarray, base_logits: np.ndarray, targets: Sequence[i
         same[a:b] = np.argmax(logits[a:b], axis=-1) == np.argmax(base_logits[a:b], axis=-1)
     p_diff[:] = np.exp(-nll) - np.exp(-nll_base)
     return TokenStats(nll, nll_base, np.maximum(kld, 0.0), p_diff, same)
+
+
+@dataclass
+class FixedLogProbs:
+    """Base log-probabilities as llama-perplexity's ``--kl-divergence-base`` file stores them: per row a
+    float32 scale and minimum and one uint16 per vocabulary entry; log p = scale * q + min_log_prob."""
+    scale: np.ndarray  # [n] float32
+    min_log_prob: np.ndarray  # [n] float32
+    q: np.ndarray  # [n, vocab] uint16
+
+    def __len__(self) -> int:
+        return int(self.q.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.q.nbytes + self.scale.nbytes + self.min_log_prob.nbytes)
+
+    def log_probs(self, a: int, b: int) -> np.ndarray:
+        """The decoded log-probabilities of rows a..b, float32 [b - a, vocab]."""
+        return self.q[a:b] * self.scale[a:b, None] + self.min_log_prob[a:b, None]
+
+
+FIXED_RANGE = 16.0  # log-probabilities more than 16 below the top are stored as the minimum (and skipped)
+
+
+def fixed_log_probs(logits: np.ndarray) -> FixedLogProbs:
+    """llama-perplexity's 16-bit storage of log_softmax(logits) (its ``log_softmax(..., uint16_t *, ...)``):
+    the logits above max - 16 are mapped linearly onto 0..65535 (round half to even), the others to 0."""
+    n = logits.shape[0]
+    scale = np.empty(n, np.float32)
+    min_lp = np.empty(n, np.float32)
+    q = np.empty(logits.shape, np.uint16)
+    for a in range(0, n, ROW_BLOCK):
+        x = np.asarray(logits[a:a + ROW_BLOCK], np.float32)
+        mx = x.max(axis=1)
+        mn = np.maximum(x.min(axis=1), mx - np.float32(FIXED_RANGE))
+        lse = np.log(np.exp(x - mx[:, None]).sum(axis=1, dtype=np.float64)).astype(np.float32)
+        sc = ((mx - mn) / np.float32(65535)).astype(np.float32)
+        scale[a:a + len(x)] = sc
+        min_lp[a:a + len(x)] = (mn - mx) - lse
+        with np.errstate(divide="ignore"):
+            inv = np.where(sc != 0, np.float32(1) / sc, np.float32(0)).astype(np.float32)
+        v = np.rint(inv[:, None] * (x - mn[:, None]))
+        q[a:a + len(x)] = np.where(x > mn[:, None], v, 0).astype(np.uint16)
+    return FixedLogProbs(scale, min_lp, q)
+
+
+def token_stats_fixed(logits: np.ndarray, base: FixedLogProbs, targets: Sequence[int]) -> TokenStats:
+    """:func:`token_stats` against base log-probabilities stored as llama-perplexity stores them: the base's
+    NLL, top token and KL terms come from the 16-bit values, KL terms with log p_base <= -16 are skipped,
+    and the sum is not clipped at 0 (the stored distribution does not sum to exactly 1)."""
+    t = np.asarray(targets, dtype=np.int64)
+    n = len(t)
+    if len(base) != n:
+        raise ValueError(f"{n} targets for {len(base)} base rows")
+    nll, nll_base, kld = (np.empty(n) for _ in range(3))
+    same = np.empty(n, bool)
+    for a in range(0, n, ROW_BLOCK):
+        b = min(n, a + ROW_BLOCK)
+        rows = np.arange(b - a)
+        lq = log_softmax(logits[a:b])
+        lb = base.log_probs(a, b).astype(np.float64)
+        tt = t[a:b]
+        nll[a:b] = -lq[rows, tt]
+        nll_base[a:b] = -lb[rows, tt]
+        terms = np.where(lb > -FIXED_RANGE, np.exp(lb) * (lb - lq), 0.0)
+        kld[a:b] = terms.sum(axis=1)
+        same[a:b] = np.argmax(logits[a:b], axis=-1) == np.argmax(lb, axis=-1)
+    p_diff = np.exp(-nll) - np.exp(-nll_base)
+    return TokenStats(nll, nll_base, kld, p_diff, same)
 
 
 def nll_only(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:

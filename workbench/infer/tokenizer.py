@@ -7,12 +7,14 @@ export writes out as is, so the exported file and the in-app tokenizer are the s
 - ``gpt2``: byte-level BPE (GGUF tokens and merges as they are) with the pre-tokenizer named by
   ``tokenizer.ggml.pre``, written the way the original Hugging Face ``tokenizer.json`` splits (the
   llama.cpp test vectors were made by those tokenizers): regex ``Split`` steps, ``Digits``,
-  ``Punctuation``, NFC where the original normalizes, then ``ByteLevel``.
+  ``Punctuation``, then ``ByteLevel``; no normalizer, as llama.cpp applies none (the originals of
+  qwen2, command-r and the gpt-neox family normalize NFC, which only changes decomposed input).
 - ``llama`` (SentencePiece): llama.cpp merges the adjacent pair whose concatenation is the vocabulary
   token with the highest score; that is BPE whose merges are every (left, right) split of a token into two
   tokens, ranked by the merged token's score.  ``▁`` for spaces, a leading ``▁`` when
   ``add_space_prefix`` (every text fragment, also after a special token), byte fallback ``<0xXX>``.
-- ``bert``: WordPiece; GGUF keeps word starts as ``▁word`` and pieces bare, we give back ``##piece``.
+- ``bert``: WordPiece; GGUF keeps word starts as ``▁word`` and pieces bare, we give back ``##piece``;
+  normalized as llama.cpp's WPM does (:func:`_wpm_normalizer`), [CLS] ... [SEP] whenever specials are added.
 - ``t5``: SentencePiece Unigram over the token scores, the precompiled charsmap as the normalizer when the
   GGUF has one, extra spaces merged as ``remove_extra_whitespaces`` says.  Without a charsmap only the
   spaces are normalized (no NFKC): a documented approximation.
@@ -32,8 +34,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from gguf import TokenType
 
-from ..errors import FormatError, MissingFileError, UnsupportedError, WorkbenchError
-from ..formats.hf import load_json_if_present
+from ..errors import FormatError, MissingFileError, UnsupportedError, WorkbenchError, quote, short
+from ..formats.hf import load_json_if_present, load_json_object
 from ..model import Model
 
 SPACE = "\u2581"  # SentencePiece's escaped space
@@ -103,8 +105,41 @@ def _meta(model: Model, key: str, default: Any = None) -> Any:
     return model.meta(key, default)
 
 
+_INTS = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64")
+_NUMBERS = (*_INTS, "float32", "float64")
+# what each tokenizer key must hold (GGUF value types as MetaEntry.vtype names them)
+_VOCAB_TYPES: dict[str, tuple[str, ...]] = {
+    "tokenizer.ggml.model": ("string",), "tokenizer.ggml.pre": ("string",),
+    "tokenizer.ggml.tokens": ("array[string]",), "tokenizer.ggml.merges": ("array[string]",),
+    "tokenizer.ggml.token_type": tuple(f"array[{t}]" for t in _INTS),
+    "tokenizer.ggml.scores": tuple(f"array[{t}]" for t in _NUMBERS),
+    "tokenizer.ggml.precompiled_charsmap": ("array[uint8]", "array[int8]"),
+    "tokenizer.chat_template": ("string",), "general.name": ("string",), "general.architecture": ("string",),
+    **{f"tokenizer.ggml.{k}": ("bool",) for k in (
+        "add_bos_token", "add_eos_token", "add_sep_token", "add_space_prefix", "remove_extra_whitespaces",
+        "normalizer.lowercase", "normalizer.strip_accents")},
+}
+
+
+def _check_vocab_types(model: Model) -> None:
+    """Every tokenizer key the vocabulary reads holds the GGUF type llama.cpp expects (a FormatError naming the
+    key otherwise): the rest of the reader can then trust the values' types."""
+    arch = model.meta("general.architecture")
+    ints = {f"{arch}.context_length"} if isinstance(arch, str) else set()
+    for entries in model.metadata.values():
+        for e in entries:
+            want = _VOCAB_TYPES.get(e.key)
+            if want is None and (e.key in ints or e.key.startswith("tokenizer.ggml.") and e.key.endswith("_token_id")):
+                want = _INTS
+            if want is not None and e.vtype not in want:
+                raise FormatError(f"metadata key {short(e.key)} should be {' or '.join(want[:2])}"
+                                  f"{' ...' if len(want) > 2 else ''} but is {e.vtype} {quote(e.value)}",
+                                  path=model.path)
+
+
 def read_gguf_vocab(model: Model) -> GGUFVocab:
     """The vocabulary of a GGUF model, with llama.cpp's per-kind defaults for missing keys."""
+    _check_vocab_types(model)
     kind = _meta(model, "tokenizer.ggml.model")
     tokens = _meta(model, "tokenizer.ggml.tokens")
     if kind is None or tokens is None:
@@ -255,7 +290,6 @@ class PreSpec:
     """How one ``tokenizer.ggml.pre`` splits text before BPE (all end with the byte-level mapping)."""
 
     steps: tuple[dict, ...]
-    nfc: bool = False
     ignore_merges: bool = False
     add_bos: bool = False
 
@@ -266,14 +300,14 @@ for _names, _spec in (
     (("gpt-2", "gpt2", "phi-2", "jina-es", "jina-de", "jina-v2-es", "jina-v2-de", "gigachat", "mellum", "a.x-4.0",
       "modern-bert", "jais", "trillion", "granite-docling", "exaone4", "roberta-bpe", "jina-v1-en", "jina-v2-code"),
      _GPT2),
-    (("mpt", "olmo"), PreSpec((_split(GPT2_RE),), nfc=True)),  # gpt-neox tokenizers normalize NFC
+    (("mpt", "olmo"), PreSpec((_split(GPT2_RE),))),
     (("starcoder", "refact", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"),
      PreSpec((_digits(True), _split(GPT2_RE)))),
-    (("command-r",), PreSpec((_digits(True), _split(GPT2_RE)), nfc=True)),
+    (("command-r",), PreSpec((_digits(True), _split(GPT2_RE)))),
     (("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"),
      PreSpec((_split(LLAMA3_RE),), ignore_merges=True, add_bos=True)),
     (("dbrx", "smaug-bpe", "chatglm-bpe"), PreSpec((_split(LLAMA3_RE),))),
-    (("qwen2", "deepseek-r1-qwen"), PreSpec((_split(QWEN2_RE),), nfc=True)),
+    (("qwen2", "deepseek-r1-qwen"), PreSpec((_split(QWEN2_RE),))),
     (("stablelm2", "megrez", "hunyuan", "solar-open", "kormo", "f2llmv2"), PreSpec((_split(QWEN2_RE),))),
     (("qwen35",), PreSpec((_split(QWEN35_RE),))),
     (("deepseek-llm",), PreSpec((_split(r"[\r\n]"), _split(r"\s?[" + _DEEPSEEK_LETTERS + r"]+"),
@@ -368,7 +402,7 @@ def _gpt2_json(v: GGUFVocab, notes: list[str]) -> dict:
         steps.append(_BYTE_LEVEL)
     bos, eos = v.special.get("bos"), v.special.get("eos")
     return _doc(
-        v, normalizer={"type": "NFC"} if spec.nfc else None,
+        v, normalizer=None,  # llama.cpp's BPE does not normalize
         pre_tokenizer={"type": "Sequence", "pretokenizers": steps},
         model=_bpe_model(vocab, v.merges, byte_fallback=False, ignore_merges=spec.ignore_merges),
         decoder={"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
@@ -485,22 +519,47 @@ def wordpiece_words(v: GGUFVocab) -> list[str]:
     return words
 
 
+WPM_MAX_WORD = 1 << 30  # llama.cpp's WPM has no word length limit (BERT's tokenizer.json: 100 characters)
+
+
+def _wpm_normalizer(v: GGUFVocab) -> dict:
+    """llama.cpp's WPM normalization (llm_tokenizer_wpm_session::preprocess) in tokenizers' terms.
+
+    With strip_accents llama.cpp maps every character to the first code point of its NFD and drops every
+    mark (\\p{M}, also the spacing ones BertNormalizer keeps); as a Hangul syllable's NFD is its jamo, the
+    syllable becomes its leading consonant.  Full NFD then dropping the marks is the same for every other
+    character (checked over all of Unicode), so: Hangul syllables to their leading jamo, NFD, marks removed,
+    then BertNormalizer's cleaning, Chinese-character spacing and lowercasing."""
+    bert = {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True, "strip_accents": False,
+            "lowercase": v.lowercase}
+    if not v.strip_accents:
+        return bert
+    steps: list[dict] = []
+    for lead in range(19):  # the syllables of one leading consonant are a block of 21 * 28
+        first = 0xAC00 + lead * 588
+        steps.append({"type": "Replace", "pattern": {"Regex": f"[{chr(first)}-{chr(first + 587)}]"},
+                      "content": chr(0x1100 + lead)})
+    steps += [{"type": "NFD"}, {"type": "Replace", "pattern": {"Regex": r"\p{M}"}, "content": ""}, bert]
+    return {"type": "Sequence", "normalizers": steps}
+
+
 def _wordpiece_json(v: GGUFVocab, notes: list[str]) -> dict:
     words = wordpiece_words(v)
     vocab: dict[str, int] = {}
     for tid, w in enumerate(words):
         vocab.setdefault(w, tid)
-    cls = v.special.get("cls", v.special.get("bos"))
+    # llama.cpp's WPM tokenizer adds BOS ([CLS]) and SEP whenever special tokens are added, whatever
+    # add_bos/add_eos/add_sep say (llm_tokenizer_wpm in llama_vocab::impl::tokenize)
+    cls = v.special.get("bos", v.special.get("cls"))
     sep = v.special.get("sep", v.special.get("eos"))
     unk = v.text(v.special.get("unk"))
     return _doc(
-        v, normalizer={"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
-                       "strip_accents": v.strip_accents, "lowercase": v.lowercase},
+        v, normalizer=_wpm_normalizer(v),
         pre_tokenizer={"type": "BertPreTokenizer"},
         model={"type": "WordPiece", "unk_token": unk or "[UNK]", "continuing_subword_prefix": "##",
-               "max_input_chars_per_word": 100, "vocab": vocab},
+               "max_input_chars_per_word": WPM_MAX_WORD, "vocab": vocab},
         decoder={"type": "WordPiece", "prefix": "##", "cleanup": True},
-        post=_template(v, words, cls if v.add_bos else None, sep if v.add_sep else None),
+        post=_template(v, words, cls, sep),
         added=_added_tokens(v, words))
 
 
@@ -637,8 +696,10 @@ def _from_json(doc: dict | str):
 
     try:
         return HFTokenizer.from_str(doc if isinstance(doc, str) else json.dumps(doc, ensure_ascii=False))
-    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exceptions
-        raise FormatError(f"tokenizer.json is not usable by the tokenizers library: {exc}") from None
+    except BaseException as exc:  # noqa: BLE001 - the tokenizers library raises plain Exceptions (or panics)
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
+        raise FormatError(f"tokenizer.json is not usable by the tokenizers library: {short(str(exc), 120)}") from None
 
 
 def gguf_tokenizer(model_or_vocab: Model | GGUFVocab) -> Tokenizer:
@@ -648,7 +709,7 @@ def gguf_tokenizer(model_or_vocab: Model | GGUFVocab) -> Tokenizer:
     hf = _from_json(doc)
     style = {"gpt2": "bytelevel", "llama": "spm", "gemma4": "spm", "t5": "spm", "bert": "wordpiece-gguf"}[v.kind]
     special = np.flatnonzero(np.isin(v.types, [int(TokenType.CONTROL), int(TokenType.UNKNOWN)])).tolist()
-    bos = v.special.get("cls", v.special.get("bos")) if v.kind == "bert" else v.special.get("bos")
+    bos = v.special.get("bos", v.special.get("cls")) if v.kind == "bert" else v.special.get("bos")
     eos = v.special.get("sep") if v.kind == "bert" else v.special.get("eos")
     tok = Tokenizer(hf, source="gguf", bos_id=bos, eos_id=eos, eos_ids=v.eog_ids() if v.kind != "bert" else (),
                     pad_id=v.special.get("pad"), unk_id=v.special.get("unk"), special_ids=special,
@@ -670,15 +731,36 @@ def _token_content(value: Any) -> str | None:
 def _chat_template_of(folder: Path, cfg: dict) -> str | None:
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
+        return jinja.read_text(encoding="utf-8", errors="replace")
     tmpl = cfg.get("chat_template")
     if isinstance(tmpl, list):  # [{"name": "default", "template": ...}, ...]
-        named = {t.get("name"): t.get("template") for t in tmpl if isinstance(t, dict)}
+        named = {t.get("name"): t.get("template") for t in tmpl if isinstance(t, dict) and isinstance(t.get("name"), str)}
         tmpl = named.get("default") or next(iter(named.values()), None)
     if tmpl is None:
         data = load_json_if_present(folder / "chat_template.json")
         tmpl = data.get("chat_template") if isinstance(data, dict) else None
     return tmpl if isinstance(tmpl, str) and tmpl else None
+
+
+def _check_bpe_merges(doc: dict, path: Path) -> None:
+    """The tokenizers library panics (and prints a Rust backtrace) on a BPE merge whose second part is shorter
+    than ``continuing_subword_prefix`` or would be cut inside a character: refuse such a file first."""
+    model = doc.get("model")
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("merges"), list):
+        return
+    prefix = model.get("continuing_subword_prefix")
+    if not isinstance(prefix, str) or not prefix:
+        return
+    cut = len(prefix.encode("utf-8", "surrogatepass"))
+    for i, m in enumerate(model["merges"]):
+        second = m.split(" ", 1)[1] if isinstance(m, str) and " " in m else \
+            m[1] if isinstance(m, list) and len(m) == 2 and isinstance(m[1], str) else None
+        if second is None:
+            continue
+        raw = second.encode("utf-8", "surrogatepass")
+        if len(raw) < cut or raw[cut:cut + 1] and raw[cut] & 0xC0 == 0x80:
+            raise FormatError(f"merge {i} {quote(m)} is too short for the continuing_subword_prefix {quote(prefix)}",
+                              path=path)
 
 
 def folder_tokenizer(folder: Path) -> Tokenizer:
@@ -689,31 +771,37 @@ def folder_tokenizer(folder: Path) -> Tokenizer:
         raise MissingFileError("no tokenizer.json in the model folder", path=folder,
                                hint="Test inference needs tokenizer.json (the fast tokenizer file); save it with "
                                     "transformers' tokenizer.save_pretrained.")
-    text = path.read_text(encoding="utf-8")
+    # the files' limits and types are checked first: a FormatError naming the file, never a crash
+    doc = load_json_object(path, required=True)
+    _check_bpe_merges(doc, path)
+    cfg, smap, config, gen = (load_json_object(folder / name) for name in (
+        "tokenizer_config.json", "special_tokens_map.json", "config.json", "generation_config.json"))
     try:
-        hf = _from_json(text)
+        hf = _from_json(path.read_bytes().decode("utf-8", "replace"))
     except FormatError as exc:
         raise FormatError(exc.message, path=path) from None
     hf.no_padding()
     hf.no_truncation()
-    doc = json.loads(text)
-    cfg = load_json_if_present(folder / "tokenizer_config.json") or {}
-    smap = load_json_if_present(folder / "special_tokens_map.json") or {}
-    config = load_json_if_present(folder / "config.json") or {}
-    gen = load_json_if_present(folder / "generation_config.json") or {}
+    n_vocab = hf.get_vocab_size(with_added_tokens=True)
+
+    def token_id(value) -> int | None:  # an id from a config file, if it names a token of this vocabulary
+        return value if type(value) is int and 0 <= value < n_vocab else None
 
     def special_id(name: str) -> int | None:
         text = _token_content(cfg.get(name)) or _token_content(smap.get(name))
-        return hf.token_to_id(text) if text else None
+        try:
+            return hf.token_to_id(text) if text else None
+        except Exception:  # noqa: BLE001 - text the tokenizers library cannot take (lone surrogates)
+            return None
 
     bos, eos, pad, unk = (special_id(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token"))
-    if bos is None and isinstance(config.get("bos_token_id"), int):
-        bos = config["bos_token_id"]
+    if bos is None:
+        bos = token_id(config.get("bos_token_id"))
     eos_ids: set[int] = set()
     for src in (config, gen):
         val = src.get("eos_token_id")
         for x in (val if isinstance(val, list) else [val]):
-            if isinstance(x, int):
+            if token_id(x) is not None:
                 eos_ids.add(x)
     if eos is None and eos_ids:
         eos = min(eos_ids)
@@ -721,9 +809,9 @@ def folder_tokenizer(folder: Path) -> Tokenizer:
     for text in EOG_TEXTS & set(t for t in vocab if t.startswith(("<", "[", "_"))):
         if text != "</s>" or eos is not None and vocab[text] == eos:
             eos_ids.add(vocab[text])
-    added = doc.get("added_tokens") or []
-    special = [a["id"] for a in added if isinstance(a, dict) and a.get("special")]
-    model = doc.get("model") or {}
+    added = doc.get("added_tokens") if isinstance(doc.get("added_tokens"), list) else []
+    special = [a["id"] for a in added if isinstance(a, dict) and a.get("special") and token_id(a.get("id")) is not None]
+    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
     dec = json.dumps(doc.get("decoder") or {})
     if model.get("type") == "WordPiece":
         style = "wordpiece"

@@ -40,6 +40,9 @@ class Weights:
     types: dict[str, str] = field(default_factory=dict)  # HF name -> the type its values went through
     source: Path | None = None
     plan: str | None = None  # a description of the plan applied ("Q4_K_M", "Q4_K_M + 2 rules"...), None: as stored
+    # HF name -> the type a file of this level stores it in (the plan's type; as stored without a plan): the
+    # type llama.cpp multiplies with, which decides how it rounds the activations (llama-cpu numerics)
+    file_types: dict[str, str] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -178,11 +181,13 @@ def load_weights(model: Model | str | Path, plan: Plan | str | None = None, *,
     done = 0
     tensors: dict[str, np.ndarray] = {}
     types: dict[str, str] = {}
+    file_types: dict[str, str] = {}
     yield Progress(0, total, "Loading weights")
     for info in todo:
         _check_cancel(cancel)
         hf_name = names[info.name]
         qtype = plan_obj.type_of(info.name) if plan_obj is not None else None
+        file_types[hf_name] = qtype or info.dtype
         if qtype is not None and (qtype == info.dtype or (qtype == "F32" and not dtypes.is_quantized(info.dtype))):
             qtype = None  # already at its planned level (F32 holds any float source exactly)
         x = _load_tensor(model, info, qtype, cancel)
@@ -195,7 +200,8 @@ def load_weights(model: Model | str | Path, plan: Plan | str | None = None, *,
         types[hf_name] = qtype or info.dtype
         done += info.n_params
         yield Progress(done, total, f"{info.name} → {qtype}" if qtype else info.name)
-    return Weights(config, arch, tensors, types, model.path, plan_label(plan_obj) if plan_obj else None)
+    return Weights(config, arch, tensors, types, model.path, plan_label(plan_obj) if plan_obj else None,
+                   file_types)
 
 
 def load_engine(model: Model | str | Path, plan: Plan | str | None = None, *,
@@ -210,11 +216,17 @@ def load_engine(model: Model | str | Path, plan: Plan | str | None = None, *,
 
 def engine_for(weights: Weights, *, consume: bool = False, **options) -> Any:
     """The engine class for ``weights.arch``, built on ``weights``.  ``consume``: the engine may take the
-    tensors out of ``weights`` as it repacks them (the caller gives the weights up; peak memory stays ~1x)."""
+    tensors out of ``weights`` as it repacks them (the caller gives the weights up; peak memory stays ~1x).
+    ``numerics="llama-cpu"`` (llama family only) computes as llama.cpp's CPU backend rounds
+    (see :class:`~workbench.infer.llama.LlamaEngine`)."""
     if weights.arch in ("llama", "qwen2"):
         from .llama import LlamaEngine
 
         return LlamaEngine(weights, consume=consume, **options)
+    numerics = options.pop("numerics", "exact")
+    if numerics != "exact":
+        raise UnsupportedError(f"the {weights.arch} engine computes exactly only (numerics {numerics!r} is for the "
+                               "llama family)")
     if weights.arch == "bert":
         from .bert import BertEncoder
 

@@ -83,6 +83,11 @@ def get_kernel(qtype) -> type[Kernel]:
 
 
 def default_threads() -> int:
+    """Threads (and worker processes) a kernel call uses when not told: ``WORKBENCH_THREADS`` (set by the
+    CLI's ``--threads``, see :mod:`workbench.threads`) or one per core."""
+    env = os.environ.get("WORKBENCH_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     return max(1, os.cpu_count() or 1)
 
 

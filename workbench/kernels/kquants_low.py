@@ -2,7 +2,10 @@
 
 Layout used by the searches: a batch of sub-blocks is transposed to ``X[16, k]`` (row i = the i-th value
 of every sub-block), so every step of ggml's per-sub-block loops is one vector operation over k sub-blocks
-and the C loops' left-to-right float32 sums are plain row additions in the same order.
+and the C loops' left-to-right float32 sums are plain row additions in the same order.  Q3_K's
+sequential rmse refinement is the exception: its few candidate sub-blocks (those whose first pass would
+try a move) are refined as rows ``[k, 16]``, where a sub-block's moves come out in position order and
+finished sub-blocks are dropped with row copies.
 
 Only the scales ggml's searches find reach the output in most sub-blocks: the quants are computed again
 from the stored (fp16 / 4- or 6-bit) scales.  The searches therefore keep just what is needed to rebuild
@@ -255,124 +258,145 @@ def _plus_off(L, out):
     return out
 
 
-def _q3_trials(X, sumlx, suml2, T1, T2, Li, out):
-    """The quants make_q3_quants' rmse pass would try at every position under the sums ``sumlx``,
-    ``suml2`` (``T1`` = wx * L, ``T2`` = (w * L) * L: the position's own terms, left out):
-    ``clip(nearest_int(x * sl2 / slx), -4, 3)`` (+ _OFF, int32, in ``out``), with slx and sl2.
-    Returns (new quants, slx, sl2, tried) where ``tried``: slx > 0 and the quant differs from Li."""
-    sh = X.shape
-    slx = np.subtract(sumlx, T1, out=_WS.get("q3_slx", sh))
-    sl2 = np.subtract(suml2, T2, out=_WS.get("q3_sl2", sh))
-    q = np.multiply(X, sl2, out=out.view(np.float32))
-    q /= slx
-    q += _MAGIC
-    ni = out
-    ni &= 0x007FFFFF  # nearest_int(...) + _OFF, as C computes it (also for huge and non-finite values)
-    _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
-    tried = np.not_equal(ni, Li, out=_WS.get("q3_tried", sh, bool))
-    tried &= np.greater(slx, 0, out=_WS.get("q3_pos", sh, bool))
-    return ni, slx, sl2, tried
+def _refine_q3(xr, L, sumlx, suml2, Lg, gcols):
+    """The ``itry`` loop of make_q3_quants(16, 4, x, L, true) for the sub-blocks xr [k, 16] (rows, one
+    sub-block each) with initial quants L [k, 16] (float32): up to five sequential passes over the
+    positions, each moving one quant when that raises sumlx^2/suml2.
 
-
-def _refine_q3(X, w, wx, L, Li, T1, T2, sumlx, suml2, trials, Lg, gcols):
-    """The ``itry`` loop of make_q3_quants(16, 4, x, L, true) over the columns of X [16, k]: up to five
-    sequential passes over the positions, each moving one quant when that raises sumlx^2/suml2.
-
-    Event driven: each iteration evaluates every position's move under the column's current sums (a
-    few dense passes, ``_q3_trials``), runs C's acceptance test on the moves it would try, and applies
-    the first one the C pass meets from its cursor on.  When there is none the pass ends; the next pass
-    starts with the same sums, so its first move is the first accepted one at any position, applied in
-    the same iteration.  ``w`` = x*x, ``wx`` = w*x, ``Li`` = L + _OFF (int32), ``T1`` = wx*L and
-    ``T2`` = (w*L)*L go with ``L``; ``trials`` are _q3_trials' results for the initial sums (columns
-    where nothing is tried are done at once).  ``sumlx`` and ``suml2`` are updated in place, the moves
-    written to ``L`` and to the columns ``gcols`` of ``Lg``.  Columns are compacted as they finish."""
-    n, k = X.shape
-    ids = np.arange(k)  # the columns of X of the active ones
-    xa, wa, wxa, La, Lia, T1a, T2a = X, w, wx, L, Li, T1, T2
+    Event driven: each iteration evaluates every position's move under its row's current sums (a few
+    dense passes), runs C's acceptance test on the moves it would try (``new_l != L[i]``: a sparse set)
+    and applies, per row, the first accepted one the C pass meets from its cursor on.  When there is
+    none the pass ends; the next pass starts with the same sums, so its first move is the row's first
+    accepted one at any position, applied in the same iteration.  In row layout the sparse set comes out
+    row by row in position order (the first per row is a neighbour comparison) and finished rows are
+    dropped with cheap row gathers.  ``sumlx`` and ``suml2`` are updated in place, the moves written to
+    column ``gcols[row]`` of the search's quants ``Lg`` [16, K]."""
+    k = xr.shape[0]
+    if k == 0:
+        return
+    K = Lg.shape[1]
+    ids = np.arange(k)  # the rows of xr of the active ones
+    xa = xr
+    wa = np.multiply(xa, xa)
+    wxa = np.multiply(wa, xa)
+    T1a = np.multiply(wxa, L)  # C: slx = sumlx - w*x[i]*L[i]; sl2 = suml2 - w*L[i]*L[i]
+    T2a = np.multiply(wa, L)
+    T2a *= L
+    Lia = _plus_off(L, np.empty(L.shape, np.int32))
     sx, s2 = sumlx.copy(), suml2.copy()
-    cur = np.zeros(k, np.intp)  # the C pass's position in each column
+    cur = np.zeros(k, np.intp)  # the C pass's position in each row
     npass = np.zeros(k, np.int8)
     elig = np.zeros(k, bool)  # the pass changed something and another may follow
-    alive = np.ones(k, bool)
     kc = k
     with np.errstate(**_ERR):
         while True:
-            if trials is None:
-                trials = _q3_trials(xa, sx, s2, T1a, T2a, Lia, _WS.get("r3_ni", (n, kc), np.int32))
-            ni, slx_a, sl2_a, tried = trials
-            trials = None
-            idx = np.flatnonzero(tried)  # position-major: C's order within a column
-            p = idx // kc
-            c = idx - p * kc
-            nl = np.subtract(ni.reshape(-1)[idx], _OFF, dtype=np.float32)
-            t1 = wxa.reshape(-1)[idx] * nl  # C: slx += w*x[i]*new_l; sl2 += w*new_l*new_l
-            t2 = wa.reshape(-1)[idx] * nl
-            t2 *= nl
-            slx = slx_a.reshape(-1)[idx] + t1
-            sl2 = sl2_a.reshape(-1)[idx] + t2
+            sh = (kc, 16)
+            slx_a = np.subtract(np.repeat(sx, 16).reshape(sh), T1a, out=_WS.get("r3_slx", sh))  # (np.repeat
+            sl2_a = np.subtract(np.repeat(s2, 16).reshape(sh), T2a, out=_WS.get("r3_sl2", sh))  # beats a broadcast)
+            q = np.multiply(xa, sl2_a, out=_WS.get("r3_q", sh))
+            q /= slx_a
+            q += _MAGIC
+            ni = q.view(np.int32)
+            ni &= 0x007FFFFF  # nearest_int(...) + _OFF, as C computes it (also for huge and non-finite values)
+            _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
+            idx = np.flatnonzero(np.not_equal(ni, Lia, out=_WS.get("r3_tb", sh, bool)))  # new_l != L[i]
+            c = idx >> 4  # row by row, positions in order: C's order within a row
+            nl = np.take(ni, idx)
+            nl -= _OFF
+            nf = nl.astype(np.float32)
+            t1 = np.take(wxa, idx)
+            t1 *= nf  # C: slx += w*x[i]*new_l; sl2 += w*new_l*new_l
+            t2 = np.take(wa, idx)
+            t2 *= nf
+            t2 *= nf
+            slx = np.take(slx_a, idx)
+            ok = slx > 0
+            slx += t1
+            sl2 = np.take(sl2_a, idx)
+            sl2 += t2
+            ok &= sl2 > 0
+            a1 = slx * slx
+            a1 *= s2[c]
             a2 = sx[c]
             a2 *= a2
             a2 *= sl2
-            a1 = slx * slx
-            a1 *= s2[c]
-            ok = a1 > a2  # slx*slx*suml2 > sumlx*sumlx*sl2
-            ok &= sl2 > 0
-            acc = np.flatnonzero(ok)
-            pa, ca = p[acc], c[acc]
-            # per column the first accepted move from the cursor on (key p), else the first of all (key n + p)
-            key = np.where(pa >= cur[ca], pa, pa + n)
-            fk = np.full(kc, 2 * n, np.intp)
-            np.minimum.at(fk, ca, key)
-            pick = fk < n
-            pick |= (fk < 2 * n) & elig  # pass ended: the next pass's first move
-            npass[pick & (fk >= n)] += 1
-            sel = acc[np.flatnonzero(key == np.where(pick, fk, -1)[ca])]
+            ok &= a1 > a2  # slx*slx*suml2 > sumlx*sumlx*sl2
+            acc = idx[ok]  # the accepted moves (flat positions), row by row
+            ea = np.flatnonzero(ok)
+            ca = acc >> 4
+            pa = acc & 15
+            first = np.empty(ca.size, bool)  # the row's first accepted move (any position)
+            first[:1] = True
+            np.not_equal(ca[1:], ca[:-1], out=first[1:])
+            fwd = np.flatnonzero(pa >= cur[ca])  # those the current pass still meets
+            cf = ca[fwd]
+            ff = np.empty(cf.size, bool)
+            ff[:1] = True
+            np.not_equal(cf[1:], cf[:-1], out=ff[1:])
+            sel_f = fwd[ff]
+            picked = np.zeros(kc, bool)
+            picked[cf[ff]] = True
+            fa = np.flatnonzero(first)
+            wrap = fa[~picked[ca[fa]] & elig[ca[fa]]]  # pass ended: the next pass's first move
+            if wrap.size:
+                cw = ca[wrap]
+                npass[cw] += 1
+                picked[cw] = True
+                sel = np.concatenate([sel_f, wrap])
+            else:
+                sel = sel_f
             if sel.size:
-                ps, cs, fi, v = p[sel], c[sel], idx[sel], nl[sel]
-                La.reshape(-1)[fi] = v
-                Lia.reshape(-1)[fi] = v.astype(np.int32) + _OFF
-                T1a.reshape(-1)[fi] = t1[sel]
-                T2a.reshape(-1)[fi] = t2[sel]
-                Lg[ps, gcols[ids[cs]]] = v
-                sx[cs] = slx[sel]
-                s2[cs] = sl2[sel]
+                e = ea[sel]
+                fi, cs, v = acc[sel], ca[sel], nf[e]
+                ps = fi & 15
+                Lia.reshape(-1)[fi] = nl[e] + _OFF
+                T1a.reshape(-1)[fi] = t1[e]
+                T2a.reshape(-1)[fi] = t2[e]
+                Lg.reshape(-1)[ps * K + gcols[ids[cs]]] = v
+                sx[cs] = slx[e]
+                s2[cs] = sl2[e]
                 cur[cs] = ps + 1
                 elig[cs] = npass[cs] < 4
-            fin = np.flatnonzero(alive & ~pick)
-            if fin.size:
+            if sel.size < kc:  # the rows without a move are done
+                fin = np.flatnonzero(~picked)
                 sumlx[ids[fin]] = sx[fin]
                 suml2[ids[fin]] = s2[fin]
-                alive[fin] = False
-                elig[fin] = False
-                cur[fin] = n  # never a candidate again
-                na = int(np.count_nonzero(alive))
-                if na == 0:
+                if sel.size == 0:
                     break
-                if na * 2 <= kc:  # compact the still active columns
-                    keep = np.flatnonzero(alive)
-                    kc = na
-                    ids = ids[keep]
-                    xa, La = _take_cols((xa, La), keep)
-                    wa, wxa, T1a, T2a, Lia = _q3_terms(xa, La)
-                    sx, s2, cur, npass, elig = sx[keep], s2[keep], cur[keep], npass[keep], elig[keep]
-                    alive = np.ones(kc, bool)
+                keep = np.flatnonzero(picked)
+                kc = keep.size
+                ids = ids[keep]
+                xa, wa, wxa, T1a, T2a, Lia = (np.take(a, keep, axis=0) for a in (xa, wa, wxa, T1a, T2a, Lia))
+                sx, s2, cur, npass, elig = sx[keep], s2[keep], cur[keep], npass[keep], elig[keep]
 
 
-def _q3_terms(x, L):
-    """The refinement's per-value state for columns x [16, k] with quants L: w = x*x, w*x, the sum terms
-    w*x*l and w*l*l (C's order), and the quants as offset ints (in the refinement's scratch buffers)."""
-    sh = x.shape
-    w = np.multiply(x, x, out=_WS.get("r3_w", sh))
-    wx = np.multiply(w, x, out=_WS.get("r3_wx", sh))
-    T1 = np.multiply(wx, L, out=_WS.get("r3_t1", sh))
-    T2 = np.multiply(w, L, out=_WS.get("r3_t2", sh))
-    T2 *= L
-    return w, wx, T1, T2, _plus_off(L, _WS.get("r3_li", sh, np.int32))
+def _q3_tried(X, L, w, wx, sumlx, suml2):
+    """The columns of X [16, k] where make_q3_quants' first rmse pass may try a move under the initial sums
+    (``new_l = clip(nearest_int(x*sl2/slx), -4, 3) != L[i]`` with ``slx > 0`` at some position), as a
+    bool [k]: dense passes in the search layout.  It may flag more columns than C tries (np.rint is
+    nearest_int only below 2**22: a larger or non-finite quotient counts as a move), never fewer; the
+    refinement decides exactly."""
+    sh = X.shape
+    slx = np.multiply(wx, L, out=_WS.get("q3_slx", sh))  # C: slx = sumlx - w*x[i]*L[i]
+    np.subtract(sumlx, slx, out=slx)
+    sl2 = np.multiply(w, L, out=_WS.get("q3_sl2", sh))  # sl2 = suml2 - w*L[i]*L[i]
+    sl2 *= L
+    np.subtract(suml2, sl2, out=sl2)
+    q = np.multiply(X, sl2, out=sl2)
+    q /= slx
+    np.rint(q, out=q)
+    _CLIP(q, F32(-4), F32(3), out=q)
+    tried = np.not_equal(q, L, out=_WS.get("q3_tried", sh, bool))
+    tried &= np.greater(slx, 0, out=_WS.get("q3_pos", sh, bool))
+    return np.logical_or.reduce(tried, axis=0)
 
 
-def _make_q3_quants(X):
-    """make_q3_quants(16, 4, x, L, true) for the columns of X [16, k]:
-    (scale [k], L [16, k] float32 -4..3, all-zero flags [k], amax [k] = largest |x|)."""
+def _make_q3_quants(X, xr):
+    """make_q3_quants(16, 4, x, L, true) for the columns of X [16, k] (``xr``: the same sub-blocks as
+    rows [k, 16]): (scale [k], L [16, k] float32 -4..3, all-zero flags [k], amax [k] = largest |x|).
+
+    The columns whose first rmse pass tries no move keep their first quants; the others are refined
+    (``_refine_q3``) as rows."""
     shape = X.shape
     amax, mx = _absmax_first(X)
     zero = amax < EPS
@@ -381,23 +405,19 @@ def _make_q3_quants(X):
         L = np.multiply(X, iscale, out=_WS.get("q3_l", shape))  # |x * iscale| <= ~4: nearest_int is rint
         np.rint(L, out=L)
         _CLIP(L, F32(-4), F32(3), out=L)
-        Li = _plus_off(L, _WS.get("q3_li", shape, np.int32))
         w = np.multiply(X, X, out=_WS.get("q3_w", shape))
         wx = np.multiply(w, X, out=_WS.get("q3_wx", shape))
-        T1 = np.multiply(wx, L, out=_WS.get("q3_t1", shape))  # C: sumlx += w*x[i]*l; suml2 += w*l*l
-        T2 = np.multiply(w, L, out=_WS.get("q3_t2", shape))
-        T2 *= L
-        sumlx = _rsum(T1, True)
-        suml2 = _rsum(T2, True)
-        # the columns where the first pass would try a move under the initial sums; the others are done
-        # (all-zero sub-blocks return before the rmse passes)
-        tried = _q3_trials(X, sumlx, suml2, T1, T2, Li, _WS.get("q3_ni", shape, np.int32))[3]
-        cb = np.flatnonzero(np.logical_or.reduce(tried, axis=0) & ~zero)
+        sumlx = _dot(wx, L)  # C: sumlx += w*x[i]*l; suml2 += w*l*l
+        suml2 = _dot(w, L, L)
+        # all-zero sub-blocks return before the rmse passes
+        cb = np.flatnonzero(_q3_tried(X, L, w, wx, sumlx, suml2) & ~zero)
         if cb.size:
-            xc, Lc = _take_cols((X, L), cb)
-            wc, wxc, T1c, T2c, Lic = _q3_terms(xc, Lc)
+            xc = np.take(xr, cb, axis=0)
+            Lc = np.multiply(xc, np.repeat(iscale[cb], 16).reshape(xc.shape))
+            np.rint(Lc, out=Lc)
+            _CLIP(Lc, F32(-4), F32(3), out=Lc)
             sx, s2 = sumlx[cb], suml2[cb]
-            _refine_q3(xc, wc, wxc, Lc, Lic, T1c, T2c, sx, s2, None, L, cb)
+            _refine_q3(xc, Lc, sx, s2, L, cb)
             sumlx[cb] = sx
             suml2[cb] = s2
         scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
@@ -705,10 +725,17 @@ def _round_div_T(X, off, d, lo, hi, xmin, xmax):
 
 
 def _to_T(xb, a, b, name="t_x"):
-    """Sub-blocks a..b of xb [k, 16] as [16, b - a] (in a reused scratch array)."""
+    """Sub-blocks a..b of xb [k, 16] as [16, b - a] (in a reused scratch array).  Moved as 16-byte pieces
+    first (four values each, one complex128), then spread: faster than a transpose of single floats."""
     src = xb[a:b]
-    out = _WS.get(name, (src.shape[1], src.shape[0]))
-    np.copyto(out, src.T)
+    m = src.shape[0]
+    out = _WS.get(name, (16, m))
+    if src.flags.c_contiguous and src.dtype == np.float32 and src.shape[1] == 16:
+        quads = _WS.get(name + "_q", (4, m), np.complex128)
+        np.copyto(quads, src.view(np.complex128).T)  # [4, m]: values 4j..4j+3 of every sub-block
+        np.copyto(out.reshape(4, 4, m), quads.view(np.float32).reshape(4, m, 4).transpose(0, 2, 1))
+    else:
+        np.copyto(out, src.T)
     return out
 
 
@@ -911,7 +938,7 @@ class Q3_K(Kernel, qtype=T.Q3_K):
             b = min(nb, a + _BATCH)
             X = _to_T(xb, a, b)
             if wt is None:  # quantize_row_q3_K_ref: make_q3_quants(16, 4, x, L, true)
-                scales, Ls, zero, amax = _make_q3_quants(X)
+                scales, Ls, zero, amax = _make_q3_quants(X, xb[a:b])
                 ls, d_bits = _q3_scales_ref(scales)
             else:  # quantize_row_q3_K_impl: make_qx_quants(16, 4, x, L, 1, weight), then of the scales
                 W = _to_T(wt, a, b, "t_w")

@@ -2,14 +2,17 @@
 
 Needs torch (and the workbench's own deps); it is NOT run by the tests, which never import torch:
 
-    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch numpy gguf
-    /tmp/torchvenv/bin/python tests/core/data/make_torch_fixtures.py
+    python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch==2.13.0 numpy gguf
+    /tmp/torchenv/bin/python tests/core/data/make_torch_fixtures.py
 
 Writes, next to this script:
   torch_state.pt      nested checkpoint {"model": state_dict, ...} (pickle protocol 2, torch's default)
   torch_proto4.pt     a flat state dict saved with pickle_protocol=4
-  torch_legacy.pt     the pre-1.6 format (_use_new_zipfile_serialization=False), which we refuse
-  torch_expected.npz  for every tensor of the first two: raw/<file>/<name> (stored elements; BF16 as
+  torch_legacy.pt     the nested checkpoint in the pre-1.6 format (_use_new_zipfile_serialization=False)
+  torch_sparse_coo.pt, torch_sparse_csr.pt, torch_qtensor.pt, torch_meta.pt, torch_sparse_legacy.pt
+                      a dense tensor and then one torch saves with _rebuild_sparse_tensor / _rebuild_qtensor /
+                      _rebuild_meta_tensor_no_storage: refused as unsupported (by name), not as unsafe
+  torch_expected.npz  for every tensor of the first three: raw/<file>/<name> (stored elements; BF16 as
                       uint16 bits, F8 as uint8 bits), f32/<file>/<name> (torch's .float()) and
                       order/<file> (tensor names in state-dict order)
 Then checks that read_bin agrees with torch.load, and that torch.load(weights_only=True) reads
@@ -94,6 +97,23 @@ def proto4_state() -> OrderedDict:
     return OrderedDict(a=torch.randn(2, 3), b=torch.randn(5).half(), c=torch.randn(4, 2).t())
 
 
+def unsupported_checkpoints():
+    """(file stem, object, legacy format?): tensors torch saves that are not dense storages."""
+    torch.manual_seed(2)
+    dense = torch.randn(2, 3)
+    indices = torch.tensor([[0, 1, 1], [2, 0, 2]])
+    coo = torch.sparse_coo_tensor(indices, torch.tensor([3.0, 4.0, 5.0]), (2, 3))
+    qpc = torch.quantize_per_channel(torch.randn(2, 3), torch.tensor([0.1, 0.2]), torch.tensor([1, 2]), 0,
+                                     torch.qint8)
+    return [
+        ("torch_sparse_coo", OrderedDict(dense=dense, emb=coo), False),
+        ("torch_sparse_csr", OrderedDict(dense=dense, csr=coo.to_sparse_csr()), False),
+        ("torch_qtensor", OrderedDict(dense=dense, q=qpc), False),
+        ("torch_meta", OrderedDict(dense=dense, m=torch.empty(4, 4, device="meta")), False),
+        ("torch_sparse_legacy", OrderedDict(dense=dense, emb=coo), True),
+    ]
+
+
 def check_read(path: Path, obj) -> None:
     infos, _extra = read_bin(path)
     model = Model(format="pytorch", path=path, files=[path], tensors=infos)
@@ -150,10 +170,15 @@ def main() -> None:
     torch.save(ckpt, HERE / "torch_state.pt")
     p4 = proto4_state()
     torch.save(p4, HERE / "torch_proto4.pt", pickle_protocol=4)
-    torch.save({"w": torch.ones(2)}, HERE / "torch_legacy.pt", _use_new_zipfile_serialization=False)
+    # torch cannot load its own legacy save of a tensor on an UntypedStorage (F8, U16): left out
+    legacy_ckpt = {**ckpt, "model": OrderedDict((k, v) for k, v in ckpt["model"].items() if k not in ("f8", "u16"))}
+    torch.save(legacy_ckpt, HERE / "torch_legacy.pt", _use_new_zipfile_serialization=False)
+    for name, obj, legacy in unsupported_checkpoints():
+        torch.save(obj, HERE / f"{name}.pt", _use_new_zipfile_serialization=not legacy)
+        torch.load(HERE / f"{name}.pt", weights_only=False)  # torch itself reads it back
 
     expected: dict[str, np.ndarray] = {}
-    for fname, obj in (("torch_state", ckpt), ("torch_proto4", p4)):
+    for fname, obj in (("torch_state", ckpt), ("torch_proto4", p4), ("torch_legacy", legacy_ckpt)):
         names = []
         for name, t in flat_tensors(obj):
             names.append(name)
@@ -163,9 +188,10 @@ def main() -> None:
     np.savez(HERE / "torch_expected.npz", **expected)
 
     check_read(HERE / "torch_state.pt", torch.load(HERE / "torch_state.pt", weights_only=True))
+    check_read(HERE / "torch_legacy.pt", torch.load(HERE / "torch_legacy.pt", weights_only=True))
     # torch's own weights_only unpickler cannot read protocol 4 (FRAME); this file is our own
     check_read(HERE / "torch_proto4.pt", torch.load(HERE / "torch_proto4.pt", weights_only=False))
-    print("read_bin == torch.load for torch_state.pt and torch_proto4.pt")
+    print("read_bin == torch.load for torch_state.pt, torch_proto4.pt and torch_legacy.pt")
     check_write()
     for f in sorted(HERE.glob("torch_*")):
         print(f"{f.name}: {f.stat().st_size} bytes")

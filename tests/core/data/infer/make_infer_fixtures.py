@@ -2,7 +2,7 @@
 
 Run once with a Python that has torch and transformers:
 
-    /tmp/torchvenv/bin/python tests/core/data/infer/make_infer_fixtures.py
+    /tmp/torchenv/bin/python tests/core/data/infer/make_infer_fixtures.py
 
 For each model it writes a Hugging Face folder (config.json, F16 model.safetensors, a small character
 BPE tokenizer) and the reference outputs computed by transformers in float32 on the same (F16-rounded)
@@ -110,7 +110,9 @@ def main() -> None:
     llama = LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=2, rms_norm_eps=1e-5,
                                          rope_theta=10000.0, tie_word_embeddings=False))
     decoder_fixture("llama", llama, 1)
-    rope3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+    # theta 1000 with head_dim 8: wavelengths 6.3 (kept), 35.3 (inside llama3's smoothing band 64/4..64/1),
+    # 199 and 1117 (divided by the factor), so every branch of the scaling is exercised
+    rope3 = {"rope_type": "llama3", "rope_theta": 1000.0, "factor": 8.0, "low_freq_factor": 1.0,
              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
     tied = LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=1, rms_norm_eps=1e-6,
                                         rope_parameters=rope3, tie_word_embeddings=True))

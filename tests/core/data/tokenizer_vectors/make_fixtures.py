@@ -11,6 +11,15 @@
   a charsmap; baichuan: SentencePiece; aquila and gpt-neox: gpt2 BPE with the default pre-tokenizer), and for
   ``t5-lora``: the t5 tokenizer.json of the T5 LoRA adapter written as a GGUF vocabulary by our own
   ``hf_vocab`` (:func:`write_t5_vocab`, which the tests call too).
+- ``mixed.json``: one vocabulary of each kind (gpt2 BPE, llama SentencePiece, bert WordPiece, t5 Unigram) on
+  MIXED_TEXTS (code, digits, accents, decomposed accents, CJK, Hangul, Devanagari, emoji, right-to-left
+  scripts, special-token texts), each with
+  ``tool``: what ``llama-tokenize`` prints by default (special tokens added when the vocabulary's add_bos
+  says so, special-token texts parsed), ``special``: ``llama_tokenize(add_special=true, parse_special=true)``,
+  what llama-completion and llama-embedding use (called through a small C program compiled here against the
+  built libllama), and ``plain``: ``llama-tokenize --no-bos`` (nothing added).  The bert vocabularies are
+  ggml-vocab-bert-bge and all-MiniLM-L6-v2 written by our converter's ``hf_vocab`` (the converter writes
+  add_sep_token false for it, and llama.cpp still closes with [SEP]); the t5 ones nomic-bert-moe and t5-lora.
 """
 from __future__ import annotations
 
@@ -42,20 +51,95 @@ CHATS = [
 ]
 OTHER_VOCABS = ("nomic-bert-moe", "baichuan", "aquila", "gpt-neox")
 
+MIXED_TEXTS = [
+    "def add(a, b):\n    return a + b  # 42\n\nprice = 1234567.89; x = 0x1F; y=3.14e-10\n"
+    "Café naïve résumé — Ñandú, Straße, ÀÉÎÕÜ\n日本語のテキスト、中文字符和한국어\n"
+    "Emoji: 🦙🚀👩‍💻 ✅ ❤️\nעברית: שלום עולם, العربية: مرحبا بالعالم\n",
+    "  Leading spaces,\ttabs and <s> </s> [CLS] [SEP] <|endoftext|> <pad> specials 12345 ١٢٣ "
+    "decomposed cafe\u0301 n\u0303 हिन्दी İstanbul ",
+    "Hello world",
+]
+# name -> (test-model key of a vocab GGUF or of a folder converted by hf_vocab, GGUF architecture for a folder)
+MIXED_VOCABS = {
+    "gpt-2": ("llama-vocabs", None), "llama-bpe": ("llama-vocabs", None), "qwen2": ("llama-vocabs", None),
+    "llama-spm": ("llama-vocabs", None),
+    "bert-bge": ("llama-vocabs", None), "all-minilm": ("minilm", "bert"),
+    "nomic-bert-moe": ("llama-vocabs", None), "t5-lora": ("t5-lora", "t5"),
+}
 
-def write_t5_vocab(folder: Path, path: Path) -> Path:
-    """A vocabulary-only GGUF of a t5 tokenizer folder, written by workbench.convert.hf_vocab."""
+
+def write_vocab(folder: Path, path: Path, arch: str) -> Path:
+    """A vocabulary-only GGUF of a tokenizer folder, written by workbench.convert.hf_vocab (as the converter
+    writes the vocabulary of that architecture, with the folder's config.json)."""
     import gguf
 
     from workbench.convert import hf_vocab
 
-    w = gguf.GGUFWriter(path, "t5")
-    hf_vocab.read_vocab(folder, "t5", {}).add_to(w)
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    w = gguf.GGUFWriter(path, arch)
+    hf_vocab.read_vocab(folder, arch, config).add_to(w)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_t5_vocab(folder: Path, path: Path) -> Path:
+    """A vocabulary-only GGUF of a t5 tokenizer folder, written by workbench.convert.hf_vocab."""
+    return write_vocab(folder, path, "t5")
+
+
+def mixed_vocab_path(name: str, folder: Path) -> Path:
+    """The GGUF of a MIXED_VOCABS entry (a folder's is written into ``folder``)."""
+    key, arch = MIXED_VOCABS[name]
+    if arch is None:
+        return ensure(key) / f"ggml-vocab-{name}.gguf"
+    return write_vocab(ensure(key), folder / f"{name}.gguf", arch)
+
+
+# llama_tokenize through libllama (llama-tokenize itself adds special tokens only when the vocabulary's add_bos)
+_TOKENIZE_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "llama.h"
+static void quiet(enum ggml_log_level level, const char * text, void * data) { (void) level; (void) text; (void) data; }
+int main(int argc, char ** argv) {
+    if (argc != 4) return 2;
+    llama_log_set(quiet, NULL);
+    llama_backend_init();
+    struct llama_model_params mp = llama_model_default_params();
+    mp.vocab_only = true;
+    struct llama_model * model = llama_model_load_from_file(argv[1], mp);
+    if (!model) return 1;
+    const struct llama_vocab * vocab = llama_model_get_vocab(model);
+    static char text[1 << 20];
+    size_t n = fread(text, 1, sizeof(text), stdin);
+    int32_t cap = (int32_t) n + 16;
+    llama_token * ids = malloc(sizeof(llama_token) * cap);
+    int32_t k = llama_tokenize(vocab, text, (int32_t) n, ids, cap, atoi(argv[2]) != 0, atoi(argv[3]) != 0);
+    if (k < 0) return 3;
+    for (int32_t i = 0; i < k; i++) printf(i ? " %d" : "%d", ids[i]);
+    printf("\n");
+    llama_model_free(model);
+    return 0;
+}
+"""
+
+
+def build_tokenize_helper(binary: Path, src: Path, out: Path) -> Path:
+    """Compile _TOKENIZE_C against the llama.cpp source tree ``src`` and its built libllama in ``binary``."""
+    c = out.with_suffix(".c")
+    c.write_text(_TOKENIZE_C)
+    subprocess.run(["cc", "-O1", "-o", str(out), str(c), f"-I{src / 'include'}", f"-I{src / 'ggml' / 'include'}",
+                    f"-L{binary}", "-lllama", f"-Wl,-rpath,{binary}"], check=True)
+    return out
+
+
+def library_tokenize(helper: Path, model: Path, text: str, add_special: bool, parse_special: bool) -> list[int]:
+    out = subprocess.run([str(helper), str(model), str(int(add_special)), str(int(parse_special))],
+                         input=text.encode(), capture_output=True, check=True).stdout.decode()
+    return [int(x) for x in out.split()]
 
 
 def read_inputs(path: Path) -> list[str]:
@@ -107,7 +191,19 @@ def write(path: Path, obj: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", type=Path, default=Path("/tmp/lcp/build/bin"))
+    ap.add_argument("--src", type=Path, default=Path("/tmp/lcp"), help="llama.cpp source tree (include/llama.h)")
+    ap.add_argument("--only", choices=("smollm2", "ugm_spm_bpe", "mixed"), help="make one fixture file")
     args = ap.parse_args()
+    if args.only in (None, "smollm2"):
+        make_smollm2(args)
+    if args.only in (None, "ugm_spm_bpe"):
+        make_ugm_spm_bpe(args)
+    if args.only in (None, "mixed"):
+        make_mixed(args)
+    return 0
+
+
+def make_smollm2(args) -> None:
     model = ensure("smollm2")
     fixture = {"model": "smollm2", "tokenize": [], "chat": []}
     for text in SENTENCES:
@@ -120,6 +216,8 @@ def main() -> int:
         fixture["chat"].append({"messages": chat["messages"], "ids": ids, "text": text})
     write(HERE / "smollm2.json", fixture)
 
+
+def make_ugm_spm_bpe(args) -> None:
     models = ensure("llama-vocabs")
     texts = read_inputs(models / "ggml-vocab-llama-spm.gguf.inp")
     other = {}
@@ -129,7 +227,19 @@ def main() -> int:
         for name, path in paths.items():
             other[name] = [tokenize(args.bin, path, t, parse_special=False, bos=False) for t in texts]
     write(HERE / "ugm_spm_bpe.json", {"inputs": "ggml-vocab-llama-spm.gguf.inp", "ids": other})
-    return 0
+
+
+def make_mixed(args) -> None:
+    mixed: dict = {"texts": MIXED_TEXTS, "vocabs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        helper = build_tokenize_helper(args.bin, args.src, Path(tmp) / "tokenize")
+        for name in MIXED_VOCABS:
+            path = mixed_vocab_path(name, Path(tmp))
+            mixed["vocabs"][name] = [{
+                "tool": tokenize(args.bin, path, t, parse_special=True, bos=True),
+                "special": library_tokenize(helper, path, t, add_special=True, parse_special=True),
+                "plain": tokenize(args.bin, path, t, parse_special=True, bos=False)} for t in MIXED_TEXTS]
+    write(HERE / "mixed.json", mixed)
 
 
 if __name__ == "__main__":
