@@ -434,18 +434,19 @@ def mutate_json_bytes(raw: bytes, rng: random.Random) -> tuple[bytes, str]:
     b = bytearray(raw)
     if not b:
         return bytes(b), "empty"
-    desc = []
-    for _ in range(rng.choice([1, 1, 2, 4])):
-        p = rng.randrange(len(b))
-        if rng.random() < 0.5:
-            bit = rng.randrange(8)
-            b[p] ^= 1 << bit
-            desc.append(f"flip byte {p} bit {bit}")
-        else:
-            v = rng.choice(INTERESTING_BYTES + [rng.randrange(256)])
-            b[p] = v
-            desc.append(f"byte {p} = {v:#x}")
+    desc = [_poke(b, rng.randrange(len(b)), rng, rng.random() < 0.5) for _ in range(rng.choice([1, 1, 2, 4]))]
     return bytes(b), ", ".join(desc)
+
+
+def _poke(data: bytearray, p: int, rng: random.Random, flip: bool) -> str:
+    """Flip one bit of ``data[p]`` or set it to an interesting byte; returns the description."""
+    if flip:
+        bit = rng.randrange(8)
+        data[p] ^= 1 << bit
+        return f"flip byte {p} bit {bit}"
+    v = rng.choice(INTERESTING_BYTES + [rng.randrange(256)])
+    data[p] = v
+    return f"byte {p} = {v:#x}"
 
 
 def mutate_binary(seed: Seed, rng: random.Random) -> tuple[bytes, int, str]:
@@ -468,14 +469,7 @@ def mutate_binary(seed: Seed, rng: random.Random) -> tuple[bytes, int, str]:
         desc = []
         for _ in range(rng.choice([1, 1, 1, 2, 3, 8])):
             p = rng.randrange(min(len(data), head_end + 64)) if rng.random() < 0.9 else rng.randrange(len(data))
-            if op == "flip":
-                bit = rng.randrange(8)
-                data[p] ^= 1 << bit
-                desc.append(f"flip byte {p} bit {bit}")
-            else:
-                v = rng.choice(INTERESTING_BYTES + [rng.randrange(256)])
-                data[p] = v
-                desc.append(f"byte {p} = {v:#x}")
+            desc.append(_poke(data, p, rng, op == "flip"))
         return bytes(data), size, ", ".join(desc)
     if op == "field" and seed.fields:
         off, width, label = rng.choice(seed.fields)

@@ -254,13 +254,8 @@ def shape_only_llama(spec) -> "Model":
     return Model("gguf", Path(f"{name}.gguf"), [], tensors, meta, "llama", name)
 
 
-def write_llama_gguf(path: Path, spec) -> None:
-    """The same model as a real F32 GGUF (zero weights) that llama.cpp can load."""
-    import gguf
-
-    name, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, tied = spec
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_name(name)
+def add_llama_hparams(w, n_layer: int, n_embd: int, n_ff: int, n_head: int, n_head_kv: int) -> None:
+    """The llama hyper-parameters of a GGUFWriter (context 256), in the converter's key order."""
     w.add_block_count(n_layer)
     w.add_context_length(256)
     w.add_embedding_length(n_embd)
@@ -268,6 +263,16 @@ def write_llama_gguf(path: Path, spec) -> None:
     w.add_head_count(n_head)
     w.add_head_count_kv(n_head_kv)
     w.add_rope_dimension_count(n_embd // n_head)
+
+
+def write_llama_gguf(path: Path, spec) -> None:
+    """The same model as a real F32 GGUF (zero weights) that llama.cpp can load."""
+    import gguf
+
+    name, n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab, tied = spec
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name(name)
+    add_llama_hparams(w, n_layer, n_embd, n_ff, n_head, n_head_kv)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
@@ -308,13 +313,7 @@ def write_random_llama_gguf(path: Path, *, file_type: bool = True, row_tensor: b
     n_layer, n_embd, n_ff, n_head, n_head_kv, n_vocab = 2, 256, 512, 4, 2, 64
     w = gguf.GGUFWriter(path, "llama")
     w.add_name("Exact Llama")
-    w.add_block_count(n_layer)
-    w.add_context_length(256)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_rope_dimension_count(n_embd // n_head)
+    add_llama_hparams(w, n_layer, n_embd, n_ff, n_head, n_head_kv)
     if file_type:
         w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_layer_norm_rms_eps(1e-5)

@@ -52,19 +52,13 @@ def _byte_tokens() -> list[str]:
 def build_model(path: Path) -> Path:
     """The F32 llama GGUF the imatrix is computed on and the presets quantize (deterministic, ~2.6 MB)."""
     import gguf
-    from builders import exact_values, llama_gguf_tensors
+    from builders import add_llama_hparams, exact_values, llama_gguf_tensors
 
     n_layer, n_embd, n_ff, n_head, n_head_kv = 2, 256, 512, 4, 2
     tokens = _byte_tokens()
     w = gguf.GGUFWriter(path, "llama")
     w.add_name("Tiny Imatrix Llama")
-    w.add_block_count(n_layer)
-    w.add_context_length(256)
-    w.add_embedding_length(n_embd)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_rope_dimension_count(n_embd // n_head)
+    add_llama_hparams(w, n_layer, n_embd, n_ff, n_head, n_head_kv)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model("gpt2")
