@@ -203,7 +203,7 @@ def _cos(key: str) -> Callable[[LevelResult], Any]:
 
 
 def _fixed(digits: int) -> Callable[[Any], str]:
-    return lambda v: f"{v:.{digits}f}"
+    return lambda v: f"{round(v, digits) + 0.0:.{digits}f}"  # + 0.0: a tiny negative KL shows as 0, not -0
 
 
 def _pct(digits: int) -> Callable[[Any], str]:
@@ -550,11 +550,10 @@ class CompareView(QWidget):
         self.eval_combo.setToolTip("As llama.cpp CPU runs it: activations rounded to the weight type's dot-product "
                                    "partner (Q8_0, Q8_1, Q8_K, F16), F16 KV cache, 16-bit base log-probabilities: "
                                    "the numbers llama-perplexity prints.\nExact: what the weights alone cost.")
-        nums.addSpacing(10)
-        nums.addWidget(self.eval_combo)
         nums.addStretch(1)
         form.addRow("Prompt", self.prompt_edit)
         form.addRow("Calibration", self.calib_combo)
+        form.addRow("Evaluation", self.eval_combo)  # its own row: the numbers' row is full in a narrow pane
         form.addRow(nums)
 
         self.run_button = QPushButton("Run", self.setup)

@@ -223,3 +223,11 @@ def test_llama_cpu_evaluation_matches_llama_perplexity():
         assert s["kld_mean"] == pytest.approx(w["kld_mean"], rel=0.15), lv.label
         assert s["ppl"] == pytest.approx(w["ppl"], rel=0.03), lv.label  # ~4 sigma of that noise
         assert s["same_top"] == pytest.approx(w["same_top"], abs=0.05), lv.label
+
+
+def test_table_numbers_never_show_negative_zero():
+    # llama.cpp's KL is not clipped at 0, so a level equal to its base can average a tiny negative value
+    from workbench.infer.compare import _num
+
+    assert [_num(-1e-9, 6), _num(-0.004, 2), _num(-0.5, 2), _num(2.5e-7, 6), _num(None, 3)] == \
+        ["0.000000", "0.00", "-0.50", "0.000000", ""]

@@ -320,3 +320,15 @@ def test_the_chat_template_option_reaches_the_core(qtbot, view):
     assert result.base.generated_ids == direct.base.generated_ids
     plain = run(compare(TINY, ["Q8_0"], chat=False, **SETTINGS))
     assert plain.base.generated_ids != direct.base.generated_ids  # the template changed the prompt
+
+
+def test_the_evaluation_choice_reaches_the_core_and_the_summary(qtbot, view, tiny, expected):
+    # the default is llama.cpp's CPU evaluation, as `workbench compare`
+    assert view.eval_combo.currentData() == "llama-cpu"
+    view.eval_combo.setCurrentIndex(view.eval_combo.findData("exact"))
+    result = run_view(qtbot, view, ["Q8_0"])
+    assert result.eval_mode == "exact" and "exactly" in view.summary.text()
+    direct = run(compare(tiny, ["Q8_0"], eval_mode="exact", **SETTINGS))
+    assert result.levels[0].kld_values == pytest.approx(direct.levels[0].kld_values, rel=1e-5, abs=1e-9)
+    # the two modes really differ: rounding the activations costs Q8_0 more than its weights alone
+    assert np.mean(direct.levels[0].kld_values) < np.mean(expected.levels[0].kld_values)

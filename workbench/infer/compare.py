@@ -169,7 +169,7 @@ def _fmt_csv(v):
 
 
 def _num(v, digits):
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{round(v, digits) + 0.0:.{digits}f}"  # never "-0.000"
 
 
 # -- levels -----------------------------------------------------------------------------------------------
