@@ -259,3 +259,11 @@ def test_overwriting_with_another_split_removes_the_old_parts(f32_gguf, tmp_path
     assert sorted(p.name for p in out.iterdir()) == sorted(["keep-me.gguf", *(p.name for p in two)])
     single, _ = requantize(f32_gguf, target, "Q8_0", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["keep-me.gguf", "m.gguf"] and single == [target]
+
+
+def test_dequantizing_to_f32_gives_no_double_error_warning(mixed_gguf, tmp_path):
+    path, written = mixed_gguf
+    paths, messages = requantize(path, tmp_path / "f32.gguf", "F32")
+    out = open_model(paths[0])
+    assert {t.dtype for t in out.tensors} == {"F32"}
+    assert "already quantized" not in messages[-1]

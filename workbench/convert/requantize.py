@@ -273,7 +273,7 @@ def requantize_gguf(src, out_dir_or_file, plan_or_preset: Plan | str = "Q8_0", *
                                         f"{info.name} (copied, {qtype})", release))
             continue
         check_writable_type(qtype, info.name, model.path)
-        if dtypes.is_quantized(info.dtype):
+        if dtypes.is_quantized(info.dtype) and dtypes.is_quantized(qtype):  # dequantizing adds no second error
             requantized_from.add(info.dtype)
         requantized_to.add(qtype)
         im = tensor_weights(imatrix, info.name, info.shape, qtype)  # as llama-quantize looks it up
