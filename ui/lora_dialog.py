@@ -25,6 +25,7 @@ from workbench.plan import PRESETS
 from .convert_dialog import (BAD_CHARS, DTYPE_LABELS, ERROR_STYLE, HF_DTYPES, SETTINGS_DIR, WARN_STYLE, _esc,
                              hf_nbytes, module_available)
 from .job_dialog import ExistingCheck, JobRequest, hand_over, output_folder_row
+from .leftovers import LeftoverNote
 from .worker import Worker
 
 MERGE, TO_GGUF = "merge", "gguf-lora"
@@ -207,6 +208,10 @@ class LoraDialog(QDialog):
         out_form.addRow(_buddy("&Folder:", self.out_dir, self), out_row)
         out_form.addRow("&Name:", self.out_name)
         out_form.addRow("", self.overwrite)
+        self.leftovers = LeftoverNote(self)  # partial files of killed runs in the folder, with a Remove button
+        self.leftovers.scanned.connect(lambda _found: self.height() < self.sizeHint().height()
+                                       and self.resize(self.width(), self.sizeHint().height()))
+        out_form.addRow(self.leftovers)
         out_box = QGroupBox("Output", self)
         out_box.setLayout(out_form)
         self.box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self)
@@ -231,6 +236,8 @@ class LoraDialog(QDialog):
             sig.connect(lambda *_a: self._update_name())
         for w in (self.out_dir, self.out_name):
             w.textChanged.connect(lambda _t: self.validate())
+        self.out_dir.textChanged.connect(lambda _t: self.leftovers.check(self.output_dir()))
+        self.leftovers.check(self.output_dir())
         self.read_inputs()
         self.resize(640, self.sizeHint().height())
 
@@ -309,6 +316,10 @@ class LoraDialog(QDialog):
             return name_for_model({"general.name": f"{base}-{adapter}"}, self.preset.currentText()).filename()
         d = self.dtype.currentData()
         return f"{base}-{adapter}" + ("" if d == "keep" else f"-{d}")
+
+    def output_dir(self) -> Path | None:
+        text = self.out_dir.text().strip()
+        return Path(os.path.expanduser(text)) if text else None
 
     def output_path(self) -> Path:
         return Path(os.path.expanduser(self.out_dir.text().strip())) / self.out_name.text().strip()
@@ -399,4 +410,5 @@ class LoraDialog(QDialog):
 
     def done(self, r: int) -> None:  # noqa: D401 - Qt override
         self.reader.cancel()
+        self.leftovers.worker.cancel()
         super().done(r)

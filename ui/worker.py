@@ -196,7 +196,14 @@ class Worker(QObject):
     @Slot(int, int, int, str)
     def _on_progress(self, job_id: int, done: int, total: int, message: str) -> None:
         if job_id == self._current:
-            self.progress.emit(done, total, message)
+            failure = _deliver(self.progress, done, total, message)
+            if failure is not None:  # a progress handler failed: the job stops and its owner hears an error
+                task = self._tasks.get(job_id)
+                if task is not None:
+                    task.cancel_event.set()
+                self._current = None
+                _deliver(self.error, _error_text(failure))
+                self.finished.emit()
 
     @Slot(int, object)
     def _on_result(self, job_id: int, value: object) -> None:

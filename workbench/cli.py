@@ -111,11 +111,7 @@ def _warn(messages) -> None:
 
 
 def cmd_inspect(args) -> int:
-    bar = _bar(args)
-    try:
-        model = run(iter_open_model(args.path), bar)
-    finally:
-        bar.close()
+    model = _open(args.path, args)  # its warnings on stderr (``warning: ...``), also with --json
     if args.json:
         json.dump(model_to_json(model, args.full_arrays), sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

@@ -36,6 +36,22 @@ def test_inspect_json(hf_folder, capsys):
     assert data["parameters"] == sum(int(np.prod(a.shape)) for a in expected.values())
 
 
+@pytest.mark.parametrize("as_json", [True, False])
+def test_inspect_prints_the_models_warnings_on_stderr(tmp_path, hf_folder, as_json, capsys):
+    from builders import build_peft_adapter
+
+    adapter = tmp_path / "adapter"
+    build_peft_adapter(adapter)  # its config has keys (loftq_config, ...) older PEFT releases reject
+    assert main(["inspect", str(adapter)] + (["--json"] if as_json else [])) == 0
+    captured = capsys.readouterr()
+    warned = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and "loftq_config" in warned[0] and "megatron_core" in warned[0]
+    if as_json:
+        assert json.loads(captured.out)["warnings"] == [warned[0].removeprefix("warning: ")]
+    assert main(["inspect", str(hf_folder[0])] + (["--json"] if as_json else [])) == 0
+    assert "warning:" not in capsys.readouterr().err  # a model without warnings: none printed
+
+
 def test_inspect_json_summarizes_long_arrays(tmp_path, capsys):
     from builders import gguf_string, raw_gguf
     import struct

@@ -118,3 +118,30 @@ def test_the_convert_dialog_offers_to_remove_leftovers_of_dead_runs(qtbot, windo
         dlg.out_dir.setText(str(tmp_path))  # a folder without leftovers: no note
     assert not note.isVisibleTo(dlg)
     dlg.reject()
+
+
+def test_the_lora_dialog_offers_to_remove_leftovers_of_dead_runs(qtbot, window, load, st_folder, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    r = subprocess.run([sys.executable, "-c", DEAD_RUN, str(out)], capture_output=True, text=True, check=True)
+    total = 3000 + 2000 + int(r.stdout)
+    live = out / fsutil.partial_name("Live-merged")  # a run of this (live) process: never offered
+    live.mkdir()
+    load(window, st_folder)
+    dlg = window.conversion.merge_dialog()
+    note = dlg.leftovers
+    with qtbot.waitSignal(note.scanned, timeout=LOAD_TIMEOUT, check_params_cb=lambda found: len(found) == 3):
+        dlg.out_dir.setText(str(out))
+    assert note.isVisibleTo(dlg)
+    assert note.button.text() == f"Remove 3 leftover files ({human_bytes(total)})"
+
+    with qtbot.waitSignal(note.removed, timeout=LOAD_TIMEOUT) as removed:
+        note.button.click()
+    assert removed.args == [3, total]
+    assert sorted(p.name for p in out.iterdir()) == [live.name]
+    assert not note.isVisibleTo(dlg)
+
+    with qtbot.waitSignal(note.scanned, timeout=LOAD_TIMEOUT, check_params_cb=lambda found: found == []):
+        dlg.out_dir.setText(str(tmp_path))  # a folder without leftovers: no note
+    assert not note.isVisibleTo(dlg)
+    dlg.reject()

@@ -174,3 +174,30 @@ def test_a_stale_error_is_dropped_too(qtbot, worker):
         release_first.set()
     assert delivered == [first]  # positive control: the late error reached the worker
     assert results == ["second"] and errors == []
+
+
+def test_a_failing_progress_handler_ends_the_job_on_the_error_path(qtbot, worker, caplog):
+    gate, closed = threading.Event(), threading.Event()
+    calls, errors, results, cancelled = [], [], [], []
+
+    def handler(done, total, message):
+        calls.append(done)
+        raise RuntimeError("boom in a progress handler")
+
+    worker.progress.connect(handler)
+    worker.error.connect(errors.append)
+    worker.result.connect(results.append)
+    worker.cancelled.connect(lambda: cancelled.append(True))
+    with caplog.at_level(logging.ERROR, logger="ui.worker"):
+        with qtbot.waitSignals([worker.error, worker.finished], timeout=5000, order="strict"):
+            worker.start(blocking_job, gate, closed)
+    assert errors == ["Unexpected error: RuntimeError: boom in a progress handler"]
+    assert not worker.is_busy() and "boom in a progress handler" in caplog.text
+    assert worker.wait(5000)  # the job stops although its gate never opened
+    assert closed.is_set()  # its generator was closed (its finally ran)
+    qtbot.waitUntil(lambda: not worker._tasks, timeout=5000)  # whatever the thread still sent has arrived
+    assert calls == [1] and results == [] and cancelled == []  # nothing after the failure reaches the owner
+    worker.progress.disconnect(handler)
+    with qtbot.waitSignal(worker.result, timeout=5000):  # the worker stays usable
+        worker.start(counting_job, 1, "next")
+    assert results == ["next"]
