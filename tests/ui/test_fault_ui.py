@@ -8,6 +8,8 @@ import sys
 import textwrap
 import threading
 
+import pytest
+
 from ui import APP_NAME
 from workbench import fsutil
 from workbench.units import human_bytes
@@ -82,8 +84,9 @@ DEAD_RUN = textwrap.dedent("""
 """)
 
 
-def test_the_convert_dialog_offers_to_remove_leftovers_of_dead_runs(qtbot, window, load, st_folder, tmp_path,
-                                                                     monkeypatch):
+@pytest.mark.parametrize("dialog", ["convert", "merge"])  # both dialogs that write an output folder
+def test_the_output_dialogs_offer_to_remove_leftovers_of_dead_runs(qtbot, window, load, st_folder, tmp_path,
+                                                                   monkeypatch, dialog):
     out = tmp_path / "out"
     out.mkdir()
     r = subprocess.run([sys.executable, "-c", DEAD_RUN, str(out)], capture_output=True, text=True, check=True)
@@ -99,7 +102,7 @@ def test_the_convert_dialog_offers_to_remove_leftovers_of_dead_runs(qtbot, windo
 
     monkeypatch.setattr(fsutil, "dead_partials", recording)
     load(window, st_folder)
-    dlg = window.conversion.convert_dialog()
+    dlg = getattr(window.conversion, f"{dialog}_dialog")()
     note = dlg.leftovers
     with qtbot.waitSignal(note.scanned, timeout=LOAD_TIMEOUT, check_params_cb=lambda found: len(found) == 3):
         dlg.out_dir.setText(str(out))
@@ -113,33 +116,6 @@ def test_the_convert_dialog_offers_to_remove_leftovers_of_dead_runs(qtbot, windo
     assert sorted(p.name for p in out.iterdir()) == [live.name]
     assert not note.isVisibleTo(dlg)
     assert threads and not any(threads)  # scanned and removed on a worker, never on the GUI thread
-
-    with qtbot.waitSignal(note.scanned, timeout=LOAD_TIMEOUT, check_params_cb=lambda found: found == []):
-        dlg.out_dir.setText(str(tmp_path))  # a folder without leftovers: no note
-    assert not note.isVisibleTo(dlg)
-    dlg.reject()
-
-
-def test_the_lora_dialog_offers_to_remove_leftovers_of_dead_runs(qtbot, window, load, st_folder, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    r = subprocess.run([sys.executable, "-c", DEAD_RUN, str(out)], capture_output=True, text=True, check=True)
-    total = 3000 + 2000 + int(r.stdout)
-    live = out / fsutil.partial_name("Live-merged")  # a run of this (live) process: never offered
-    live.mkdir()
-    load(window, st_folder)
-    dlg = window.conversion.merge_dialog()
-    note = dlg.leftovers
-    with qtbot.waitSignal(note.scanned, timeout=LOAD_TIMEOUT, check_params_cb=lambda found: len(found) == 3):
-        dlg.out_dir.setText(str(out))
-    assert note.isVisibleTo(dlg)
-    assert note.button.text() == f"Remove 3 leftover files ({human_bytes(total)})"
-
-    with qtbot.waitSignal(note.removed, timeout=LOAD_TIMEOUT) as removed:
-        note.button.click()
-    assert removed.args == [3, total]
-    assert sorted(p.name for p in out.iterdir()) == [live.name]
-    assert not note.isVisibleTo(dlg)
 
     with qtbot.waitSignal(note.scanned, timeout=LOAD_TIMEOUT, check_params_cb=lambda found: found == []):
         dlg.out_dir.setText(str(tmp_path))  # a folder without leftovers: no note
