@@ -202,24 +202,27 @@ class Worker(QObject):
                 if task is not None:
                     task.cancel_event.set()
                 self._current = None
-                _deliver(self.error, _error_text(failure))
-                self.finished.emit()
+                self._end_with_error(_error_text(failure))
 
     @Slot(int, object)
     def _on_result(self, job_id: int, value: object) -> None:
         if job_id == self._current:
             self._current = None
             failure = _deliver(self.result, value)
-            if failure is not None:  # a result handler failed: the job's owner hears it as an error
-                _deliver(self.error, _error_text(failure))
-            self.finished.emit()
+            if failure is None:
+                self.finished.emit()
+            else:  # a result handler failed: the job's owner hears it as an error
+                self._end_with_error(_error_text(failure))
+
+    def _end_with_error(self, message: str) -> None:
+        _deliver(self.error, message)
+        self.finished.emit()
 
     @Slot(int, str)
     def _on_error(self, job_id: int, message: str) -> None:
         if job_id == self._current:
             self._current = None
-            _deliver(self.error, message)
-            self.finished.emit()
+            self._end_with_error(message)
 
     @Slot(int)
     def _on_cancelled(self, job_id: int) -> None:

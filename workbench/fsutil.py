@@ -405,7 +405,8 @@ def _busy(path: Path, target: Path) -> WorkbenchError:
 _FSYNC_FLAGS = os.O_RDWR if os.name == "nt" else os.O_RDONLY  # Windows commits only files open for writing
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder) -> None:
+    """fsync a folder (its entries: a rename into it becomes durable)."""
     with contextlib.suppress(OSError):  # some file systems cannot fsync a folder
         dfd = os.open(folder, os.O_RDONLY)
         try:
@@ -455,7 +456,7 @@ def atomic_write_path(path, *, overwrite: bool = True) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        _fsync_dir(target.parent)  # make the rename durable too
+        fsync_dir(target.parent)  # make the rename durable too
 
 
 @contextlib.contextmanager
@@ -497,8 +498,4 @@ def fsync_tree(folder) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(root))
-
-
-def fsync_dir(folder) -> None:
-    _fsync_dir(Path(folder))
+        fsync_dir(root)
