@@ -66,7 +66,7 @@ def worker(args) -> None:
     import numpy as np
 
     from workbench.formats import open_model
-    from workbench.infer.weights import load_engine
+    from workbench.infer.engines import load_engine
     from workbench.plan import Plan
     from workbench.progress import run
 

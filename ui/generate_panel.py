@@ -108,7 +108,7 @@ def generate_job(model: Model, level, key, cache: EngineCache, tokenizer, prompt
     from workbench.infer.compare import resolve_level
     from workbench.infer.generate import detect_repetition, generate
     from workbench.infer.tokenizer import load_tokenizer
-    from workbench.infer.weights import load_engine
+    from workbench.infer.engines import load_engine
 
     with cache.run_lock:
         if cancel():

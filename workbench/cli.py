@@ -354,7 +354,7 @@ def cmd_generate(args) -> int:
 
     from .infer.generate import detect_repetition, generate
     from .infer.tokenizer import load_tokenizer
-    from .infer.weights import load_engine
+    from .infer.engines import load_engine
 
     plan = _preset(args.type)
     model = _open(args.model, args)

@@ -11,7 +11,7 @@ from workbench.errors import WorkbenchError
 from workbench.formats import open_model
 from workbench.infer.generate import Token, detect_repetition, generate, generate_text, prompt_ids
 from workbench.infer.sampling import probabilities, sample
-from workbench.infer.weights import load_engine
+from workbench.infer.engines import load_engine
 from workbench.progress import run
 
 DATA = Path(__file__).parent / "data" / "infer"

@@ -9,7 +9,8 @@ import pytest
 from fetch_models import real_model
 from workbench.formats import open_model
 from workbench.infer.bert import BertEncoder, erf, gelu
-from workbench.infer.weights import load_engine, load_weights
+from workbench.infer.engines import load_engine
+from workbench.infer.weights import load_weights
 from workbench.progress import run
 
 DATA = Path(__file__).parent / "data" / "infer" / "bert"

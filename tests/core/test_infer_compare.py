@@ -60,7 +60,7 @@ class StubEngine:
 @pytest.mark.parametrize("mode", ["exact", "llama-cpu"])
 def test_perplexity_of_hand_made_logits(monkeypatch, mode):
     """Windows of 64: positions 32..62 are scored (16 even, 15 odd), each against the token after it."""
-    import workbench.infer.weights as W
+    import workbench.infer.engines as W
     from workbench.progress import Progress
 
     v = 128

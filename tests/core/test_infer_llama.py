@@ -17,7 +17,8 @@ from workbench import kernels
 from workbench.errors import Cancelled, UnsupportedError, WorkbenchError
 from workbench.formats import open_model
 from workbench.infer.llama import LlamaEngine, rope_inv_freq
-from workbench.infer.weights import load_engine, load_weights
+from workbench.infer.engines import load_engine
+from workbench.infer.weights import load_weights
 from workbench.progress import run
 
 DATA = Path(__file__).parent / "data" / "infer"

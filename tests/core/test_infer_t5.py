@@ -15,7 +15,7 @@ import pytest
 import convert_fixtures as cf
 from workbench import WorkbenchError, open_model
 from workbench.convert import convert_hf_to_gguf
-from workbench.infer import t5, weights
+from workbench.infer import engines, t5, weights
 from workbench.infer.base import Engine
 from workbench.infer.t5 import T5Engine, relative_position_bucket
 from workbench.progress import run
@@ -230,7 +230,7 @@ def test_load_engine_builds_the_t5_engine_at_each_level(name):
     ref = np.load(DATA / name / "reference.npz")
     err = {}
     for plan in (None, "Q8_0", "Q4_0"):
-        e = run(weights.load_engine(DATA / name, plan))
+        e = run(engines.load_engine(DATA / name, plan))
         assert isinstance(e, T5Engine)
         logits = e.score(ref["input_ids"], ref["decoder_ids"])
         err[plan] = float(np.abs(logits - ref["logits"]).mean())

@@ -9,7 +9,7 @@ import pytest
 from workbench import open_model
 from workbench.infer.generate import detect_repetition, generate_text
 from workbench.infer.tokenizer import load_tokenizer
-from workbench.infer.weights import load_engine
+from workbench.infer.engines import load_engine
 from workbench.plan import Plan
 from workbench.progress import run
 from ui.generate_panel import GeneratePanel
@@ -86,7 +86,7 @@ def test_output_streams_and_ends_equal_to_the_core(qtbot, make_panel, tiny, monk
 
 
 def test_the_engine_is_cached_per_level_and_dropped_with_the_model(qtbot, make_panel, tiny, st_folder, monkeypatch):
-    import workbench.infer.weights as weights
+    import workbench.infer.engines as weights
 
     loads = []
     real = weights.load_engine

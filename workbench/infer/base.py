@@ -17,7 +17,7 @@ Optional extras an engine may offer (callers check with ``getattr``): ``max_posi
 it can hold; :func:`~workbench.infer.generate.generate` stops there), ``cache_nbytes()`` (bytes of its KV
 cache), and ``iter_score(ids, chunk)`` (the logits of :meth:`Engine.score` as consecutive chunks of
 positions, so long texts are scored in bounded memory).  Engines are built by
-:func:`workbench.infer.weights.load_engine` from :class:`~workbench.infer.weights.Weights`.
+:func:`workbench.infer.engines.load_engine` from :class:`~workbench.infer.weights.Weights`.
 """
 from __future__ import annotations
 

@@ -223,7 +223,8 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
     """
     from ..formats import open_model
     from .tokenizer import load_tokenizer
-    from .weights import load_engine, model_arch
+    from .engines import load_engine
+    from .weights import model_arch
 
     if eval_mode not in EVAL_MODES:
         raise WorkbenchError(f"unknown evaluation {eval_mode!r}", hint="Use one of: " + ", ".join(EVAL_MODES))

@@ -155,7 +155,7 @@ class LlamaEngine:
     """Decoder-only llama-family model implementing :class:`~workbench.infer.base.Engine`.
 
     ``consume=True`` lets the engine take the tensors out of ``weights.tensors`` as it repacks them (fused
-    q/k/v and gate/up matrices), so building it does not hold the model twice; :func:`load_engine` does so.
+    q/k/v and gate/up matrices), so building it does not hold the model twice; :func:`~workbench.infer.engines.load_engine` does so.
     """
 
     is_encoder_decoder = False
