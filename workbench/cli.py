@@ -356,8 +356,13 @@ def cmd_generate(args) -> int:
     from .infer.tokenizer import load_tokenizer
     from .infer.engines import load_engine
 
+    from .infer.weights import model_arch
+
     plan = _preset(args.type)
     model = _open(args.model, args)
+    if model_arch(model) == "bert":  # refused from the metadata, before any weight or tokenizer is read
+        raise WorkbenchError("this model is an encoder: it makes sentence embeddings, not text", path=model.path,
+                             hint="Generate with a decoder (llama, mistral, qwen2, qwen3, gemma, phi3...) or t5 model.")
     bar = _bar(args)
     try:
         if args.plan:
@@ -368,9 +373,6 @@ def cmd_generate(args) -> int:
         engine = run(load_engine(model, plan), bar)
     finally:
         bar.close()
-    if not hasattr(engine, "start"):
-        raise WorkbenchError("this model is an encoder: it makes sentence embeddings, not text", path=model.path,
-                             hint="Generate with a llama-family, qwen2 or t5 model.")
     ids: list[int] = []
     t0 = time.perf_counter()
     for tok in generate(engine, tokenizer, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,

@@ -398,3 +398,29 @@ def test_warnings_reach_the_user(tmp_path, gguf_file, monkeypatch, capsys):
     monkeypatch.setattr(cli, "iter_open_model", logs)
     assert main(["inspect", str(src), "-q"]) == 0
     assert capsys.readouterr().err == "warning: odd alignment 7\n"
+
+
+@pytest.mark.parametrize("command, kind", [("generate", "adapter"), ("compare", "adapter"), ("generate", "encoder")])
+def test_run_commands_refuse_what_the_engine_cannot_run_before_reading_anything(tmp_path, monkeypatch, capsys,
+                                                                                command, kind):
+    from builders import build_peft_adapter
+    import workbench.infer.tokenizer as tokenizer
+    import workbench.infer.weights as weights
+
+    def must_not_run(*a, **k):
+        raise AssertionError("read weights or tokenizer before refusing")
+
+    monkeypatch.setattr(tokenizer, "load_tokenizer", must_not_run)
+    monkeypatch.setattr(weights, "load_weights", must_not_run)
+    if kind == "adapter":
+        path = tmp_path / "adapter"
+        build_peft_adapter(path)
+        want = ["PEFT LoRA adapter", "merge-lora", "lora-to-gguf"]
+    else:
+        path = Path(__file__).parent / "data" / "infer" / "bert"
+        want = ["encoder", "sentence embeddings"]
+    args = [command, str(path)] + (["--prompt", "hi"] if command == "generate" else ["--levels", "Q8_0"])
+    assert main(args) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning: ")]
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert all(w in err[0] for w in want), err[0]

@@ -60,7 +60,13 @@ class Weights:
 
 
 def model_arch(model: Model) -> str:
-    """The engine architecture of a model ("llama", "qwen2", "bert", "t5"), or an UnsupportedError."""
+    """The engine architecture of a model ("llama", "qwen2", "bert", "t5"), or an UnsupportedError.
+
+    Decided from the metadata alone, before any weight or tokenizer is read."""
+    if model.format == "peft":
+        raise UnsupportedError("this is a PEFT LoRA adapter, not a model the engine can run", path=model.path,
+                               hint="Merge it into its base model with `workbench merge-lora`, or write a GGUF LoRA "
+                               "for llama.cpp with `workbench lora-to-gguf`.")
     if model.format == "gguf":
         arch = gguf_to_hf.gguf_arch(model)
     else:
