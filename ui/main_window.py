@@ -460,6 +460,9 @@ class MainWindow(QMainWindow):
                 self.plan.set_model(model)
             except WorkbenchError as exc:
                 self.statusBar().showMessage(f"No quantization plan for this model: {exc}", 8000)
+                self.plan_bar.show_unavailable(
+                    "A LoRA adapter has no quantization plan: use Tools ▸ Merge LoRA… or LoRA to GGUF…"
+                    if model.format == "peft" else f"No quantization plan: {exc.message}")
         self.tree.set_plan(self.plan.plan, self.plan.set_types)
         self.compare_view.set_model(model, self.plan_bar.preset_sizes)
         self.generate_panel.set_model(model, self.plan_bar.preset_sizes)

@@ -125,3 +125,10 @@ class PlanBar(QWidget):
         if plan is not None and plan.overrides:
             parts.append(f"{len(plan.overrides)} override{'s' if len(plan.overrides) != 1 else ''}")
         self.detail.setText(("+ " + ", ".join(parts)) if parts else "")
+        self.detail.setToolTip("Rules and overrides on top of the preset (Edit ▸ Rules…, or the Plan column)")
+
+    def show_unavailable(self, reason: str) -> None:
+        """No plan for this model (e.g. a LoRA adapter): say why where the plan's details would be."""
+        self.show_plan(None)
+        self.detail.setText(reason)
+        self.detail.setToolTip(reason)

@@ -22,7 +22,7 @@ from gguf import LlamaFileType as FT
 
 from .archs import gguf_arch, to_gguf_name
 from .dtypes import block_info, is_quantized
-from .errors import WorkbenchError, quote
+from .errors import UnsupportedError, WorkbenchError, quote
 from .model import Model
 
 # preset -> (llama file type, default ggml type)
@@ -288,6 +288,10 @@ class Plan:
     has_imatrix: bool = False
 
     def __post_init__(self) -> None:
+        if self.model.format == "peft":  # LoRA factors are not weights to quantize
+            raise UnsupportedError("a PEFT LoRA adapter has no quantization plan", path=self.model.path,
+                                   hint="Merge it into its base model (`workbench merge-lora`, with --type to "
+                                   "quantize), or write a GGUF LoRA (`workbench lora-to-gguf`).")
         self.facts = ModelFacts.from_model(self.model)
         self._entries: list[PlanEntry] | None = None
         self.validate()

@@ -424,3 +424,12 @@ def test_run_commands_refuse_what_the_engine_cannot_run_before_reading_anything(
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning: ")]
     assert len(err) == 1 and err[0].startswith("error: ")
     assert all(w in err[0] for w in want), err[0]
+
+
+def test_plan_refuses_a_lora_adapter(tmp_path, capsys):
+    from builders import build_peft_adapter
+
+    build_peft_adapter(tmp_path / "adapter")
+    assert main(["plan", str(tmp_path / "adapter")]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and "has no quantization plan" in err[0] and "merge-lora" in err[0]

@@ -253,3 +253,13 @@ def test_metadata_group_row_counts(qtbot, window, load, demo_path):
     assert g.siblingAtColumn(VALUE).data() == f"{meta.proxy.rowCount(g)} keys"
     assert meta.view.isExpanded(g)
     assert not meta.proxy.parent(g).isValid() and meta.proxy.parent(QModelIndex()) == QModelIndex()
+
+
+def test_a_lora_adapter_gets_no_plan_and_the_plan_bar_says_why(qtbot, window, load, peft_folder, st_folder):
+    load(window, peft_folder)
+    assert window.plan.plan is None
+    bar = window.plan_bar
+    assert not bar.preset.isEnabled() and not bar.analyze_button.isEnabled()
+    assert "LoRA adapter has no quantization plan" in bar.detail.text() and "Merge LoRA" in bar.detail.text()
+    load(window, st_folder)  # positive control: a model gets its plan and the note goes away
+    assert window.plan.plan is not None and bar.preset.isEnabled() and "LoRA" not in bar.detail.text()
