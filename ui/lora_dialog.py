@@ -54,6 +54,8 @@ class Inputs:
     summary: list[tuple[str, str]] = field(default_factory=list)  # (key, value text) of the adapter
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    match: str = ""  # "12 LoRA modules match the base" when the pair was checked and fits
+    found_base: str = ""  # the base found from the adapter's base_model_name_or_path (no base path given)
 
 
 def _buddy(text: str, buddy: QWidget, parent: QWidget) -> QLabel:
@@ -87,6 +89,8 @@ def read_inputs(base_path: str, adapter_path: str) -> Inputs:
                 entries = {e.key: e for e in adapter.metadata.get("adapter", [])}
                 out.summary = [(k, _value_text(entries[k].value)) for k in SUMMARY_KEYS if k in entries]
                 out.warnings += adapter.warnings
+    if not base_path and out.adapter is not None:
+        base_path = out.found_base = _find_base(out.adapter)
     if base_path:
         try:
             base = open_model(base_path)
@@ -98,7 +102,31 @@ def read_inputs(base_path: str, adapter_path: str) -> Inputs:
                                   "folder (safetensors or .bin) the adapter was trained on.")
             else:
                 out.base = base
+    if out.base is not None and out.adapter is not None:
+        from workbench.convert.lora import check_merge
+
+        try:
+            out.match = check_merge(out.base, out.adapter)
+        except WorkbenchError as exc:
+            out.errors.append(f"Base and adapter do not match: {exc.message}")
     return out
+
+
+def _find_base(adapter: Model) -> str:
+    """The adapter's ``base_model_name_or_path``: a local folder, or that repository in the Hugging Face cache."""
+    from workbench.hfcache import find_cached_folder
+
+    entries = {e.key: e.value for e in adapter.metadata.get("adapter", [])}
+    name = entries.get("base_model_name_or_path")
+    if not isinstance(name, str) or not name.strip():
+        return ""
+    local = Path(os.path.expanduser(name.strip()))
+    if not local.is_absolute():
+        local = adapter.path / local
+    if local.is_dir():
+        return str(local)
+    found = find_cached_folder(name.strip())
+    return str(found) if found is not None else ""
 
 
 class LoraDialog(QDialog):
@@ -286,9 +314,15 @@ class LoraDialog(QDialog):
 
     def _on_inputs(self, inputs: Inputs) -> None:
         self.inputs = inputs
-        if inputs.summary:
+        if inputs.found_base and not self.base.text().strip():
+            self.base.blockSignals(True)  # already read with this base: no second read
+            self.base.setText(inputs.found_base)
+            self.base.blockSignals(False)
+            self.base.setToolTip(f"Found from the adapter's base_model_name_or_path: {inputs.found_base}")
+        summary = list(inputs.summary) + ([("base match", "✓ " + inputs.match)] if inputs.match else [])
+        if summary:
             rows = "".join(f"<tr><td style='padding-right:10px'>{_esc(k)}</td><td>{_esc(v)}</td></tr>"
-                           for k, v in inputs.summary)
+                           for k, v in summary)
             self.summary.setText(f"<table>{rows}</table>")
         else:
             self.summary.setText("")

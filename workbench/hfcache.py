@@ -135,3 +135,21 @@ def scan_hub_cache(cache: str | os.PathLike | None = None, all_revisions: bool =
     yield Progress(len(repos_paths), len(repos_paths), "Hugging Face cache scanned")
     found.sort(key=lambda m: (-m.mtime, m.repo_id, str(m.path)))
     return found
+
+
+def find_cached_folder(repo_id: str, cache: str | os.PathLike | None = None) -> Path | None:
+    """The snapshot folder of ``repo_id`` ("org/name") in the hub cache when it holds a model folder (the one
+    ``refs/main`` names, else the newest), or None.  Looks at that repository only."""
+    if not isinstance(repo_id, str) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id) or ".." in repo_id:
+        return None
+    repo = (Path(cache) if cache is not None else hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+    try:
+        snapshots = [Path(e.path) for e in os.scandir(repo / "snapshots") if e.is_dir()]
+    except OSError:
+        return None
+    ref = _ref_revision(repo)
+    snapshots.sort(key=lambda s: (s.name != ref, -(_stat(s).st_mtime if _stat(s) else 0.0)))
+    for snap in snapshots:
+        if any(m.kind == "folder" for m in scan_snapshot(repo_id, snap)):
+            return snap
+    return None

@@ -105,3 +105,20 @@ def test_repo_ids():
     assert repo_id_from_dir("models--org--name") == "org/name"
     assert repo_id_from_dir("models--gpt2") == "gpt2"
     assert repo_id_from_dir("datasets--org--x") is None and repo_id_from_dir("models--") is None
+
+
+def test_find_cached_folder_names_the_snapshot_refs_main_points_at(tmp_path):
+    from builders import build_hf_folder
+    from workbench.hfcache import find_cached_folder
+
+    repo = tmp_path / "models--org--tiny"
+    for rev in ("old111", "new222"):
+        build_hf_folder(repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("old111")
+    assert find_cached_folder("org/tiny", tmp_path) == repo / "snapshots" / "old111"
+    (repo / "refs" / "main").write_text("gone")  # a dangling ref: any snapshot holding a model
+    assert find_cached_folder("org/tiny", tmp_path).parent == repo / "snapshots"
+    (tmp_path / "models--org--empty" / "snapshots" / "x").mkdir(parents=True)
+    for missing in ("org/empty", "org/absent", "../org/tiny", "org/../tiny", "/etc", "", None, 3):
+        assert find_cached_folder(missing, tmp_path) is None, missing

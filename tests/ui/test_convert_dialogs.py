@@ -406,3 +406,49 @@ def test_browse_sets_the_output_folder(qtbot, win, load, llama_folder, tmp_path,
         browse.click()
         assert picked[-1] == before and dlg.out_dir.text() == str(tmp_path / "chosen")
         dlg.reject()
+
+
+def test_lora_dialog_checks_the_pair_before_merge_is_enabled(qtbot, llama_folder, adapter_folder, tmp_path):
+    from builders import write_safetensors
+
+    base, _ = llama_folder
+    adapter, tensors = adapter_folder
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    dlg = LoraDialog(workbench.open_model(adapter), settings, MERGE)
+    qtbot.addWidget(dlg)
+    dlg.out_dir.setText(str(tmp_path / "out"))
+    with qtbot.waitSignal(dlg.inputs_read, timeout=JOB_TIMEOUT):
+        dlg.set_paths(base=base, adapter=adapter)
+    assert "4 LoRA modules match the base" in dlg.summary.text() and dlg.ok.isEnabled()  # positive control
+    bad = tmp_path / "bad-adapter"  # trained on another shape: lora_B gives 48 rows where q_proj has 64
+    shutil.copytree(adapter, bad)
+    wrong = dict(tensors)
+    name = "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"
+    wrong[name] = np.ones((48, 4), np.float32)
+    write_safetensors(bad / "adapter_model.safetensors", {k: ("F32", v) for k, v in wrong.items()})
+    with qtbot.waitSignal(dlg.inputs_read, timeout=JOB_TIMEOUT):
+        dlg.set_paths(adapter=bad)
+    msg = dlg.message.text()
+    assert not dlg.ok.isEnabled() and "do not match" in msg and "layers.1.self_attn.q_proj" in msg and "48" in msg
+    dlg.reader.shutdown()
+
+
+def test_lora_dialog_finds_the_base_in_the_hugging_face_cache(qtbot, adapter_folder, tmp_path, monkeypatch):
+    adapter, _ = adapter_folder
+    hub = tmp_path / "hub"
+    snap = hub / "models--org--tiny-llama" / "snapshots" / "abc123"
+    build_hf_folder(snap)
+    (hub / "models--org--tiny-llama" / "refs").mkdir()
+    (hub / "models--org--tiny-llama" / "refs" / "main").write_text("abc123")
+    named = tmp_path / "named-adapter"
+    shutil.copytree(adapter, named)
+    cfg = json.loads((named / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "org/tiny-llama"
+    (named / "adapter_config.json").write_text(json.dumps(cfg))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    dlg = LoraDialog(workbench.open_model(named), settings, MERGE)
+    qtbot.addWidget(dlg)
+    qtbot.waitUntil(lambda: dlg.inputs is not None, timeout=JOB_TIMEOUT)
+    assert dlg.base.text() == str(snap) and "match the base" in dlg.summary.text()
+    dlg.reader.shutdown()

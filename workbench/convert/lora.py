@@ -294,11 +294,7 @@ def merge_lora(base, adapter, out, *, to: str = "hf", plan_or_preset=None, dtype
                 os.fsync(f.fileno())
         if index_name:
             _write_text(tmp / index_name, _json(export._index(list(zip(shard_files, shards)))))
-        for name, content in side.items():
-            if isinstance(content, Path):
-                shutil.copyfile(content, tmp / name)
-            else:
-                _write_text(tmp / name, content)
+        export.write_side_files(tmp, side)  # sentence-transformers module folders too (1_Pooling/...)
         _check_cancel(cancel)
         export._commit(tmp, out_dir, names, stale)
     message = f"Merge finished: {n_merged} LoRA modules merged"
@@ -308,3 +304,26 @@ def merge_lora(base, adapter, out, *, to: str = "hf", plan_or_preset=None, dtype
         message += "; warnings: " + "; ".join(warnings)
     yield Progress(total, total, message, warnings=tuple(warnings))
     return [out_dir / n for n in names]
+
+
+def check_merge(base, adapter) -> str:
+    """From the headers alone: can ``adapter`` be merged into the Hugging Face model ``base``?
+
+    Checks the adapter's config, that every LoRA module and modules_to_save tensor has its base tensor, and
+    every shape.  Returns a one-line summary ("12 LoRA modules match the base"); raises the
+    :class:`WorkbenchError` :func:`merge_lora` would raise, before any weight is read."""
+    from ..formats import hf
+
+    base_m, adapter_m = _open(base), _open(adapter)
+    if adapter_m.format != "peft":
+        raise WorkbenchError("this is not a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)",
+                             path=adapter_m.path)
+    cfg = hf.load_json(adapter_m.path / "adapter_config.json")
+    _config_warnings(cfg)
+    items = _plan(base_m, adapter_m, cfg, None)
+    n_merged = sum(1 for it in items if it.delta is not None)
+    n_replaced = sum(1 for it in items if it.replace is not None)
+    if not n_merged and not n_replaced:
+        raise WorkbenchError("the adapter has no LoRA weights", path=adapter_m.path)
+    text = f"{n_merged} LoRA module{'s' if n_merged != 1 else ''} match the base"
+    return text + (f"; {n_replaced} tensors replaced (modules_to_save)" if n_replaced else "")
