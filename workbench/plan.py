@@ -95,7 +95,33 @@ def allows_quantization(gname: str, shape: tuple[int, ...]) -> bool:
     return not any(s in gname for s in _NEVER)
 
 
+# tensors convert_hf_to_gguf writes in F32 whatever the output type (ModelBase.prepare_tensors)
+_CONVERTER_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "ssm_conv1d", "shortconv.conv.weight",
+                  "time_mix_first.weight", "time_mix_w1.weight", "time_mix_w2.weight", "time_mix_decay_w1.weight",
+                  "time_mix_decay_w2.weight", "time_mix_lerp_fused.weight", "_norm.weight")
+
+
+def converter_keeps_f32(gname: str) -> bool:
+    return gname in ("position_embd.weight", "token_types.weight") or any(s in gname for s in _CONVERTER_F32)
+
+
 _BLK = re.compile(r"^blk\.(\d+)\.")
+# one expert's matrix in a Hugging Face MoE checkpoint (qwen3moe ``mlp.experts.5.down_proj.weight``, mixtral
+# ``block_sparse_moe.experts.5.w2.weight``): the converter stacks them into one 3-D GGUF tensor
+_HF_EXPERT = re.compile(r"^(.*\.experts)\.\d+\.(\w+)\.weight$")
+
+
+def plan_gguf_name(name: str, arch: str | None, n_blocks: int) -> str:
+    """The GGUF name a tensor is planned under: gguf-py's name, and for one expert of a Hugging Face MoE layer the
+    stacked ``blk.N.ffn_{gate,up,down}_exps.weight`` it becomes (each expert gets that tensor's type)."""
+    gname = to_gguf_name(name, arch, n_blocks)
+    m = _HF_EXPERT.match(name) if gname == name else None
+    if m is not None:
+        stacked = f"{m.group(1)}.{m.group(2)}"
+        merged = to_gguf_name(stacked, arch, n_blocks)
+        if merged != stacked:
+            return merged + ".weight"
+    return gname
 
 
 def loader_order(gname: str) -> tuple[int, bytes]:
@@ -388,7 +414,7 @@ class Plan:
     def _resolve(self) -> list[PlanEntry]:
         facts = self.facts
         infos = self.model.tensors
-        gnames = {t.name: to_gguf_name(t.name, facts.arch, facts.n_layer) for t in infos}
+        gnames = {t.name: plan_gguf_name(t.name, facts.arch, facts.n_layer) for t in infos}
         tied = "output.weight" not in gnames.values()
         n_attn_v = sum(1 for g in gnames.values() if category(g) in ("attn_v", "attn_qkv", "attn_kv_b"))
         cnt = _Counters(n_attn_v, facts.n_layer)
@@ -404,9 +430,11 @@ class Plan:
                 if override is not None:
                     qtype, reason = override, "override"
                 else:
-                    # kept as stored, except 1-D float tensors (norms, biases), which GGUF keeps in F32
+                    # kept as stored, except 1-D float tensors (norms, biases), which GGUF keeps in F32, and from
+                    # a Hugging Face checkpoint the tensors llama.cpp's converter always writes in F32 (the router)
                     floaty = info.dtype in ("F16", "BF16", "F32")
-                    qtype = "F32" if floaty and ggml_n_dims(shape) < 2 else info.dtype
+                    to_f32 = ggml_n_dims(shape) < 2 or (self.model.format != "gguf" and converter_keeps_f32(g))
+                    qtype = "F32" if floaty and to_f32 else info.dtype
                     reason = "not quantized"
                 qtype = fallback(qtype, shape) if is_quantized(qtype) else qtype
                 by_name[info.name] = PlanEntry(info.name, g, shape, info.dtype, qtype, reason, tensor_nbytes(qtype, shape))
@@ -478,10 +506,10 @@ class Plan:
 
         Use it with the preset's file type: ``llama-quantize --tensor-type-file plan.txt in.gguf out.gguf Q4_K_M``.
         """
-        lines = []
+        lines = {}  # the experts of a Hugging Face MoE layer share their stacked tensor's line
         for e in sorted(self.entries, key=lambda e: e.gguf_name):
             if allows_quantization(e.gguf_name, e.shape) and is_quantized(e.type):
-                lines.append(f"^{re.escape(e.gguf_name)}$={e.type.lower()}")
+                lines[f"^{re.escape(e.gguf_name)}$={e.type.lower()}"] = None
         return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import PLAN_MODELS, plan_case_tensors, shape_only_llama, shape_only_model
+from builders import PLAN_MODELS, shape_only_llama
+from plan_arch_cases import case_model, case_tensors
 
 from workbench import WorkbenchError
 from workbench.plan import PRESETS, Plan, use_more_bits
@@ -158,8 +159,8 @@ def test_presets_equal_llama_quantize(case):
     shapes, an imatrix, 80-layer models (llama.cpp's "70B" rule), 8 experts and experts with a shared expert."""
     recorded = PARITY["cases"][case]
     spec, decode = recorded["spec"], {c: t for t, c in PARITY["codes"].items()}
-    model = shape_only_model(case, spec)
-    names = [n for n, _s, _d in plan_case_tensors(spec)]
+    model = case_model(case, spec)
+    names = [n for n, _s, _d in case_tensors(spec)]
     mismatches = []
     for preset, codes in recorded["types"].items():
         assert len(codes) == len(names)
@@ -176,7 +177,7 @@ def test_parity_cases_reach_the_rules_beyond_llama_shapes():
 
     def recorded(case, preset, name):
         spec = PARITY["cases"][case]["spec"]
-        names = [n for n, _s, _d in plan_case_tensors(spec)]
+        names = [n for n, _s, _d in case_tensors(spec)]
         return decode[PARITY["cases"][case]["types"][preset][names.index(name)]]
 
     assert recorded("llama80-gqa4-70b", "Q4_K_M", "blk.11.attn_v.weight") == "Q5_K"  # Q4_K raised for 70B
@@ -189,3 +190,71 @@ def test_parity_cases_reach_the_rules_beyond_llama_shapes():
     # with a shared expert, layer 1's ffn_down tensors are the 3rd and 4th: a counter would call them layer 2/3
     assert recorded("qwen2moe16-4x-shexp-imatrix", "Q4_0", "blk.1.ffn_down_shexp.weight") == "Q4_1"
     assert recorded("qwen2moe16-4x-shexp-imatrix", "Q4_0", "blk.2.ffn_down_exps.weight") == "Q4_0"
+
+
+def _recorded(case: str, preset: str, name: str) -> str:
+    decode = {c: t for t, c in PARITY["codes"].items()}
+    spec = PARITY["cases"][case]["spec"]
+    names = [n for n, _s, _d in case_tensors(spec)]
+    return decode[PARITY["cases"][case]["types"][preset][names.index(name)]]
+
+
+def test_parity_cases_reach_the_rules_of_issue_14_architectures():
+    """The gemma3/gemma2/qwen3/qwen3moe/phi3 cases (converter layouts, tests/plan_arch_cases.py) exercise the
+    tied-embedding, expert, router, fused-qkv and longrope rules llama-quantize applies."""
+    # tied embeddings: token_embd gets the output rule (Q8_0 on rows of 640, Q6_K on rows of 256)
+    assert _recorded("gemma3-270m", "Q4_K_M", "token_embd.weight") == "Q8_0"
+    assert _recorded("gemma3-4b", "Q4_K_M", "token_embd.weight") == "Q6_K"
+    assert _recorded("qwen3-8b", "Q4_K_M", "token_embd.weight") == "Q4_K"  # untied: the base type
+    assert _recorded("gemma3-270m", "Q4_K_M", "blk.3.attn_q_norm.weight") == "F32"
+    assert _recorded("gemma3-270m", "Q4_K_M", "blk.3.post_ffw_norm.weight") == "F32"
+    # exactly 8 experts: attn_k / attn_v Q8_0, attn_output Q5_K; 16 experts: none of these
+    assert _recorded("qwen3moe-8x", "Q4_K_M", "blk.5.attn_k.weight") == "Q8_0"
+    assert _recorded("qwen3moe-8x", "Q4_K_M", "blk.5.attn_v.weight") == "Q8_0"
+    assert _recorded("qwen3moe-8x", "Q4_K_M", "blk.5.attn_output.weight") == "Q5_K"
+    assert _recorded("qwen3moe-16x-imatrix", "Q4_K_M", "blk.5.attn_k.weight") == "Q4_K"
+    assert _recorded("qwen3moe-16x-imatrix", "Q4_K_M", "blk.5.attn_output.weight") == "Q4_K"
+    # the router stays F32; 3-D expert tensors are planned, ffn_down_exps by the layer in its name
+    assert _recorded("qwen3moe-8x", "Q4_K_M", "blk.5.ffn_gate_inp.weight") == "F32"
+    assert _recorded("qwen3moe-8x", "Q4_K_M", "blk.4.ffn_down_exps.weight") == "Q6_K"  # use_more_bits(4, 16)
+    assert _recorded("qwen3moe-8x", "Q4_K_M", "blk.5.ffn_down_exps.weight") == "Q4_K"
+    assert _recorded("qwen3moe-8x", "Q4_K_M", "blk.5.ffn_up_exps.weight") == "Q4_K"
+    assert _recorded("qwen3moe-16x-imatrix", "Q4_0", "blk.1.ffn_down_exps.weight") == "Q4_1"  # first eighth
+    assert _recorded("qwen3moe-16x-imatrix", "Q4_0", "blk.2.ffn_down_exps.weight") == "Q4_0"
+    # phi3: the fused attn_qkv takes attn_v's rules and counter; GQA >= 4 raises it at Q2_K
+    assert _recorded("phi3-mini-128k", "Q4_K_M", "blk.6.attn_qkv.weight") == "Q6_K"  # use_more_bits(6, 32)
+    assert _recorded("phi3-mini-128k", "Q4_K_M", "blk.5.attn_qkv.weight") == "Q4_K"
+    assert _recorded("phi3-mini-128k", "Q3_K_M", "blk.1.attn_qkv.weight") == "Q5_K"  # the first two
+    assert _recorded("phi3-mini-128k", "Q3_K_M", "blk.2.attn_qkv.weight") == "Q4_K"
+    assert _recorded("phi3-mini-128k", "Q2_K", "blk.2.attn_qkv.weight") == "Q3_K"  # MHA
+    assert _recorded("qwen3-8b", "Q2_K", "blk.2.attn_v.weight") == "Q4_K"  # GQA 4
+    assert _recorded("phi3-mini-128k", "Q4_K_M", "rope_factors_long.weight") == "F32"
+    assert _recorded("phi4-mini", "Q4_K_M", "token_embd.weight") == "Q6_K"
+
+
+def test_hf_moe_checkpoint_is_planned_like_its_converted_gguf():
+    """A qwen3moe Hugging Face checkpoint (one 2-D tensor per expert) gets, for every expert, the type
+    llama-quantize gives the stacked 3-D tensor of the GGUF the converter makes of it, for every preset."""
+    from plan_arch_cases import hf_moe_model, hf_moe_tensors
+
+    decode = {c: t for t, c in PARITY["codes"].items()}
+    mismatches, n = [], 0
+    for case in ("qwen3moe-8x", "qwen3moe-16x-imatrix"):
+        recorded = PARITY["cases"][case]
+        spec = recorded["spec"]
+        model = hf_moe_model(case, spec)
+        gguf_names = [g for g, _s, _d in case_tensors(spec)]
+        for preset, codes in recorded["types"].items():
+            if preset in ("F16", "BF16", "F32"):  # a float preset keeps an HF tensor's own float type
+                continue
+            expected = dict(zip(gguf_names, (decode[c] for c in codes)))
+            plan = Plan(model, preset, has_imatrix=bool(spec.get("imatrix")))
+            for hf, g, _shape in hf_moe_tensors(spec):
+                e = plan.entry(hf)
+                n += 1
+                if e.gguf_name != g or e.type != expected[g]:
+                    mismatches.append(f"{case} {preset} {hf}: ours {e.gguf_name} {e.type}, "
+                                      f"llama-quantize {expected[g]}")
+    assert n > 10000 and not mismatches, f"{len(mismatches)} of {n} differ:\n" + "\n".join(mismatches[:20])
+    text = Plan(hf_moe_model("m", PARITY["cases"]["qwen3moe-8x"]["spec"]), "Q4_K_M").tensor_type_file().split()
+    assert r"^blk\.4\.ffn_down_exps\.weight$=q6_k" in text and len(text) == len(set(text))  # one line per stack

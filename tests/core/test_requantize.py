@@ -204,25 +204,28 @@ def test_real_tiny_model(tmp_path):
 DATA = Path(__file__).parent / "data"
 REQUANT = DATA / "llama_quantize_requant.json"
 sys.path.insert(0, str(DATA))
-from make_requant_fixtures import (BUILT, IMATRIX_INPUT, REAL, build_input,  # noqa: E402
+from make_requant_fixtures import (BUILT, IMATRIX_INPUT, MOE, REAL, build_input,  # noqa: E402
                                    first_difference, imatrix_meta, imatrix_values, sha256_file, summary)
 # SmolLM2's other three presets are recorded too; one runs here to keep the suite fast (every preset passes:
 # python tests/core/data/make_requant_fixtures.py records them, the README gives the check)
 PARITY = [(name, preset) for name in ("exact-llama", "exact-llama-no-ftype-row", "tinycoder")
           for preset in ("Q8_0", "Q4_0", "Q4_K_M", "Q6_K")] + [("smollm2", "Q4_K_M")] + \
-         [(IMATRIX_INPUT + "-imatrix", preset) for preset in ("Q4_0", "Q4_K_M")]
+         [(IMATRIX_INPUT + "-imatrix", preset) for preset in ("Q4_0", "Q4_K_M")] + \
+         [(MOE, "Q8_0"), (MOE, "Q4_K_M"), (MOE + "-imatrix", "Q4_0"), (MOE + "-imatrix", "Q4_K_M")]
 
 
 @pytest.mark.parametrize("name,preset", PARITY)
 def test_requantized_file_is_byte_identical_to_llama_quantize(name, preset, tmp_path):
     """The whole file, header included (keys re-set by llama-quantize move to the end, tensors in its loader's
     order, ggml's dimension count; with an importance matrix, the quantize.imatrix.* keys), against the sha256
-    of llama-quantize --allow-requantize's output."""
+    of llama-quantize --allow-requantize's output.  qwen3moe-8x: 3-D expert tensors quantized a row block of one
+    expert at a time, with that expert's importance."""
     case = json.loads(REQUANT.read_text(encoding="utf-8"))["inputs"][name]
     expected = case["presets"][preset]
     kw = {}
-    if name == IMATRIX_INPUT + "-imatrix":
-        name, kw = IMATRIX_INPUT, {"imatrix": imatrix_values(), "imatrix_meta": imatrix_meta()}
+    if name.endswith("-imatrix"):
+        name = name.removesuffix("-imatrix")
+        kw = {"imatrix": imatrix_values(name), "imatrix_meta": imatrix_meta(name)}
     src = build_input(name, tmp_path) if name in BUILT else real_model(REAL[name])
     out = run(requantize_gguf(src, tmp_path / "out.gguf", preset, **kw))[0]
     if sha256_file(out) != expected["sha256"]:

@@ -10,7 +10,8 @@ matrix in llama-imatrix's GGUF format) and run through ``llama-quantize --dry-ru
 per-tensor types it prints are stored in tests/core/data/llama_quantize_plans.json, which
 tests/core/test_plan.py compares our presets with.  To keep the 80-layer cases small, a case's types for
 one preset are a string with one character per tensor (``CODES``), in the order of
-``builders.plan_case_tensors(spec)``.
+``plan_arch_cases.case_tensors(spec)`` (tests/builders.py's ``plan_case_tensors`` for llama/qwen2/qwen2moe,
+tests/plan_arch_cases.py's converter layouts for gemma3, gemma2, qwen3, qwen3moe and phi3).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE.parents[2])]
 
-from builders import PLAN_MODELS, plan_case_tensors, write_imatrix_gguf, write_plan_case_gguf  # noqa: E402
+from builders import PLAN_MODELS, write_imatrix_gguf  # noqa: E402
+from plan_arch_cases import case_tensors, write_case_gguf, write_expert_imatrix_gguf  # noqa: E402
 
 from workbench.plan import PRESETS  # noqa: E402
 
@@ -56,6 +58,34 @@ CASES: dict[str, dict] = {
                             "n_expert_used": 2, "shared_expert": True, **_SMALL},
     "qwen2moe16-4x-shexp-imatrix": {"arch": "qwen2moe", "n_layer": 16, "n_head": 4, "n_head_kv": 4, "n_expert": 4,
                                     "n_expert_used": 2, "shared_expert": True, "imatrix": True, **_SMALL},
+    # the architectures of issue 14, in the layouts llama.cpp's converter writes (tests/plan_arch_cases.py), with
+    # their real head/GQA/tied/depth choices and smaller widths.  gemma3 270M: rows of 640 (K-quants fall back),
+    # 4 query heads per KV head, tied embeddings (token_embd gets the output rule: Q8_0 as 640 % 256 != 0)
+    "gemma3-270m": {"arch": "gemma3", "n_layer": 18, "n_embd": 640, "n_ff": 512, "n_head": 4, "n_head_kv": 1,
+                    "head_dim": 256, "n_vocab": 512, "tied": True, "dtype": "F16"},
+    # gemma3 4B: 34 layers, GQA 2, rows of 256 (tied token_embd -> Q6_K)
+    "gemma3-4b": {"arch": "gemma3", "n_layer": 34, "n_embd": 256, "n_ff": 512, "n_head": 2, "n_head_kv": 1,
+                  "head_dim": 128, "n_vocab": 512, "tied": True, "dtype": "F16"},
+    "gemma2-2b": {"arch": "gemma2", "n_layer": 26, "n_embd": 256, "n_ff": 512, "n_head": 2, "n_head_kv": 1,
+                  "head_dim": 128, "n_vocab": 512, "tied": True, "dtype": "F16"},
+    "qwen3-0.6b": {"arch": "qwen3", "n_layer": 28, "n_embd": 256, "n_ff": 512, "n_head": 4, "n_head_kv": 2,
+                   "head_dim": 128, "n_vocab": 512, "tied": True, "dtype": "F16"},
+    "qwen3-8b": {"arch": "qwen3", "n_layer": 36, "n_embd": 256, "n_ff": 512, "n_head": 4, "n_head_kv": 1,
+                 "head_dim": 128, "n_vocab": 512, "tied": False, "dtype": "F16"},
+    # qwen3moe with exactly 8 experts: llama-quantize's 8-expert rules (attn_k/attn_v Q8_0, attn_output Q5_K)
+    "qwen3moe-8x": {"arch": "qwen3moe", "n_layer": 16, "n_embd": 256, "n_ff": 256, "n_head": 4, "n_head_kv": 1,
+                    "head_dim": 128, "n_expert": 8, "n_expert_used": 2, "n_vocab": 512, "tied": False,
+                    "dtype": "F16"},
+    # 16 experts (those rules are for == 8 only) and an imatrix: ffn_down_exps' layer comes from its name
+    "qwen3moe-16x-imatrix": {"arch": "qwen3moe", "n_layer": 16, "n_embd": 256, "n_ff": 256, "n_head": 4,
+                             "n_head_kv": 1, "head_dim": 128, "n_expert": 16, "n_expert_used": 4, "n_vocab": 512,
+                             "tied": False, "dtype": "F16", "imatrix": True},
+    # phi3 mini 128k: fused attn_qkv (MHA), ffn_up of 2 * n_ff rows, longrope factors, untied
+    "phi3-mini-128k": {"arch": "phi3", "n_layer": 32, "n_embd": 256, "n_ff": 512, "n_head": 4, "n_head_kv": 4,
+                       "head_dim": 64, "n_rot": 64, "n_vocab": 512, "tied": False, "dtype": "F16"},
+    # phi4 mini: GQA 3, partial rotary (n_rot 48), tied
+    "phi4-mini": {"arch": "phi3", "n_layer": 32, "n_embd": 256, "n_ff": 512, "n_head": 12, "n_head_kv": 4,
+                  "head_dim": 64, "n_rot": 48, "n_vocab": 512, "tied": True, "dtype": "F16"},
 }
 
 
@@ -81,7 +111,7 @@ CODES = {"F32": "f", "F16": "h", "BF16": "b", "Q8_0": "8", "Q6_K": "6", "Q5_K": 
 
 
 def encode(spec: dict, types: dict[str, str]) -> str:
-    names = [n for n, _s, _d in plan_case_tensors(spec)]
+    names = [n for n, _s, _d in case_tensors(spec)]
     if set(names) != set(types):
         raise RuntimeError(f"llama-quantize listed other tensors: {sorted(set(names) ^ set(types))[:5]}")
     return "".join(CODES[types[n]] for n in names)
@@ -93,11 +123,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, spec in CASES.items():
             path = Path(tmp) / f"{name}.gguf"
-            write_plan_case_gguf(path, spec)
+            write_case_gguf(path, spec)
             imatrix = None
             if spec.get("imatrix"):
                 imatrix = Path(tmp) / f"{name}.imatrix.gguf"
-                write_imatrix_gguf(imatrix, {n: s[-1] for n, s, _ in plan_case_tensors(spec) if "ffn_down" in n})
+                downs = {n: s for n, s, _ in case_tensors(spec) if "ffn_down" in n}
+                if any(len(s) == 3 for s in downs.values()):  # per-expert rows
+                    write_expert_imatrix_gguf(imatrix, downs)
+                else:
+                    write_imatrix_gguf(imatrix, {n: s[-1] for n, s in downs.items()})
             recorded = {}
             for preset in PRESETS:
                 types, build = dry_run(binary, path, preset, imatrix)
