@@ -1,17 +1,25 @@
 """Model analysis results: every tensor's quantization error under a plan (or several presets).
 
-The job runs on this view's worker (the status bar shows its progress and Cancel).  Results appear only
-when the whole analysis is done, so a cancelled run leaves no partial table.  Double-clicking a row
-emits ``tensor_activated(name)``.
+The job runs on this view's worker (the status bar shows its progress and Cancel).  Rows stream in as each
+tensor finishes (the job hands them over through a queue the view drains on every progress signal), with
+the count and the time left in the summary; a cancelled run keeps the rows measured so far, marked as
+partial.  Three views: *Tensors* (one row per tensor and plan), *By preset* (with several presets: a pivot,
+one row per tensor and one SNR column per preset) and *By layer* (mean SNR of each layer's tensors per plan,
+as a chart).  Double-clicking a row emits ``tensor_activated(name)``.
 """
 from __future__ import annotations
 
+import queue
+import re
 import statistics
+import time
 
 import numpy as np
+import pyqtgraph as pg
 from PySide6.QtCore import QModelIndex, Qt, Signal
-from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QTableView, QVBoxLayout, \
-    QWidget
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QTableView, \
+    QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget
 
 from workbench import Model
 from workbench.analysis import ErrorStats, analyze_plans
@@ -19,15 +27,44 @@ from workbench.plan import Plan
 
 from .error_table import ErrorStatsModel, ErrorStatsProxy
 from .formatting import human_bytes
+from .plots import curve_color, style_plot
 from .worker import Worker
+
+LAYER_RE = re.compile(r"(?:^|\.)(?:blk|layers|h|block|layer)\.(\d+)\.")
+PLAN_COLORS = [QColor(c) for c in ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                                    "#7f7f7f", "#bcbd22", "#17becf")]
 
 COLUMNS = ("plan", "tensor", "type", "bpw", "size", "rmse", "max_abs", "rel_rmse", "snr_db", "cosine")
 
 
-def analysis_job(model: Model, plan: Plan | None, presets: list[str] | None):
-    """Worker job: ``{label: [ErrorStats]}`` for the plan (a private copy) or for each preset."""
+def analysis_job(model: Model, plan: Plan | None, presets: list[str] | None, sink: queue.SimpleQueue | None = None):
+    """Worker job: ``{label: [ErrorStats]}`` for the plan (a private copy) or for each preset; each tensor's
+    ``(label, ErrorStats)`` is also put on ``sink`` as it finishes."""
     plans = {f"Plan {plan.preset}": plan} if presets is None else {p: Plan(model, p) for p in presets}
-    return analyze_plans(plans)
+    return analyze_plans(plans, on_result=None if sink is None else (lambda label, st: sink.put((label, st))))
+
+
+def layer_of(name: str) -> int | None:
+    """The block index in a tensor name (``blk.7.attn_q.weight``, ``model.layers.7.mlp...``), else None."""
+    m = LAYER_RE.search(name)
+    return int(m.group(1)) if m else None
+
+
+def layer_means(stats: list[ErrorStats]) -> tuple[np.ndarray, np.ndarray]:
+    """(layer indices, mean finite SNR dB of each layer's tensors), layers in order."""
+    per: dict[int, list[float]] = {}
+    for st in stats:
+        i = layer_of(st.name)
+        if i is not None and np.isfinite(st.snr_db):
+            per.setdefault(i, []).append(st.snr_db)
+    layers = sorted(per)
+    return np.array(layers, float), np.array([float(np.mean(per[i])) for i in layers], float)
+
+
+def _eta(seconds: float) -> str:
+    if seconds < 60:
+        return f"{max(1, int(round(seconds)))} s"
+    return f"{int(round(seconds / 60))} min"
 
 
 def summary_line(label: str, stats: list[ErrorStats]) -> str:
@@ -51,8 +88,12 @@ class AnalysisView(QWidget):
         super().__init__(parent)
         self.worker = Worker(self, name="analysis")
         self.worker.result.connect(self._on_result)
-        self.worker.error.connect(lambda m: self._set_message(f"Analysis failed: {m}"))
-        self.worker.cancelled.connect(lambda: self._set_message("Analysis cancelled."))
+        self.worker.progress.connect(self._on_progress)
+        self.worker.error.connect(self._on_failed)
+        self.worker.cancelled.connect(self._on_cancelled)
+        self.sink: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = 0.0
+        self._labels: list[str] = []
         self.job = analysis_job  # the job factory (injectable: tests)
         self.results: dict[str, list[ErrorStats]] = {}
         self._for_current_plan = False
@@ -88,13 +129,40 @@ class AnalysisView(QWidget):
         header.setSectionResizeMode(self.model.column("tensor"), QHeaderView.ResizeMode.Stretch)
         self.view.doubleClicked.connect(self._activated)
         self.view.activated.connect(self._activated)
+        self.pivot = QTableWidget(self)
+        self.pivot.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.pivot.setSortingEnabled(True)
+        self.pivot.verticalHeader().setVisible(False)
+        self.pivot.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 4)
+        self.pivot.setAlternatingRowColors(True)
+        self.pivot.setToolTip("SNR in dB of every tensor under each preset (higher is better); click a header "
+                              "to sort, double-click a row to select the tensor")
+        self.pivot.cellDoubleClicked.connect(lambda r, _c: self._pivot_activated(r))
+        self.chart = pg.PlotWidget(self)
+        self.chart.setMinimumHeight(120)
+        self.chart.setToolTip("Mean SNR of each layer's tensors under each plan: dips are the layers the "
+                              "quantization hurts most")
+        pi = self.chart.getPlotItem()
+        pi.setLabel("bottom", "layer")
+        pi.setLabel("left", "mean SNR (dB)")
+        pi.showGrid(x=True, y=True, alpha=0.25)
+        self.chart_legend = pi.addLegend(offset=(8, 4), labelTextColor=self.palette().color(QPalette.ColorRole.WindowText))
+        style_plot(self.chart, self.palette())
+        self.tabs = QTabWidget(self)
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.view, "Tensors")
+        self.tabs.addTab(self.pivot, "By preset")
+        self.tabs.addTab(self.chart, "By layer")
+        self.tabs.setTabToolTip(0, "One row per tensor (and plan): type, size and error statistics")
+        self.tabs.setTabToolTip(1, "With several presets: one row per tensor, one SNR column per preset")
+        self.tabs.setTabToolTip(2, "Mean SNR per layer for each plan")
         top = QHBoxLayout()
         top.addWidget(self.summary, 1)
         top.addWidget(self.filter, 0, Qt.AlignmentFlag.AlignTop)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 4, 6, 6)
         lay.addLayout(top)
-        lay.addWidget(self.view, 1)
+        lay.addWidget(self.tabs, 1)
         self.clear()
 
     # -- running ----------------------------------------------------------------------------------------
@@ -103,9 +171,12 @@ class AnalysisView(QWidget):
         self.clear()
         self._n_tensors = len(plan.model.tensors)
         self._for_current_plan = presets is None
-        what = f"the plan ({plan.preset})" if presets is None else ", ".join(presets)
-        self._set_message(f"Analyzing {what}…")
-        return self.worker.start(self.job, plan.model, plan.copy() if presets is None else None, presets)
+        self._labels = [f"Plan {plan.preset}"] if presets is None else list(presets)
+        self._what = f"the plan ({plan.preset})" if presets is None else ", ".join(presets)
+        self._set_message(f"Analyzing {self._what}…")
+        self.sink = queue.SimpleQueue()  # this run's rows (a cancelled run's late rows go to its own queue)
+        self._started = time.monotonic()
+        return self.worker.start(self.job, plan.model, plan.copy() if presets is None else None, presets, self.sink)
 
     def cancel(self) -> None:
         self.worker.cancel()
@@ -118,6 +189,12 @@ class AnalysisView(QWidget):
     def clear(self) -> None:
         self.results = {}
         self.model.set_rows([])
+        self.pivot.clear()
+        self.pivot.setRowCount(0)
+        self.pivot.setColumnCount(0)
+        self.chart.getPlotItem().clear()
+        self.chart_legend.clear()
+        self.tabs.setTabVisible(1, False)
         self.view.setColumnHidden(self.model.column("plan"), True)
         self._set_message("No analysis yet: Tools ▸ Analyze Model… measures every tensor's quantization error.")
 
@@ -127,11 +204,113 @@ class AnalysisView(QWidget):
             self.summary.setText(self.summary.text() + "<br><i>The plan has changed since: "
                                  "analyze again to update (results are out of date).</i>")
 
+    # -- streaming --------------------------------------------------------------------------------------
+    def _drain(self) -> int:
+        """Move the rows finished so far from the job's queue into the table; returns how many came."""
+        new = []
+        while True:
+            try:
+                new.append(self.sink.get_nowait())
+            except queue.Empty:
+                break
+        if new:
+            for label, st in new:
+                self.results.setdefault(label, []).append(st)
+            self.model.append_rows(new)
+            self.view.setColumnHidden(self.model.column("plan"), len(self._labels) <= 1)
+        return len(new)
+
+    def _on_progress(self, done: int, total: int, _message: str) -> None:
+        if self._drain():
+            self._refresh_views()
+        n = len(self.model.rows)
+        elapsed = time.monotonic() - self._started
+        text = f"Analyzing {self._what}… {n:,} tensor{'s' if n != 1 else ''} measured"
+        if 0 < done < total and elapsed > 1.0:
+            text += f" · about {_eta(elapsed * (total - done) / done)} left"
+        self._set_message(text)
+
+    def _on_cancelled(self) -> None:
+        self._drain()
+        self._refresh_views()
+        n = len(self.model.rows)
+        self._set_message(f"Analysis cancelled: {n:,} tensor{'s' if n != 1 else ''} measured before it stopped "
+                          "(partial)." if n
+                          else "Analysis cancelled.")
+
+    def _on_failed(self, message: str) -> None:
+        self._drain()
+        self._refresh_views()
+        self._set_message(f"Analysis failed: {message}")
+
+    def _refresh_views(self) -> None:
+        """The pivot and the per-layer chart from the rows so far."""
+        labels = [lb for lb in self._labels if lb in self.results] or list(self.results)
+        multi = len(labels) > 1
+        self.tabs.setTabVisible(1, multi)
+        if multi:
+            self._fill_pivot(labels)
+        pi = self.chart.getPlotItem()
+        pi.clear()
+        self.chart_legend.clear()
+        pal = self.chart.palette()
+        self.chart_legend.setColumnCount(max(1, len(labels)))  # one row above the curves
+        lows, highs = [], []
+        for k, label in enumerate(labels):
+            x, y = layer_means(self.results[label])
+            if x.size:
+                lows.append(float(y.min()))
+                highs.append(float(y.max()))
+                color = curve_color(PLAN_COLORS[k % len(PLAN_COLORS)], pal)
+                pi.plot(x, y, pen=pg.mkPen(color, width=2), symbol="o", symbolSize=5, symbolBrush=color,
+                        symbolPen=None, name=label)
+        if lows:
+            lo, hi = min(lows), max(highs)
+            pi.setYRange(lo - 1.0, hi + 0.3 * max(hi - lo, 5.0) + 1.0, padding=0)  # room for the legend
+
+    def _fill_pivot(self, labels: list[str]) -> None:
+        snr: dict[str, dict[str, float]] = {}
+        for label in labels:
+            for st in self.results[label]:
+                snr.setdefault(st.name, {})[label] = st.snr_db
+        self.pivot.setSortingEnabled(False)
+        self.pivot.clear()
+        self.pivot.setColumnCount(1 + len(labels))
+        self.pivot.setHorizontalHeaderLabels(["tensor"] + [f"{lb} SNR dB" for lb in labels])
+        self.pivot.setRowCount(len(snr))
+        for r, (name, per) in enumerate(snr.items()):
+            self.pivot.setItem(r, 0, QTableWidgetItem(name))
+            for c, label in enumerate(labels, start=1):
+                if label in per:
+                    item = QTableWidgetItem()
+                    value = per[label]
+                    item.setData(Qt.ItemDataRole.DisplayRole, round(value, 2) if np.isfinite(value) else float("inf"))
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                    self.pivot.setItem(r, c, item)
+        self.pivot.setSortingEnabled(True)
+        self.pivot.resizeColumnsToContents()
+        self.pivot.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+
+    def pivot_row(self, name: str) -> dict[str, float]:
+        """The pivot's SNR cells of tensor ``name`` (header label -> value)."""
+        for r in range(self.pivot.rowCount()):
+            if self.pivot.item(r, 0) is not None and self.pivot.item(r, 0).text() == name:
+                return {self.pivot.horizontalHeaderItem(c).text(): self.pivot.item(r, c).data(Qt.ItemDataRole.DisplayRole)
+                        for c in range(1, self.pivot.columnCount()) if self.pivot.item(r, c) is not None}
+        return {}
+
+    def _pivot_activated(self, row: int) -> None:
+        item = self.pivot.item(row, 0)
+        if item is not None:
+            self.tensor_activated.emit(item.text())
+
     # -- results ----------------------------------------------------------------------------------------
     def _on_result(self, results: dict[str, list[ErrorStats]]) -> None:
+        self._drain()
         self.results = results
         rows = [(label, s) for label, stats in results.items() for s in stats]
         self.model.set_rows(rows)
+        self._refresh_views()
         self.view.setColumnHidden(self.model.column("plan"), len(results) <= 1)
         self.view.resizeColumnsToContents()
         self.view.horizontalHeader().setSectionResizeMode(self.model.column("tensor"), QHeaderView.ResizeMode.Stretch)

@@ -52,6 +52,14 @@ class ErrorStatsModel(QAbstractTableModel):
         self.colors = list(colors)
         self.endResetModel()
 
+    def append_rows(self, rows: Sequence[tuple[str, ErrorStats]]) -> None:
+        """Add rows at the end (streamed results; no colours)."""
+        if not rows:
+            return
+        self.beginInsertRows(QModelIndex(), len(self.rows), len(self.rows) + len(rows) - 1)
+        self.rows.extend(rows)
+        self.endInsertRows()
+
     def column(self, key: str) -> int:
         return self.columns.index(key)
 

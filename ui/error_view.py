@@ -13,11 +13,11 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont, QPalette
-from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QHBoxLayout, QHeaderView, QLabel,
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout, QHeaderView, QLabel,
                                QPushButton, QSplitter, QTableView, QVBoxLayout, QWidget)
 
 from workbench import Model, Progress, TensorInfo
-from workbench.analysis import ErrorStats, error_stats, shared_histograms
+from workbench.analysis import ErrorStats, error_stats, normalized_histograms, shared_histograms
 from workbench.plan import TYPES, Plan, row_fits
 from workbench.progress import relay
 
@@ -98,9 +98,18 @@ class ErrorView(QWidget):
         self.log_box.setToolTip("Logarithmic count axis: shows the tails of the error distributions")
         self.log_box.toggled.connect(self._set_log)
         self.log_box.setChecked(True)  # a narrow type (Q8_0) would otherwise flatten the wide ones
+        self.scale = QComboBox(self)
+        self.scale.addItem("Error", "shared")
+        self.scale.addItem("Error ÷ each type's RMSE", "normalized")
+        self.scale.setToolTip("Error: every type over one common range (a precise type is a narrow spike).\n"
+                              "Error ÷ RMSE: each type in units of its own RMSE, so all types are equally wide "
+                              "and their shapes compare (uniform rounding, heavy tails).")
+        self.scale.currentIndexChanged.connect(lambda _i: self._show() if self._item is not None else None)
         plot_bar = QHBoxLayout()
         self.plot_title = QLabel(self)
         plot_bar.addWidget(self.plot_title, 1)
+        plot_bar.addWidget(QLabel("x:", self))
+        plot_bar.addWidget(self.scale)
         plot_bar.addWidget(self.log_box)
         top = QWidget(self)
         top_lay = QVBoxLayout(top)
@@ -272,8 +281,11 @@ class ErrorView(QWidget):
             self.plot_title.setText("Choose one or more types above.")
             self.shown.emit(stats)
             return
-        edges, counts = shared_histograms(stats, BINS)
+        normalized = self.scale.currentData() == "normalized"
+        edges, counts = normalized_histograms(stats, BINS) if normalized else shared_histograms(stats, BINS)
         edges = np.asarray(edges, dtype=np.float64)
+        self.plot.getPlotItem().setLabel("bottom", "error ÷ the type's RMSE" if normalized
+                                         else "error (dequantized − original)")
         for s, c in zip(stats, counts):
             color = curve_color(TYPE_COLORS[s.qtype], self.plot.palette())  # Q2_K's near-black on a dark theme
             curve = self.plot.plot(edges, np.asarray(c, dtype=np.float64), stepMode="center",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Generator, Iterable, Mapping
+from typing import Any, Callable, Generator, Iterable, Mapping
 
 import numpy as np
 
@@ -51,6 +51,23 @@ def shared_histograms(stats: Iterable[ErrorStats], bins: int = 101):
     lim = lim or 1e-12
     edges = np.linspace(-lim, lim, bins + 1)
     return edges, [error_histogram(s.sample, bins, (-lim, lim))[0] for s in stats]
+
+
+def normalized_histograms(stats: Iterable[ErrorStats], bins: int = 101, limit: float = 6.0):
+    """Histograms of each type's error divided by that type's RMSE, over one range of ±``limit`` RMSEs: every
+    type spans the same width, so a precise type (Q8_0) is not a spike beside a coarse one (Q2_K) and the
+    shapes (uniform rounding, heavy tails) compare directly.  Values beyond the range fall in the end bins; an
+    exact type (RMSE 0) gets an empty histogram."""
+    stats = list(stats)
+    edges = np.linspace(-limit, limit, bins + 1)
+    counts = []
+    for st in stats:
+        if st.sample is None or not st.sample.size or not st.rmse > 0:
+            counts.append(np.zeros(bins, np.int64))
+            continue
+        z = np.clip(np.asarray(st.sample, np.float64) / st.rmse, -limit, limit)
+        counts.append(np.histogram(z, bins=edges)[0])
+    return edges, counts
 
 
 def error_stats(tensor: Tensor, qtype: str, imatrix: np.ndarray | None = None, *, keep_sample: bool = True,
@@ -110,8 +127,11 @@ def compatible_types(shape: tuple[int, ...], types: Iterable[str]) -> list[str]:
 
 
 def analyze_plan(plan: Plan, imatrix: dict[str, np.ndarray] | None = None, *, names: Iterable[str] | None = None,
-                 cancel=None) -> Generator[Progress, None, list[ErrorStats]]:
-    """Error statistics for every tensor under ``plan`` (progress in values processed over the model)."""
+                 cancel=None, on_result: Callable[[ErrorStats], Any] | None = None
+                 ) -> Generator[Progress, None, list[ErrorStats]]:
+    """Error statistics for every tensor under ``plan`` (progress in values processed over the model).
+    ``on_result(stats)`` is called as each tensor finishes (before its progress is yielded), so a caller can
+    show rows while the analysis runs."""
     model: Model = plan.model
     wanted = None if names is None else set(names)
     # integer tensors (token ids, position ids) are never quantized: nothing to measure
@@ -126,15 +146,21 @@ def analyze_plan(plan: Plan, imatrix: dict[str, np.ndarray] | None = None, *, na
         results.append((yield from relay(job, lambda p, base=base, i=i, e=e: Progress(
             base + p.done, total, f"[{i + 1}/{len(entries)}] {e.name} → {e.type}"))))
         done += e.n_params
+        if on_result is not None:
+            on_result(results[-1])
+            yield Progress(done, total, f"[{i + 1}/{len(entries)}] {e.name} → {e.type}")
     return results
 
 
-def analyze_plans(plans: Mapping[str, Plan], cancel=None) -> Generator[Progress, None, dict[str, list[ErrorStats]]]:
-    """:func:`analyze_plan` for several plans (e.g. presets) one after the other: label -> results."""
+def analyze_plans(plans: Mapping[str, Plan], cancel=None, on_result: Callable[[str, ErrorStats], Any] | None = None
+                  ) -> Generator[Progress, None, dict[str, list[ErrorStats]]]:
+    """:func:`analyze_plan` for several plans (e.g. presets) one after the other: label -> results.
+    ``on_result(label, stats)`` as each tensor of each plan finishes."""
     out: dict[str, list[ErrorStats]] = {}
     for k, (label, plan) in enumerate(plans.items()):
         prefix = f"{label}: " if len(plans) > 1 else ""
-        out[label] = yield from relay(analyze_plan(plan, cancel=cancel), lambda p, k=k, prefix=prefix: Progress(
+        hook = None if on_result is None else (lambda s, label=label: on_result(label, s))
+        out[label] = yield from relay(analyze_plan(plan, cancel=cancel, on_result=hook), lambda p, k=k, prefix=prefix: Progress(
             k * p.total + p.done, len(plans) * p.total, prefix + p.message))
     return out
 
@@ -149,4 +175,4 @@ def without_sample(s: ErrorStats) -> ErrorStats:
 
 
 __all__ = ["ErrorStats", "analyze_plan", "analyze_plans", "analyze_presets", "compatible_types", "error_histogram", "error_stats",
-           "shared_histograms", "block_info"]
+           "normalized_histograms", "shared_histograms", "block_info"]

@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialogButtonBox
 
 from workbench import Progress
-from workbench.analysis import analyze_plan
+from workbench.analysis import ErrorStats, analyze_plan
 from workbench.plan import Plan
 from workbench.progress import run
 from ui.analysis_view import analysis_job
@@ -74,6 +74,30 @@ def test_compare_presets_from_the_dialog(qtbot, window, demo):
     assert set(view.row_names()) == {"blk.0.ffn_down.weight", "blk.1.ffn_down.weight"}
     assert view.proxy.rowCount() == 4
     assert window.plan.plan.preset == DEFAULT_PRESET  # comparing presets does not touch the plan
+    # the pivot: one row per tensor, one SNR column per preset, the values of the rows above
+    assert view.tabs.isTabVisible(1) and view.pivot.rowCount() == len(demo.tensors)
+    results = blocker.args[0]
+    for name in ("blk.0.ffn_down.weight", "blk.1.attn_k.weight"):
+        got = view.pivot_row(name)
+        want = {f"{p} SNR dB": next(s.snr_db for s in results[p] if s.name == name) for p in ("Q8_0", "Q4_0")}
+        assert got == pytest.approx({k: round(v, 2) for k, v in want.items()})
+    # the per-layer chart: one curve per preset, each point the mean SNR of that layer's tensors
+    curves = view.chart.getPlotItem().listDataItems()
+    assert [c.name() for c in curves] == ["Q8_0", "Q4_0"]
+    for c, p in zip(curves, ("Q8_0", "Q4_0")):
+        x, y = c.getData()
+        assert list(x) == [0.0, 1.0]
+        for layer, mean in zip(x, y):
+            vals = [s.snr_db for s in results[p] if s.name.startswith(f"blk.{int(layer)}.") and s.snr_db < float("inf")]
+            assert mean == pytest.approx(sum(vals) / len(vals))
+
+
+def test_layer_numbers_are_read_from_gguf_and_hugging_face_names():
+    from ui.analysis_view import layer_of
+
+    assert layer_of("blk.12.attn_q.weight") == 12 and layer_of("model.layers.3.mlp.up_proj.weight") == 3
+    assert layer_of("encoder.block.5.layer.0.SelfAttention.q.weight") == 5
+    assert layer_of("token_embd.weight") is None and layer_of("output_norm.weight") is None
 
 
 def test_cancel_a_running_analysis(qtbot, window, demo):
@@ -81,8 +105,11 @@ def test_cancel_a_running_analysis(qtbot, window, demo):
     gate = threading.Event()
     closed = threading.Event()
 
-    def slow_job(model, plan, presets):
+    row = ErrorStats("blk.3.attn_q.weight", "Q4_0", 1024, 576, 4.5, 0.01, 0.05, 0.1, 20.0, 0.99)
+
+    def slow_job(model, plan, presets, sink):
         try:
+            sink.put(("Plan", row))  # one tensor done: it shows while the rest runs
             while not gate.wait(0.01):
                 yield Progress(1, 10, "analyzing slowly")
             return {"Plan": []}
@@ -94,13 +121,16 @@ def test_cancel_a_running_analysis(qtbot, window, demo):
     qtbot.waitUntil(lambda: window.status.progress_bar.isVisible(), timeout=5000)
     assert view.worker.is_busy() and window.status.active_worker() is view.worker
     assert "analysis" in window.status.cancel_button.toolTip()
+    qtbot.waitUntil(lambda: view.model.rowCount() == 1, timeout=5000)  # streamed before the job ends
+    assert view.worker.is_busy() and view.row_names() == ["blk.3.attn_q.weight"]
+    assert "1 tensor measured" in view.summary.text()
     with qtbot.waitSignal(view.worker.cancelled, timeout=5000):
         qtbot.mouseClick(window.status.cancel_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(closed.is_set, timeout=5000)  # the job's generator was closed
     gate.set()
     qtbot.waitUntil(lambda: not window.status.is_busy_visible(), timeout=5000)
-    assert not view.worker.is_busy() and view.model.rowCount() == 0 and view.results == {}
-    assert "cancelled" in view.summary.text()
+    assert not view.worker.is_busy() and view.model.rowCount() == 1 and list(view.results) == ["Plan"]
+    assert "cancelled: 1 tensor measured before it stopped (partial)" in view.summary.text()
     assert window.model is demo  # cancelling the analysis does not touch the model
 
 

@@ -104,3 +104,27 @@ def test_a_layer_or_nothing_shows_a_hint(qtbot, window, error_tab):
     window.tree.select("blk.0")
     assert error_tab.hint.isVisible() and not error_tab.splitter.isVisible()
     assert not error_tab.worker.is_busy()
+
+
+def test_the_normalized_scale_gives_every_type_the_same_width(qtbot, window, error_tab, demo_path):
+    types = ["Q8_0", "Q4_0"]
+    error_tab.set_types(types)
+    with qtbot.waitSignal(error_tab.shown, timeout=20_000, check_params_cb=lambda s: len(s) == 2):
+        window.tree.select(TENSOR)
+    widths = []
+    for curve in error_tab.curves:  # shared range: Q8_0 is far narrower than Q4_0
+        x, y = curve.getOriginalDataset()
+        widths.append(np.ptp(x[:-1][y > 0]))
+    assert widths[0] < widths[1] / 4
+    with qtbot.waitSignal(error_tab.shown, timeout=5000):
+        error_tab.scale.setCurrentIndex(error_tab.scale.findData("normalized"))
+    expected = core_stats(demo_path, TENSOR, types)
+    edges = np.linspace(-6.0, 6.0, BINS + 1)
+    for curve, e in zip(error_tab.curves, expected):
+        x, y = curve.getOriginalDataset()
+        z = np.clip(e.sample.astype(np.float64) / e.rmse, -6.0, 6.0)  # by hand: error in units of its RMSE
+        np.testing.assert_array_equal(y, np.histogram(z, bins=edges)[0])
+        np.testing.assert_allclose(x, edges)
+    spread = [np.ptp(c.getOriginalDataset()[0][:-1][c.getOriginalDataset()[1] > 0]) for c in error_tab.curves]
+    assert spread[0] > spread[1] / 2  # now comparable widths
+    assert error_tab.plot.getPlotItem().getAxis("bottom").labelText == "error ÷ the type's RMSE"

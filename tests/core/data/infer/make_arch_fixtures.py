@@ -22,9 +22,9 @@ greedy (and step logits agree within 1e-4); ``from_pretrained`` of the saved fol
 within 1e-5; the sliding window changes the logits versus full attention (gemma3, gemma2, mistral); gemma2's
 soft-caps saturate (the raw max |logit| and max |attention score| are at least twice their caps).
 
-Deliberate choices: gemma3 has query_pre_attn_scalar 24 != head_dim 32 (llama.cpp ignores this key and uses
-1/sqrt(head_dim) except for the 27B models, so a llama.cpp run of a straight conversion will NOT match gemma3);
-gemma2 keeps query_pre_attn_scalar == head_dim so it is llama.cpp-compatible. Gemma norm weights are centred on 2
+Deliberate choices: gemma3 (like the released 270M-12B models) and gemma2 keep query_pre_attn_scalar ==
+head_dim, as llama.cpp assumes (it reads no key for it and uses 1/sqrt(head_dim) except for the 27B shapes),
+so llama.cpp runs of our conversions can match. Gemma norm weights are centred on 2
 (effective (1 + w) ~ 3) and hidden is 96 so sqrt(hidden) = 9.7979... is exact in no format.
 
 phi3_longrope: original_max_position_embeddings 32 > len(PROMPT) + 8 = 20 positions, so transformers uses the
@@ -170,7 +170,7 @@ GEMMA_EMBED_STD = 0.1
 def make_gemma3() -> None:
     # text-only Gemma3 (model_type gemma3_text). hidden 96 so sqrt(hidden) = 9.798 is not exact in any dtype.
     cfg = Gemma3TextConfig(**COMMON, hidden_size=96, intermediate_size=64, num_hidden_layers=3,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=24,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
                            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
                            sliding_window_pattern=3, sliding_window=4, rms_norm_eps=1e-6, tie_word_embeddings=True,
                            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 10000.0},
