@@ -93,6 +93,8 @@ class AnalysisView(QWidget):
         self.worker.cancelled.connect(self._on_cancelled)
         self.sink: queue.SimpleQueue = queue.SimpleQueue()
         self._started = 0.0
+        self._stale = False  # rows arrived since the pivot and the chart were built
+        self._refreshed = 0.0
         self._labels: list[str] = []
         self.job = analysis_job  # the job factory (injectable: tests)
         self.results: dict[str, list[ErrorStats]] = {}
@@ -156,6 +158,7 @@ class AnalysisView(QWidget):
         self.tabs.setTabToolTip(0, "One row per tensor (and plan): type, size and error statistics")
         self.tabs.setTabToolTip(1, "With several presets: one row per tensor, one SNR column per preset")
         self.tabs.setTabToolTip(2, "Mean SNR per layer for each plan")
+        self.tabs.currentChanged.connect(self._on_tab)
         top = QHBoxLayout()
         top.addWidget(self.summary, 1)
         top.addWidget(self.filter, 0, Qt.AlignmentFlag.AlignTop)
@@ -174,6 +177,7 @@ class AnalysisView(QWidget):
         self._labels = [f"Plan {plan.preset}"] if presets is None else list(presets)
         self._what = f"the plan ({plan.preset})" if presets is None else ", ".join(presets)
         self._set_message(f"Analyzing {self._what}…")
+        self.tabs.setTabVisible(1, len(self._labels) > 1)
         self.sink = queue.SimpleQueue()  # this run's rows (a cancelled run's late rows go to its own queue)
         self._started = time.monotonic()
         return self.worker.start(self.job, plan.model, plan.copy() if presets is None else None, presets, self.sink)
@@ -222,6 +226,10 @@ class AnalysisView(QWidget):
 
     def _on_progress(self, done: int, total: int, _message: str) -> None:
         if self._drain():
+            self._stale = True
+        # the pivot and the chart are rebuilt only while shown, at most once a second (a rebuild of a
+        # thousand-row pivot or of the plot items is tens of milliseconds of GUI time)
+        if self._stale and self.tabs.currentIndex() != 0 and time.monotonic() - self._refreshed > 1.0:
             self._refresh_views()
         n = len(self.model.rows)
         elapsed = time.monotonic() - self._started
@@ -243,8 +251,14 @@ class AnalysisView(QWidget):
         self._refresh_views()
         self._set_message(f"Analysis failed: {message}")
 
+    def _on_tab(self, index: int) -> None:
+        if index != 0 and self._stale:
+            self._refresh_views()
+
     def _refresh_views(self) -> None:
         """The pivot and the per-layer chart from the rows so far."""
+        self._stale = False
+        self._refreshed = time.monotonic()
         labels = [lb for lb in self._labels if lb in self.results] or list(self.results)
         multi = len(labels) > 1
         self.tabs.setTabVisible(1, multi)

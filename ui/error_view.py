@@ -66,6 +66,7 @@ class ErrorView(QWidget):
         self._chosen: list[str] | None = None  # the user's types; None = defaults per tensor
         self._cache: OrderedDict[tuple[str, str], ErrorStats] = OrderedDict()
         self._pending = False
+        self._deferred = False  # a tensor was chosen while the tab was hidden: build the view when shown
         self._planned_shown: str | None = None
         self.stats: list[ErrorStats] = []
         self.curves: list[pg.PlotDataItem] = []
@@ -171,9 +172,17 @@ class ErrorView(QWidget):
             self.show_item(self._item)  # the defaults and the bold button follow the planned type
 
     def show_item(self, item) -> None:
-        """Show a tensor (anything else clears the view)."""
+        """Show a tensor (anything else clears the view).  While the tab is hidden only the choice is kept:
+        the view is built when it is shown (a click in the tree costs this tab nothing)."""
         self._item = item if isinstance(item, TensorInfo) else None
         self.worker.cancel()
+        if not self.isVisible():
+            self._deferred = True
+            return
+        self._render_item()
+
+    def _render_item(self) -> None:
+        self._deferred = False
         self._set_busy(False)
         self._clear_results()
         tensor = self._item is not None
@@ -222,7 +231,9 @@ class ErrorView(QWidget):
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().showEvent(event)
-        if self._pending:
+        if self._deferred:
+            self._render_item()
+        elif self._pending:
             self._compute()
 
     # -- computing -------------------------------------------------------------------------------------

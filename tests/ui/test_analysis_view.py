@@ -182,3 +182,28 @@ def test_integer_tensors_are_left_out_of_the_analysis(qtbot, window, load, tmp_p
     assert view.model.rowCount() == 2 * (len(model.tensors) - 1)
     assert "embeddings.position_ids" not in view.row_names()
     assert "1 tensor of an integer type" in view.summary.text()
+
+
+def test_the_pivot_and_chart_are_not_rebuilt_on_every_row(qtbot, window, demo, monkeypatch):
+    view = window.analysis
+    rows = [ErrorStats(f"blk.{i}.attn_q.weight", "Q4_0", 1024, 576, 4.5, 0.01, 0.05, 0.1, 20.0 + i, 0.99)
+            for i in range(30)]
+
+    def job(model, plan, presets, sink):
+        for i, r in enumerate(rows):
+            for label in presets:
+                sink.put((label, r))
+            yield Progress(i + 1, len(rows), r.name)
+        return {label: list(rows) for label in presets}
+
+    calls = []
+    real = view._refresh_views
+    monkeypatch.setattr(view, "_refresh_views", lambda: (calls.append(view.tabs.currentIndex()), real()))
+    view.job = job
+    view.tabs.setCurrentIndex(0)
+    with qtbot.waitSignal(view.analyzed, timeout=TIMEOUT):
+        view.start(window.plan.plan, ["Q8_0", "Q4_0"])
+    assert view.model.rowCount() == 60 and view.pivot.rowCount() == 30
+    assert calls == [0]  # once, with the result: not per row while the table tab was shown
+    view.tabs.setCurrentIndex(2)
+    assert len(calls) == 1  # nothing new arrived since: no rebuild

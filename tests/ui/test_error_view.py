@@ -128,3 +128,18 @@ def test_the_normalized_scale_gives_every_type_the_same_width(qtbot, window, err
     spread = [np.ptp(c.getOriginalDataset()[0][:-1][c.getOriginalDataset()[1] > 0]) for c in error_tab.curves]
     assert spread[0] > spread[1] / 2  # now comparable widths
     assert error_tab.plot.getPlotItem().getAxis("bottom").labelText == "error ÷ the type's RMSE"
+
+
+def test_a_click_costs_the_hidden_error_tab_nothing(qtbot, window, load, demo_path, monkeypatch):
+    load(window, demo_path)
+    window.tabs.setCurrentIndex(0)  # the Tensor tab
+    view = window.error_view
+    built = []
+    real = view._render_item
+    monkeypatch.setattr(view, "_render_item", lambda: (built.append(view._item.name if view._item else None), real()))
+    for name in ("blk.0.ffn_up.weight", "blk.1.attn_q.weight", TENSOR):
+        window.tree.select(name)
+    assert built == [] and not view.worker.is_busy()
+    with qtbot.waitSignal(view.shown, timeout=20_000):
+        window.tabs.setCurrentWidget(view)  # shown: the last choice is built and computed, once
+    assert built == [TENSOR] and view.title.text() == TENSOR
