@@ -103,7 +103,8 @@ def watch(cmd: list[str]) -> tuple[str, float, float, float]:
     and the worker processes it waited for.
 
     Peak RSS counts the memory-mapped source pages the kernel may drop at any time (pages mapped by
-    several processes count once per process); the anonymous peak is the memory really held."""
+    several processes count once per process); the anonymous peak is the memory really held (proportional
+    set size: a page a forked worker shares with its parent counts once)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak = peak_anon = 0.0
@@ -114,7 +115,12 @@ def watch(cmd: list[str]) -> tuple[str, float, float, float]:
                 text = Path(f"/proc/{pid}/status").read_text()
                 fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
                 rss += int(fields["VmRSS"].split()[0]) / 1024
-                anon += int(fields.get("RssAnon", "0 kB").split()[0]) / 1024
+                try:  # forked workers share their parent's pages: the proportional share counts them once
+                    roll = Path(f"/proc/{pid}/smaps_rollup").read_text()
+                    pss = dict(line.split(":", 1) for line in roll.splitlines() if ":" in line)
+                    anon += int(pss["Pss_Anon"].split()[0]) / 1024
+                except (OSError, KeyError):
+                    anon += int(fields.get("RssAnon", "0 kB").split()[0]) / 1024
             except (OSError, KeyError, ValueError):
                 pass
         peak, peak_anon = max(peak, rss), max(peak_anon, anon)

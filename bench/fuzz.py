@@ -538,8 +538,8 @@ def exercise(seed: Seed) -> None:
         for entries in model.metadata.values():
             for e in entries:
                 (e.key, e.vtype, e.length)
-        plan = Plan(model, "Q4_K_M")
-        plan.nbytes
+        if model.format != "peft":  # an adapter has no quantization plan (refused by design)
+            Plan(model, "Q4_K_M").nbytes
         if seed.tokenizer and (model.format == "gguf" and model.meta("tokenizer.ggml.model") is not None
                                or (model.path if model.path.is_dir() else model.path.parent).joinpath(
                                    "tokenizer.json").is_file()):

@@ -111,12 +111,28 @@ class Bench:
         self.w = None
 
     def measure(self, name: str, fn) -> None:
+        prof = None
+        if self.args.profile:
+            import cProfile
+            prof = cProfile.Profile()
         self.probe.start()
+        cpu0 = time.thread_time()  # the GUI thread's own CPU time: independent of how busy the machine is
+        if prof is not None:
+            prof.enable()
         note = fn() or ""
+        if prof is not None:
+            prof.disable()
+        cpu = 1000 * (time.thread_time() - cpu0)
         gaps = self.probe.gaps()
         self.probe.timer.stop()
-        self.rows.append((name, gaps, note))
-        print(f"  {name}: max {gaps.max():.0f} ms {note}", flush=True)
+        self.rows.append((name, gaps, note, cpu))
+        print(f"  {name}: max {gaps.max():.0f} ms, GUI-thread CPU {cpu:.0f} ms {note}", flush=True)
+        if prof is not None:
+            import pstats
+            st = pstats.Stats(prof)
+            print(f"    python calls on the GUI thread: {st.total_calls}", flush=True)
+            if self.args.profile > 1:
+                st.sort_stats(self.args.sort).print_stats(self.args.profile)
 
     # -- scenarios ------------------------------------------------------------------------------------
     def launch(self) -> str:
@@ -253,14 +269,14 @@ class Bench:
 
 
 def table(rows) -> str:
-    out = [f"{'scenario':<24} {'max gap ms':>10} {'p99 gap ms':>10} {'samples':>8}  verdict / note",
-           "-" * 100]
-    for name, g, note in rows:
+    out = [f"{'scenario':<24} {'max gap ms':>10} {'p99 gap ms':>10} {'samples':>8} {'GUI CPU ms':>10}  verdict / note",
+           "-" * 110]
+    for name, g, note, cpu in rows:
         mx, p99 = float(g.max()), float(np.percentile(g, 99))
         ok = mx <= MAX_GAP_MS and p99 < P99_MS
         if name.startswith("clicks") and "header max" in note:
             ok = ok and float(note.split("header max ")[1].split()[0]) < HEADER_MS
-        out.append(f"{name:<24} {mx:>10.0f} {p99:>10.1f} {len(g):>8}  {'ok  ' if ok else 'MISS'} {note}")
+        out.append(f"{name:<24} {mx:>10.0f} {p99:>10.1f} {len(g):>8} {cpu:>10.0f}  {'ok  ' if ok else 'MISS'} {note}")
     out.append(f"targets: max gap <= {MAX_GAP_MS:.0f} ms, p99 < {P99_MS:.0f} ms, click -> header facts "
                f"painted < {HEADER_MS:.0f} ms (launch: its gap is the construction itself)")
     return "\n".join(out)
@@ -272,6 +288,11 @@ def main() -> int:
     p.add_argument("--folder", type=Path, help="a ~1 GB safetensors folder (default: bench/convert.py's)")
     p.add_argument("--size", default="1280x800")
     p.add_argument("--skip-bg", action="store_true", help="no background-job scenarios")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="cProfile the GUI thread per scenario: 1 prints the Python call count, N>1 also the top N "
+                        "functions")
+    p.add_argument("--sort", default="cumulative", help="with --profile N: pstats sort key (cumulative, tottime, "
+                   "ncalls)")
     args = p.parse_args()
     from workbench.paths import cache_dir
 

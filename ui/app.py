@@ -21,6 +21,7 @@ NO_DISPLAY_MESSAGE = (
 )
 SELF_TEST_TIMEOUT_MS = 60_000
 DESKTOP_ID = "model-workbench"
+GUI_SWITCH_INTERVAL_S = 0.0005  # how soon a worker thread hands the interpreter lock to the GUI thread
 _T0 = time.perf_counter()  # when this module was imported: the start of the app for start-up timing
 
 
@@ -85,6 +86,11 @@ def ensure_app(theme: str | None = None):
     app = QApplication.instance()
     if app is None:
         app = QApplication([sys.argv[0] if sys.argv else DESKTOP_ID])
+    # Every call from Qt into Python (a model's data(), a slot, a paint) takes the interpreter lock; while a
+    # worker runs Python code, each take waits for the worker to be asked to let go, by default 5 ms: a
+    # repaint with a hundred such calls froze the window for up to a second.  Asked sooner, the GUI waits
+    # ~0.5 ms per call; workers lose only the extra switches, which happen only while the GUI wants the lock.
+    sys.setswitchinterval(min(sys.getswitchinterval(), GUI_SWITCH_INTERVAL_S))
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(ORG_NAME)
     app.setApplicationDisplayName(APP_NAME)

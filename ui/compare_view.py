@@ -24,15 +24,17 @@ from PySide6.QtGui import QColor, QFont, QGuiApplication, QPalette, QTextCharFor
 from PySide6.QtWidgets import (QAbstractItemView, QBoxLayout, QCheckBox, QComboBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox,
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMenu, QProgressBar, QPushButton,
                                QScrollArea, QSizePolicy, QSpinBox, QSplitter, QTableView, QTextEdit, QToolButton,
-                               QVBoxLayout, QWidget)
+                               QTabWidget, QVBoxLayout, QWidget)
 
 from workbench import Model, WorkbenchError
+from workbench.infer.compare import _FLOPS, base_warning, estimate_seconds, machine_flops
 from workbench.infer.compare import (DEFAULT_EVAL, DEFAULT_N_CTX, EVAL_MODES, PROGRESS_STEPS, CompareResult,
                                      LevelResult, compare)
 from workbench.plan import PRESETS, Plan
 
 from .formatting import human_bytes
 from .plots import curve_color, histogram_plot, style_plot
+from .token_view import GeneratedTokensTable, TokenKldView
 from .type_toggles import swatch
 from .worker import Worker
 
@@ -431,10 +433,12 @@ class CompareView(QWidget):
 
     compared = Signal(object)
     exported = Signal(str)
+    _flops_measured = Signal()  # from the thread that times this machine's matrix products once
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.job = compare  # the job factory (injectable: tests)
+        self.memory_budget: Callable[[], int | None] = lambda: None  # the window sets it from the preferences
         self.worker = Worker(self, name="compare")
         self.worker.progress.connect(self._on_progress)
         self.worker.result.connect(self._on_result)
@@ -460,6 +464,11 @@ class CompareView(QWidget):
 
         self._build_setup()
         self._build_results()
+        self._flops_measured.connect(self._show_estimate)
+        for w in (self.ctx_spin, self.windows_spin, self.tokens_spin):
+            w.valueChanged.connect(self._show_estimate)
+        for p in self.pickers:
+            p.level_changed.connect(lambda _lv: self._show_estimate())
         self.hint = QLabel("Open a model to compare its quantization levels.", self)
         self.hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.hint.setWordWrap(True)
@@ -506,6 +515,7 @@ class CompareView(QWidget):
             grid.addWidget(picker, i + 1, 1)
             grid.addWidget(bar, i + 1, 2)
         grid.setColumnStretch(2, 1)
+        grid.setRowStretch(MAX_LEVELS + 1, 1)  # rows stay together at the top when the box is tall
 
         settings = QGroupBox("Settings", self.setup)
         form = QFormLayout(settings)
@@ -567,7 +577,7 @@ class CompareView(QWidget):
         self.overall.setTextVisible(False)
         self.overall.setMaximumHeight(12)
         self.status = QLabel(self.setup)
-        self.status.setWordWrap(False)
+        self.status.setWordWrap(True)  # a failure's whole sentence is read, not cut at the pane's edge
         self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         buttons = QHBoxLayout()
         buttons.setContentsMargins(0, 0, 0, 0)
@@ -576,6 +586,11 @@ class CompareView(QWidget):
         buttons.addWidget(self.overall, 1)
         buttons.addWidget(self.status, 2)
         form.addRow(buttons)
+        self.base_note = QLabel(settings)  # the base is a quantized file's weights: say what that means
+        self.base_note.setWordWrap(True)
+        self.base_note.setStyleSheet("color: #8a5a00;")
+        self.base_note.setVisible(False)
+        form.addRow(self.base_note)
 
         row = QHBoxLayout(self.setup)
         row.setContentsMargins(0, 0, 0, 0)
@@ -663,11 +678,24 @@ class CompareView(QWidget):
         tl.addWidget(self.texts_scroll, 1)
         self.texts_box = texts_box
 
+        self.token_view = TokenKldView(self.results)
+        self.gen_tokens = GeneratedTokensTable(self.results)
+        self.views = QTabWidget(self.results)
+        self.views.setDocumentMode(True)
+        self.views.addTab(texts_box, "Generated text")
+        self.views.addTab(self.gen_tokens, "Generated tokens")
+        self.views.addTab(self.token_view, "Calibration tokens")
+        self.views.setTabToolTip(0, "Each level's greedy continuation of the prompt, highlighted from its first "
+                                    "difference from the base")
+        self.views.setTabToolTip(1, "The continuations token by token, aligned under the base's")
+        self.views.setTabToolTip(2, "The calibration text coloured by a level's KL divergence at each token; hover "
+                                    "a token for the base's and the level's top 5 candidates")
         self.bottom = QSplitter(Qt.Orientation.Horizontal, self.results)
         self.bottom.addWidget(self.plot)
-        self.bottom.addWidget(texts_box)
+        self.bottom.addWidget(self.views)
         self.bottom.setStretchFactor(0, 2)
         self.bottom.setStretchFactor(1, 3)
+        self.bottom.setSizes([400, 600])  # the plot keeps room for its legend beside the wide token views
         self.bottom.setChildrenCollapsible(False)
         self.splitter = QSplitter(Qt.Orientation.Vertical, self.results)
         self.splitter.addWidget(self.table)
@@ -706,11 +734,60 @@ class CompareView(QWidget):
         for p in self.pickers:
             p.set_sizes(sizes or {})
         self.clear()
+        self._limit_context(model)
         self.setup.setVisible(model is not None)
         self.results.setVisible(False)
         self.hint.setVisible(model is None)
         self._set_running(False)
-        self.status.setText("Choose the levels and press Run." if model is not None else "")
+        warning = base_warning(model) if model is not None and not self.encoder else None
+        self.base_note.setText(f"⚠ {warning[0].upper()}{warning[1:]}." if warning else "")
+        self.base_note.setVisible(bool(warning))
+        self._show_estimate()
+
+    def _time_machine(self) -> None:
+        machine_flops()
+        try:
+            self._flops_measured.emit()
+        except RuntimeError:  # the view was closed meanwhile
+            pass
+
+    def _show_estimate(self) -> None:
+        """The idle status line: what Run will take, roughly (the machine's matmul rate is timed once, off the
+        GUI thread)."""
+        if self.model is None or self.is_running():
+            if self.model is None:
+                self.status.setText("")
+            return
+        if not _FLOPS:
+            if not getattr(self, "_timing", False):
+                self._timing = True
+                threading.Thread(target=self._time_machine, daemon=True, name="compare-flops").start()
+            self.status.setText("Choose the levels and press Run.")
+            return
+        n_levels = len(self.chosen())
+        if self.encoder or not n_levels:
+            self.status.setText("Choose the levels and press Run.")
+            return
+        windows = self.windows_spin.value()
+        n_ctx = self.ctx_spin.value()
+        text_tokens = len(self.calibration[1]) // 4 if self.calibration else 3500  # ~4 characters a token
+        n_tokens = min(windows * n_ctx, text_tokens) if windows else text_tokens
+        seconds = estimate_seconds(self.model, n_levels, n_tokens=n_tokens, max_tokens=self.tokens_spin.value())
+        self.status.setText(f"Choose the levels and press Run (about {_duration(seconds)}).")
+
+    def _limit_context(self, model: Model | None) -> None:
+        """The context spin box stops at the model's trained context (read from the metadata already loaded)."""
+        limit = 32768
+        if model is not None:
+            arch = model.meta("general.architecture")
+            for key in ("max_position_embeddings", "n_positions", f"{arch}.context_length", "n_ctx"):
+                value = model.meta(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value >= self.ctx_spin.minimum():
+                    limit = min(limit, value)
+                    break
+        self.ctx_spin.setMaximum(limit)
+        self.ctx_spin.setToolTip("Tokens per window; the second half of each window is scored (as llama-perplexity)"
+                                 + (f"; at most the model's context of {limit} tokens" if limit < 32768 else ""))
 
     def set_plan(self, plan: Plan | None) -> None:
         """The window's current plan (the "Current plan" level; a copy is taken when a run starts)."""
@@ -784,6 +861,9 @@ class CompareView(QWidget):
                       max_windows=self.windows_spin.value() or None, max_tokens=self.tokens_spin.value(),
                       chat=self.chat_box.isChecked(), eval_mode=self.eval_combo.currentData(),
                       cancel=self._cancel.is_set)
+        budget = self.memory_budget()
+        if budget is not None:
+            kwargs["memory_budget"] = budget
         self._set_running(True)
         self.status.setToolTip("")
         self._started = time.monotonic()
@@ -858,6 +938,8 @@ class CompareView(QWidget):
         self.columns = []
         self.summary.setText("")
         self.prompt_label.setText("")
+        self.token_view.set_result(None)
+        self.gen_tokens.set_result(None)
         self.results.setVisible(False)
         self.export_button.setEnabled(False)
         self.copy_button.setEnabled(False)
@@ -889,6 +971,12 @@ class CompareView(QWidget):
                 f"(the second half of each), evaluated {_esc(result.eval_label)}")
             self._plot(result, colors)
             self._texts(result, colors)
+            self.token_view.set_result(result)
+            self.gen_tokens.set_result(result, divergence_color(self.palette()))
+            self.views.setTabVisible(0, result.prompt is not None)
+            self.views.setTabVisible(1, result.prompt is not None)
+            if result.prompt is None:
+                self.views.setCurrentWidget(self.token_view)
         self.results.setVisible(True)
         self.export_button.setEnabled(True)
         self.copy_button.setEnabled(True)
@@ -912,7 +1000,6 @@ class CompareView(QWidget):
 
     def _texts(self, result: CompareResult, colors: list[QColor]) -> None:
         has_text = result.prompt is not None
-        self.texts_box.setVisible(has_text)
         if not has_text:
             return
         self.prompt_label.setText(f"Prompt: <i>{_esc(result.prompt)}</i> → greedy continuation of each level "
@@ -969,3 +1056,13 @@ class CompareView(QWidget):
         ok = self.worker.shutdown(timeout_ms)
         ok = self.calib_worker.shutdown(timeout_ms) and ok
         return self.export_worker.shutdown(timeout_ms) and ok
+
+
+def _duration(seconds: float) -> str:
+    """"40 s", "3 min", "1 h 20 min": a rough duration, rounded to what a user plans with."""
+    if seconds < 60:
+        return f"{max(5, int(round(seconds / 5.0)) * 5)} s"
+    minutes = int(round(seconds / 60.0))
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"

@@ -100,11 +100,11 @@ def model_info_job(model: Model):
 
 def generate_job(model: Model, level, key, cache: EngineCache, tokenizer, prompt: str, *, max_tokens: int,
                  temperature: float, top_k: int, top_p: float, seed: int | None, chat: bool,
-                 cancel: Callable[[], bool]):
+                 cancel: Callable[[], bool], memory_budget: int | None = None):
     """Worker job: stream a completion; yields ``Progress(n, max_tokens, TEXT_MARK + text so far)``.
 
     ``level``: None (the stored weights), a preset name, a plan file path or a :class:`Plan`; ``key`` names it
-    in ``cache``."""
+    in ``cache``; ``memory_budget``: bytes of dequantized layers the engine may keep (None: all, float32)."""
     from workbench.infer.compare import resolve_level
     from workbench.infer.generate import detect_repetition, generate
     from workbench.infer.tokenizer import load_tokenizer
@@ -118,7 +118,7 @@ def generate_job(model: Model, level, key, cache: EngineCache, tokenizer, prompt
         if loaded:
             yield Progress(0, 1, "Loading the weights…")
             plan = None if level is None else resolve_level(model, level)[1]  # a plan file is read here
-            engine = yield from load_engine(model, plan, cancel=cancel)
+            engine = yield from load_engine(model, plan, cancel=cancel, memory_budget=memory_budget)
             cache.put(model, key, engine)
         if tokenizer is None:
             tokenizer = load_tokenizer(model)
@@ -158,6 +158,7 @@ class GeneratePanel(QWidget):
         from .worker import Worker
 
         self.job = generate_job  # the job factory (injectable: tests)
+        self.memory_budget: Callable[[], int | None] = lambda: None  # the window sets it from the preferences
         self.worker = Worker(self, name="generate")
         self.worker.progress.connect(self._on_progress)
         self.worker.result.connect(self._on_result)
@@ -374,8 +375,10 @@ class GeneratePanel(QWidget):
         self._set_running(True)
         self.status.setToolTip("")
         self.status.setText("Starting…")
+        budget = self.memory_budget()
+        extra = {} if budget is None else {"memory_budget": budget}
         return self.worker.start(self.job, self.model, arg, key, self.cache, self.tokenizer, prompt,
-                                 cancel=self._cancel.is_set, **self.settings())
+                                 cancel=self._cancel.is_set, **self.settings(), **extra)
 
     def stop(self) -> None:
         self._cancel.set()

@@ -20,6 +20,7 @@ from .conversion_actions import ConversionActions
 from .drop import DropForwarder, local_paths, path_to_open
 from .error_view import ErrorView
 from .generate_panel import GeneratePanel
+from .memory_budget import PreferencesDialog, memory_budget
 from .metadata_editor import MetadataEditActions
 from .metadata_view import MetadataWidget
 from .plan_actions import PlanActions
@@ -28,7 +29,7 @@ from .plan_controller import PlanController
 from .recent_files import RecentFiles, RecentFilesMenu
 from .status_bar import StatusBar
 from .tensor_detail import TensorDetailWidget
-from .tensor_tree import TensorTreeWidget
+from .tensor_tree import TensorTreeWidget, open_and_prepare
 from .welcome import WelcomeWidget
 from .worker import Worker
 
@@ -128,6 +129,7 @@ class MainWindow(QMainWindow):
         self.compare_view = CompareView(self)
         self.compare_view.compared.connect(self.compared)
         self.generate_panel = GeneratePanel(self)
+        self.generate_panel.memory_budget = self.compare_view.memory_budget = lambda: memory_budget(self.settings)
         # the wide pages scroll rather than squeezing the tensor tree when the window is narrow
         self.compare_page = _scrolled(self.compare_view, self)
         self.generate_page = _scrolled(self.generate_panel, self)
@@ -153,6 +155,10 @@ class MainWindow(QMainWindow):
         self.splitter.setSizes([730, 550])
         self.splitter.setContentsMargins(6, 6, 6, 0)
         self.splitter.setHandleWidth(8)
+        # Compare and Generate are read across the whole window: the tensor pane steps aside while they show
+        self.tree_pane = left
+        self._splitter_state = self.splitter.saveState()
+        self.tabs.currentChanged.connect(self._on_tab_changed)
         self.welcome = WelcomeWidget(self)
         self.stack = QStackedWidget(self)
         self.stack.addWidget(self.welcome)
@@ -178,6 +184,7 @@ class MainWindow(QMainWindow):
         self.conversion = ConversionActions(self)
         self.metadata_edit = MetadataEditActions(self)
         self.plan_bar.preset_chosen.connect(self.plan.set_preset)
+        self.plan_bar.sizes_ready.connect(self._on_preset_sizes)
         self.plan_bar.rules_requested.connect(self.plan_actions.edit_rules)
         self.plan_bar.analyze_requested.connect(self.plan_actions.analyze_dialog)
         self._build_menus()
@@ -229,8 +236,14 @@ class MainWindow(QMainWindow):
         self.act_compare_levels = self._action("Compare &Levels…", "Compare quantization levels of the model "
                                                "(perplexity, KL divergence, speed, generated text)",
                                                self.show_compare)
+        self.act_imatrix = self._action("Importance &Matrix…", "Load or compute an importance matrix and show its "
+                                        "per-tensor statistics (llama-imatrix --show-statistics)", self.show_imatrix)
+        self.imatrix_dialog = None  # created on first use
         self.act_cancel = self._action("Cancel", "Stop the running job (loading, analysis, comparison, generation)",
                                        self.cancel_running, "Esc")
+        self.act_preferences = self._action("&Preferences…", "Application settings: the memory budget of "
+                                            "Generate and Compare", self.show_preferences)
+        self.act_preferences.setMenuRole(QAction.MenuRole.PreferencesRole)
         self.act_about = self._action("&About Model Workbench", "Version information",
                                       lambda: show_about(self))
         self.act_about.setMenuRole(QAction.MenuRole.AboutRole)
@@ -267,6 +280,8 @@ class MainWindow(QMainWindow):
         meta_menu.setToolTipsVisible(True)
         for a in self.metadata_edit.menu_actions:
             meta_menu.addSeparator() if a is None else meta_menu.addAction(a)
+        edit_menu.addSeparator()
+        edit_menu.addAction(self.act_preferences)
         for a in (pa.act_set_type, pa.act_clear):  # the tree's context menu
             self.tree.view.addAction(a)
         view_menu = bar.addMenu("&View")
@@ -288,6 +303,7 @@ class MainWindow(QMainWindow):
         tools_menu.setToolTipsVisible(True)
         tools_menu.addAction(pa.act_analyze)
         tools_menu.addAction(self.act_compare_levels)
+        tools_menu.addAction(self.act_imatrix)
         tools_menu.addSeparator()
         tools_menu.addAction(conv.act_merge)
         tools_menu.addAction(conv.act_lora_gguf)
@@ -315,6 +331,7 @@ class MainWindow(QMainWindow):
         splitter = self.settings.value("window/splitter")
         if isinstance(splitter, QByteArray) and not splitter.isEmpty():
             self.splitter.restoreState(splitter)
+            self._splitter_state = self.splitter.saveState()
         tab = self.settings.value("window/tab", 0)
         try:
             self.tabs.setCurrentIndex(int(tab))
@@ -322,10 +339,27 @@ class MainWindow(QMainWindow):
             pass
         self.last_dir = str(self.settings.value("window/last_dir", "") or "")
 
+    def show_preferences(self) -> PreferencesDialog:
+        dialog = PreferencesDialog(self.settings, self)
+        dialog.open()
+        return dialog
+
+    def _wide_page(self) -> bool:
+        return self.tabs.currentWidget() in (self.compare_page, self.generate_page)
+
+    def _on_tab_changed(self, _index: int) -> None:
+        wide = self._wide_page()
+        if wide and self.tree_pane.isVisible():
+            self._splitter_state = self.splitter.saveState()  # the sizes the user gave the tree, kept for later
+        self.tree_pane.setVisible(not wide)
+        if not wide:
+            self.splitter.restoreState(self._splitter_state)
+
     def save_settings(self) -> None:
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
-        self.settings.setValue("window/splitter", self.splitter.saveState())
+        self.settings.setValue("window/splitter", self._splitter_state if self._wide_page()
+                               else self.splitter.saveState())
         self.settings.setValue("window/tab", self.tabs.currentIndex())
         self.settings.setValue("window/last_dir", self.last_dir)
         self.settings.sync()
@@ -371,9 +405,12 @@ class MainWindow(QMainWindow):
         ok = self.analysis.shutdown(timeout_ms) and ok
         ok = self.error_view.shutdown(timeout_ms) and ok
         ok = self.conversion.shutdown(timeout_ms) and ok
+        if self.imatrix_dialog is not None:
+            ok = self.imatrix_dialog.shutdown(timeout_ms) and ok
         ok = self.welcome.shutdown(timeout_ms) and ok
         ok = self.compare_view.shutdown(timeout_ms) and ok
         ok = self.generate_panel.shutdown(timeout_ms) and ok
+        ok = self.plan_bar.shutdown(timeout_ms) and ok
         return self.detail.worker.shutdown(timeout_ms) and ok
 
     # -- opening ------------------------------------------------------------------------------------------
@@ -384,14 +421,14 @@ class MainWindow(QMainWindow):
             return -1
         self._pending_path = path
         self.statusBar().showMessage(f"Opening {os.path.basename(path.rstrip('/')) or path}…")
-        return self.loader.start(self.open_job, path)
+        return self.loader.start(open_and_prepare, self.open_job, path)  # + the tree's rows, off the GUI thread
 
     def open_demo(self) -> int:
         if not self.may_discard():
             return -1
         self._pending_path = None  # the demo lives in the cache: not worth a Recent entry
         self.statusBar().showMessage("Opening the demo model…")
-        return self.loader.start(open_demo_job)
+        return self.loader.start(open_and_prepare, open_demo_job)
 
     def open_file_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open Model File", self.last_dir, FILE_FILTER)
@@ -527,6 +564,19 @@ class MainWindow(QMainWindow):
         else:
             self.tree.collapse_all()
 
+    def show_imatrix(self):
+        """Tools ▸ Importance Matrix…: the (non-modal) importance matrix dialog."""
+        from .imatrix_dialog import ImatrixDialog
+
+        if self.imatrix_dialog is None:
+            self.imatrix_dialog = ImatrixDialog(self.settings, lambda: self.model, self)
+            self.model_loaded.connect(lambda _m: self.imatrix_dialog.refresh_compute())
+        self.imatrix_dialog.refresh_compute()
+        self.imatrix_dialog.show()
+        self.imatrix_dialog.raise_()
+        self.imatrix_dialog.activateWindow()
+        return self.imatrix_dialog
+
     def show_compare(self) -> None:
         """Tools ▸ Compare Levels…: the Compare tab, its first level picker focused."""
         self.tabs.setCurrentWidget(self.compare_page)
@@ -549,6 +599,12 @@ class MainWindow(QMainWindow):
             else:
                 raise TypeError(f"compare_with() got an unexpected option {key!r}")
         return view.run()
+
+    def _on_preset_sizes(self, sizes: dict) -> None:
+        """The presets' sizes for this model arrived from the plan bar's worker."""
+        for picker in self.compare_view.pickers:
+            picker.set_sizes(sizes)
+        self.generate_panel.level.set_sizes(sizes)
 
     def _on_tree_selected(self, item) -> None:
         self.detail.show_item(item)

@@ -5,18 +5,21 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QComboBox, QHBoxLayout, QLabel, QPushButton, QTreeView, QWidget
 
-from workbench import Model, WorkbenchError
+from workbench import Model, Progress, WorkbenchError
 from workbench.plan import PRESETS, Plan
 
 from .formatting import human_bytes
+from .worker import Worker
 
 PRESET_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
-def preset_sizes(model: Model) -> dict[str, tuple[int, float]]:
-    """``preset -> (planned bytes, bits per weight)`` for this model (presets it cannot plan are left out)."""
+def iter_preset_sizes(model: Model):
+    """Job: ``preset -> (planned bytes, bits per weight)`` for this model (presets it cannot plan are left
+    out), one Progress per preset.  A plan per preset is pure-Python work: it runs on a worker."""
     out = {}
-    for preset in PRESETS:
+    for i, preset in enumerate(PRESETS):
+        yield Progress(i, len(PRESETS), f"Planning {preset}")
         try:
             plan = Plan(model, preset)
             out[preset] = (plan.nbytes, plan.bits_per_weight)
@@ -25,10 +28,21 @@ def preset_sizes(model: Model) -> dict[str, tuple[int, float]]:
     return out
 
 
+def preset_sizes(model: Model) -> dict[str, tuple[int, float]]:
+    """:func:`iter_preset_sizes` run to the end on the calling thread."""
+    gen = iter_preset_sizes(model)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
 class PresetCombo(QComboBox):
     """Shows the preset name; its list also shows the size and bits per weight each preset gives the model."""
 
     preset_chosen = Signal(str)  # only on user choice, not when the plan is shown
+    sizes_ready = Signal(object)  # the model's preset sizes, computed on a worker after set_model
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -45,27 +59,55 @@ class PresetCombo(QComboBox):
                         "some layers to Q6_K).\nThe list shows the planned size and bits per weight for this model.")
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.activated.connect(lambda i: self.preset_chosen.emit(self.itemData(i, PRESET_ROLE)))
-        self.set_model(None)
+        self.worker = Worker(self, name="preset-sizes")
+        self.worker.result.connect(self._on_sizes)
+        self.sizes: dict[str, tuple[int, float]] = {}
+        self._fill({}, None)
 
     def set_model(self, model: Model | None) -> None:
-        sizes = preset_sizes(model) if model is not None else {}
+        """The presets at once; their sizes for ``model`` follow from a worker (``sizes_ready``)."""
+        self.worker.cancel()
+        self.sizes = {}
+        self._fill({}, None)
+        if model is not None:
+            self.worker.start(iter_preset_sizes, model)
+
+    def _on_sizes(self, sizes: dict) -> None:
         self.sizes = sizes
-        self.items.removeRows(0, self.items.rowCount())
+        self._fill(sizes, sizes)
+        self.sizes_ready.emit(sizes)
+
+    def _fill(self, sizes: dict, only: dict | None) -> None:
+        """Rebuild the list in a detached model, then swap it in (one reset instead of a resize per row);
+        ``only``: keep just these presets (the ones the model can be planned with)."""
+        current = self.currentData(PRESET_ROLE)
+        items = QStandardItemModel(0, 3, self)
+        right = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
         for preset in PRESETS:
-            if model is not None and preset not in sizes:
+            if only is not None and preset not in only:
                 continue
             nbytes, bpw = sizes.get(preset, (None, None))
             row = [QStandardItem(preset), QStandardItem(human_bytes(nbytes) if nbytes is not None else ""),
                    QStandardItem(f"{bpw:.2f} bpw" if bpw is not None else "")]
             for it in row[1:]:
-                it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                it.setTextAlignment(right)
             row[0].setData(preset, PRESET_ROLE)
-            self.items.appendRow(row)
+            items.appendRow(row)
+        self.items = items  # the combo deletes the old model (its child) in setModel
+        blocked = self.blockSignals(True)  # a swap is not a user's choice nor a change of plan
+        try:
+            self.setModel(items)
+            self.setModelColumn(0)
+            self.set_preset(current)
+        finally:
+            self.blockSignals(blocked)
         view: QTreeView = self.view()  # type: ignore[assignment]
-        for col in range(3):
-            view.resizeColumnToContents(col)
-        width = sum(view.columnWidth(c) for c in range(3)) + 40
-        view.setMinimumWidth(width)
+        fm = view.fontMetrics()
+        widths = [max((fm.horizontalAdvance(items.item(r, c).text()) for r in range(items.rowCount())), default=0)
+                  + 16 for c in range(3)]
+        for col, w in enumerate(widths):
+            view.setColumnWidth(col, w)
+        view.setMinimumWidth(sum(widths) + 40)
 
     def set_preset(self, preset: str | None) -> None:
         for row in range(self.count()):
@@ -79,6 +121,7 @@ class PlanBar(QWidget):
     """``preset_chosen(str)``, ``rules_requested()``, ``analyze_requested()``."""
 
     preset_chosen = Signal(str)
+    sizes_ready = Signal(object)  # ``preset -> (bytes, bpw)`` once computed for the model set
     rules_requested = Signal()
     analyze_requested = Signal()
 
@@ -88,6 +131,7 @@ class PlanBar(QWidget):
         self.preset = PresetCombo(self)
         self.label.setBuddy(self.preset)
         self.preset.preset_chosen.connect(self.preset_chosen)
+        self.preset.sizes_ready.connect(self.sizes_ready)
         self.detail = QLabel(self)
         self.detail.setToolTip("Rules and overrides on top of the preset (Edit ▸ Rules…, or the Plan column)")
         self.rules_button = QPushButton("Rules…", self)
@@ -109,6 +153,9 @@ class PlanBar(QWidget):
 
     def set_model(self, model: Model | None) -> None:
         self.preset.set_model(model)
+
+    def shutdown(self, timeout_ms: int = 5000) -> bool:
+        return self.preset.worker.shutdown(timeout_ms)
 
     @property
     def preset_sizes(self) -> dict[str, tuple[int, float]]:

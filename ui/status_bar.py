@@ -13,6 +13,7 @@ from .formatting import human_bytes, human_count
 from .worker import Worker
 
 SHOW_DELAY_MS = 150  # fast jobs finish before the progress bar would flash
+STEPS = 200  # progress bar positions (a repaint each): finer progress is not visible anyway
 
 
 def plan_summary(plan: Plan) -> str:
@@ -76,6 +77,7 @@ class StatusBar(QStatusBar):
         self._show_timer.timeout.connect(lambda: self._set_progress_visible(True))
         self._set_progress_visible(False)
         self._active: Worker | None = None
+        self._shown: dict = {}  # what the progress bar shows: total, value, message
         self.set_plan(None)
 
     def set_model(self, model: Model | None) -> None:
@@ -114,17 +116,29 @@ class StatusBar(QStatusBar):
         self._active = worker
         self.cancel_button.setToolTip(next(tip for w, tip in self._tracked if w is worker))
         self.progress_bar.setRange(0, 0)
+        self._shown = {}
         self._show_timer.start()
 
     def _progress(self, worker: Worker, done: int, total: int, message: str) -> None:
         if worker is not self.active_worker():
             return
+        # Each Qt call lets a worker take the interpreter lock until it lets go again (a numpy step can hold
+        # it for tens of ms), so what the bar shows is remembered here instead of asked back; and a new value
+        # is a synchronous repaint: the bar moves in steps of 1/STEPS.
+        bar, shown = self.progress_bar, self._shown
         if total > 0:
-            self.progress_bar.setRange(0, total)
-            self.progress_bar.setValue(min(done, total))
-        self.progress_bar.setToolTip(message)
-        if message:
-            self.showMessage(message)
+            if shown.get("total") != total:
+                bar.setRange(0, total)
+                shown.update(total=total, value=0)
+            value = min(done, total)
+            if abs(value - shown["value"]) * STEPS >= total or (value == total and shown["value"] != total):
+                bar.setValue(value)
+                shown["value"] = value
+        if message != shown.get("message"):
+            bar.setToolTip(message)
+            if message:
+                self.showMessage(message)
+            shown["message"] = message
 
     def _finished(self, worker: Worker) -> None:
         if worker.is_busy():  # superseded by a newer job of the same worker
@@ -134,6 +148,7 @@ class StatusBar(QStatusBar):
             self._active = busy[-1]
             self.cancel_button.setToolTip(next(tip for w, tip in self._tracked if w is self._active))
             self.progress_bar.setRange(0, 0)
+            self._shown = {}
             return
         self._active = None
         self._show_timer.stop()

@@ -9,7 +9,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (QCheckBox, QFrame, QGridLayout, QHBoxLayout, QLabel, QSizePolicy,
                                QVBoxLayout, QWidget)
@@ -28,11 +28,16 @@ STAT_FIELDS = (("min", "Min"), ("max", "Max"), ("mean", "Mean"), ("std", "Std"),
                ("nan", "NaN"), ("inf", "Inf"), ("zeros", "Zeros"), ("sampled", "Histogram of"))
 CACHE_SIZE = 64
 BINS = 128
+STATS_CHUNK = 1 << 20  # values per step of the statistics job (~4 MB of float32)
+STATS_DELAY_MS = 80  # a selection that moves on sooner (a held arrow key: ~30 ms) starts no statistics job
+PENDING_MS = 150  # stats that arrive sooner replace the old histogram directly (no blank plot, no busy row)
 
 
 def _stats_job(model: Model, name: str):
-    """Runs on the worker thread: look the tensor up and return the statistics generator."""
-    return tensor_stats(model.tensor(name), bins=BINS)
+    """Runs on the worker thread: look the tensor up and return the statistics generator.  Smaller chunks
+    than the core's default: some numpy steps (boolean indexing, casts) hold the interpreter lock for
+    their whole chunk, and the GUI thread waits that long for its next paint."""
+    return tensor_stats(model.tensor(name), bins=BINS, chunk=STATS_CHUNK)
 
 
 def _value_label(parent: QWidget) -> QLabel:
@@ -104,6 +109,17 @@ class TensorDetailWidget(QWidget):
         grid.setColumnStretch(4, 1)
 
         self.busy = BusyRow(self, self.worker.cancel, "Stop computing the statistics of this tensor")
+        policy = self.busy.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)  # showing it does not move (and so redraw) the histogram
+        self.busy.setSizePolicy(policy)
+        self._pending = QTimer(self)
+        self._pending.setSingleShot(True)
+        self._pending.setInterval(PENDING_MS)
+        self._pending.timeout.connect(self._show_pending)
+        self._stats_timer = QTimer(self)
+        self._stats_timer.setSingleShot(True)
+        self._stats_timer.setInterval(STATS_DELAY_MS)
+        self._stats_timer.timeout.connect(self._start_stats)
 
         self.plot = self._make_plot()
         self.hist_item = self.plot.plot(np.array([0.0, 1.0]), np.array([0]), stepMode="center", fillLevel=0,
@@ -138,8 +154,9 @@ class TensorDetailWidget(QWidget):
         self.show_item(None)
 
     def _make_plot(self) -> pg.PlotWidget:
-        return histogram_plot(self, "value", "Distribution of the tensor's values (dequantized). Drag to pan, "
+        plot = histogram_plot(self, "value", "Distribution of the tensor's values (dequantized). Drag to pan, "
                               "wheel to zoom, right-drag to stretch; the dashed line is the mean.", 180)
+        return plot
 
     # -- input -------------------------------------------------------------------------------------
     def set_model(self, model: Model | None) -> None:
@@ -149,16 +166,22 @@ class TensorDetailWidget(QWidget):
         self.show_item(None)
 
     def show_item(self, item: TensorInfo | TensorGroup | None) -> None:
+        """The header facts at once (painted first); the statistics and the histogram follow once the
+        selection rested :data:`STATS_DELAY_MS` (a held arrow key redraws no plot), from the cache or the
+        worker.  The previous histogram stays until they arrive or :data:`PENDING_MS` passed, so a step
+        through the tree redraws the plot once per tensor, not three times."""
         self._item = item
         self._stop_job()
+        self._pending.stop()
+        self._stats_timer.stop()
         self._set_busy(False)
         self.stats = None
-        self.hist_item.clear()
-        self.mean_line.hide()
         is_tensor = isinstance(item, TensorInfo)
-        self.plot_title.setText("")
+        if not is_tensor:
+            self._clear_plot()
         for w in (self.stats_box, self.plot, self.plot_title, self.log_box):
-            w.setVisible(is_tensor)
+            if w.isHidden() == is_tensor:  # (no relayout when the kind of row stays the same)
+                w.setVisible(is_tensor)
         self.hint.setVisible(not is_tensor)
         self.title.setVisible(item is not None)
         for field in INFO_FIELDS:
@@ -171,14 +194,34 @@ class TensorDetailWidget(QWidget):
             self._show_group(item)
             return
         self._show_info(item)
+        for lab in self.stat_labels.values():
+            lab.setText("…")
+        self._stats_timer.start()
+
+    def _start_stats(self) -> None:
+        """The selection rested: show the cached statistics or compute them."""
+        item = self._item
+        if not isinstance(item, TensorInfo):
+            return
         cached = self._cache.get(item.name)
         if cached is not None:
             self._show_stats(cached)
         elif self._model is not None:
-            for lab in self.stat_labels.values():
-                lab.setText("…")
-            self._set_busy(True, "Computing statistics…")
             self.worker.start(_stats_job, self._model, item.name)
+            self._pending.start()
+        else:
+            self._clear_plot()
+
+    def _clear_plot(self) -> None:
+        self.hist_item.clear()
+        self.mean_line.hide()
+        self.plot_title.setText("")
+
+    def _show_pending(self) -> None:
+        """The statistics take a while: blank the old histogram and show the progress row."""
+        if self.worker.is_busy() and isinstance(self._item, TensorInfo):
+            self._clear_plot()
+            self._set_busy(True, "Computing statistics…")
 
     def _show_info(self, t: TensorInfo) -> None:
         self.title.setText(t.name)
@@ -223,9 +266,12 @@ class TensorDetailWidget(QWidget):
 
     def _on_cancelled(self) -> None:
         if not self._quiet:
+            self._clear_plot()
             self._set_busy(False, "Cancelled")
 
     def _set_busy(self, busy: bool, text: str = "") -> None:
+        if not busy:
+            self._pending.stop()
         if busy:
             self.busy.start(text)
             return
@@ -236,7 +282,8 @@ class TensorDetailWidget(QWidget):
             self.stat_labels["sampled"].setText(text)
 
     def _on_progress(self, done: int, total: int, _message: str) -> None:
-        self.busy.update_progress(done, total)
+        if self.busy.isVisible():
+            self.busy.update_progress(done, total)
 
     def _on_result(self, stats: TensorStats) -> None:
         if not isinstance(self._item, TensorInfo) or stats.name != self._item.name:
@@ -254,6 +301,7 @@ class TensorDetailWidget(QWidget):
         self.plot.getPlotItem().enableAutoRange()
 
     def _on_error(self, message: str) -> None:
+        self._clear_plot()
         self._set_busy(False, "Could not compute statistics")
         self.stat_labels["sampled"].setToolTip(message)
         self.hint.setText(message)
@@ -279,7 +327,11 @@ class TensorDetailWidget(QWidget):
             self.hist_item.setData(np.asarray(s.hist_edges, dtype=np.float64),
                                    np.asarray(s.hist_counts, dtype=np.float64))
             self.plot.getPlotItem().enableAutoRange()
+        else:
+            self.hist_item.clear()
         if np.isfinite(s.mean):
             self.mean_line.setValue(s.mean)
             self.mean_line.show()
+        else:
+            self.mean_line.hide()
         self.stats_shown.emit(s)

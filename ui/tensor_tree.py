@@ -1,21 +1,39 @@
 """The tensor tree: layer groups with their tensors, sortable and filterable, with the planned types."""
 from __future__ import annotations
 
+import inspect
+
 from PySide6.QtCore import QModelIndex, QItemSelection, QItemSelectionModel, QRegularExpression, \
     QSortFilterProxyModel, Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QTreeView, QVBoxLayout, QWidget
 
-from workbench import Model, TensorInfo
+from workbench import Model, TensorInfo, WorkbenchError
 from workbench.plan import Plan
 
 from .filter_edit import FilterEdit
 from .plan_delegate import PlanTypeDelegate
+# (the column and role names are re-exported for callers)
 from .tensor_tree_model import (FALLBACK_COLOR, FULL_NAME_ROLE, HEADERS, NAME, OBJECT_ROLE,  # noqa: F401
                                 PARAMS, PLAN, SHAPE, SIZE, SORT_ROLE, TYPE, TensorGroup, TensorTreeModel,
-                                is_editable)  # (the column and role names are re-exported for callers)
+                                TreeRows, is_editable, prepare)
 
+WARM_PRESET = "Q4_K_M"
 PLAN_LEGEND = f"Plan: <b>override</b> · <i>rule</i> · <span style='color:{FALLBACK_COLOR.name()}'>fallback</span>"
+
+
+def open_and_prepare(job, *args):
+    """Loader job: run the opening ``job(*args)`` (a generator or a plain call), then build the tensor
+    tree's rows for the model on the same worker thread, so the GUI thread only looks them up."""
+    out = job(*args)
+    model = (yield from out) if inspect.isgenerator(out) else out
+    if isinstance(model, Model):
+        prepare(model)
+        try:  # fills the name-mapping caches the window's first plan needs (~0.1 s of pure Python)
+            Plan(model, WARM_PRESET).entries
+        except WorkbenchError:
+            pass
+    return model
 
 
 class TensorFilterProxy(QSortFilterProxyModel):
@@ -30,11 +48,8 @@ class TensorFilterProxy(QSortFilterProxyModel):
         self.setAutoAcceptChildRows(True)  # a matching layer shows all of its tensors
 
     def lessThan(self, left: QModelIndex, right: QModelIndex) -> bool:
-        a, b = left.data(SORT_ROLE), right.data(SORT_ROLE)
-        try:
-            return a < b
-        except TypeError:
-            return str(a) < str(b)
+        # ranks precomputed when the model opened: no sort key is built or formatted while sorting
+        return self.sourceModel().less_than(left, right)
 
 
 class TensorTreeWidget(QWidget):
@@ -87,22 +102,17 @@ class TensorTreeWidget(QWidget):
         self._total = 0
         self._update_count()
 
-    def _size_columns(self, model: Model | None = None) -> None:
-        """Name stretches; the other columns fit the model's widest cell (or a typical one)."""
+    def _size_columns(self, rows: TreeRows | None = None) -> None:
+        """Name stretches; the other columns fit the model's widest cell (or a typical one).  The widest
+        texts were picked when the rows were built: only a handful are measured here."""
         fm = self.view.fontMetrics()
         header = self.view.header()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Stretch)
         texts: dict[int, set[str]] = {SHAPE: {"4096 × 4096"}, TYPE: {"Q4_K"}, PARAMS: {"16,777,216"},
                                       SIZE: {"1023.9 MiB"}}
-        if model is not None:
-            texts = {col: {HEADERS[col]} for col in texts}
-            for row in range(self.source.rowCount()):
-                idx = self.source.index(row, 0)
-                items = [idx] + [self.source.index(r, 0, idx) for r in range(self.source.rowCount(idx))]
-                for it in items:
-                    for col in texts:
-                        texts[col].add(it.siblingAtColumn(col).data())
+        if rows is not None and rows.top:
+            texts = {col: {HEADERS[col], *rows.widest.get(col, ())} for col in texts}
         texts[PLAN] = {"Q5_0, Q8_0 +2"}  # a layer's typical planned types (the plan changes, the width not)
         for col, values in texts.items():
             width = max(fm.horizontalAdvance(v) for v in values) + 24
@@ -110,9 +120,11 @@ class TensorTreeWidget(QWidget):
             header.resizeSection(col, min(width, 220))
 
     # -- model ---------------------------------------------------------------------------------------
-    def set_model(self, model: Model | None) -> None:
-        self.source.set_model(model)
-        self._size_columns(model)
+    def set_model(self, model: Model | None, rows: TreeRows | None = None) -> None:
+        """Show ``model``; ``rows``: its rows built beforehand (:func:`prepare`, on a worker), else the
+        ones prepared for it, else built now."""
+        self.source.set_model(model, rows)
+        self._size_columns(self.source.rows if model is not None else None)
         self._total = len(model.tensors) if model is not None else 0
         self._update_count()
         self.selected.emit(None)
@@ -133,7 +145,8 @@ class TensorTreeWidget(QWidget):
         self._update_count()
 
     def _update_count(self) -> None:
-        shown = len(self.visible_tensor_names())
+        filtered = bool(self.proxy.filterRegularExpression().pattern())
+        shown = len(self.visible_tensor_names()) if filtered else self._total
         if self._total == 0:
             self.count_label.setText("No model loaded")
         elif shown == self._total:

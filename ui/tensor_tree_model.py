@@ -1,8 +1,11 @@
 """The tensor tree's item model: layer groups with their tensors, plus the planned type of each tensor."""
 from __future__ import annotations
 
+import math
 import re
+import weakref
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt
@@ -55,16 +58,16 @@ def is_editable(entry: PlanEntry | None) -> bool:
 
 @dataclass(frozen=True)
 class TensorGroup:
-    """One layer's tensors (``blk.3``) with their totals."""
+    """One layer's tensors (``blk.3``) with their totals (computed once)."""
 
     name: str
     tensors: tuple[TensorInfo, ...]
 
-    @property
+    @cached_property
     def n_params(self) -> int:
         return sum(t.n_params for t in self.tensors)
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
 
@@ -75,22 +78,106 @@ class TensorGroup:
             counts[t.dtype] = counts.get(t.dtype, 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
-    @property
+    @cached_property
     def dtype_text(self) -> str:
         return counts_text(self.dtype_counts())
+
+
+class Row:
+    """One row's display facts, computed once when the model opens (on the loader's thread): ``data()``
+    answers from these instead of formatting per call."""
+
+    __slots__ = ("name", "obj", "text", "keys", "rank", "tip", "children", "right", "plan_text")
+
+    def __init__(self, name: str, obj, text: tuple, keys: tuple, tip: str, children: list["Row"]):
+        self.name, self.obj, self.text, self.keys, self.tip, self.children = name, obj, text, keys, tip, children
+        self.rank: list[int] = [0] * len(HEADERS)  # per column: position in the sorted order (ties equal)
+        self.plan_text = ""  # a group's planned types (set with the plan)
+
+
+class TreeRows:
+    """The rows of a model's tensor tree plus, per column, the few longest texts (for sizing columns)."""
+
+    def __init__(self, top: list[Row], widest: dict[int, list[str]], n_tensors: int):
+        self.top, self.widest, self.n_tensors = top, widest, n_tensors
+
+
+def _tensor_row(t: TensorInfo, in_group: bool) -> Row:
+    n = math.prod(t.shape) if t.shape else 1
+    layer = t.layer if in_group else None
+    short = t.name[len(layer) + 1:] if layer else t.name
+    shape = shape_text(t.shape)
+    text = (short, shape, t.dtype, "", grouped(n), human_bytes(t.nbytes))
+    keys = (natural_key(t.name), (n, tuple(t.shape)), t.dtype, None, n, t.nbytes)
+    tip = f"{t.name}\n{shape} {t.dtype}, {grouped(t.nbytes)} bytes"
+    return Row(t.name, t, text, keys, tip, [])
+
+
+def build_rows(model: Model) -> TreeRows:
+    """Every row's texts, sort keys and ranks: pure Python, no Qt, so it runs on a worker thread."""
+    top: list[Row] = []
+    for layer, tensors in model.layers().items():
+        if layer is None:
+            top.extend(_tensor_row(t, False) for t in tensors)
+            continue
+        g = TensorGroup(layer, tuple(tensors))
+        kids = [_tensor_row(t, True) for t in tensors]
+        n, nbytes = sum(k.keys[PARAMS] for k in kids), sum(k.obj.nbytes for k in kids)
+        g.__dict__.update(n_params=n, nbytes=nbytes)  # fill the cached properties
+        types = ", ".join(f"{c} × {d}" for d, c in g.dtype_counts().items())
+        text = (g.name, f"{len(kids)} tensors", g.dtype_text, "", grouped(n), human_bytes(nbytes))
+        keys = (natural_key(g.name), (n, ()), g.dtype_text, None, n, nbytes)
+        tip = f"{g.name}: {len(kids)} tensors, {grouped(n)} parameters, {human_bytes(nbytes)}\nTypes: {types}"
+        top.append(Row(g.name, g, text, keys, tip, kids))
+    rows = top + [k for r in top for k in r.children]
+    widest: dict[int, list[str]] = {}
+    for col in range(len(HEADERS)):
+        if col == PLAN:
+            continue
+        if col != NAME:
+            widest[col] = sorted({r.text[col] for r in rows}, key=len)[-4:]
+        ordered = sorted(rows, key=lambda r: r.keys[col])
+        rank, prev = -1, object()
+        for r in ordered:
+            if r.keys[col] != prev:
+                rank, prev = rank + 1, r.keys[col]
+            r.rank[col] = rank
+    return TreeRows(top, widest, sum(1 for r in rows if not r.children and not isinstance(r.obj, TensorGroup)))
+
+
+_prepared: dict[int, tuple[weakref.ref, TreeRows]] = {}
+
+
+def prepare(model: Model) -> TreeRows:
+    """Build (once per model object) and remember the model's rows; safe to call on a worker thread."""
+    rows = build_rows(model)
+    _prepared.clear()  # one model is opened at a time: keep only the newest
+    _prepared[id(model)] = (weakref.ref(model), rows)
+    return rows
+
+
+def prepared_rows(model: Model) -> TreeRows:
+    """The rows :func:`prepare` built for ``model``, or built now (on the calling thread)."""
+    hit = _prepared.get(id(model))
+    if hit is not None and hit[0]() is model:
+        return hit[1]
+    return build_rows(model)
 
 
 class TensorTreeModel(QAbstractItemModel):
     """Top level: non-layer tensors first, then one row per layer group whose children are tensors.
     Internal id 0 marks a top-level row; ``k > 0`` a child of top-level row ``k - 1``.
 
-    With a plan (:meth:`set_plan`) the Plan column shows each tensor's planned type; editing it calls
-    the type setter (which records an undoable command and updates the plan), then :meth:`refresh_plan`.
+    ``data()`` answers from :class:`Row` objects built once per model (:func:`prepare`, on the loader's
+    thread): a click or a repaint costs lookups, not formatting.  With a plan (:meth:`set_plan`) the Plan
+    column shows each tensor's planned type; editing it calls the type setter (which records an
+    undoable command and updates the plan), then :meth:`refresh_plan`.
     """
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._top: list[TensorInfo | TensorGroup] = []
+        self._top: list[Row] = []
+        self.rows: TreeRows = TreeRows([], {}, 0)
         self._plan: Plan | None = None
         self._entries: dict[str, PlanEntry] = {}
         self.type_setter: TypeSetter | None = None
@@ -98,96 +185,109 @@ class TensorTreeModel(QAbstractItemModel):
         self._bold.setBold(True)
         self._italic = QFont()
         self._italic.setItalic(True)
+        self._fallback = QBrush(FALLBACK_COLOR)
+        self._right = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self._n_cols = len(HEADERS)
 
-    def set_model(self, model: Model | None) -> None:
+    def set_model(self, model: Model | None, rows: TreeRows | None = None) -> None:
         self.beginResetModel()
-        self._top = []
-        if model is not None:
-            for layer, tensors in model.layers().items():
-                if layer is None:
-                    self._top.extend(tensors)
-                else:
-                    self._top.append(TensorGroup(layer, tuple(tensors)))
+        self.rows = (rows or prepared_rows(model)) if model is not None else TreeRows([], {}, 0)
+        self._top = self.rows.top
+        self._update_group_plans()
         self.endResetModel()
 
     def set_plan(self, plan: Plan | None) -> None:
         self._plan = plan
         self.refresh_plan()
 
+    def _update_group_plans(self) -> None:
+        for row in self._top:
+            if row.children:
+                row.plan_text = counts_text(self._group_plan_counts(row.obj)) if self._entries else ""
+
     def refresh_plan(self) -> None:
         """The plan changed: re-read its entries and repaint the Plan column."""
         self._entries = {e.name: e for e in self._plan.entries} if self._plan is not None else {}
+        self._update_group_plans()
         if not self._top:
             return
         last = len(self._top) - 1
         self.dataChanged.emit(self.index(0, PLAN), self.index(last, PLAN))
         for row, item in enumerate(self._top):
-            if isinstance(item, TensorGroup) and item.tensors:
+            if item.children:
                 parent = self.index(row, 0)
-                self.dataChanged.emit(self.index(0, PLAN, parent), self.index(len(item.tensors) - 1, PLAN, parent))
+                self.dataChanged.emit(self.index(0, PLAN, parent), self.index(len(item.children) - 1, PLAN, parent))
 
     def entry(self, name: str) -> PlanEntry | None:
         """The plan's entry for a tensor (None without a plan)."""
         return self._entries.get(name)
 
     # -- structure ---------------------------------------------------------------------------------
-    def _item(self, index: QModelIndex) -> TensorInfo | TensorGroup | None:
+    def row_of(self, index: QModelIndex) -> Row | None:
+        """The :class:`Row` behind a (source) index."""
         if not index.isValid():
             return None
         pid = index.internalId()
         if pid == 0:
             return self._top[index.row()]
-        group = self._top[pid - 1]
-        return group.tensors[index.row()]  # type: ignore[union-attr]
+        return self._top[pid - 1].children[index.row()]
+
+    def _item(self, index: QModelIndex) -> TensorInfo | TensorGroup | None:
+        row = self.row_of(index)
+        return row.obj if row is not None else None
 
     def index(self, row: int, column: int, parent: QModelIndex = QModelIndex()) -> QModelIndex:
-        if not self.hasIndex(row, column, parent):
+        # bounds checked here, not with hasIndex() (which calls rowCount/columnCount back through Python)
+        if not 0 <= column < self._n_cols or row < 0:
             return QModelIndex()
         if not parent.isValid():
-            return self.createIndex(row, column, 0)
-        return self.createIndex(row, column, parent.row() + 1)
+            return self.createIndex(row, column, 0) if row < len(self._top) else QModelIndex()
+        if parent.internalId() != 0 or parent.column() != 0:
+            return QModelIndex()
+        prow = parent.row()
+        return self.createIndex(row, column, prow + 1) if row < len(self._top[prow].children) else QModelIndex()
 
     def parent(self, index: QModelIndex = QModelIndex()) -> QModelIndex:  # type: ignore[override]
-        if not index.isValid() or index.internalId() == 0:
+        if not index.isValid():
             return QModelIndex()
-        return self.createIndex(index.internalId() - 1, 0, 0)
+        pid = index.internalId()
+        return QModelIndex() if pid == 0 else self.createIndex(pid - 1, 0, 0)
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:
         if not parent.isValid():
             return len(self._top)
         if parent.column() != 0 or parent.internalId() != 0:
             return 0
-        item = self._top[parent.row()]
-        return len(item.tensors) if isinstance(item, TensorGroup) else 0
+        return len(self._top[parent.row()].children)
+
+    def hasChildren(self, parent: QModelIndex = QModelIndex()) -> bool:
+        return self.rowCount(parent) > 0
 
     def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:
-        return len(HEADERS)
+        return self._n_cols
 
     # -- data ------------------------------------------------------------------------------------
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        item = self._item(index)
-        if item is None:
+        if not index.isValid():
             return None
+        pid = index.internalId()
+        row = self._top[index.row()] if pid == 0 else self._top[pid - 1].children[index.row()]
         col = index.column()
         if col == PLAN:
-            return self._plan_data(item, role)
+            return self._plan_data(row, role)
         if role == Qt.ItemDataRole.DisplayRole:
-            return self._display(item, col, index.internalId() != 0)
+            return row.text[col]
         if role == SORT_ROLE:
-            return self._sort_key(item, col)
+            return row.keys[col]
         if role == FULL_NAME_ROLE:
-            return item.name
+            return row.name
         if role == OBJECT_ROLE:
-            return item
+            return row.obj
         if role == Qt.ItemDataRole.ToolTipRole:
-            if isinstance(item, TensorGroup):
-                types = ", ".join(f"{n} × {d}" for d, n in item.dtype_counts().items())
-                return (f"{item.name}: {len(item.tensors)} tensors, {grouped(item.n_params)} parameters, "
-                        f"{human_bytes(item.nbytes)}\nTypes: {types}")
-            return f"{item.name}\n{shape_text(item.shape)} {item.dtype}, {grouped(item.nbytes)} bytes"
+            return row.tip
         if role == Qt.ItemDataRole.TextAlignmentRole and col in (PARAMS, SIZE):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if role == Qt.ItemDataRole.FontRole and isinstance(item, TensorGroup) and col == NAME:
+            return self._right
+        if role == Qt.ItemDataRole.FontRole and row.children and col == NAME:
             return self._bold
         return None
 
@@ -199,18 +299,19 @@ class TensorTreeModel(QAbstractItemModel):
                 counts[e.type] = counts.get(e.type, 0) + 1
         return counts
 
-    def _plan_data(self, item: TensorInfo | TensorGroup, role: int) -> Any:
+    def _plan_data(self, row: Row, role: int) -> Any:
         if role in (FULL_NAME_ROLE, OBJECT_ROLE):
-            return item.name if role == FULL_NAME_ROLE else item
+            return row.name if role == FULL_NAME_ROLE else row.obj
+        item = row.obj
         if isinstance(item, TensorGroup):
             if role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
-                return counts_text(self._group_plan_counts(item)) if self._entries else ""
+                return row.plan_text
             if role == Qt.ItemDataRole.ToolTipRole and self._entries:
                 size = sum(self._entries[t.name].nbytes for t in item.tensors if t.name in self._entries)
                 types = ", ".join(f"{n} × {d}" for d, n in self._group_plan_counts(item).items())
                 return f"{item.name} planned: {human_bytes(size)}\nTypes: {types}"
             return None
-        entry = self._entries.get(item.name)
+        entry = self._entries.get(row.name)
         if entry is None:
             return None
         if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole, SORT_ROLE):
@@ -218,23 +319,23 @@ class TensorTreeModel(QAbstractItemModel):
         if role == PLAN_ENTRY_ROLE:
             return entry
         if role == OVERRIDE_ROLE:
-            return self._plan.overrides.get(item.name) if self._plan is not None else None
+            return self._plan.overrides.get(row.name) if self._plan is not None else None
         if role == Qt.ItemDataRole.ToolTipRole:
             edit = "\nDouble-click to choose another type." if is_editable(entry) else ""
             return (f"{entry.type}: {entry.reason}\n{human_bytes(entry.nbytes)} planned "
                     f"({grouped(entry.nbytes)} bytes){edit}")
         if role == Qt.ItemDataRole.FontRole:
-            if self._plan is not None and item.name in self._plan.overrides:
+            if self._plan is not None and row.name in self._plan.overrides:
                 return self._bold
             if entry.reason.startswith("rule "):
                 return self._italic
         if role == Qt.ItemDataRole.ForegroundRole and "fallback" in entry.reason:
-            return QBrush(FALLBACK_COLOR)
+            return self._fallback
         return None
 
     def flags(self, index: QModelIndex) -> Qt.ItemFlag:
-        f = super().flags(index)
-        if index.column() == PLAN and self.type_setter is not None:
+        f = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable if index.isValid() else Qt.ItemFlag.NoItemFlags
+        if index.isValid() and index.column() == PLAN and self.type_setter is not None:
             item = self._item(index)
             if isinstance(item, TensorInfo) and is_editable(self._entries.get(item.name)):
                 f |= Qt.ItemFlag.ItemIsEditable
@@ -250,27 +351,14 @@ class TensorTreeModel(QAbstractItemModel):
         self.type_setter([item.name], str(value) if value else None)
         return True
 
-    @staticmethod
-    def _display(item: TensorInfo | TensorGroup, col: int, in_group: bool) -> str:
-        if isinstance(item, TensorGroup):
-            return (item.name, f"{len(item.tensors)} tensors", item.dtype_text, "", grouped(item.n_params),
-                    human_bytes(item.nbytes))[col]
-        if col == NAME:
-            layer = item.layer
-            return item.name[len(layer) + 1:] if in_group and layer else item.name
-        return ("", shape_text(item.shape), item.dtype, "", grouped(item.n_params), human_bytes(item.nbytes))[col]
-
-    @staticmethod
-    def _sort_key(item: TensorInfo | TensorGroup, col: int) -> Any:
-        if col == NAME:
-            return natural_key(item.name)
-        if col == SHAPE:
-            return (item.n_params, tuple(item.shape) if isinstance(item, TensorInfo) else ())
-        if col == TYPE:
-            return item.dtype_text if isinstance(item, TensorGroup) else item.dtype
-        if col == PARAMS:
-            return item.n_params
-        return item.nbytes
+    def less_than(self, left: QModelIndex, right: QModelIndex) -> bool:
+        """Sort order from the precomputed ranks (the Plan column, which changes with the plan, by its text)."""
+        col = left.column()
+        a, b = self.row_of(left), self.row_of(right)
+        if col != PLAN:
+            return a.rank[col] < b.rank[col]
+        x, y = self._plan_data(a, SORT_ROLE) or "", self._plan_data(b, SORT_ROLE) or ""
+        return x < y
 
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
         if orientation != Qt.Orientation.Horizontal:
@@ -280,7 +368,7 @@ class TensorTreeModel(QAbstractItemModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             return HEADER_TIPS[section]
         if role == Qt.ItemDataRole.TextAlignmentRole and section in (PARAMS, SIZE):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+            return self._right
         return None
 
     def index_of(self, name: str) -> QModelIndex:
@@ -288,8 +376,8 @@ class TensorTreeModel(QAbstractItemModel):
         for row, item in enumerate(self._top):
             if item.name == name:
                 return self.index(row, 0)
-            if isinstance(item, TensorGroup) and name.startswith(item.name + "."):
-                for crow, t in enumerate(item.tensors):
+            if item.children and name.startswith(item.name + "."):
+                for crow, t in enumerate(item.children):
                     if t.name == name:
                         return self.index(crow, 0, self.index(row, 0))
         return QModelIndex()

@@ -9,6 +9,11 @@ import gguf
 HF_TO_GGUF = {
     "LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "llama": "llama", "mistral": "llama",
     "Qwen2ForCausalLM": "qwen2", "qwen2": "qwen2",
+    "Qwen3ForCausalLM": "qwen3", "qwen3": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3moe", "qwen3_moe": "qwen3moe",
+    "Gemma3ForCausalLM": "gemma3", "gemma3_text": "gemma3",
+    "Gemma2ForCausalLM": "gemma2", "gemma2": "gemma2",
+    "Phi3ForCausalLM": "phi3", "phi3": "phi3",
     "BertModel": "bert", "BertForMaskedLM": "bert", "bert": "bert",
     "T5ForConditionalGeneration": "t5", "T5WithLMHeadModel": "t5", "t5": "t5",
 }

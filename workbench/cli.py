@@ -258,7 +258,8 @@ def cmd_export(args) -> int:
     check_output(args.output)
     model = _open(args.src, args)
     _run_job(export_hf(model, args.output, dtype=dtype, format=args.format,
-                       max_shard_size=parse_size(args.max_shard_size), overwrite=args.force), args)
+                       max_shard_size=parse_size(args.max_shard_size), overwrite=args.force,
+                       raw=args.raw), args)
     return 0
 
 
@@ -349,6 +350,23 @@ def cmd_set_metadata(args) -> int:
     return 0
 
 
+def _memory_budget(args) -> int:
+    """--memory-budget in bytes (default: half the available memory)."""
+    from .infer.weights import default_memory_budget
+    from .units import parse_size
+
+    text = getattr(args, "memory_budget", None)
+    if text is None or str(text).strip().lower() == "auto":
+        return default_memory_budget()
+    return parse_size(text, "--memory-budget")
+
+
+def _budget_option(p) -> None:
+    p.add_argument("--memory-budget", metavar="SIZE",
+                   help="memory for dequantized layers, e.g. 500MB, 2GB (default auto: half the available memory); "
+                        "the weights stay in their level's bytes, so a large model runs in bounded memory")
+
+
 def cmd_generate(args) -> int:
     import time
 
@@ -359,6 +377,7 @@ def cmd_generate(args) -> int:
     from .infer.weights import model_arch
 
     plan = _preset(args.type)
+    budget = _memory_budget(args)
     model = _open(args.model, args)
     if model_arch(model) == "bert":  # refused from the metadata, before any weight or tokenizer is read
         raise WorkbenchError("this model is an encoder: it makes sentence embeddings, not text", path=model.path,
@@ -370,7 +389,7 @@ def cmd_generate(args) -> int:
 
             plan = Plan.load(model, args.plan)
         tokenizer = load_tokenizer(model)
-        engine = run(load_engine(model, plan), bar)
+        engine = run(load_engine(model, plan, memory_budget=budget), bar)
     finally:
         bar.close()
     ids: list[int] = []
@@ -401,6 +420,7 @@ def cmd_compare(args) -> int:
     if args.chunks is not None and args.chunks < 1:
         raise WorkbenchError(f"--chunks {args.chunks} is too small: score at least 1 window")
     levels = [x.strip() for x in args.levels.split(",") if x.strip()]
+    budget = _memory_budget(args)
     text = None
     if args.text:
         try:
@@ -418,7 +438,8 @@ def cmd_compare(args) -> int:
     try:
         result = run(compare(model, levels, base=args.base, text=text, prompt=None if args.no_generate else args.prompt,
                              n_ctx=args.ctx, max_windows=args.chunks, max_tokens=args.max_tokens,
-                             chat=args.chat, eval_mode=args.eval), on_progress)
+                             chat=args.chat, eval_mode=args.eval, memory_budget=budget,
+                             imatrix=_load_imatrix(args)), on_progress)
     finally:
         bar.close()
     _warn(warned)
@@ -436,6 +457,33 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_imatrix(args) -> int:
+    from pathlib import Path
+
+    from .infer.tokenizer import load_tokenizer
+    from .optimize.imatrix_compute import compute_imatrix, load_calibration
+
+    out = Path(args.output).expanduser()
+    if out.exists() and not args.force:
+        raise WorkbenchError("the output file already exists", path=out, hint="Pass --force to replace it.")
+    check_output(out, file_suffix=out.suffix.lower() or ".gguf")
+    budget = _memory_budget(args)
+    model = _open(args.model, args)
+    cal = load_calibration(args.text, load_tokenizer(model), held_out=args.held_out, seed=args.seed)
+    bar = _bar(args)
+    try:
+        imatrix = run(compute_imatrix(model, cal.train, args.ctx, args.chunks, process_output=args.process_output,
+                                      parse_special=cal.chat, dataset=cal.label, memory_budget=budget), bar)
+    finally:
+        bar.close()
+    imatrix.save(out, overwrite=True)
+    if not args.quiet:
+        print(f"{len(imatrix)} tensors, {imatrix.chunk_count} chunks of {imatrix.chunk_size} tokens; "
+              f"{cal.describe()}", file=sys.stderr)
+    print(out)
+    return 0
+
+
 def _print_desktop_report(report, verb: str) -> None:
     for path in report.files:
         print(path)
@@ -446,6 +494,25 @@ def _print_desktop_report(report, verb: str) -> None:
     for text in report.failed:
         print(f"warning: {text}", file=sys.stderr)
     print(f"{verb} {len(report.files)} files under {report.data_dir}", file=sys.stderr)
+
+
+def cmd_imatrix_stats(args) -> int:
+    from .optimize.imatrix import Imatrix
+    from .optimize.imatrix_stats import format_table, layer_statistics, sort_stats, statistics
+
+    im = Imatrix.load(args.file)
+    stats = statistics(im)
+    if args.sort:
+        stats = sort_stats(stats, args.sort)
+    layers = layer_statistics(stats)
+    if args.json:
+        print(json.dumps({"file": str(args.file), "entries": len(im), "chunks": im.chunk_count,
+                          "datasets": list(im.datasets), "tensors": [t.to_dict() for t in stats],
+                          "layers": [s.to_dict() for s in layers]}, indent=1))
+        return 0
+    print(f"{args.file}: {len(stats)} tensors with activations of {len(im)} entries, {im.chunk_count} chunks")
+    print(format_table(stats, layers))
+    return 0
 
 
 def cmd_install_desktop(args) -> int:
@@ -548,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "become f32)")
     _alias(ex, "--dtype", "--outtype", dest="type", type=str.lower, choices=("f32", "f16", "bf16", "keep"))
     ex.add_argument("--max-shard-size", default="5G", help="shard above this size (default 5G)")
+    ex.add_argument("--raw", action="store_true",
+                    help="a GGUF architecture without a Hugging Face mapping: write its tensors under their GGUF "
+                         "names, with no config.json or tokenizer (otherwise refused)")
     _common(ex, threads=True, force=True)
     ex.set_defaults(func=cmd_export)
     ml = sub.add_parser("merge-lora", help="merge a PEFT LoRA adapter into its base model (HF folder or GGUF)",
@@ -607,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling threshold (1: off)")
     gn.add_argument("--seed", type=int, help="random seed for sampling (repeatable output)")
     gn.add_argument("--no-chat", action="store_true", help="use the prompt as is, without the chat template")
+    _budget_option(gn)
     _common(gn, threads=True)
     gn.set_defaults(func=cmd_generate)
     cp = sub.add_parser("compare", help="compare quantization levels against the base: PPL, KL divergence, texts",
@@ -617,6 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--levels", required=True, help="comma-separated presets or saved plans: F16,Q8_0,Q4_K_M,plan.json")
     cp.add_argument("--base", default="F32", help="the reference level (default F32: the weights as stored)")
     cp.add_argument("--text", metavar="FILE", help="calibration text file (default: the bundled text)")
+    cp.add_argument("--imatrix", metavar="FILE", help="importance matrix (.gguf or .dat) the levels are quantized "
+                                                      "with, as convert --imatrix")
     cp.add_argument("--prompt", default="The capital of France is", help="prompt every level completes greedily")
     cp.add_argument("--no-generate", action="store_true", help="skip the generation")
     cp.add_argument("--max-tokens", type=int, default=32, metavar="N", help="tokens to generate (default 32)")
@@ -630,8 +703,41 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = cp.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the full result as JSON")
     fmt.add_argument("--csv", action="store_true", help="print the table as CSV")
+    _budget_option(cp)
     _common(cp, threads=True)
     cp.set_defaults(func=cmd_compare)
+    im = sub.add_parser("imatrix", help="compute an importance matrix (llama-imatrix's GGUF format) with the engine",
+                        description="Run the model over a calibration text in windows of --ctx tokens and write, for "
+                                    "every matrix multiplication's weight, the sum of squared input activations per "
+                                    "column and the token count (as llama-imatrix). A held-out part of the text "
+                                    "(--held-out) is kept apart and never used.")
+    im.add_argument("model", help="a .gguf file or a Hugging Face model folder (decoder models)")
+    im.add_argument("--text", metavar="FILE", help="calibration text, or a chat set (.json list / .jsonl lines of "
+                                                   "{\"messages\": [...]}) rendered with the model's chat template "
+                                                   "(default: the bundled text)")
+    im.add_argument("-o", "--output", required=True, metavar="FILE", help="the imatrix file to write (.gguf)")
+    im.add_argument("--ctx", type=int, default=512, metavar="N", help="tokens per chunk (default 512)")
+    im.add_argument("--chunks", type=_positive_int, metavar="N", help="use at most N chunks (default: all)")
+    im.add_argument("--held-out", type=float, default=0.2, metavar="F",
+                    help="fraction of the text kept apart, never used (default 0.2; 0: use everything)")
+    im.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default 0)")
+    im.add_argument("--process-output", action="store_true", help="also collect the output head (output.weight)")
+    _budget_option(im)
+    _common(im, threads=True, force=True)
+    im.set_defaults(func=cmd_imatrix)
+    ist = sub.add_parser("imatrix-stats", help="per-tensor statistics of an importance matrix (llama-imatrix "
+                                               "--show-statistics)",
+                         description="Print, per tensor of an importance matrix (.gguf or legacy .dat), what "
+                                     "llama-imatrix --show-statistics prints: sum, min, max, mean and deviation of the "
+                                     "squared activations, % active, entropy, ZD score, cosine similarity to the "
+                                     "previous layer, and the per-layer weighted means.")
+    ist.add_argument("file", help="an importance matrix (.gguf or .dat)")
+    ist.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    from .optimize.imatrix_stats import SORT_KEYS
+    ist.add_argument("--sort", choices=SORT_KEYS, metavar="KEY",
+                     help="order the rows by KEY (numbers descending): " + ", ".join(SORT_KEYS) +
+                          " (default: llama-imatrix's order, by tensor kind then sum)")
+    ist.set_defaults(func=cmd_imatrix_stats)
     idk = sub.add_parser("install-desktop", help="add the app to the desktop menu and open .gguf/.safetensors with it",
                          description="Install a .desktop entry, the GGUF and safetensors file types and the icon for "
                                      "the current user (freedesktop.org desktops: Linux, BSD).")

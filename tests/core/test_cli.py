@@ -404,6 +404,7 @@ def test_warnings_reach_the_user(tmp_path, gguf_file, monkeypatch, capsys):
 def test_run_commands_refuse_what_the_engine_cannot_run_before_reading_anything(tmp_path, monkeypatch, capsys,
                                                                                 command, kind):
     from builders import build_peft_adapter
+    import workbench.infer.engines as engines  # imported before patching: it binds load_weights at import
     import workbench.infer.tokenizer as tokenizer
     import workbench.infer.weights as weights
 
@@ -412,6 +413,7 @@ def test_run_commands_refuse_what_the_engine_cannot_run_before_reading_anything(
 
     monkeypatch.setattr(tokenizer, "load_tokenizer", must_not_run)
     monkeypatch.setattr(weights, "load_weights", must_not_run)
+    monkeypatch.setattr(engines, "load_weights", must_not_run)
     if kind == "adapter":
         path = tmp_path / "adapter"
         build_peft_adapter(path)

@@ -231,3 +231,61 @@ def test_table_numbers_never_show_negative_zero():
 
     assert [_num(-1e-9, 6), _num(-0.004, 2), _num(-0.5, 2), _num(2.5e-7, 6), _num(None, 3)] == \
         ["0.000000", "0.00", "-0.50", "0.000000", ""]
+
+
+@pytest.mark.realmodel
+def test_a_quantized_base_is_named_in_a_warning_before_the_long_work(capsys, tmp_path):
+    """SmolLM2's Q4_1 GGUF: the base is dequantized Q4_1 weights; the CLI says so (warnings reach the user)."""
+    from fetch_models import real_model
+    from workbench.cli import main
+    from workbench.infer.compare import base_warning
+
+    model = open_model(real_model("smollm2"))
+    assert "Q4_1 weights, dequantized" in base_warning(model)
+    assert base_warning(open_model(DATA / "llama")) is None  # F16 weights: the base is the model itself
+    assert main(["compare", str(DATA / "llama"), "--levels", "Q8_0", "--ctx", "16", "--chunks", "1",
+                 "--no-generate", "-q"]) == 0
+    assert "dequantized" not in capsys.readouterr().err
+    q8 = tmp_path / "tiny-q8.gguf"
+    assert main(["convert", str(DATA / "llama"), "-o", str(q8), "--type", "Q8_0", "-q"]) == 0
+    assert main(["compare", str(q8), "--levels", "Q4_0", "--ctx", "16", "--chunks", "1", "--no-generate", "-q"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warned == ["warning: the base is this file's Q8_0 weights, dequantized: levels are re-quantized from them "
+                      "and measured against them, not against the original model, so a level can score better "
+                      "than the base"]
+
+
+def test_top_candidates_are_the_softmax_of_the_largest_logits():
+    from workbench.infer.compare import _top
+
+    logits = np.array([[0.0, 2.0, 1.0, -1.0, 3.0, 0.5], [5.0, 5.0, 0.0, 0.0, 0.0, 0.0]], np.float32)
+    ids, probs = _top(logits, 3)
+    assert ids == [[4, 1, 2], [0, 1, 2]]
+    z0 = sum(math.exp(v) for v in logits[0])  # by hand
+    assert probs[0] == pytest.approx([math.exp(3) / z0, math.exp(2) / z0, math.exp(1) / z0], rel=1e-9)
+    z1 = 2 * math.exp(5) + 4
+    assert probs[1] == pytest.approx([math.exp(5) / z1, math.exp(5) / z1, 1 / z1], rel=1e-9)
+
+
+@pytest.mark.parametrize("eval_mode", ["exact", "llama-cpu"])
+def test_the_token_view_holds_the_first_windows_tokens_their_kld_and_candidates(eval_mode):
+    from workbench.infer.tokenizer import load_tokenizer
+
+    model = open_model(DATA / "llama")
+    res = run(compare(model, ["Q4_0"], n_ctx=64, max_windows=1, prompt=None, eval_mode=eval_mode))
+    n = res.n_tokens_scored
+    assert len(res.view_ids) == len(res.view_pieces) == n == 64 // 2 - 1  # as llama-perplexity scores
+    tok = load_tokenizer(model)
+    assert "".join(res.view_pieces) == tok.decode(res.view_ids)
+    assert res.view_context and (res.view_context + "".join(res.view_pieces)) in tok.decode(tok.encode(
+        default_calibration_text()))
+    lv = res.levels[0]
+    assert len(lv.token_kld) == n and np.mean(lv.token_kld) == pytest.approx(lv.stats["kld_mean"], rel=1e-6)
+    assert sorted(lv.token_kld) == pytest.approx(lv.kld_values)
+    for r in (res.base, lv):
+        assert len(r.top_ids) == len(r.top_probs) == n and all(len(x) == 5 for x in r.top_ids)
+        p = np.array(r.top_probs)
+        assert np.all(np.diff(p, axis=1) <= 0) and np.all(p.sum(axis=1) <= 1 + 1e-9) and p.min() > 0
+    # where the base is sure of its top token, the level mostly agrees: same first candidate often
+    agree = np.mean([a[0] == b[0] for a, b in zip(res.base.top_ids, lv.top_ids)])
+    assert agree == pytest.approx(lv.stats["same_top"], abs=1e-9)

@@ -106,3 +106,37 @@ def test_submit_reports_bad_rows_through_the_handle():
     handle = kernels.submit(x, "Q4_K", threads=2, name="output.weight", row0=40, process_min=0)
     with pytest.raises(WorkbenchError, match=r"output\.weight: row 46 "):
         handle.result()
+
+
+def test_forked_workers_keep_no_descriptor_of_this_process(tmp_path, monkeypatch):
+    """A forked worker must not hold this process's files: an inherited lock or output would outlive it."""
+    monkeypatch.setattr(procpool, "FORK_MAX_ANON", 1 << 62)  # however big the test process has grown
+    if not procpool.available() or not procpool._use_fork():
+        pytest.skip("workers are forked on Linux only")
+    held = open(tmp_path / "out.gguf.lock", "w")  # as a conversion's lock is open when a worker (re)starts
+    try:
+        procpool._shutdown()  # the next call forks fresh workers while the file is open
+        x = np.random.default_rng(9).standard_normal((8, 256), dtype=np.float32)
+        got = kernels.submit(x, "Q4_K", threads=2, process_min=0).result()
+        assert np.array_equal(got, kernels.quantize(x, "Q4_K", threads=1))
+        assert procpool._children and all(isinstance(c.proc, procpool._Forked) for c in procpool._children)
+        for c in procpool._children:  # stdin and stdout are its pipes, stderr is shared
+            assert sorted(os.listdir(f"/proc/{c.proc.pid}/fd")) == ["0", "1", "2"]
+    finally:
+        held.close()
+
+
+def test_a_big_process_spawns_its_workers(monkeypatch):
+    """Forked workers would keep the memory a big process (an app with models loaded) frees later: above
+    FORK_MAX_ANON of anonymous memory fresh interpreters are started, and give the same bytes."""
+    if not procpool.available():
+        pytest.skip("worker processes are not available on this platform")
+    monkeypatch.setattr(procpool, "FORK_MAX_ANON", 0)
+    procpool._shutdown()
+    try:
+        x = np.random.default_rng(4).standard_normal((8, 256), dtype=np.float32)
+        got = kernels.submit(x, "Q6_K", threads=2, process_min=0).result()
+        assert np.array_equal(got, kernels.quantize(x, "Q6_K", threads=1))
+        assert procpool._children and not any(isinstance(c.proc, procpool._Forked) for c in procpool._children)
+    finally:
+        procpool._shutdown()  # the next test forks small workers again

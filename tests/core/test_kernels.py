@@ -139,7 +139,7 @@ def test_one_dimensional_input_and_type_enum():
     np.testing.assert_allclose(kernels.dequantize(a, "q8_0")[0], x, atol=1 / 127)
 
 
-@pytest.mark.parametrize("qtype", ["Q4_K", "IQ4_NL"])
+@pytest.mark.parametrize("qtype", ["Q4_K", "IQ4_NL", "Q3_K"])
 def test_worker_processes_give_the_same_bytes(qtype, monkeypatch):
     x = np.random.default_rng(11).standard_normal((96, 512)).astype(np.float32)
     one = kernels.quantize(x, qtype, threads=1)
@@ -215,5 +215,21 @@ def test_q3_k_rmse_passes_on_many_sub_blocks():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((256, 1024)).astype(np.float32)
     x[::3] = np.round(x[::3] * 2) / 2  # half-integers: many exact ties
+    ours, ref = kernels.quantize(x, "Q3_K", threads=1), ggml().quantize(x, "Q3_K")
+    assert _differing_blocks(ours, ref, 110) == 0
+
+
+def test_q3_k_batches_refined_together():
+    """Q3_K refines the sub-blocks of several 16,384-sub-block batches of one call together once few of
+    each batch still move (and keeps the refined quants of the sub-blocks whose 6-bit scale is 0): three
+    and a bit batches, with super-blocks holding a few tiny sub-blocks, against ggml."""
+    from workbench.kernels import kquants_low
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((800, 1024)).astype(np.float32)
+    x[::3] = np.round(x[::3] * 2) / 2  # half-integers: many exact ties, sub-blocks that move for passes
+    x.reshape(-1, 16)[rng.random(x.size // 16) < 0.05] *= 1e-3  # scales that round to 0 against the max
+    assert x.size > 3 * kquants_low._BATCH * 16  # one call (one chunk) of several batches
+    assert kernels.base._chunks(800, 1024, kquants_low.Q3_K.chunk_elements) == [(0, 800)]
     ours, ref = kernels.quantize(x, "Q3_K", threads=1), ggml().quantize(x, "Q3_K")
     assert _differing_blocks(ours, ref, 110) == 0

@@ -14,12 +14,12 @@ import workbench
 from fetch_models import real_model
 from workbench.errors import MissingFileError, UnsupportedError
 from workbench.infer.chat import FALLBACK_TEMPLATE, TemplateError, apply_chat_template
-from workbench.infer.tokenizer import (IncrementalDecoder, folder_tokenizer, gguf_tokenizer, gguf_tokenizer_json,
-                                       load_tokenizer, spm_merges)
+from workbench.infer.tokenizer import (IncrementalDecoder, _bpe_from_doc, folder_tokenizer, gguf_tokenizer,
+                                       gguf_tokenizer_json, load_tokenizer, read_gguf_vocab, spm_merges)
 
 DATA = Path(__file__).parent / "data" / "tokenizer_vectors"
 sys.path.insert(0, str(DATA))
-from make_fixtures import MIXED_VOCABS, read_inputs, write_t5_vocab, write_vocab  # noqa: E402
+from make_fixtures import MIXED_VOCABS, gemma3_vocab_path, read_inputs, write_t5_vocab, write_vocab  # noqa: E402
 
 # Every llama.cpp test-vector vocabulary of llama-cpp-python 0.3.36 (models/ggml-vocab-*.gguf.inp/.out) and the
 # cases we pass.  All of them pass 100%; a vocabulary with known gaps would be listed in GAPS with the reason.
@@ -38,8 +38,11 @@ def vocab_dir() -> Path:
 
 
 def vocab_tokenizer(name: str):
+    """The tokenizer of a llama.cpp vocab GGUF (``gemma3``: Gemma 3's 262k SentencePiece vocabulary, made once
+    from Gemma 4's into the test cache), built once per test session."""
     if name not in _TOKENIZERS:
-        _TOKENIZERS[name] = gguf_tokenizer(workbench.open_model(vocab_dir() / f"ggml-vocab-{name}.gguf"))
+        path = vocab_dir() / f"ggml-vocab-{name}.gguf" if name != "gemma3" else (vocab_dir(), gemma3_vocab_path())[1]
+        _TOKENIZERS[name] = gguf_tokenizer(workbench.open_model(path))
     return _TOKENIZERS[name]
 
 
@@ -114,9 +117,11 @@ def test_t5_vocab_from_gguf_matches_its_tokenizer_json(tmp_path):
     assert ours.decode(ours.encode("Hello world")) == "Hello world"
 
 
-# one vocabulary kind per row: gpt2 BPE, llama SentencePiece, bert WordPiece, t5 Unigram
+# one vocabulary kind per row: gpt2 BPE, llama SentencePiece, bert WordPiece, t5 Unigram, gemma4 BPE; and the
+# vocabularies of issue 14's architectures: qwen3 (qwen2, qwen35), phi3, mistral (llama-spm), gemma3, gemma4
 MIXED_KINDS = {"gpt-2": "gpt2", "llama-bpe": "gpt2", "qwen2": "gpt2", "llama-spm": "llama", "bert-bge": "bert",
-               "all-minilm": "bert", "nomic-bert-moe": "t5", "t5-lora": "t5"}
+               "all-minilm": "bert", "nomic-bert-moe": "t5", "t5-lora": "t5", "qwen35": "gpt2", "phi-3": "llama",
+               "gemma-4": "gemma4", "gemma3": "llama"}
 
 
 @pytest.mark.realmodel
@@ -128,7 +133,7 @@ def test_mixed_text_matches_llama_cpp(name, tmp_path):
     adding none, and ``llama-tokenize``'s default (adding them when the vocabulary's add_bos says so)."""
     fixture = json.loads((DATA / "mixed.json").read_text(encoding="utf-8"))
     key, arch = MIXED_VOCABS[name]
-    if arch is None:
+    if arch is None or name == "gemma3":
         tok = vocab_tokenizer(name)
     else:  # a tokenizer folder written as a GGUF vocabulary the way our converter writes it
         tok = gguf_tokenizer(workbench.open_model(write_vocab(real_model(key), tmp_path / "v.gguf", arch)))
@@ -141,6 +146,45 @@ def test_mixed_text_matches_llama_cpp(name, tmp_path):
             at = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
             assert got == want, (f"{name} ({label}) differs from llama.cpp at token {at} of {len(want)}: "
                                  f"llama.cpp {want[at:at + 4]}, ours {got[at:at + 4]}, in {text[:40]!r}")
+
+
+@pytest.mark.realmodel
+def test_gemma3_vocab_special_tokens_and_round_trip():
+    """The 262k Gemma 3 SentencePiece vocabulary: Gemma's special ids, <end_of_turn> ends generation, no prefix
+    space, and every mixed text decodes back exactly (byte fallback for what the vocabulary lacks)."""
+    tok = vocab_tokenizer("gemma3")
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.unk_id, tok.pad_id) == (262144, 2, 1, 3, 0)
+    assert tok.token_id("<end_of_turn>") == 106 and 106 in tok.eos_ids and 1 in tok.eos_ids
+    assert tok.encode("Hello")[0] == 2 and tok.token_text(tok.encode("Hello")[1]) == "Hello"
+    assert tok.encode("<start_of_turn>user", parse_special=False)[1] == 105  # user-defined: always matched
+    for text in json.loads((DATA / "mixed.json").read_text(encoding="utf-8"))["texts"]:
+        assert tok.decode(tok.encode(text, parse_special=False)) == text
+
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize("merges", ["strings", "pairs"])
+def test_bpe_tokenizer_json_built_from_parsed_document_equals_from_str(merges, tmp_path):
+    """A BPE tokenizer.json folder is built from the parsed document (merges not parsed twice): the result
+    serializes exactly as the tokenizers library's own from_str reading of the file (ids of added tokens
+    and special flags included), and encodes the mixed texts as llama.cpp does."""
+    from tokenizers import Tokenizer
+
+    doc, _notes = gguf_tokenizer_json(workbench.open_model(vocab_dir() / "ggml-vocab-gpt-2.gguf"))
+    if merges == "pairs":  # the format tokenizers >= 0.20 saves
+        doc["model"]["merges"] = [m.split(" ") for m in doc["model"]["merges"]]
+    doc["added_tokens"].append({"id": 50257, "content": "<|new|>", "single_word": False, "lstrip": True,
+                                "rstrip": False, "normalized": False, "special": False})  # beyond the vocab
+    text = json.dumps(doc, ensure_ascii=False)
+    (tmp_path / "tokenizer.json").write_text(text, encoding="utf-8")
+    fast = _bpe_from_doc(json.loads(text))
+    assert fast is not None
+    assert json.loads(fast.to_str()) == json.loads(Tokenizer.from_str(text).to_str())
+    tok = folder_tokenizer(tmp_path)
+    fixture = json.loads((DATA / "mixed.json").read_text(encoding="utf-8"))
+    for t, case in zip(fixture["texts"], fixture["vocabs"]["gpt-2"]):
+        assert tok.encode(t, add_special=False) == case["plain"]
+    assert tok.encode("a <|new|>b", add_special=False) == [64, 50257, 65]
+    assert tok.is_special(50256) and not tok.is_special(50257)
 
 
 # -- special tokens, ids, pieces -----------------------------------------------------------------------------
@@ -239,6 +283,41 @@ def test_missing_tokenizers_are_reported(tmp_path):
         load_tokenizer(rwkv)
     with pytest.raises(MissingFileError, match="tokenizer.json"):
         folder_tokenizer(tmp_path)
+
+
+def test_spm_model_merges_the_best_scored_pair_leftmost_first(tmp_path):
+    """llama.cpp's SentencePiece rule, by hand: the adjacent pair whose text is the highest-scored token merges
+    first, the leftmost on ties; a piece without a token falls back to <0xXX> byte tokens; the space prefix
+    comes back after a control or user-defined token; user-defined tokens are matched even without
+    parse_special, control ones only with it."""
+    tokens = ["<unk>", "<s>", "</s>", "a", "b", "ab", "ba", "\u2581", "\u2581a", "<u>"]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    path = write_vocab_gguf(tmp_path / "spm.gguf", "llama", "llama", tokens)
+
+    def tok(scores):
+        v = read_gguf_vocab(workbench.open_model(path))
+        v.scores = np.array(scores + [0] * 256, np.float32)
+        v.types = np.array([2, 3, 3, 1, 1, 1, 1, 1, 1, 4] + [6] * 256, np.int32)
+        t = gguf_tokenizer(v)
+        assert type(t.hf).__name__ == "SpmModel"
+        return t
+
+    ids = {t: i for i, t in enumerate(tokens)}
+    same = tok([0, 0, 0, 0, 0, -1, -1, 0, -5, 0])
+    assert same.encode("aba", add_special=False) == [ids["\u2581"], ids["ab"], ids["a"]]  # tie: leftmost
+    ba_first = tok([0, 0, 0, 0, 0, -1, -0.5, 0, -5, 0])  # then "▁a": no "ab" left to take
+    assert ba_first.encode("aba", add_special=False) == [ids["\u2581a"], ids["ba"]]
+    prefix_first = tok([0, 0, 0, 0, 0, -0.5, -1, 0, -0.1, 0])  # "▁a" beats the better "ab" than "ba"
+    assert prefix_first.encode("aba", add_special=False) == [ids["\u2581a"], ids["ba"]]
+    assert tok([0, 0, 0, 0, 0, -0.05, -1, 0, -0.1, 0]).encode("aba", add_special=False) == \
+        [ids["\u2581"], ids["ab"], ids["a"]]
+    assert same.encode("é") == [1, ids["\u2581"], ids["<0xC3>"], ids["<0xA9>"]]  # BOS, then é's two bytes
+    assert same.encode("a</s>a<u>a", add_special=False) == [ids["\u2581a"], 2, ids["\u2581a"], ids["<u>"],
+                                                            ids["\u2581a"]]  # prefix after every token fragment
+    assert same.encode("a</s>", add_special=False, parse_special=False)[-1] != 2
+    assert same.encode("a<u>", add_special=False, parse_special=False)[-1] == ids["<u>"]
+    assert same.decode([1, ids["\u2581a"], ids["<0xC3>"], ids["<0xA9>"], 2]) == "aé"
+    assert same.decode([ids["<0xC3>"], ids["a"]]) == "\ufffda"  # an incomplete character
 
 
 def test_spm_merges_rank_by_merged_score():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtGui import QGuiApplication, QTextCursor
 
 from workbench import open_model
 from workbench.infer.compare import PROGRESS_STEPS, CompareResult, LevelResult, compare
@@ -332,3 +332,105 @@ def test_the_evaluation_choice_reaches_the_core_and_the_summary(qtbot, view, tin
     assert result.levels[0].kld_values == pytest.approx(direct.levels[0].kld_values, rel=1e-5, abs=1e-9)
     # the two modes really differ: rounding the activations costs Q8_0 more than its weights alone
     assert np.mean(direct.levels[0].kld_values) < np.mean(expected.levels[0].kld_values)
+
+
+def test_compare_and_generate_use_the_whole_window(qtbot, window, load):
+    window.resize(1280, 800)
+    window.show()
+    load(window, TINY)
+    qtbot.waitExposed(window)
+    assert window.tree_pane.isVisible()  # positive control: the tensor tabs keep the tree beside them
+    tree_width = window.tree_pane.width()
+    for page in (window.compare_page, window.generate_page):
+        window.tabs.setCurrentWidget(page)
+        qtbot.waitUntil(lambda: window.tabs.width() > 1200, timeout=5000)
+        assert not window.tree_pane.isVisible()
+    window.tabs.setCurrentIndex(0)
+    assert window.tree_pane.isVisible()
+    qtbot.waitUntil(lambda: window.tree_pane.width() == tree_width, timeout=5000)  # the user's split comes back
+
+
+def test_the_context_stops_at_the_models_trained_context(view, tiny):
+    assert tiny.meta("max_position_embeddings") == 256
+    assert view.ctx_spin.maximum() == 256
+    view.ctx_spin.setValue(4096)
+    assert view.ctx_spin.value() == 256
+    view.set_model(None)
+    assert view.ctx_spin.maximum() == 32768
+
+
+def test_before_a_run_the_view_estimates_its_time_and_warns_of_a_quantized_base(qtbot, view, tmp_path):
+    from builders import write_gguf_model
+    from workbench.infer import compare as C
+
+    qtbot.waitUntil(lambda: "about" in view.status.text(), timeout=10_000)  # once the machine is timed
+    C._FLOPS[:] = [1e9]  # a known rate: the estimate follows the formula's inputs
+    view.windows_spin.setValue(3)
+    view.ctx_spin.setValue(64)
+    view.tokens_spin.setValue(16)
+    view.windows_spin.setValue(2)  # a change recomputes the estimate with the known rate
+    want = C.estimate_seconds(view.model, len(view.chosen()), n_tokens=128, max_tokens=16, flops=1e9)
+    from ui.compare_view import _duration
+    assert view.status.text() == f"Choose the levels and press Run (about {_duration(want)})."
+    view.set_levels(["Q8_0"])
+    view.windows_spin.setValue(3)  # any change recomputes
+    one = C.estimate_seconds(view.model, 1, n_tokens=192, max_tokens=16, flops=1e9)
+    assert f"about {_duration(one)}" in view.status.text()
+    assert not view.base_note.isVisible()  # F16/F32 weights: nothing to warn about
+    path = tmp_path / "q.gguf"
+    write_gguf_model(path)  # mostly block-quantized tensors
+    qmodel = open_model(path)
+    view.set_model(qmodel)
+    quantized = sum(t.n_params for t in qmodel.tensors if t.dtype not in ("F32", "F16", "BF16"))
+    assert 2 * quantized > qmodel.n_params  # mostly block-quantized: the base is dequantized weights
+    assert view.base_note.isVisible() and "weights, dequantized" in view.base_note.text()
+    assert "better than the base" in view.base_note.text()
+
+
+def test_duration_rounding():
+    from ui.compare_view import _duration
+
+    assert [_duration(s) for s in (1, 42, 61, 149, 3599, 3660, 5400)] == \
+        ["5 s", "40 s", "1 min", "2 min", "1 h 00 min", "1 h 01 min", "1 h 30 min"]
+
+
+def test_token_views_show_each_tokens_kld_candidates_and_the_aligned_continuations(qtbot, view, expected):
+    from ui.token_view import kld_color
+
+    view.show_result(expected)
+    tv, grid = view.token_view, view.gen_tokens
+    assert [tv.level.itemText(i) for i in range(tv.level.count())] == ["Q8_0", "Q4_0"]
+    tv.level.setCurrentIndex(1)
+    lv = expected.levels[1]
+    doc = tv.text.document()
+    assert doc.toPlainText() == expected.view_context + "".join(p or "∅" for p in expected.view_pieces)
+    for i in (0, len(expected.view_ids) // 2, len(expected.view_ids) - 1):
+        a, b = tv.spans[i]
+        assert doc.toPlainText()[a:b] == (expected.view_pieces[i] or "∅")
+        assert tv.token_at(a) == i and tv.token_at(b - 1) == i
+        cur = QTextCursor(doc)
+        cur.setPosition(a + 1)
+        assert cur.charFormat().background().color() == kld_color(lv.token_kld[i])
+        html = tv.tooltip_html(i)
+        for r in (expected.base, lv):
+            assert f"{100 * r.top_probs[i][0]:.1f}%" in html and f"{100 * r.top_probs[i][4]:.1f}%" in html
+    assert tv.token_at(0) is None  # the context before the scored tokens
+    # the continuations: one row per level under the base, highlighted exactly where the ids differ
+    rows = [expected.base, *expected.levels]
+    assert grid.rowCount() == 3 and grid.columnCount() == max(len(r.generated_ids) for r in rows)
+    base = expected.base.generated_ids
+    for ri, r in enumerate(rows):
+        want = [] if ri == 0 else [j for j, t in enumerate(r.generated_ids) if j >= len(base) or base[j] != t]
+        assert grid.differing(ri) == want
+    assert any(grid.differing(ri) for ri in (1, 2)) or all(r.generated_ids == base for r in rows)
+
+
+def test_kld_colours_run_from_white_to_red_on_a_log_scale():
+    from ui.token_view import kld_color
+
+    assert kld_color(0.0).name() == kld_color(1e-4).name() == "#ffffff"
+    assert kld_color(1.0).name() == kld_color(50.0).name() == "#ff503c"
+    mid = kld_color(1e-2)  # halfway on the log scale: yellow
+    assert (mid.red(), mid.green()) == (255, 255) and mid.blue() == 120
+    greens = [kld_color(v).green() for v in (1e-3, 1e-2, 3e-2, 0.1, 0.3)]
+    assert greens == sorted(greens, reverse=True)

@@ -144,7 +144,8 @@ def test_preset_picker_changes_the_plan(qtbot, window, demo):
     assert window.plan.plan.preset == "Q8_0"
     assert plan_column(window.tree) == Plan(demo, "Q8_0").types()
     assert window.status.plan_label.text() == status_text(Plan(demo, "Q8_0"))
-    # the list shows each preset's size for this model
+    # the list shows each preset's size for this model (computed on a worker after the model opened)
+    qtbot.waitUntil(lambda: bool(combo.sizes), timeout=10_000)
     row = combo.findText("Q4_0")
     assert combo.model().index(row, 1).data() == human_bytes(Plan(demo, "Q4_0").nbytes)
 

@@ -1,10 +1,13 @@
 """Export any opened model as a Hugging Face folder: safetensors (sharded like ``save_pretrained``) or
 PyTorch ``.bin``, one tensor at a time.
 
-GGUF sources of the supported architectures get HF tensor names, the llama Q/K permutation undone and
-config / generation / tokenizer files rebuilt from the GGUF metadata (:mod:`.gguf_to_hf`); quantized
-tensors are dequantized with :mod:`workbench.kernels`.  Other sources (safetensors, ``.bin``, PEFT
-adapters) keep their tensor names and have their config and tokenizer files copied.
+GGUF sources of the supported architectures get HF tensor names, the llama Q/K permutation undone, Gemma's
+norms shifted back, qwen3moe's stacked experts split per expert and config / generation / tokenizer files
+rebuilt from the GGUF metadata (:mod:`.gguf_to_hf`); quantized tensors are dequantized with
+:mod:`workbench.kernels`.  A GGUF architecture without a Hugging Face mapping is refused before anything is
+written, unless ``raw=True`` asks for its tensors under their GGUF names.  Other sources (safetensors,
+``.bin``, PEFT adapters) keep their tensor names and have their config, tokenizer and sentence-transformers
+files (modules.json and the module folders it names) copied.
 
 Everything is written into a temporary folder beside ``out_dir`` and moved into place at the end:
 a failure or a cancel leaves nothing under the final names, and the source is never modified.
@@ -41,6 +44,9 @@ SIDE_FILES = ("config.json", "generation_config.json", "adapter_config.json", "t
               "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
               "spiece.model", "sentencepiece.bpe.model", "vocab.json", "merges.txt", "vocab.txt",
               "chat_template.jinja", "chat_template.json", "preprocessor_config.json")
+# a sentence-transformers model: these files plus the module folders modules.json names (1_Pooling/ ...)
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+_ST_MODULE_FILE_LIMIT = 64 << 20  # a module folder's files are configs and small Dense weights
 
 
 @dataclass(frozen=True)
@@ -49,14 +55,20 @@ class _Item:
     src: TensorInfo
     dtype: str  # output element type
     heads: int | None  # un-permute the rows over this many heads (llama Q/K)
+    expert: int | None = None  # write only this slice of the first axis (one expert of a 3-D GGUF tensor)
+    offset: float = 0.0  # added to every value (Gemma norms: HF = GGUF - 1)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.src.shape
+        return self.src.shape[1:] if self.expert is not None else self.src.shape
+
+    @property
+    def n_params(self) -> int:
+        return self.src.n_params // self.src.shape[0] if self.expert is not None else self.src.n_params
 
     @property
     def nbytes(self) -> int:
-        return self.src.n_params * dtypes.PLAIN_DTYPES[self.dtype].itemsize
+        return self.n_params * dtypes.PLAIN_DTYPES[self.dtype].itemsize
 
 
 def normalize_dtype(dtype: str | None) -> str | None:
@@ -100,20 +112,22 @@ def iter_converted(model: Model, item: _Item, chunk_elements: int = CHUNK_ELEMEN
     """The output tensor as consecutive row blocks already in ``item.dtype`` (the bytes to write, in order)."""
     info = item.src
     raw = model.tensor(info.name).raw()
-    shape = info.shape
+    shape = item.shape
     cols = shape[-1] if shape else 1
     quantized = dtypes.is_quantized(info.dtype)
     if item.heads and len(shape) == 1:  # a permuted bias: rows of one value
         cols = 1
-    rows = info.n_params // max(cols, 1) if cols else 0
+    rows = item.n_params // max(cols, 1) if cols else 0
     if rows == 0:
         return
+    if item.expert is not None:  # the expert's rows are one contiguous slice of the stored bytes
+        raw = raw.reshape(info.shape[0], -1)[item.expert]
     raw2 = raw.reshape(rows, -1)
     step = max(1, chunk_elements // max(cols, 1))
     if item.heads:
         head_rows = rows // item.heads
         step = max(1, step // head_rows) * head_rows
-    same = not quantized and info.dtype == item.dtype
+    same = not quantized and info.dtype == item.dtype and not item.offset
     for start in range(0, rows, step):
         part = raw2[start:start + step]
         n = part.shape[0]
@@ -121,6 +135,8 @@ def iter_converted(model: Model, item: _Item, chunk_elements: int = CHUNK_ELEMEN
             out = np.ascontiguousarray(part)
         else:
             x = _dequantize(part, info.dtype, n, cols) if quantized else dtypes.decode(part, info.dtype, (n, cols))
+            if item.offset:
+                x = np.asarray(x, np.float32) + np.float32(item.offset)
             out = _encode(x, item.dtype)
         if item.heads:
             out = np.ascontiguousarray(gguf_to_hf.unpermute(out, n // (rows // item.heads)))
@@ -139,12 +155,18 @@ def _out_dtype(src: str, requested: str | None) -> str:
     return src  # integer and bool tensors are kept as they are
 
 
-def _plan(model: Model, dtype: str | None) -> tuple[list[_Item], dict[str, str], list[str]]:
+def _plan(model: Model, dtype: str | None, raw: bool = False) -> tuple[list[_Item], dict[str, str], list[str]]:
     """(tensors to write, side files name -> text, notes) for the export."""
     notes: list[str] = []
     side: dict[str, str] = {}
     items: list[_Item] = []
     gguf_supported = gguf_to_hf.is_supported(model)
+    if model.format == "gguf" and not gguf_supported and not raw:
+        arch = gguf_to_hf.gguf_arch(model)
+        raise UnsupportedError(f"GGUF architecture {str(arch)[:40]!r} has no Hugging Face mapping: the export would "
+                               "have no config.json, no tokenizer and GGUF tensor names", path=model.path,
+                               hint="Supported: " + ", ".join(gguf_to_hf.SUPPORTED_ARCHS) + "; --raw (raw=True) "
+                               "writes its tensors under their GGUF names anyway.")
     names: dict[str, str | None] = {t.name: t.name for t in model.tensors}
     if gguf_supported:
         names = gguf_to_hf.hf_names(model)
@@ -160,15 +182,26 @@ def _plan(model: Model, dtype: str | None) -> tuple[list[_Item], dict[str, str],
         tok_files, tok_notes = gguf_to_hf.tokenizer_files(model)
         side.update(tok_files)
         notes += tok_notes
+        side.update(gguf_to_hf.sentence_transformers_files(model))
     elif model.format == "gguf":
-        notes.append(f"GGUF architecture {gguf_to_hf.gguf_arch(model)!r} has no Hugging Face mapping: tensors keep "
-                     "their GGUF names and no config.json is written")
+        notes.append(f"GGUF architecture {gguf_to_hf.gguf_arch(model)!r} has no Hugging Face mapping: raw export, "
+                     "tensors keep their GGUF names and no config.json or tokenizer is written")
     for t in model.tensors:
         out_name = names.get(t.name)
         if out_name is None:
             continue
-        heads = gguf_to_hf.qk_heads(model, t.name) if gguf_supported else None
-        items.append(_Item(out_name, t, _out_dtype(t.dtype, dtype), heads))
+        out_dtype = _out_dtype(t.dtype, dtype)
+        if not gguf_supported:
+            items.append(_Item(out_name, t, out_dtype, None))
+            continue
+        offset = gguf_to_hf.value_offset(model, t.name)
+        if offset and out_dtype not in OUT_DTYPES:
+            out_dtype = "F32"
+        experts = gguf_to_hf.expert_names(model, t.name)
+        if experts:
+            items.extend(_Item(e_name, t, out_dtype, None, e, offset) for e, e_name in enumerate(experts))
+            continue
+        items.append(_Item(out_name, t, out_dtype, gguf_to_hf.qk_heads(model, t.name), None, offset))
     seen: dict[str, str] = {}
     for it in items:
         if it.name in seen:
@@ -202,7 +235,7 @@ def _copied_side_files(model: Model, dtype: str | None, out_dir: Path) -> dict[s
     out: dict[str, Path | str] = {}
     if folder is None:
         return out
-    for name in SIDE_FILES:
+    for name in (*SIDE_FILES, *ST_FILES, *_st_module_files(folder)):
         p = folder / name
         if not p.is_file() or _same_file(p, out_dir / name):
             continue
@@ -219,6 +252,52 @@ def _copied_side_files(model: Model, dtype: str | None, out_dir: Path) -> dict[s
                 continue
         out[name] = p
     return out
+
+
+def _st_module_files(folder: Path) -> list[str]:
+    """Files of the module folders a sentence-transformers modules.json names (``1_Pooling/config.json`` ...):
+    only plain files directly inside sub-folders of ``folder``, nothing outside it."""
+    path = folder / "modules.json"
+    if not path.is_file():
+        return []
+    try:
+        modules = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    out: list[str] = []
+    for mod in modules if isinstance(modules, list) else []:
+        sub = mod.get("path") if isinstance(mod, dict) else None
+        if not isinstance(sub, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", sub) or sub in (".", ".."):
+            continue
+        d = folder / sub
+        if not d.is_dir() or d.is_symlink():
+            continue
+        for f in sorted(d.iterdir()):
+            if f.is_file() and not f.is_symlink() and f.stat().st_size <= _ST_MODULE_FILE_LIMIT:
+                out.append(f"{sub}/{f.name}")
+    return out
+
+
+def write_side_files(tmp: Path, side: dict[str, Path | str]) -> None:
+    """Write the side files (copied from a path, or text) into the temporary output folder ``tmp``."""
+    for name, content in side.items():
+        target = tmp / name
+        _make_subfolders(tmp, target.parent)
+        if isinstance(content, Path):
+            shutil.copyfile(content, target)
+        else:
+            _write_text(target, content)
+
+
+def _make_subfolders(root: Path, folder: Path) -> None:
+    """Create ``folder`` below ``root`` level by level, never ``root`` itself: a root removed meanwhile (the
+    user deleted the output folder during the job) stays removed and the write fails, instead of silently
+    recreating the folder."""
+    path = root
+    for part in folder.relative_to(root).parts:
+        path = path / part
+        with contextlib.suppress(FileExistsError):
+            path.mkdir()
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -378,20 +457,25 @@ def _commit(tmp: Path, out_dir: Path, names: list[str], stale: list[Path]) -> No
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         for n in names:
+            _make_subfolders(out_dir, (out_dir / n).parent)
             os.replace(tmp / n, out_dir / n)
+        for sub in {(out_dir / n).parent for n in names} - {out_dir}:
+            fsutil.fsync_dir(sub)
         fsutil.fsync_dir(out_dir)
     fsutil.fsync_dir(out_dir.parent)
 
 
 def export_hf(src_model_or_path, out_dir, *, dtype: str | None = "F16", format: str = "safetensors",
               max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False,
-              cancel: Callable[[], bool] | None = None) -> Generator[Progress, None, list[Path]]:
+              cancel: Callable[[], bool] | None = None, raw: bool = False) -> Generator[Progress, None, list[Path]]:
     """Write a Hugging Face folder from a model (a :class:`Model` or a path to open).
 
     ``dtype``: F32, F16 or BF16 for every floating-point tensor (quantized ones are dequantized);
     None keeps each float tensor's own type (quantized ones become F32).  Integer tensors are kept.
     ``format``: "safetensors" or "bin" (torch zip checkpoint).  Shards of at most ``max_shard_size``
-    bytes are named and indexed as ``save_pretrained`` does.  Returns the paths written.
+    bytes are named and indexed as ``save_pretrained`` does.  ``raw``: a GGUF architecture without a Hugging
+    Face mapping is written anyway, tensors under their GGUF names, no config or tokenizer (else refused with
+    an UnsupportedError before anything is written).  Returns the paths written.
     """
     if format not in ("safetensors", "bin"):
         raise UnsupportedError(f"export format {format!r} is not supported", hint="Choose safetensors or bin.")
@@ -406,7 +490,7 @@ def export_hf(src_model_or_path, out_dir, *, dtype: str | None = "F16", format: 
 
         model = yield from iter_open_model(src_model_or_path)
 
-    items, side_text, notes = _plan(model, dtype)
+    items, side_text, notes = _plan(model, dtype, raw)
     side: dict[str, Path | str] = dict(side_text)
     if not (model.format == "gguf"):
         side = {**_copied_side_files(model, dtype, out_dir), **side}
@@ -437,11 +521,7 @@ def export_hf(src_model_or_path, out_dir, *, dtype: str | None = "F16", format: 
             yield from writer(tmp / fname, model, shard, cancel, tick)
         if index_name:
             _write_text(tmp / index_name, _json(_index(list(zip(shard_files, shards)))))
-        for name, content in side.items():
-            if isinstance(content, Path):
-                shutil.copyfile(content, tmp / name)
-            else:
-                _write_text(tmp / name, content)
+        write_side_files(tmp, side)
         _check_cancel(cancel)
         _commit(tmp, out_dir, names, stale)
     message = "Export finished" + ("; " + "; ".join(notes) if notes else "")

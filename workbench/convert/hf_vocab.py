@@ -1,7 +1,9 @@
 """Hugging Face tokenizer files -> GGUF vocabulary keys (``tokenizer.ggml.*``), the way llama.cpp's
 ``convert_hf_to_gguf.py`` writes them, without torch, transformers or sentencepiece.
 
-Four kinds, chosen by the architecture and the files present (the reference's choice):
+Four kinds, chosen by the architecture and the files present (the reference's choice; gemma2/gemma3/qwen3
+take SentencePiece from ``tokenizer.model`` when there is one, else byte-level BPE; phi3 has its own
+SentencePiece variant, see :func:`_phi3_vocab`):
 
 - ``gpt2``: byte-level BPE from ``tokenizer.json`` (Llama 3, SmolLM, Qwen2...): tokens, token types,
   merges, and ``tokenizer.ggml.pre`` named like the reference does (it hashes the token ids of a fixed
@@ -142,10 +144,21 @@ def read_vocab(folder, arch: str, hparams: dict) -> GGUFVocab:
     folder = Path(folder)
     if arch == "llama":
         return _llama_vocab(folder, hparams)
-    if arch == "qwen2":
+    if arch in ("qwen2", "qwen3"):  # Qwen2Model.set_vocab: SentencePiece if there is a tokenizer.model
         if (folder / "tokenizer.model").is_file():
             return _spm_llama_vocab(folder, hparams)
         return _gpt2_vocab(folder, hparams)
+    if arch == "qwen3moe":  # TextModel.set_vocab
+        return _gpt2_vocab(folder, hparams)
+    if arch in ("gemma2", "gemma3"):
+        # Gemma3Model: SentencePiece from tokenizer.model, else byte-level BPE from tokenizer.json; Gemma2Model
+        # requires tokenizer.model (we fall back to tokenizer.json like gemma3); both then say no space prefix
+        vocab = _spm_llama_vocab(folder, hparams) if (folder / "tokenizer.model").is_file() \
+            else _gpt2_vocab(folder, hparams)
+        vocab.extra.append(("add_add_space_prefix", False))
+        return vocab
+    if arch == "phi3":
+        return _phi3_vocab(folder, hparams)
     if arch == "bert":
         return _bert_vocab(folder, hparams)
     if arch == "t5":
@@ -439,6 +452,27 @@ def _spm_llama_vocab(folder: Path, hparams: dict) -> GGUFVocab:
             text = text.replace("\u2581", " ")
             types[tid] = TokenType.USER_DEFINED
         scores[tid], tokens[tid] = -1000.0, text
+    return GGUFVocab("llama", "default", tokens, types, scores,
+                     special=_special_vocab(folder, n_vocab=len(tokens)), source="tokenizer.model")
+
+
+def _phi3_vocab(folder: Path, hparams: dict) -> GGUFVocab:
+    """Phi3MiniModel.set_vocab: byte-level BPE for a GPT2Tokenizer (Phi-4-mini), else tokenizer.model with the
+    added tokens of added_tokens.json, tokenizer_config.json and tokenizer.json as user-defined or control
+    tokens.  A folder with neither (tokenizer.json only) falls back to tokenizer.json's BPE."""
+    tc = load_json_if_present(folder / "tokenizer_config.json") or {}
+    if tc.get("tokenizer_class") == "GPT2Tokenizer" or not (folder / "tokenizer.model").is_file():
+        return _gpt2_vocab(folder, hparams)
+    spm = read_sentencepiece_model(folder / "tokenizer.model")
+    vocab_size = int(hparams.get("vocab_size") or len(spm.pieces))
+    tokens, scores, types = _spm_pieces(folder, spm, vocab_size)
+    tj = load_json_if_present(folder / "tokenizer.json") or {}
+    overrides = [(int(k), v) for k, v in (tc.get("added_tokens_decoder") or {}).items() if isinstance(v, dict)]
+    overrides += [(int(a["id"]), a) for a in tj.get("added_tokens") or [] if isinstance(a, dict) and "id" in a]
+    for tid, data in overrides:
+        if 0 <= tid < vocab_size and "content" in data:
+            tokens[tid], scores[tid] = data["content"], -1000.0
+            types[tid] = TokenType.CONTROL if data.get("special") else TokenType.USER_DEFINED
     return GGUFVocab("llama", "default", tokens, types, scores,
                      special=_special_vocab(folder, n_vocab=len(tokens)), source="tokenizer.model")
 

@@ -27,7 +27,6 @@ from ..naming import GGUFName, name_for_model
 from ..plan import PRESETS, Plan, allows_quantization, ggml_n_dims, loader_order
 from ..progress import Progress
 from .gguf_stream import RawValue, StreamTensor, new_writer, target_path, write_gguf_stream
-from .hf_to_gguf import CHUNK_ELEMENTS
 from .metadata_edit import TypedValue
 from ..optimize.imatrix import check_required, tensor_weights
 
@@ -43,6 +42,9 @@ _TYPE_FILE_TYPES = {
 
 
 # -- tensor data in row blocks ---------------------------------------------------------------------
+
+CHUNK_ELEMENTS = 1 << 22  # source values decoded per step, as hf_to_gguf's (own copy: no import of the HF pipeline)
+
 
 def _rows_cols(info: TensorInfo) -> tuple[int, int]:
     cols = info.shape[-1] if info.shape else 1
@@ -104,8 +106,15 @@ def check_writable_type(qtype: str, tensor: str, path=None) -> None:
 
 # -- metadata ------------------------------------------------------------------------------------------
 
-def raw_metadata(path: Path) -> "OrderedDict[str, RawValue]":
-    """Every key of a GGUF header with its value's bytes (type + payload), in file order."""
+_DECODED_KEYS = ("general.architecture", "general.alignment")  # the values copied_metadata looks at
+
+
+def raw_metadata(path: Path, decoded: dict | None = None) -> "OrderedDict[str, RawValue]":
+    """Every key of a GGUF header with its value's bytes (type + payload), in file order.  ``decoded``
+    receives the parsed values of the keys of ``_DECODED_KEYS`` the file has.
+
+    One pass over the header: string arrays (a tokenizer's vocabulary and merges, ~100k strings) are stepped
+    over by their lengths, not decoded."""
     import mmap
 
     from ..formats.gguf import _Cursor, _read_value, _value_type
@@ -121,11 +130,44 @@ def raw_metadata(path: Path) -> "OrderedDict[str, RawValue]":
         for _ in range(n_kv):
             key = cur.string("metadata key")
             start = cur.pos
-            _read_value(cur, _value_type(cur.u32(f"type of {key!r}"), cur, key), key)
+            vtype = _value_type(cur.u32(f"type of {key!r}"), cur, key)
+            if vtype == GGUFValueType.ARRAY and key not in _DECODED_KEYS:
+                _skip_array(cur, key)
+            else:
+                value, _ = _read_value(cur, vtype, key)
+                if decoded is not None and key in _DECODED_KEYS:
+                    decoded[key] = value
             out[key] = RawValue(buf[start:cur.pos])
         return out
     finally:
         buf.close()
+
+
+def _skip_array(cur, key: str) -> None:
+    """Step over an array value (its type word read): string arrays by their lengths, the rest parsed."""
+    import struct
+
+    from ..formats.gguf import _read_value
+
+    start = cur.pos
+    item_type = cur.u32(f"array type of {key!r}")
+    if item_type != GGUFValueType.STRING:
+        cur.pos = start
+        _read_value(cur, GGUFValueType.ARRAY, key)
+        return
+    count = cur.u64(f"array length of {key!r}")
+    cur.need(count * 8, f"array {key!r} ({count} strings)")
+    buf, pos, size = cur.buf, cur.pos, cur.size
+    unpack = struct.Struct("<Q").unpack_from
+    for _ in range(count):
+        if pos + 8 > size:
+            break
+        pos += 8 + unpack(buf, pos)[0]
+    else:
+        if pos <= size:
+            cur.pos = pos
+            return
+    cur.need(size - cur.pos + 1, f"string in array {key!r}")  # raises: the strings run past the end of the file
 
 
 def copied_metadata(model: Model, set_values: dict[str, TypedValue] | None = None, *, move_to_end: bool = False
@@ -133,19 +175,19 @@ def copied_metadata(model: Model, set_values: dict[str, TypedValue] | None = Non
     """The GGUF source's key/values, byte for byte, without ``split.*``; ``set_values`` replace keys in place
     or are added at the end (with ``move_to_end``, a key that exists is removed and added at the end, in
     ``set_values``' order, as gguf.cpp's ``gguf_set_val_*`` does).  Also returns the source's data alignment."""
-    from ..formats import gguf as gguf_fmt
-
-    header = gguf_fmt.read_header(model.files[0])
-    arch = header.fields.get("general.architecture")
-    if arch is None or not isinstance(arch.value, str):
-        raise WorkbenchError("the GGUF has no general.architecture string", path=model.files[0])
+    decoded: dict = {}
     kv: OrderedDict[str, RawValue | TypedValue] = OrderedDict(
-        (k, v) for k, v in raw_metadata(model.files[0]).items() if not k.startswith("split."))
+        (k, v) for k, v in raw_metadata(model.files[0], decoded).items() if not k.startswith("split."))
+    if not isinstance(decoded.get("general.architecture"), str):
+        raise WorkbenchError("the GGUF has no general.architecture string", path=model.files[0])
+    alignment = decoded.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 or alignment & (alignment - 1):
+        raise WorkbenchError(f"general.alignment {alignment!r} is not a power of two", path=model.files[0])
     for key, value in (set_values or {}).items():
         if move_to_end:
             kv.pop(key, None)
         kv[key] = value
-    return kv, header.alignment
+    return kv, alignment
 
 
 def plan_file_type(plan: Plan) -> LlamaFileType:

@@ -3,7 +3,8 @@
 Engines hold float32 weights (dequantized once, optionally after a quantize/dequantize round trip through a
 :class:`~workbench.plan.Plan`) under Hugging Face tensor names, and the model's config as a config.json dict.
 
-* Decoder-only models (llama, qwen2): :meth:`Engine.start` runs the prompt and returns the logits of the next
+* Decoder-only models (every architecture of :mod:`workbench.infer.specs`: llama, mistral, qwen2, qwen3,
+  qwen3moe, gemma2, gemma3, phi3): :meth:`Engine.start` runs the prompt and returns the logits of the next
   token; :meth:`Engine.step` appends one token and returns the next logits; :meth:`Engine.score` returns the
   logits of every position of a sequence in one pass (for perplexity / KL divergence).
 * Encoder-decoder models (t5): ``start(prompt_ids)`` encodes the prompt and feeds the decoder start token;

@@ -45,6 +45,8 @@ DEFAULT_EVAL = "llama-cpu"
 MAX_LEVELS = 8
 # progress of compare(): step i (0 = the base, then one per level) covers [i * STEPS, (i + 1) * STEPS)
 PROGRESS_STEPS = 1000
+TOP_K = 5  # next-token candidates kept per position for the token view
+TOKEN_VIEW_MAX = 256  # scored tokens of the first window kept for the token view
 
 
 def default_calibration_text() -> str:
@@ -66,10 +68,17 @@ class LevelResult:
     gen_tokens_per_s: float | None = None
     generated_ids: list[int] = field(default_factory=list)
     generated_text: str = ""
+    generated_pieces: list[str] = field(default_factory=list)  # the text each generated token adds
     divergence: int | None = None  # index of the first generated token that differs from the base's
     divergence_char: int | None = None  # where that token starts in generated_text
     repetition: bool = False
     kld_values: list[float] = field(default_factory=list)  # sorted per-token KLD (for plots)
+    # the token view (the scored tokens of the first window, see CompareResult.view_ids): this level's top
+    # TOP_K next-token ids and probabilities at each of them, and (levels) each token's KLD from the base
+    top_ids: list[list[int]] = field(default_factory=list)
+    top_probs: list[list[float]] = field(default_factory=list)
+    top_texts: list[list[str]] = field(default_factory=list)  # each candidate's text
+    token_kld: list[float] = field(default_factory=list)
     embedding_cosine: dict[str, float] | None = None  # encoders: mean/min/max cosine to the base
 
 
@@ -85,6 +94,11 @@ class CompareResult:
     base: LevelResult
     levels: list[LevelResult]
     eval_mode: str = "exact"  # a key of EVAL_MODES
+    # the token view: the scored target tokens of the first window (at most TOKEN_VIEW_MAX), the text each
+    # stands for, and the tokens before them in the window (context, decoded)
+    view_ids: list[int] = field(default_factory=list)
+    view_pieces: list[str] = field(default_factory=list)
+    view_context: str = ""
 
     @property
     def eval_label(self) -> str:
@@ -212,14 +226,17 @@ def _sentences(text: str, limit: int = 64) -> list[str]:
 def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: str | Plan = "F32",
             text: str | None = None, prompt: str | None = "The capital of France is", n_ctx: int = DEFAULT_N_CTX,
             max_windows: int | None = None, max_tokens: int = 32, chat: bool = False,
-            eval_mode: str = DEFAULT_EVAL,
+            eval_mode: str = DEFAULT_EVAL, memory_budget: int | None = None, imatrix=None,
             cancel: Callable[[], bool] | None = None) -> Generator[Progress, None, CompareResult]:
     """Compare ``levels`` (presets or plans) of ``model`` against ``base`` (a job generator).
 
     ``text``: the calibration text (default: the bundled one); ``n_ctx``: the window (the second half of
     each window is scored, as llama-perplexity does); ``max_windows`` limits the work; ``prompt``: greedy
     generation of ``max_tokens`` tokens by every level (None: no generation); ``eval_mode``: ``"llama-cpu"``
-    (as llama.cpp CPU runs it) or ``"exact"`` (see the module's docstring).
+    (as llama.cpp CPU runs it) or ``"exact"`` (see the module's docstring); ``memory_budget`` (bytes): each
+    level's weights stay in their level's bytes and the engine caches at most this much float32 (None: float32).
+    ``imatrix`` (an :class:`~workbench.optimize.imatrix.Imatrix`): the levels (not the base) are planned and
+    quantized with it, as ``convert --imatrix`` makes them.
     """
     from ..formats import open_model
     from .tokenizer import load_tokenizer
@@ -236,7 +253,9 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
     if model_arch(model) not in ("llama", "qwen2"):
         eval_mode = "exact"  # only the llama-family engine emulates llama.cpp's rounding
     llama_cpu = eval_mode == "llama-cpu"
-    engine_options = {"numerics": eval_mode} if llama_cpu else {}
+    engine_options: dict[str, Any] = {"numerics": eval_mode} if llama_cpu else {}
+    if memory_budget is not None:
+        engine_options["memory_budget"] = int(memory_budget)
     if not levels:
         raise WorkbenchError("choose at least one level to compare")
     if len(levels) > MAX_LEVELS:
@@ -245,6 +264,9 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
     base_label, base_plan = resolve_level(model, base)
     text = default_calibration_text() if text is None else text
     tok = load_tokenizer(model)
+    warning = base_warning(model) if isinstance(base, str) and base.upper() in ("F32", "F16") else None
+    if warning:
+        yield Progress(0, 1, "Comparing levels", warnings=(warning,))
     n_steps = 1 + len(specs)
     step_size = PROGRESS_STEPS
     total = n_steps * step_size
@@ -271,7 +293,10 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
         base_res.embedding_cosine = {"mean": 1.0, "min": 1.0, "max": 1.0}
         windows: list[np.ndarray] = []
         scored = 0
-    else:
+    view_ids: list[int] = []
+    view_pieces: list[str] = []
+    view_context = ""
+    if kind != "embedding":
         # as llama-perplexity: the text tokenized with the model's specials, then every window starts with
         # BOS when the model adds one
         ids = tok.encode(text)
@@ -289,6 +314,13 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
         for wi, w in enumerate(windows):
             _check(cancel)
             lg, tg = _score_window(engine, w, kind)
+            if wi == 0:
+                view_n = min(len(tg), TOKEN_VIEW_MAX)
+                base_res.top_ids, base_res.top_probs = _top(lg[:view_n])
+                base_res.top_texts = _texts(tok, base_res.top_ids)
+                view_ids = [int(t) for t in tg[:view_n]]
+                view_pieces = _pieces(tok, view_ids)
+                view_context = tok.decode([int(t) for t in w[:len(w) - len(tg)]]) if kind == "causal" else ""
             base_logits.append(M.fixed_log_probs(lg) if llama_cpu else lg)
             base_nll.append(M.nll_only(lg, tg))
             del lg
@@ -308,9 +340,13 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
     for li, (label, plan) in enumerate(specs, start=1):
         _check(cancel)
         yield sub(li, 0, 1, f"Loading {label}")
+        if imatrix is not None and not plan.has_imatrix:  # llama-quantize's rules with an imatrix
+            plan = plan.copy()
+            plan.has_imatrix = True
         engine, load_s = yield from _load(load_engine, model, plan, cancel,
                                           lambda d, t, m, li=li: sub(li, d, 2 * t, f"Loading {label}: {m}"),
-                                          engine_options)
+                                          dict(engine_options, imatrix=imatrix) if imatrix is not None
+                                          else engine_options)
         res = _level_result(label, plan, engine, load_s)
         if kind == "embedding":
             t0 = time.perf_counter()
@@ -325,6 +361,9 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
             for wi, w in enumerate(windows):
                 _check(cancel)
                 lg, tg = _score_window(engine, w, kind)
+                if wi == 0:
+                    res.top_ids, res.top_probs = _top(lg[:len(view_ids)])
+                    res.top_texts = _texts(tok, res.top_ids)
                 stats = M.token_stats_fixed if llama_cpu else M.token_stats
                 acc.add(stats(lg, base_logits[wi], tg))
                 yield sub(li, len(windows) + wi + 1, 2 * len(windows) + 1,
@@ -332,7 +371,9 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
             res.prompt_tokens_per_s = len(windows) * n_ctx / max(time.perf_counter() - t0, 1e-9)
             res.stats = acc.summary()
             res.ppl = res.stats["ppl"]
-            res.kld_values = np.sort(acc.kld_values()).astype(float).tolist()
+            per_token = acc.kld_values()
+            res.token_kld = per_token[:len(view_ids)].astype(float).tolist()  # the first window's, in order
+            res.kld_values = np.sort(per_token).astype(float).tolist()
             if prompt is not None:
                 _generate(engine, tok, prompt, max_tokens, chat, res, cancel)
                 res.divergence = M.first_divergence(base_res.generated_ids, res.generated_ids)
@@ -343,7 +384,8 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
         yield sub(li, 1, 1, f"{label} done")
     return CompareResult(model=str(model.path), architecture=str(arch), kind=kind, n_ctx=n_ctx if windows else 0,
                          n_windows=len(windows), n_tokens_scored=scored, prompt=prompt if kind != "embedding" else None,
-                         base=base_res, levels=results, eval_mode=eval_mode)
+                         base=base_res, levels=results, eval_mode=eval_mode, view_ids=view_ids,
+                         view_pieces=view_pieces, view_context=view_context)
 
 
 def _load(load_engine, model, plan, cancel, progress, options):
@@ -395,13 +437,98 @@ def _generate(engine, tok, prompt: str, max_tokens: int, chat: bool, res: LevelR
     end = time.perf_counter()
     res.generated_ids = ids
     res.generated_text = tok.decode(ids)
+    res.generated_pieces = _pieces(tok, ids)
     if len(ids) > 1 and first_t is not None:
         res.gen_tokens_per_s = (len(ids) - 1) / max(end - first_t, 1e-9)
     res.repetition = bool(detect_repetition(ids))
     del t0
 
 
+def _top(logits: np.ndarray, k: int = TOP_K) -> tuple[list[list[int]], list[list[float]]]:
+    """The ``k`` most likely next tokens at each position [n, vocab] -> (ids, probabilities), most likely first."""
+    if not len(logits):
+        return [], []
+    lg = np.asarray(logits, np.float64)
+    k = min(k, lg.shape[1])
+    idx = np.argpartition(-lg, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(lg, idx, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    idx, top = np.take_along_axis(idx, order, axis=1), np.take_along_axis(top, order, axis=1)
+    mx = lg.max(axis=1, keepdims=True)
+    log_z = mx + np.log(np.exp(lg - mx).sum(axis=1, keepdims=True))
+    return idx.astype(int).tolist(), np.exp(top - log_z).tolist()
+
+
+def _texts(tok, rows: list[list[int]]) -> list[list[str]]:
+    """The text of each candidate token (decoded alone; specials as their text)."""
+    cache: dict[int, str] = {}
+    for row in rows:
+        for t in row:
+            if t not in cache:
+                cache[t] = tok.decode([t], False)  # specials shown as their text
+    return [[cache[t] for t in row] for row in rows]
+
+
+def _pieces(tok, ids: list[int]) -> list[str]:
+    """The text each token adds (decoding the growing prefix, so multi-byte characters split over tokens land
+    on the token that completes them)."""
+    out, prev = [], ""
+    for i in range(len(ids)):
+        text = tok.decode(ids[:i + 1])
+        out.append(text[len(prev):] if text.startswith(prev) else text)
+        prev = text
+    return out
+
+
 def _char_offset(tok, ids: list[int], index: int | None) -> int | None:
     if index is None:
         return None
     return len(tok.decode(ids[:index]))
+
+
+def base_warning(model: Model) -> str | None:
+    """A warning when the base is itself a quantized file's weights, dequantized (e.g. a Q4_1 GGUF): the levels
+    are then re-quantized from those values and measured against them, so one can score better than the base."""
+    from .. import dtypes
+
+    params: dict[str, int] = {}
+    for t in model.tensors:
+        params[t.dtype] = params.get(t.dtype, 0) + t.n_params
+    quantized = {k: v for k, v in params.items() if dtypes.is_quantized(k)}
+    if 2 * sum(quantized.values()) <= sum(params.values()):
+        return None  # mostly float weights: the base is the model itself
+    main = max(quantized, key=quantized.get)
+    return (f"the base is this file's {main} weights, dequantized: levels are re-quantized from them and measured "
+            "against them, not against the original model, so a level can score better than the base")
+
+
+_FLOPS: list[float] = []
+
+
+def machine_flops() -> float:
+    """Float32 matrix-multiply rate of this machine (flop/s): the best of three 1 GFLOP products, measured once
+    per process (~30 ms on a laptop)."""
+    if not _FLOPS:
+        a = np.ones((512, 1024), np.float32)
+        b = np.ones((1024, 1024), np.float32)
+        a @ b  # warm up the BLAS threads
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+        _FLOPS.append(2 * a.shape[0] * a.shape[1] * b.shape[1] / max(best, 1e-6))
+    return _FLOPS[0]
+
+
+def estimate_seconds(model: Model, n_levels: int, *, n_tokens: int, max_tokens: int = 0,
+                     flops: float | None = None) -> float:
+    """A rough duration of :func:`compare` (the base plus ``n_levels`` levels) before it runs: per level, the
+    weights are quantized (~25 M values/s), ``n_tokens`` calibration tokens scored (2 flops per parameter and
+    token at 70% of the measured matmul rate) and ``max_tokens`` generated (one weight read each)."""
+    n_params = max(1, model.n_params)
+    flops = flops or machine_flops()
+    quantize = n_params / 25e6
+    score = n_tokens * 2.0 * n_params / (0.7 * flops)
+    generate = max_tokens * (4.0 * n_params / 8e9 + 0.002)  # float32 weights streamed at ~8 GB/s, call overhead
+    return (1 + n_levels) * (score + generate) + n_levels * quantize

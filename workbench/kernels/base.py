@@ -35,6 +35,9 @@ class Kernel:
     # searches made of many small numpy calls hold the GIL much of the time: threads barely scale,
     # so large tensors of these types are spread over worker processes instead
     gil_bound: ClassVar[bool] = False
+    # float32 values per quantize_rows call (None: CHUNK_ELEMENTS); a search with a fixed cost per call that
+    # does not grow with its size (Q3_K's refinement) takes bigger chunks
+    chunk_elements: ClassVar[int | None] = None
 
     def __init_subclass__(cls, qtype: GGMLQuantizationType | None = None, **kw):
         super().__init_subclass__(**kw)
@@ -91,8 +94,8 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _chunks(rows: int, n: int) -> list[tuple[int, int]]:
-    step = max(1, CHUNK_ELEMENTS // max(n, 1))
+def _chunks(rows: int, n: int, elements: int | None = None) -> list[tuple[int, int]]:
+    step = max(1, (elements or CHUNK_ELEMENTS) // max(n, 1))
     return [(s, min(rows, s + step)) for s in range(0, rows, step)]
 
 
@@ -159,7 +162,8 @@ def quantize(x, qtype, imatrix=None, *, threads: int | None = None, name: str | 
                                                                   row0=row0, process_min=0)):
                 out[a:a + q.shape[0]] = q
             return out
-    _run(_chunks(rows, n), lambda span: quantize_span(kernel, x, out, imatrix, label, span, row0), threads)
+    _run(_chunks(rows, n, kernel.chunk_elements),
+         lambda span: quantize_span(kernel, x, out, imatrix, label, span, row0), threads)
     return out
 
 

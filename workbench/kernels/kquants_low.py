@@ -5,7 +5,9 @@ of every sub-block), so every step of ggml's per-sub-block loops is one vector o
 and the C loops' left-to-right float32 sums are plain row additions in the same order.  Q3_K's
 sequential rmse refinement is the exception: its few candidate sub-blocks (those whose first pass would
 try a move) are refined as rows ``[k, 16]``, where a sub-block's moves come out in position order and
-finished sub-blocks are dropped with row copies.
+finished sub-blocks are dropped with row copies; the few that still move after a couple of iterations
+are refined together for several batches (a call's chunk), as an iteration costs much the same for
+any number of them.
 
 Only the scales ggml's searches find reach the output in most sub-blocks: the quants are computed again
 from the stored (fp16 / 4- or 6-bit) scales.  The searches therefore keep just what is needed to rebuild
@@ -16,8 +18,6 @@ Where numpy has a fused, sequential form of a C sum (``np.einsum`` over C-contig
 import) the weighted sums take one pass.  Dequantization works on 64-bit words of the packed codes.
 """
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -258,10 +258,11 @@ def _plus_off(L, out):
     return out
 
 
-def _refine_q3(xr, L, sumlx, suml2, Lg, gcols):
+def _refine_q3_start(xr, L, sumlx, suml2, id0):
     """The ``itry`` loop of make_q3_quants(16, 4, x, L, true) for the sub-blocks xr [k, 16] (rows, one
-    sub-block each) with initial quants L [k, 16] (float32): up to five sequential passes over the
-    positions, each moving one quant when that raises sumlx^2/suml2.
+    sub-block each), rows id0.. of the initial quants L [K, 16] (float32) and sums sumlx, suml2 [K]: up
+    to five sequential passes over the positions, each moving one quant when that raises sumlx^2/suml2.
+    Returns its state (None when k == 0) for ``_refine_q3_steps``, which updates L, sumlx and suml2.
 
     Event driven: each iteration evaluates every position's move under its row's current sums (a few
     dense passes), runs C's acceptance test on the moves it would try (``new_l != L[i]``: a sparse set)
@@ -269,30 +270,48 @@ def _refine_q3(xr, L, sumlx, suml2, Lg, gcols):
     none the pass ends; the next pass starts with the same sums, so its first move is the row's first
     accepted one at any position, applied in the same iteration.  In row layout the sparse set comes out
     row by row in position order (the first per row is a neighbour comparison) and finished rows are
-    dropped with cheap row gathers.  ``sumlx`` and ``suml2`` are updated in place, the moves written to
-    column ``gcols[row]`` of the search's quants ``Lg`` [16, K]."""
+    dropped with cheap row gathers (of the four arrays the dense step needs: the weights of the few
+    tried moves are recomputed from x, bit for bit)."""
     k = xr.shape[0]
     if k == 0:
-        return
-    K = Lg.shape[1]
-    ids = np.arange(k)  # the rows of xr of the active ones
-    xa = xr
-    wa = np.multiply(xa, xa)
-    wxa = np.multiply(wa, xa)
-    T1a = np.multiply(wxa, L)  # C: slx = sumlx - w*x[i]*L[i]; sl2 = suml2 - w*L[i]*L[i]
-    T2a = np.multiply(wa, L)
-    T2a *= L
-    Lia = _plus_off(L, np.empty(L.shape, np.int32))
-    sx, s2 = sumlx.copy(), suml2.copy()
-    cur = np.zeros(k, np.intp)  # the C pass's position in each row
-    npass = np.zeros(k, np.int8)
-    elig = np.zeros(k, bool)  # the pass changed something and another may follow
-    kc = k
+        return None
+    sh = (k, 16)  # (scratch arrays: the state lives until the next start)
+    T2a = np.multiply(xr, xr, out=_WS.get("r3s_t2", sh))
+    T1a = np.multiply(T2a, xr, out=_WS.get("r3s_t1", sh))
+    T1a *= L[id0:id0 + k]  # C: slx = sumlx - w*x[i]*L[i]; sl2 = suml2 - w*L[i]*L[i]
+    T2a *= L[id0:id0 + k]
+    T2a *= L[id0:id0 + k]
+    Lia = _plus_off(L[id0:id0 + k], _WS.get("r3s_li", sh, np.int32))
+    # ids (the rows of L of the active ones), x, T1, T2, L + _OFF as int, sumlx, suml2, the C pass's
+    # position in each row, its pass number, whether it changed something and another may follow
+    return [np.arange(id0, id0 + k), xr, T1a, T2a, Lia, sumlx[id0:id0 + k].copy(), suml2[id0:id0 + k].copy(),
+            np.zeros(k, np.intp), np.zeros(k, np.int8), np.zeros(k, bool)]
+
+
+def _refine_q3_merge(states):
+    """One ``_refine_q3_start`` state of the rows of several (their ids index the same L, sumlx, suml2);
+    its [k, 16] arrays are scratch ones."""
+    k = sum(st[0].size for st in states)
+    return [np.concatenate([st[f] for st in states],
+                           out=_WS.get("r3m%d" % f, (k, 16), states[0][f].dtype) if states[0][f].ndim == 2 else None)
+            for f in range(len(states[0]))]
+
+
+def _refine_q3_steps(st, L, sumlx, suml2, stop):
+    """Runs the refinement from the state ``st`` (``_refine_q3_start``) until it is done (None) or fewer
+    than ``stop`` rows are still active (their state).  A row without a move is done: its sums go to
+    sumlx, suml2 (the moves already went to L) and, as its state no longer changes, evaluating it again
+    finds it done again, so it is only dropped once enough rows are done for the row gathers to pay.
+    The gathers go to two alternating sets of scratch arrays (fresh ones for a returned state)."""
+    Lflat = L.reshape(-1)
+    ids, xa, T1a, T2a, Lia, sx, s2, cur, npass, elig = st
+    kc = ids.size
+    par = 0
     with np.errstate(**_ERR):
         while True:
             sh = (kc, 16)
-            slx_a = np.subtract(np.repeat(sx, 16).reshape(sh), T1a, out=_WS.get("r3_slx", sh))  # (np.repeat
-            sl2_a = np.subtract(np.repeat(s2, 16).reshape(sh), T2a, out=_WS.get("r3_sl2", sh))  # beats a broadcast)
+            slx_a = np.subtract(sx[:, None], T1a, out=_WS.get("r3_slx", sh))
+            sl2_a = np.subtract(s2[:, None], T2a, out=_WS.get("r3_sl2", sh))
             q = np.multiply(xa, sl2_a, out=_WS.get("r3_q", sh))
             q /= slx_a
             q += _MAGIC
@@ -301,13 +320,13 @@ def _refine_q3(xr, L, sumlx, suml2, Lg, gcols):
             _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
             idx = np.flatnonzero(np.not_equal(ni, Lia, out=_WS.get("r3_tb", sh, bool)))  # new_l != L[i]
             c = idx >> 4  # row by row, positions in order: C's order within a row
-            nl = np.take(ni, idx)
-            nl -= _OFF
-            nf = nl.astype(np.float32)
-            t1 = np.take(wxa, idx)
-            t1 *= nf  # C: slx += w*x[i]*new_l; sl2 += w*new_l*new_l
-            t2 = np.take(wa, idx)
-            t2 *= nf
+            nl = np.take(ni, idx)  # new_l + _OFF
+            nf = np.subtract(nl, _OFF, dtype=np.float32)  # new_l (exact: |new_l + _OFF| < 2^23)
+            xv = np.take(xa, idx)
+            w = xv * xv  # C: w = x[i]*x[i]; slx += w*x[i]*new_l; sl2 += w*new_l*new_l
+            t1 = w * xv
+            t1 *= nf
+            t2 = np.multiply(w, nf, out=w)
             t2 *= nf
             slx = np.take(slx_a, idx)
             ok = slx > 0
@@ -349,10 +368,10 @@ def _refine_q3(xr, L, sumlx, suml2, Lg, gcols):
                 e = ea[sel]
                 fi, cs, v = acc[sel], ca[sel], nf[e]
                 ps = fi & 15
-                Lia.reshape(-1)[fi] = nl[e] + _OFF
+                Lia.reshape(-1)[fi] = nl[e]
                 T1a.reshape(-1)[fi] = t1[e]
                 T2a.reshape(-1)[fi] = t2[e]
-                Lg.reshape(-1)[ps * K + gcols[ids[cs]]] = v
+                Lflat[(ids[cs] << 4) + ps] = v
                 sx[cs] = slx[e]
                 s2[cs] = sl2[e]
                 cur[cs] = ps + 1
@@ -362,41 +381,34 @@ def _refine_q3(xr, L, sumlx, suml2, Lg, gcols):
                 sumlx[ids[fin]] = sx[fin]
                 suml2[ids[fin]] = s2[fin]
                 if sel.size == 0:
-                    break
+                    return None
+                if (kc - sel.size) * 8 < kc:  # few done: they stay (with unchanged state they finish again)
+                    continue
                 keep = np.flatnonzero(picked)
                 kc = keep.size
                 ids = ids[keep]
-                xa, wa, wxa, T1a, T2a, Lia = (np.take(a, keep, axis=0) for a in (xa, wa, wxa, T1a, T2a, Lia))
                 sx, s2, cur, npass, elig = sx[keep], s2[keep], cur[keep], npass[keep], elig[keep]
+                if kc < stop:  # handed on: fresh arrays (the scratch ones are reused)
+                    return [ids] + [np.take(a, keep, axis=0) for a in (xa, T1a, T2a, Lia)] + [sx, s2, cur, npass, elig]
+                par ^= 1  # into the scratch arrays the ones read now are not in
+                xa, T1a, T2a, Lia = (np.take(a, keep, axis=0, out=_WS.get("r3c%d%d" % (par, j), (kc, 16), a.dtype),
+                                             mode="clip") for j, a in enumerate((xa, T1a, T2a, Lia)))
+    return None
 
 
-def _q3_tried(X, L, w, wx, sumlx, suml2):
-    """The columns of X [16, k] where make_q3_quants' first rmse pass may try a move under the initial sums
-    (``new_l = clip(nearest_int(x*sl2/slx), -4, 3) != L[i]`` with ``slx > 0`` at some position), as a
-    bool [k]: dense passes in the search layout.  It may flag more columns than C tries (np.rint is
-    nearest_int only below 2**22: a larger or non-finite quotient counts as a move), never fewer; the
-    refinement decides exactly."""
-    sh = X.shape
-    slx = np.multiply(wx, L, out=_WS.get("q3_slx", sh))  # C: slx = sumlx - w*x[i]*L[i]
-    np.subtract(sumlx, slx, out=slx)
-    sl2 = np.multiply(w, L, out=_WS.get("q3_sl2", sh))  # sl2 = suml2 - w*L[i]*L[i]
-    sl2 *= L
-    np.subtract(suml2, sl2, out=sl2)
-    q = np.multiply(X, sl2, out=sl2)
-    q /= slx
-    np.rint(q, out=q)
-    _CLIP(q, F32(-4), F32(3), out=q)
-    tried = np.not_equal(q, L, out=_WS.get("q3_tried", sh, bool))
-    tried &= np.greater(slx, 0, out=_WS.get("q3_pos", sh, bool))
-    return np.logical_or.reduce(tried, axis=0)
+def _q3_first(X):
+    """The part of make_q3_quants(16, 4, x, L, true) before its rmse passes, for the columns of X [16, k]:
+    (sumlx [k], suml2 [k], iscale [k], all-zero flags [k], amax [k] = largest |x|, the columns whose
+    first rmse pass may try a move).  The first quants are ``_q3_first_quants(X, iscale)``.
 
-
-def _make_q3_quants(X, xr):
-    """make_q3_quants(16, 4, x, L, true) for the columns of X [16, k] (``xr``: the same sub-blocks as
-    rows [k, 16]): (scale [k], L [16, k] float32 -4..3, all-zero flags [k], amax [k] = largest |x|).
-
-    The columns whose first rmse pass tries no move keep their first quants; the others are refined
-    (``_refine_q3``) as rows."""
+    The columns that may try a move are found with dense passes in this layout: those where
+    ``new_l = clip(nearest_int(x*sl2/slx), -4, 3) != L[i]`` at some position, among the non-zero ones
+    (all-zero sub-blocks return before the passes) whose first largest |x| is negative: when it is
+    positive, iscale < 0 gives every term w*x[i]*L[i] of sumlx the sign of -x[i]*x[i] (<= 0, or NaN), so
+    sumlx <= each term (float sums of terms of one sign only grow in magnitude) and ``slx = sumlx -
+    w*x[i]*L[i] > 0`` never holds.  It may flag more columns than C tries (np.rint is nearest_int only
+    below 2**22: a larger or non-finite quotient counts as a move; C also skips slx == 0), never fewer;
+    the refinement decides exactly."""
     shape = X.shape
     amax, mx = _absmax_first(X)
     zero = amax < EPS
@@ -406,23 +418,88 @@ def _make_q3_quants(X, xr):
         np.rint(L, out=L)
         _CLIP(L, F32(-4), F32(3), out=L)
         w = np.multiply(X, X, out=_WS.get("q3_w", shape))
-        wx = np.multiply(w, X, out=_WS.get("q3_wx", shape))
-        sumlx = _dot(wx, L)  # C: sumlx += w*x[i]*l; suml2 += w*l*l
-        suml2 = _dot(w, L, L)
-        # all-zero sub-blocks return before the rmse passes
-        cb = np.flatnonzero(_q3_tried(X, L, w, wx, sumlx, suml2) & ~zero)
-        if cb.size:
-            xc = np.take(xr, cb, axis=0)
-            Lc = np.multiply(xc, np.repeat(iscale[cb], 16).reshape(xc.shape))
-            np.rint(Lc, out=Lc)
-            _CLIP(Lc, F32(-4), F32(3), out=Lc)
-            sx, s2 = sumlx[cb], suml2[cb]
-            _refine_q3(xc, Lc, sx, s2, L, cb)
-            sumlx[cb] = sx
-            suml2[cb] = s2
-        scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
-    scale[zero] = 0
-    return scale, L, zero, amax
+        T1 = np.multiply(w, X, out=_WS.get("q3_t1", shape))
+        T1 *= L  # C: w*x[i]*l
+        T2 = np.multiply(w, L, out=w)
+        T2 *= L  # w*l*l
+        sumlx = _rsum(T1, True)  # C: sumlx += w*x[i]*l; suml2 += w*l*l (from 0, in order)
+        suml2 = _rsum(T2, True)
+        slx = np.subtract(sumlx, T1, out=T1)  # C: slx = sumlx - w*x[i]*L[i]; sl2 = suml2 - w*L[i]*L[i]
+        q = np.subtract(suml2, T2, out=T2)
+        q *= X  # C: x[i] * sl2 / slx
+        q /= slx
+        np.rint(q, out=q)
+        _CLIP(q, F32(-4), F32(3), out=q)
+        tried = np.logical_or.reduce(np.not_equal(q, L, out=_WS.get("q3_tried", shape, bool)), axis=0)
+        tried &= mx < 0
+        tried &= ~zero
+    return sumlx, suml2, iscale, zero, amax, np.flatnonzero(tried)
+
+
+def _q3_first_quants(x, iscale, out=None):
+    """make_q3_quants' first quants ``clip(nearest_int(x * iscale), -4, 3)`` as float32, for x [..., n]
+    with iscale broadcast against it (|x * iscale| <= ~4: nearest_int is rint)."""
+    with np.errstate(**_ERR):
+        L = np.multiply(x, iscale, out=out)
+        np.rint(L, out=L)
+        return _CLIP(L, F32(-4), F32(3), out=L)
+
+
+_Q3_GROUP = 8  # batches whose rmse passes end together (Q3_K.chunk_elements: a group per quantize_rows call)
+_Q3_TAIL = 1024  # ...once fewer sub-blocks than this are still moving in each
+
+
+def _q3_rmse(xb, group, firsts):
+    """make_q3_quants' rmse passes for the batches ``group`` ((start, stop) sub-blocks of xb [nb, 16])
+    from their ``_q3_first`` results, whose sums are updated in place.  Returns, per batch, the refined
+    quants [cb.size, 16] (rows) of its columns cb.
+
+    Each batch is refined on its own (its arrays stay in cache) until few of its sub-blocks still move;
+    those of all batches then finish together: the last iterations of a refinement cost about the same
+    for any number of sub-blocks."""
+    sizes = [f[5].size for f in firsts]
+    if sum(sizes) == 0:
+        return [np.empty((0, 16), np.float32) for _ in firsts]
+    n = sum(sizes)  # (scratch arrays: Lc is read until the group is packed, before the next call)
+    xc = np.take(xb, np.concatenate([a + f[5] for (a, _), f in zip(group, firsts)]), axis=0,
+                 out=_WS.get("q3_xc", (n, 16)), mode="clip")
+    isc = np.concatenate([f[2][f[5]] for f in firsts])
+    Lc = _q3_first_quants(xc, isc[:, None], _WS.get("q3_lc", (n, 16)))
+    sx = np.concatenate([f[0][f[5]] for f in firsts])
+    s2 = np.concatenate([f[1][f[5]] for f in firsts])
+    tails = []
+    o = 0
+    for m in sizes:
+        st = _refine_q3_start(xc[o:o + m], Lc, sx, s2, o)
+        if st is not None:
+            st = _refine_q3_steps(st, Lc, sx, s2, _Q3_TAIL)
+            if st is not None:
+                tails.append(st)
+        o += m
+    if tails:
+        _refine_q3_steps(_refine_q3_merge(tails), Lc, sx, s2, 0)
+    out = []
+    o = 0
+    for m, f in zip(sizes, firsts):
+        f[0][f[5]] = sx[o:o + m]
+        f[1][f[5]] = s2[o:o + m]
+        out.append(Lc[o:o + m])
+        o += m
+    return out
+
+
+def _q3_search_quants(X, iscale, zero, cols, cb, Lc):
+    """make_q3_quants' quants + 4 (0..7; 0 for an all-zero sub-block: its early return) of the columns
+    ``cols`` of X [16, k] as [16, cols.size]: the first quants, or the refined ones Lc [cb.size, 16]
+    (rows) of the columns cb."""
+    out = _q3_first_quants(X[:, cols], iscale[cols])
+    if cb.size:
+        pos = np.minimum(np.searchsorted(cb, cols), cb.size - 1)
+        hit = np.flatnonzero(cb[pos] == cols)
+        out[:, hit] = Lc[pos[hit]].T
+    out += F32(4)
+    out[:, zero[cols]] = 0
+    return out
 
 
 def _make_qx_quants(X, W, nmax, exact):
@@ -691,9 +768,6 @@ def _pack_hmask_T(L8, out):
     _as_view(out, (m, 2, 16))[...] = R.transpose(2, 0, 1)
 
 
-_LE = sys.byteorder == "little"
-
-
 def _round_div_T(X, off, d, lo, hi, xmin, xmax):
     """``clip(nearest_int((X + off) / d), lo, hi) - lo`` (``off`` None: ``X / d``) over the columns of X
     [16, k], as uint8 [16, k] (a reused scratch array): the quants Q2_K and Q3_K compute again from their
@@ -711,7 +785,7 @@ def _round_div_T(X, off, d, lo, hi, xmin, xmax):
     Q += F32(_MAGIC - F32(lo))  # even: ties go to the even quant as in nearest_int
     _CLIP(Q, _MAGIC, _MAGIC + F32(hi - lo), out=Q)  # 1.5*2^23 + (quant - lo): its low byte is quant - lo
     L = _WS.get("rd_l", X.shape, np.uint8)
-    np.copyto(L, Q.view(np.uint8)[:, 0::4] if _LE else Q.view(np.uint8)[:, 3::4])
+    np.copyto(L, Q.view(np.int32), casting="unsafe")  # the low byte (the bits of 1.5*2^23 end in 22 zeros)
     with np.errstate(**_ERR):
         if off is None:
             big = np.maximum(np.abs(xmin), np.abs(xmax))
@@ -925,6 +999,7 @@ def _q3_scales_ref(scales):
 class Q3_K(Kernel, qtype=T.Q3_K):
     gil_bound = True
     uses_imatrix = True
+    chunk_elements = _BATCH * 16 * _Q3_GROUP
 
     @classmethod
     def quantize_rows(cls, x, imatrix):
@@ -932,42 +1007,59 @@ class Q3_K(Kernel, qtype=T.Q3_K):
         nsb = rows * n // QK_K
         nb = nsb * 16
         xb = x.reshape(nb, 16)
-        wt = None if imatrix is None else _superblock_weights(x, imatrix, 2).reshape(nb, 16)
         out = np.empty((nsb, cls.type_size), np.uint8)
+        if imatrix is None:  # quantize_row_q3_K_ref: make_q3_quants(16, 4, x, L, true)
+            spans = [(a, min(nb, a + _BATCH)) for a in range(0, nb, _BATCH)]
+            for g in range(0, len(spans), _Q3_GROUP):
+                group = spans[g:g + _Q3_GROUP]
+                Xs = [_to_T(xb, a, b, "t_x%d" % j) for j, (a, b) in enumerate(group)]
+                firsts = [_q3_first(X) for X in Xs]
+                Lcs = _q3_rmse(xb, group, firsts)
+                for (a, b), X, (sumlx, suml2, iscale, zero, amax, cb), Lc in zip(group, Xs, firsts, Lcs):
+                    with np.errstate(**_ERR):
+                        scales = np.where(suml2 > 0, sumlx / suml2, F32(0))
+                    scales[zero] = 0
+                    ls, d_bits = _q3_scales_ref(scales)
+                    # the quants again from the stored scales; d * -32 == 0 (also the memset case) skips the
+                    # sub-block: it keeps the search's quants
+                    d = (fp16_value(d_bits)[:, None] * (ls - 32).astype(np.float32)).reshape(-1)
+                    L8 = _round_div_T(X, None, d, -4, 3, -amax, amax)
+                    dz = np.flatnonzero(d == 0)
+                    if dz.size:
+                        L8[:, dz] = _q3_search_quants(X, iscale, zero, dz, cb, Lc)
+                    cls._pack(out[a // 16:b // 16], L8, ls, d_bits)
+            return out.reshape(rows, -1)
+        wt = _superblock_weights(x, imatrix, 2).reshape(nb, 16)
         for a in range(0, nb, _BATCH):
             b = min(nb, a + _BATCH)
             X = _to_T(xb, a, b)
-            if wt is None:  # quantize_row_q3_K_ref: make_q3_quants(16, 4, x, L, true)
-                scales, Ls, zero, amax = _make_q3_quants(X, xb[a:b])
-                ls, d_bits = _q3_scales_ref(scales)
-            else:  # quantize_row_q3_K_impl: make_qx_quants(16, 4, x, L, 1, weight), then of the scales
-                W = _to_T(wt, a, b, "t_w")
-                sw = _rsum(W, True)
-                scales, iscs, _ = _make_qx_quants(X, W, 4, False)
-                m = (b - a) // 16
-                d_block, _, Lsc = _make_qx_quants(np.ascontiguousarray(scales.reshape(m, 16).T),
-                                                  np.ascontiguousarray(sw.reshape(m, 16).T), 32, True)
-                ls = Lsc.T
-                d_bits = fp16_bits(d_block)
-                amax = np.maximum(X.max(axis=0), -X.min(axis=0))
-            # the quants again from the stored scales; d * -32 == 0 (also the memset case) skips the
-            # sub-block: it keeps the search's quants
+            # quantize_row_q3_K_impl: make_qx_quants(16, 4, x, L, 1, weight), then of the scales
+            W = _to_T(wt, a, b, "t_w")
+            sw = _rsum(W, True)
+            scales, iscs, _ = _make_qx_quants(X, W, 4, False)
+            m = (b - a) // 16
+            d_block, _, Lsc = _make_qx_quants(np.ascontiguousarray(scales.reshape(m, 16).T),
+                                              np.ascontiguousarray(sw.reshape(m, 16).T), 32, True)
+            ls = Lsc.T
+            d_bits = fp16_bits(d_block)
+            amax = np.maximum(X.max(axis=0), -X.min(axis=0))
             d = (fp16_value(d_bits)[:, None] * (ls - 32).astype(np.float32)).reshape(-1)
             L8 = _round_div_T(X, None, d, -4, 3, -amax, amax)
             dz = np.flatnonzero(d == 0)
             if dz.size:
-                if wt is None:  # make_q3_quants' L + 4, or 0 for an all-zero sub-block (its early return)
-                    L8[:, dz] = np.where(zero[dz], F32(0), Ls[:, dz] + F32(4))
-                else:
-                    with np.errstate(**_ERR):
-                        L8[:, dz] = np.clip(nearest_int_c(X[:, dz] * iscs[dz]), -4, 3) + 4
-                    L8[:, dz[iscs[dz] == 0]] = 0
-            o = out[a // 16:b // 16]
-            _pack_hmask_T(L8, o[:, :32])
-            _pack_2bit_T(L8, o[:, 32:96])
-            o[:, 96:108] = _pack_q3_scales(ls)
-            o[:, 108:110] = d_bits.reshape(-1, 1).view(np.uint8)
+                with np.errstate(**_ERR):
+                    L8[:, dz] = np.clip(nearest_int_c(X[:, dz] * iscs[dz]), -4, 3) + 4
+                L8[:, dz[iscs[dz] == 0]] = 0
+            cls._pack(out[a // 16:b // 16], L8, ls, d_bits)
         return out.reshape(rows, -1)
+
+    @staticmethod
+    def _pack(o, L8, ls, d_bits):
+        """block_q3_K bytes o [m, 110] from the quants + 4 L8 [16, 16m], the 6-bit scales and d."""
+        _pack_hmask_T(L8, o[:, :32])
+        _pack_2bit_T(L8, o[:, 32:96])
+        o[:, 96:108] = _pack_q3_scales(ls)
+        o[:, 108:110] = d_bits.reshape(-1, 1).view(np.uint8)
 
     @classmethod
     def dequantize_into(cls, q, n, out):  # dequantize_row_q3_K

@@ -12,18 +12,29 @@ per worker takes spans from a shared FIFO queue, so several quantizations can be
 (:func:`submit`: a conversion quantizes chunk k+1 while it writes chunk k) and the workers never wait
 between chunks.  Shared-memory segments of chunk size are pooled, so a stream of chunks does not pay
 for fresh zeroed pages per chunk; pooled segments unused for a few seconds are released.
+
+On Linux the workers are forked from this process (after its imports): a fork takes milliseconds where a
+fresh interpreter spends ~0.35 CPU-s importing numpy and the kernels, which weighs on a conversion of a
+small model.  The forked worker closes every inherited file descriptor but its two pipes (an inherited
+output file or lock would outlive this process), ignores Ctrl-C (the parent decides) and leaves with
+``os._exit`` (no inherited exit handlers run).  ``WORKBENCH_WORKER_START=spawn``, a process holding more
+than ``FORK_MAX_ANON`` of memory (an app with models loaded) or a failed fork starts a fresh interpreter
+instead.
 """
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import pickle
 import queue
+import signal
 import struct
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -40,6 +51,7 @@ POOL_IDLE_SECONDS = 3.0  # free segments unused this long are released
 SPAN_MIN_ELEMENTS = 1 << 19  # values per job sent to a worker (amortizes the round trip)
 
 _lock = threading.Lock()
+_fork_lock = threading.Lock()  # one fork at a time: a child must not inherit another child's pipe ends
 _children: list["_Child"] = []
 _jobs: "queue.Queue[_Span | None]" = queue.Queue()
 
@@ -47,6 +59,29 @@ _jobs: "queue.Queue[_Span | None]" = queue.Queue()
 def available() -> bool:
     """Worker processes need a Python interpreter (not a frozen app binary)."""
     return not getattr(sys, "frozen", False)
+
+
+FORK_MAX_ANON = 256 << 20  # fork only a process holding at most this much anonymous memory (see _use_fork)
+
+
+def _anon_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 62
+
+
+def _use_fork() -> bool:
+    """Fork the workers (Linux, not disabled by ``WORKBENCH_WORKER_START=spawn``) while this process is small.
+    A forked worker shares its parent's memory of the moment: pages the parent frees later (a model an app
+    closes) stay held by the worker for its whole life, so a big process starts fresh interpreters instead."""
+    return (sys.platform.startswith("linux") and hasattr(os, "fork")
+            and os.environ.get("WORKBENCH_WORKER_START", "").strip().lower() != "spawn"
+            and _anon_bytes() <= FORK_MAX_ANON)
 
 
 def _send(stream, obj) -> None:
@@ -199,7 +234,12 @@ class _Child:
         self.thread = threading.Thread(target=self._feed, daemon=True, name="wb-procpool")
         self.thread.start()
 
-    def _start(self) -> subprocess.Popen:
+    def _start(self) -> "subprocess.Popen | _Forked":
+        if _use_fork():
+            try:
+                return _Forked()
+            except OSError:  # no memory to fork a big process, too many processes...: a fresh interpreter
+                pass
         return subprocess.Popen([sys.executable, "-c", _CHILD_CODE, _PACKAGE_DIR], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=self.env)
 
@@ -231,6 +271,95 @@ class _Child:
             self.proc.wait(timeout=2)
         except Exception:  # noqa: BLE001 - best effort at exit
             self.proc.kill()
+
+
+class _Forked:
+    """A worker forked from this process, with the part of ``subprocess.Popen``'s interface the pool uses."""
+
+    def __init__(self):
+        from .. import kernels  # noqa: F401  (every kernel module imported once here, not in each child)
+
+        with _fork_lock:
+            r_in, w_in = os.pipe()
+            r_out, w_out = os.pipe()
+            gc.freeze()  # the child's collector leaves the inherited objects (and their pages) alone
+            try:
+                with warnings.catch_warnings():  # 3.12+ warns of fork in a threaded process: the child only
+                    warnings.simplefilter("ignore", DeprecationWarning)  # runs this module and numpy
+                    pid = os.fork()
+            except BaseException:
+                gc.unfreeze()
+                for fd in (r_in, w_in, r_out, w_out):
+                    os.close(fd)
+                raise
+            if pid == 0:  # the child: never returns
+                code = 1
+                try:
+                    _forked_main(r_in, w_out)
+                    code = 0
+                finally:
+                    os._exit(code)
+            gc.unfreeze()
+            os.close(r_in)
+            os.close(w_out)
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin = open(w_in, "wb")
+        self.stdout = open(r_out, "rb")
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        end = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _keep_freed_memory() -> None:
+    """What MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ do for a spawned worker (see _Child), for a
+    forked one whose allocator is already set up: glibc's mallopt, when there is a glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 27)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: its defaults
+        pass
+
+
+def _forked_main(r: int, w: int) -> None:
+    """The forked worker: its pipes become fds 0 and 1, every other inherited descriptor but stderr is closed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal reaches the whole group: the parent decides
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if callable(signal.getsignal(sig)):  # a handler of the parent's (an app's) is not ours
+            signal.signal(sig, signal.SIG_DFL)
+    _keep_freed_memory()
+    os.dup2(r, 0)
+    os.dup2(w, 1)
+    os.closerange(3, max(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1 << 16))
+    child_main(open(0, "rb", closefd=False), open(1, "wb", closefd=False))
 
 
 def start(n: int) -> None:
@@ -274,7 +403,7 @@ def _work(qtype: str, source: tuple, shape: tuple[int, int], out_name: str, out_
             shm_in = _attach(source[1])
             x = np.ndarray(shape, np.float32, buffer=shm_in.buf)[a:b]
         out = np.ndarray((shape[0], out_cols), np.uint8, buffer=shm_out.buf)[a:b]
-        step = max(1, CHUNK_ELEMENTS // n)
+        step = max(1, (kernel.chunk_elements or CHUNK_ELEMENTS) // n)
         for s in range(0, b - a, step):
             quantize_span(kernel, x, out, imatrix, label, (s, min(b - a, s + step)), row0 + a)
         del x, out
@@ -302,14 +431,15 @@ def _file_source(x: np.ndarray) -> tuple[str, int] | None:
     return str(root.filename), int(root.offset) + off
 
 
-def child_main() -> None:
-    """The worker loop (runs in the child process)."""
+def child_main(stdin=None, stdout=None) -> None:
+    """The worker loop (runs in the child process), on its stdin/stdout unless given other streams."""
     if sys.version_info < (3, 13):  # the parent owns the segments: keep this process's tracker out of it
         from multiprocessing import resource_tracker
 
         resource_tracker.register = lambda *a, **k: None
         resource_tracker.unregister = lambda *a, **k: None
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    if stdin is None:
+        stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # stray prints must not corrupt the protocol
     while True:
         try:

@@ -342,3 +342,40 @@ def check_required(plan, imatrix) -> None:
             raise UnsupportedError(f"the importance matrix has no entry for tensor {short(e.gguf_name)}, which "
                                    f"{plan.preset} makes {e.type}", path=getattr(imatrix, "path", None),
                                    hint="Use an imatrix computed for this model.")
+
+
+def source_weights(imatrix, gguf_name: str, source_name: str, shape: tuple[int, ...],
+                   qtype: str) -> np.ndarray | None:
+    """:func:`tensor_weights` for a tensor as a model stores it: a Hugging Face expert's own 2-D matrix
+    (``...experts.<e>....``) of a 3-D GGUF entry gets expert e's weights, [1, n_cols]."""
+    import re
+
+    m = re.search(r"\.experts\.(\d+)\.", source_name)
+    if m and len(shape) == 2 and isinstance(imatrix, Imatrix) and gguf_name in imatrix:
+        e = int(m.group(1))
+        entry = imatrix.entries[gguf_name]
+        if entry.n_mat > 1:
+            if e >= entry.n_mat:
+                raise FormatError(f"importance matrix entry {short(gguf_name)} has {entry.n_mat} experts but the "
+                                  f"model has expert {e}", path=imatrix.path, hint="Use an imatrix computed for "
+                                  "this model.")
+            w = imatrix.weights_for(gguf_name)[e:e + 1]
+            return tensor_weights({gguf_name: w}, gguf_name, shape, qtype)
+    return tensor_weights(imatrix, gguf_name, shape, qtype)
+
+
+def quantize_rows(x: np.ndarray, qtype: str, weights: np.ndarray | None, *, name: str, row0: int,
+                  rows_per_expert: int) -> np.ndarray:
+    """Quantize float32 rows [rows, n] (tensor rows ``row0``...) with their expert's weights (as
+    :func:`submit_rows`, synchronously): the bytes [rows, row_bytes]."""
+    from .. import kernels
+
+    if weights is None or weights.shape[0] == 1:
+        return kernels.quantize(x, qtype, None if weights is None else weights[0], name=name, row0=row0)
+    parts, a = [], 0
+    while a < x.shape[0]:
+        expert = (row0 + a) // rows_per_expert
+        b = min(x.shape[0], (expert + 1) * rows_per_expert - row0)
+        parts.append(kernels.quantize(x[a:b], qtype, weights[expert], name=name, row0=row0 + a))
+        a = b
+    return np.concatenate(parts)

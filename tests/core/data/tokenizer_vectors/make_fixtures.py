@@ -20,12 +20,16 @@
   built libllama), and ``plain``: ``llama-tokenize --no-bos`` (nothing added).  The bert vocabularies are
   ggml-vocab-bert-bge and all-MiniLM-L6-v2 written by our converter's ``hf_vocab`` (the converter writes
   add_sep_token false for it, and llama.cpp still closes with [SEP]); the t5 ones nomic-bert-moe and t5-lora.
+  Also the vocabularies of issue 14's architectures: qwen35 (qwen3), phi-3 (phi3), gemma-4 (the gemma4 BPE
+  model) and ``gemma3``: a Gemma 3 style 262,144-token SentencePiece GGUF that :func:`gemma3_vocab_path`
+  makes once from ggml-vocab-gemma-4.gguf into the test cache (~6 MB, not committed; the tests make it too).
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -58,6 +62,8 @@ MIXED_TEXTS = [
     "  Leading spaces,\ttabs and <s> </s> [CLS] [SEP] <|endoftext|> <pad> specials 12345 ١٢٣ "
     "decomposed cafe\u0301 n\u0303 हिन्दी İstanbul ",
     "Hello world",
+    "<start_of_turn>user\nWrite   code:\n\n\n\tif x:\n\t\treturn '<|im_start|>'  <end_of_turn>\n"
+    "<start_of_turn>model\n<bos><eos><unk>\u00a0\u3000\u200b x\r\n",
 ]
 # name -> (test-model key of a vocab GGUF or of a folder converted by hf_vocab, GGUF architecture for a folder)
 MIXED_VOCABS = {
@@ -65,6 +71,10 @@ MIXED_VOCABS = {
     "llama-spm": ("llama-vocabs", None),
     "bert-bge": ("llama-vocabs", None), "all-minilm": ("minilm", "bert"),
     "nomic-bert-moe": ("llama-vocabs", None), "t5-lora": ("t5-lora", "t5"),
+    # the architectures of issue 14: qwen3 (qwen2 above, qwen35), phi3, mistral (llama-spm above), gemma3 (a
+    # 262k SentencePiece vocabulary made from Gemma 4's by gemma3_vocab_path), gemma4 (its own BPE model)
+    "qwen35": ("llama-vocabs", None), "phi-3": ("llama-vocabs", None), "gemma-4": ("llama-vocabs", None),
+    "gemma3": ("llama-vocabs", "gemma3"),
 }
 
 
@@ -93,9 +103,77 @@ def write_t5_vocab(folder: Path, path: Path) -> Path:
 def mixed_vocab_path(name: str, folder: Path) -> Path:
     """The GGUF of a MIXED_VOCABS entry (a folder's is written into ``folder``)."""
     key, arch = MIXED_VOCABS[name]
+    if name == "gemma3":
+        return gemma3_vocab_path()
     if arch is None:
         return ensure(key) / f"ggml-vocab-{name}.gguf"
     return write_vocab(ensure(key), folder / f"{name}.gguf", arch)
+
+
+def gemma3_vocab_path() -> Path:
+    """A Gemma 3 style vocabulary-only GGUF (262,144-entry SentencePiece, tokenizer.ggml.model "llama"), made once
+    from llama.cpp's ggml-vocab-gemma-4.gguf into the test cache (~5 MB, not committed): see write_gemma3_vocab."""
+    from fetch_models import models_dir
+
+    path = models_dir() / "derived" / "ggml-vocab-gemma3-spm.gguf"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two test processes may make it at once
+        write_gemma3_vocab(ensure("llama-vocabs") / "ggml-vocab-gemma-4.gguf", tmp)
+        tmp.replace(path)
+    return path
+
+
+def write_gemma3_vocab(gemma4: Path, path: Path) -> Path:
+    """Gemma 4's 262,144 tokens (the Gemma 3 vocabulary with renamed specials) as convert_hf_to_gguf writes a
+    Gemma 3 tokenizer.model: model "llama", pre "default", the Gemma 3 names of ids 6..106, scores as a
+    SentencePiece BPE model has them (0 for user-defined, byte and control pieces, minus the id for learned
+    ones), types (control <pad> <eos> <bos> <mask> and image markers, unknown <unk>, user-defined <unusedN>,
+    markup and whitespace runs, byte <0xXX>), bos 2, eos 1, unk 3, pad 0, add_bos, no space prefix."""
+    import gguf
+    import numpy as np
+
+    import workbench
+
+    src = workbench.open_model(gemma4)  # our reader: gguf-py's takes ~40 s on the 514k merges
+    tokens = list(src.meta("tokenizer.ggml.tokens"))
+    types = np.asarray(src.meta("tokenizer.ggml.token_type"), np.int32)
+    assert len(tokens) == 262144 and tokens[:5] == ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    tokens[5] = "[@BOS@]"
+    tokens[6:105] = [f"<unused{i}>" for i in range(99)]
+    tokens[105:107] = ["<start_of_turn>", "<end_of_turn>"]
+    tokens[255999:256001] = ["<start_of_image>", "<end_of_image>"]
+    tail = [i for i in range(256001, len(tokens)) if tokens[i].startswith("<unused")]
+    for n, i in enumerate(tail, start=99):  # the tail of <unusedN> numbered after Gemma 3's first 99
+        tokens[i] = f"<unused{n}>"
+    assert len(set(tokens)) == len(tokens)
+    t = gguf.TokenType
+    types = np.where(types == t.BYTE, t.BYTE, t.NORMAL).astype(np.int32)
+    types[5:238] = t.USER_DEFINED
+    types[[0, 1, 2, 4, 255999, 256000]] = t.CONTROL
+    types[3] = t.UNKNOWN
+    types[np.char.startswith(np.array(tokens, dtype=object).astype(str), "<unused")] = t.USER_DEFINED
+    scores = np.where(types == t.NORMAL, -np.arange(len(tokens), dtype=np.float32), 0).astype(np.float32)
+    w = gguf.GGUFWriter(path, "gemma3")
+    w.add_name("gemma3-vocab-from-gemma4")
+    w.add_context_length(131072)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores.tolist())
+    w.add_token_types(types.tolist())
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_unk_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
 
 
 # llama_tokenize through libllama (llama-tokenize itself adds special tokens only when the vocabulary's add_bos)
