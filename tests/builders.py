@@ -428,3 +428,14 @@ def write_imatrix_gguf(path: Path, rows: dict[str, int]) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def greedy_steps(eng, prompt, n, use_cache=True):
+    """``n`` greedy tokens after ``prompt`` from a decoder engine, and the logits each was chosen from [n, vocab]."""
+    logits = eng.start(prompt, use_cache=use_cache)
+    steps, toks = [], []
+    for _ in range(n):
+        steps.append(logits)
+        toks.append(int(np.argmax(logits)))
+        logits = eng.step(toks[-1])
+    return toks, np.array(steps)

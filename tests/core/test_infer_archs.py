@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from builders import greedy_steps
+
 from workbench.infer.decoder import DecoderEngine
 from workbench.infer.engines import engine_for, load_engine
 from workbench.infer.specs import SPECS, spec_for
@@ -33,16 +35,6 @@ def tol(ref: np.ndarray) -> float:
 
 def engine(name: str, **kw) -> DecoderEngine:
     return run(load_engine(DATA / name, **kw))
-
-
-def greedy_steps(eng, prompt, n, use_cache=True):
-    logits = eng.start(prompt, use_cache=use_cache)
-    steps, toks = [], []
-    for _ in range(n):
-        steps.append(logits)
-        toks.append(int(np.argmax(logits)))
-        logits = eng.step(toks[-1])
-    return toks, np.array(steps)
 
 
 @pytest.mark.parametrize("name", ARCHS)

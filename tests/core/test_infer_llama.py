@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from builders import greedy_steps
 from fetch_models import real_model
 from workbench import kernels
 from workbench.errors import Cancelled, UnsupportedError, WorkbenchError
@@ -32,16 +33,6 @@ def tol(ref: np.ndarray) -> float:
 
 def engine(src, plan=None, **kw) -> LlamaEngine:
     return run(load_engine(src, plan, **kw))
-
-
-def greedy_steps(eng, prompt, n, use_cache=True):
-    logits = eng.start(prompt, use_cache=use_cache)
-    steps, toks = [], []
-    for _ in range(n):
-        steps.append(logits)
-        toks.append(int(np.argmax(logits)))
-        logits = eng.step(toks[-1])
-    return toks, np.array(steps)
 
 
 @pytest.mark.parametrize("name", DECODERS)

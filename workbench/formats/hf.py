@@ -80,18 +80,22 @@ def json_depth(obj: Any, limit: int = MAX_JSON_DEPTH) -> int:
     return depth
 
 
-def load_json(path: Path) -> Any:
-    """A JSON file parsed with the limits of :func:`parse_json` (size checked before reading)."""
+def read_json_bytes(path: Path) -> bytes:
+    """A JSON file's bytes, its size checked against :data:`MAX_JSON_BYTES` before reading."""
     path = Path(path)
     try:
         size = os.path.getsize(path)
         if size > MAX_JSON_BYTES:
             raise FormatError(f"JSON file is {size} bytes, more than the {MAX_JSON_BYTES >> 20} MB Model Workbench "
                               "reads", path=path)
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise FormatError(f"could not be read: {exc.strerror or exc.__class__.__name__}", path=path) from None
-    return parse_json(raw, path)
+
+
+def load_json(path: Path) -> Any:
+    """A JSON file parsed with the limits of :func:`parse_json` (size checked before reading)."""
+    return parse_json(read_json_bytes(path), Path(path))
 
 
 def load_json_if_present(path: Path) -> Any:

@@ -37,7 +37,7 @@ import numpy as np
 from gguf import TokenType
 
 from ..errors import FormatError, MissingFileError, UnsupportedError, WorkbenchError, quote, short
-from ..formats.hf import MAX_JSON_BYTES, hf_type_name, load_json_if_present, load_json_object, parse_json
+from ..formats.hf import hf_type_name, load_json_if_present, load_json_object, parse_json, read_json_bytes
 from ..model import Model
 
 SPACE = "\u2581"  # SentencePiece's escaped space
@@ -1019,14 +1019,7 @@ def _check_bpe_merges(doc: dict, path: Path) -> None:
 
 def _read_json_text(path: Path) -> str:
     """A JSON file's text, read once (the size limit checked first, invalid UTF-8 a FormatError)."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise FormatError(f"JSON file is {size} bytes, more than the {MAX_JSON_BYTES >> 20} MB Model Workbench "
-                              "reads", path=path)
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise FormatError(f"could not be read: {exc.strerror or exc.__class__.__name__}", path=path) from None
+    raw = read_json_bytes(path)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
