@@ -64,20 +64,15 @@ def load_job(path) -> ImatrixResult:
 
 
 def compute_job(model, text_path: str | None, n_ctx: int, chunks: int | None, cancel: Callable[[], bool]):
-    """Worker job: compute the model's importance matrix over the text file (or the bundled text)."""
-    from workbench.errors import WorkbenchError
-    from workbench.optimize.imatrix_compute import compute_imatrix
+    """Worker job: compute the model's importance matrix over the train part of the text file (or of the bundled
+    text; a .json/.jsonl chat set through the model's chat template), as ``workbench imatrix`` does: a fifth is
+    held out and never used."""
+    from workbench.infer.tokenizer import load_tokenizer
+    from workbench.optimize.imatrix_compute import compute_imatrix, load_calibration
 
+    calib = load_calibration(text_path, load_tokenizer(model))
+    text = calib.train
     dataset = Path(text_path).name if text_path else "calibration.txt"  # imatrix.datasets (saved files need one)
-    if text_path:
-        try:
-            text = Path(text_path).read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            raise WorkbenchError(f"cannot read the calibration text: {exc.strerror or exc}", path=text_path) from None
-    else:
-        from workbench.infer.compare import default_calibration_text
-
-        text = default_calibration_text()
     im = yield from compute_imatrix(model, text, n_ctx, chunks, cancel, dataset=dataset)
     stats = statistics(im)
     return ImatrixResult(im, stats, layer_statistics(stats), None)

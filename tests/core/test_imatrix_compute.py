@@ -244,3 +244,30 @@ def test_hf_experts_get_their_own_weights(tmp_path):
                                           err_msg=f"{t.name} expert {e}")
             n += 1
     assert n > 0
+
+
+def test_encoder_is_refused_before_anything_is_read(tmp_path, capsys):
+    assert main(["imatrix", str(DATA / "infer" / "bert"), "-o", str(tmp_path / "x.gguf")]) == 1
+    assert "this bert model is not a decoder" in capsys.readouterr().err
+    assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.parametrize("arch", ["phi3", "qwen3moe", "gemma3"])
+def test_entries_are_the_gguf_matrices(arch, tmp_path):
+    """Every entry names a matrix of the GGUF the converter writes (phi3's fused attn_qkv and gate/up ffn_up,
+    qwen3moe's 3-D experts and router), with its column count and expert count; every layer matrix has one."""
+    import gguf
+
+    from workbench.convert.hf_to_gguf import convert_hf_to_gguf
+
+    folder = DATA / "infer" / arch
+    out = run(convert_hf_to_gguf(folder, tmp_path / "m.gguf", "F32"))[0]
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in gguf.GGUFReader(out).tensors}
+    im = run(compute_imatrix(folder, TEXT_FILE.read_text(encoding="utf-8"), 16, 1))
+    k = json.loads((folder / "config.json").read_text()).get("num_experts_per_tok")
+    for name, e in im.entries.items():
+        shape = shapes[name]
+        assert e.n_cols == shape[-1] and e.n_mat == (shape[0] if len(shape) == 3 else 1), name
+        assert e.counts.sum() == 16 * (k if e.n_mat > 1 else 1), name  # every token; top-k per token
+    matrices = {n for n, s in shapes.items() if n.startswith("blk.") and len(s) >= 2}
+    assert set(im.entries) == matrices

@@ -116,7 +116,7 @@ def test_compute_runs_with_progress_and_cancel(qtbot, dialog, monkeypatch, tmp_p
     seen = {}
 
     def fake(model, text, n_ctx, chunks, cancel, dataset=""):
-        seen.update(dataset=dataset, model=model, n_ctx=n_ctx, chunks=chunks, text=text[:10], cancel=cancel)
+        seen.update(dataset=dataset, model=model, n_ctx=n_ctx, chunks=chunks, text=text, cancel=cancel)
         yield Progress(1, 2, "Chunk 1/2")
         while chunks == 99 and not cancel():
             yield Progress(1, 2, "Chunk 1/2")
@@ -126,12 +126,19 @@ def test_compute_runs_with_progress_and_cancel(qtbot, dialog, monkeypatch, tmp_p
     assert imatrix_dialog.compute_available()
     no_model = dialog()
     assert not no_model.compute_button.isEnabled()
-    d = dialog(model="MODEL")
+    from workbench import open_model
+    from workbench.infer.compare import default_calibration_text
+    from workbench.optimize.imatrix_compute import split_calibration
+
+    model = open_model(Path(__file__).parents[1] / "core" / "data" / "infer" / "llama")
+    d = dialog(model=model)
     assert d.compute_button.isEnabled() and not d.compute_button.isHidden()
     with qtbot.waitSignal(d.loaded, timeout=LOAD_TIMEOUT) as sig:
         d.compute(None, 256, 2)
     assert seen["dataset"] == "calibration.txt"  # the bundled text's name (an empty list cannot be saved)
-    assert seen["model"] == "MODEL" and (seen["n_ctx"], seen["chunks"]) == (256, 2) and seen["text"]
+    assert seen["model"] is model and (seen["n_ctx"], seen["chunks"]) == (256, 2)
+    train, held = split_calibration(default_calibration_text())
+    assert seen["text"] == train and held and held not in seen["text"]  # the held-out fifth is never used
     assert sig.args[0].path is None and d.save_button.isEnabled() and "not saved" in d.path_label.full_text()
     with qtbot.waitSignal(d.loaded, timeout=LOAD_TIMEOUT):  # Save As… writes it and shows the file
         d.save(tmp_path / "computed.gguf")

@@ -138,6 +138,16 @@ def role_names(engine, weight_names: set[str], to_gguf: Callable[[str], str], la
     return [to_gguf(n) for n in names[role]]
 
 
+def check_decoder(model: Model) -> None:
+    """Refuse, from the metadata alone, a model the imatrix cannot be computed for (encoders, t5)."""
+    from ..infer.weights import model_arch
+
+    arch = model_arch(model)
+    if arch in ("bert", "t5"):
+        raise UnsupportedError(f"this {arch} model is not a decoder: an importance matrix is computed for decoder "
+                               "models (llama, qwen, gemma, phi3...)", path=model.path)
+
+
 def compute_imatrix(model: Model | str | Path, text: str, n_ctx: int = 512, chunks: int | None = None,
                     cancel: Callable[[], bool] | None = None, *, process_output: bool = False,
                     parse_special: bool = False, dataset: str = "", numerics: str = "exact",
@@ -157,6 +167,7 @@ def compute_imatrix(model: Model | str | Path, text: str, n_ctx: int = 512, chun
         from ..formats import open_model
 
         model = open_model(model)
+    check_decoder(model)
     n_ctx = int(n_ctx)
     if n_ctx < MIN_CTX:
         raise WorkbenchError(f"the context of {n_ctx} tokens is too small: use at least {MIN_CTX}",
