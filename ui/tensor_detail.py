@@ -134,6 +134,7 @@ class TensorDetailWidget(QWidget):
         self.log_box = QCheckBox("Log count", self)
         self.log_box.setToolTip("Logarithmic count axis: shows the sparse tails of the distribution")
         self.log_box.toggled.connect(self._set_log)
+        self.log_box.setChecked(True)  # the tails of a weight distribution are what quantization clips
         plot_bar = QHBoxLayout()
         self.plot_title = QLabel(self)
         plot_bar.addWidget(self.plot_title, 1)

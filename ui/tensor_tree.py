@@ -12,6 +12,7 @@ from workbench import Model, TensorInfo, WorkbenchError
 from workbench.plan import Plan
 
 from .filter_edit import FilterEdit
+from .formatting import grouped, human_bytes
 from .plan_delegate import PlanTypeDelegate
 # (the column and role names are re-exported for callers)
 from .tensor_tree_model import (FALLBACK_COLOR, FULL_NAME_ROLE, HEADERS, NAME, OBJECT_ROLE,  # noqa: F401
@@ -50,6 +51,40 @@ class TensorFilterProxy(QSortFilterProxyModel):
     def lessThan(self, left: QModelIndex, right: QModelIndex) -> bool:
         # ranks precomputed when the model opened: no sort key is built or formatted while sorting
         return self.sourceModel().less_than(left, right)
+
+    def setFilterRegularExpression(self, rx) -> None:  # noqa: N802 - Qt override
+        self._filtered_totals: dict[str, tuple[str, ...]] = {}
+        super().setFilterRegularExpression(rx)
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
+        """A layer row under a filter shows the totals of the tensors the filter lets through
+        ("2 of 9 tensors"), not the whole layer's."""
+        if (role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole) and index.column() in (SHAPE, PARAMS, SIZE)
+                and self.filterRegularExpression().pattern() and not index.parent().isValid()):
+            group = super().data(index, OBJECT_ROLE)
+            if isinstance(group, TensorGroup):
+                texts = self._group_totals(index.siblingAtColumn(0), group)
+                if texts is not None:
+                    return texts[index.column()] if role == Qt.ItemDataRole.DisplayRole else texts[-1]
+        return super().data(index, role)
+
+    def _group_totals(self, index: QModelIndex, group: TensorGroup) -> tuple[str, ...] | None:
+        cache = getattr(self, "_filtered_totals", None)
+        if cache is None:
+            cache = self._filtered_totals = {}
+        if group.name not in cache:
+            shown = [self.index(r, 0, index).data(OBJECT_ROLE) for r in range(self.rowCount(index))]
+            shown = [t for t in shown if isinstance(t, TensorInfo)]
+            if len(shown) == len(group.tensors):
+                cache[group.name] = None  # every tensor shown: the layer's own totals
+            else:
+                n = sum(t.n_params for t in shown)
+                nbytes = sum(t.nbytes for t in shown)
+                texts = ["", f"{len(shown)} of {len(group.tensors)} tensors", "", "", grouped(n), human_bytes(nbytes)]
+                texts.append(f"{group.name}: {len(shown)} of {len(group.tensors)} tensors shown by the filter, "
+                             f"{grouped(n)} parameters, {human_bytes(nbytes)}")
+                cache[group.name] = tuple(texts)
+        return cache[group.name]
 
 
 class TensorTreeWidget(QWidget):

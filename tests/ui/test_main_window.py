@@ -20,7 +20,8 @@ def test_selecting_a_tensor_shows_its_histogram_and_stats(qtbot, window, load, d
     shown = blocker.args[0]
     expected = run(tensor_stats(open_model(demo_path).tensor("blk.1.ffn_up.weight")))
     assert shown.name == "blk.1.ffn_up.weight"
-    x, y = window.detail.hist_item.getData()
+    x, y = window.detail.hist_item.getOriginalDataset()  # the counts given to plot() (getData() is log10 in log mode)
+    assert window.detail.log_box.isChecked()  # value histograms default to a log count axis
     np.testing.assert_array_equal(np.asarray(y), expected.hist_counts)
     np.testing.assert_allclose(np.asarray(x), expected.hist_edges)
     labels = window.detail.stat_labels

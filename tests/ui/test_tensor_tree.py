@@ -169,3 +169,34 @@ def test_sort_by_name_puts_blk_9_before_blk_10(qtbot, window, load, tmp_path):
     tree.sort_by(NAME)
     tree.filter.set_text("ffn_down")
     assert tree.visible_tensor_names() == [f"blk.{i}.ffn_down.weight" for i in range(12)]
+
+
+def test_a_filtered_layer_row_shows_the_totals_of_what_the_filter_shows(qtbot, window, load, demo_path):
+    from workbench import open_model
+    from ui.tensor_tree import PARAMS, SHAPE, SIZE
+    from ui.formatting import grouped, human_bytes
+
+    load(window, demo_path)
+    tree = window.tree
+    model = open_model(demo_path)
+    layer = [t for t in model.tensors if t.name.startswith("blk.0.")]
+
+    def layer_row():
+        for r in range(tree.proxy.rowCount()):
+            idx = tree.proxy.index(r, 0)
+            if idx.data() == "blk.0":
+                return idx
+        raise AssertionError("no blk.0 row")
+
+    whole = layer_row()
+    assert whole.siblingAtColumn(SHAPE).data() == f"{len(layer)} tensors"  # positive control: no filter
+    tree.filter.set_text("ffn_")
+    qtbot.waitUntil(lambda: "Showing" in tree.count_label.text(), timeout=5000)
+    shown = [t for t in layer if "ffn_" in t.name]
+    idx = layer_row()
+    assert idx.siblingAtColumn(SHAPE).data() == f"{len(shown)} of {len(layer)} tensors"
+    assert idx.siblingAtColumn(PARAMS).data() == grouped(sum(t.n_params for t in shown))
+    assert idx.siblingAtColumn(SIZE).data() == human_bytes(sum(t.nbytes for t in shown))
+    tree.filter.set_text("")
+    qtbot.waitUntil(lambda: "Showing" not in tree.count_label.text(), timeout=5000)
+    assert layer_row().siblingAtColumn(SHAPE).data() == f"{len(layer)} tensors"
