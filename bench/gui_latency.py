@@ -3,7 +3,8 @@
     python bench/gui_latency.py [--gguf PATH] [--folder PATH] [--skip-bg] [--size 1280x800]
 
 A precise 10 ms QTimer runs through every scenario; a gap is the time between two of its callbacks
-minus 10 ms (how late the event loop answered).  Scenarios: launch to first paint; opening a ~500 MB
+minus 10 ms (how late the event loop answered).  Scenarios: launch to first paint (importing the window's modules,
+building and showing it: the gap is all of it) and after it (the rest built in steps); opening a ~500 MB
 GGUF (SmolLM2-135M as F32, made once by bench/infer.py's helper) and a 1.3 GB F32 safetensors folder
 (bench/convert.py's helper); 20 tensor clicks (time from the click to the header facts painted);
 20 Down-arrow presses in the tree; typing a filter; and the three interactions again while an
@@ -134,20 +135,34 @@ class Bench:
             if self.args.profile > 1:
                 st.sort_stats(self.args.sort).print_stats(self.args.profile)
 
+    def close(self) -> None:
+        from ui.worker import stop_all_workers
+
+        self.w.shutdown()
+        self.w.close()
+        stop_all_workers()
+
     # -- scenarios ------------------------------------------------------------------------------------
     def launch(self) -> str:
-        t0 = time.perf_counter()  # the window's modules are imported here: part of a launch
+        """Import the window's modules, build it, show it: until its first paint (the gap is all of it)."""
+        self.t_launch = time.perf_counter()  # the window's modules are imported here: part of a launch
         from ui.main_window import MainWindow
 
         self.w = MainWindow(settings=self.settings)
-        watch = PaintWatch(self.w)
+        self.paint_watch = PaintWatch(self.w)
         w, h = (int(x) for x in self.args.size.lower().split("x"))
         self.w.resize(w, h)
         self.w.show()
-        wait_until(lambda: watch.last > 0, 30)
-        first = watch.last
-        idle(500)  # what runs after the first paint (welcome page scan)
-        return f"first paint {1000 * (first - t0):.0f} ms"
+        wait_until(lambda: self.paint_watch.last > 0, 30)
+        return f"first paint {1000 * (self.paint_watch.last - self.t_launch):.0f} ms"
+
+    def launch_rest(self) -> str:
+        """After the first paint: the rest of the window is built in steps (and the welcome page scans)."""
+        is_built = getattr(self.w, "is_built", lambda: True)
+        wait_until(is_built, 60)
+        built = time.perf_counter()
+        idle(500)
+        return f"all built {1000 * (built - self.t_launch):.0f} ms after the launch"
 
     def open(self, path: Path) -> str:
         got = []
@@ -273,12 +288,12 @@ def table(rows) -> str:
            "-" * 110]
     for name, g, note, cpu in rows:
         mx, p99 = float(g.max()), float(np.percentile(g, 99))
-        ok = mx <= MAX_GAP_MS and p99 < P99_MS
+        ok = mx <= MAX_GAP_MS and (p99 < P99_MS or name == "launch")  # launch: one gap, the time to first paint
         if name.startswith("clicks") and "header max" in note:
             ok = ok and float(note.split("header max ")[1].split()[0]) < HEADER_MS
         out.append(f"{name:<24} {mx:>10.0f} {p99:>10.1f} {len(g):>8} {cpu:>10.0f}  {'ok  ' if ok else 'MISS'} {note}")
     out.append(f"targets: max gap <= {MAX_GAP_MS:.0f} ms, p99 < {P99_MS:.0f} ms, click -> header facts "
-               f"painted < {HEADER_MS:.0f} ms (launch: its gap is the construction itself)")
+               f"painted < {HEADER_MS:.0f} ms (launch: one gap, the import + construction until the first paint: max only)")
     return "\n".join(out)
 
 
@@ -288,12 +303,21 @@ def main() -> int:
     p.add_argument("--folder", type=Path, help="a ~1 GB safetensors folder (default: bench/convert.py's)")
     p.add_argument("--size", default="1280x800")
     p.add_argument("--skip-bg", action="store_true", help="no background-job scenarios")
+    p.add_argument("--launch-only", action="store_true", help="only the launch scenario (no model is needed)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="cProfile the GUI thread per scenario: 1 prints the Python call count, N>1 also the top N "
                         "functions")
     p.add_argument("--sort", default="cumulative", help="with --profile N: pstats sort key (cumulative, tottime, "
                    "ncalls)")
     args = p.parse_args()
+    if args.launch_only:
+        qInstallMessageHandler(_quiet)
+        b = Bench(args)
+        b.measure("launch", b.launch)
+        b.measure("launch: after 1st paint", b.launch_rest)
+        b.close()
+        print(table(b.rows))
+        return 0
     from workbench.paths import cache_dir
 
     gguf = args.gguf or _bench_module("infer").f32_gguf()
@@ -301,6 +325,7 @@ def main() -> int:
     qInstallMessageHandler(_quiet)
     b = Bench(args)
     b.measure("launch", b.launch)
+    b.measure("launch: after 1st paint", b.launch_rest)
     b.measure("open folder 1.3 GB", lambda: b.open(folder))
     b.measure("open GGUF 540 MB", lambda: b.open(gguf))
     b.measure("clicks", b.clicks)
@@ -311,11 +336,7 @@ def main() -> int:
             b.with_job("analysis", b.bg_analysis)
             b.with_job("conversion", lambda: b.bg_conversion(Path(tmp)))
             b.with_job("comparison", b.bg_comparison)
-    from ui.worker import stop_all_workers
-
-    b.w.shutdown()
-    b.w.close()
-    stop_all_workers()
+    b.close()
     print(table(b.rows))
     return 0
 

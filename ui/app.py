@@ -220,6 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if send_paths(args.paths):
             print(f"Opened {args.path} in the running {APP_NAME}.")
             return 0
+    from .deferred import Preloader
+
+    # the core (numpy, gguf, the readers) is imported on a thread while Qt starts: the window needs it to paint
+    Preloader(("workbench",)).start()
     app = ensure_app(args.theme)
     from PySide6.QtCore import QSettings
 

@@ -90,9 +90,7 @@ def model_info_job(model: Model):
     from workbench.infer.weights import model_arch
 
     try:
-        arch = model_arch(model)
-        if arch == "bert":
-            return None, "This model is a sentence encoder: it makes embeddings, not text."
+        model_arch(model, generate=True)  # an encoder or unknown architecture: what it is and what can generate
         return load_tokenizer(model), None
     except WorkbenchError as exc:
         return None, str(exc)
@@ -109,6 +107,7 @@ def generate_job(model: Model, level, key, cache: EngineCache, tokenizer, prompt
     from workbench.infer.generate import detect_repetition, generate
     from workbench.infer.tokenizer import load_tokenizer
     from workbench.infer.engines import load_engine
+    from workbench.infer.weights import GENERATE_HINT
 
     with cache.run_lock:
         if cancel():
@@ -124,7 +123,7 @@ def generate_job(model: Model, level, key, cache: EngineCache, tokenizer, prompt
             tokenizer = load_tokenizer(model)
         if not hasattr(engine, "start"):
             raise WorkbenchError("this model is an encoder: it makes sentence embeddings, not text",
-                                 hint="Generate with a llama-family, qwen2 or t5 model.")
+                                 hint=GENERATE_HINT)
         yield Progress(0, max_tokens, TEXT_MARK)
         ids: list[int] = []
         text = ""

@@ -1,40 +1,32 @@
 """The main window: assembles the widgets, menus, drag-and-drop, settings and the loading worker."""
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import sys
+from collections import deque
 from typing import Callable
 
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
-from PySide6.QtWidgets import (QDockWidget, QFileDialog, QFrame, QMainWindow, QMessageBox, QScrollArea, QSplitter,
-                               QStackedWidget, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QFrame, QMainWindow, QMenu, QMessageBox, QScrollArea,
+                               QSplitter, QStackedWidget, QTabWidget, QVBoxLayout, QWidget)
 
 from workbench import Model, WorkbenchError, iter_open_model
 
 from . import APP_NAME, ORG_NAME
-from .about import show_about
-from .analysis_view import AnalysisView
-from .compare_view import CompareView
-from .conversion_actions import ConversionActions
+# only what the first paint needs; the other parts import their modules in their build step
+from .deferred import FirstPaint, Preloader
 from .drop import DropForwarder, local_paths, path_to_open
-from .error_view import ErrorView
-from .generate_panel import GeneratePanel
-from .memory_budget import PreferencesDialog, memory_budget
-from .metadata_editor import MetadataEditActions
-from .metadata_view import MetadataWidget
-from .plan_actions import PlanActions
-from .plan_bar import PlanBar
-from .plan_controller import PlanController
 from .recent_files import RecentFiles, RecentFilesMenu
 from .status_bar import StatusBar
-from .tensor_detail import TensorDetailWidget
-from .tensor_tree import TensorTreeWidget, open_and_prepare
 from .welcome import WelcomeWidget
 from .worker import Worker
 
 log = logging.getLogger(__name__)
 
+FIRST_PAINT_WAIT_MS = 300  # the staged build starts at the first paint, or this long after the window is shown
 FILE_FILTER = ("Model files (*.gguf *.safetensors *.bin *.pt *.pth *.index.json);;"
                "GGUF (*.gguf);;safetensors (*.safetensors *.safetensors.index.json);;All files (*)")
 
@@ -85,11 +77,14 @@ def default_settings() -> QSettings:
 
 class MainWindow(QMainWindow):
     """``model_loaded(Model)`` after a successful open; ``load_failed(str)`` with the message shown;
-    ``compared(CompareResult)`` when the Compare tab shows a result."""
+    ``compared(CompareResult)`` when the Compare tab shows a result; ``built()`` once every part exists.
+
+    The window paints its welcome page first and builds the rest in small steps after (see ``_stages``)."""
 
     model_loaded = Signal(object)
     load_failed = Signal(str)
     compared = Signal(object)
+    built = Signal()
 
     def __init__(self, settings: QSettings | None = None,
                  show_error: Callable[[str, str], None] | None = None, parent: QWidget | None = None,
@@ -105,40 +100,152 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_NAME)
         self.setAcceptDrops(True)
 
+        # What the first paint shows is built here: the welcome page, the menu bar, the status bar.  The
+        # rest (tree, tabs, dock, dialogs' actions) is built after the first paint, one step per event-loop
+        # turn (``_build_next``), or at once when any of it is used first (``__getattr__``).
         self.loader = Worker(self, name="loader")
         self.loader.result.connect(self._on_loaded)
         self.loader.error.connect(self._on_load_error)
         self.loader.cancelled.connect(lambda: self.statusBar().showMessage("Loading cancelled", 4000))
+        self.welcome = WelcomeWidget(self)
+        self.stack = QStackedWidget(self)
+        self.stack.addWidget(self.welcome)
+        self.setCentralWidget(self.stack)
+        self.status = StatusBar(self)
+        self.setStatusBar(self.status)
+        self.status.track(self.loader)
+        self.recent = RecentFiles(self.settings, self)
+        self._build_actions()
+        self._menus: dict[str, QMenu] = {}
+        for title in ("&File", "&Edit", "&View", "&Tools", "&Help"):  # filled by the last step
+            self._menu(title).aboutToShow.connect(self.finish_building)
+        self.welcome.open_file.connect(self.open_file_dialog)
+        self.welcome.open_folder.connect(self.open_folder_dialog)
+        self.welcome.open_demo.connect(self.open_demo)
+        self.welcome.open_path.connect(self.open_path)
+        self.welcome.set_recent(self.recent)
+        self._restore_geometry()
+
+        # (step, its own modules: imported one per event-loop turn before the step runs; the heavy modules under
+        # them, deferred.PRELOAD, are imported first on a background thread)
+        self._stages = deque([
+            (self._build_tree, ("ui.plan_controller", "ui.plan_bar", "ui.tensor_tree")),
+            (self._build_detail, ("ui.tensor_detail",)),
+            (self._build_metadata, ("ui.metadata_view",)),
+            (self._build_error_view, ("ui.error_view",)),
+            (self._build_analysis, ("ui.analysis_view",)),
+            (self._build_compare, ("ui.token_view", "ui.compare_view", "ui.memory_budget")),
+            (self._build_generate, ("ui.generate_panel",)),
+            (self._build_optimize, ("ui.optimize_view",)),
+            (self._build_plan_actions, ("ui.analyze_dialog", "ui.rules_dialog", "ui.plan_actions")),
+            (self._build_conversion, ("ui.convert_dialog", "ui.job_dialog", "ui.lora_dialog", "ui.conversion_actions")),
+            (self._build_metadata_edit, ("ui.metadata_editor",)),
+            (self._build_finish, ()),
+        ])
+        self._built = False
+        self._stepping = 0
+        self.preloader = Preloader()
+        self._build_timer = QTimer(self)
+        self._build_timer.setSingleShot(True)
+        self._build_timer.timeout.connect(self._build_next)
+        FirstPaint(self, self._start_building)
+
+    # -- staged construction ------------------------------------------------------------------------
+    # the parts built after the first paint: reading any of them before builds every remaining step
+    _DEFERRED = frozenset({
+        "plan", "plan_bar", "tree", "tabs", "splitter", "tree_pane", "_splitter_state", "detail", "metadata",
+        "error_view", "analysis", "analysis_dock", "compare_view", "compare_page", "generate_panel",
+        "generate_page", "optimize_view", "optimize_page", "optimize_dialog", "plan_actions", "conversion",
+        "metadata_edit", "recent_menu"})
+
+    def __getattr__(self, name: str):
+        # only reached when normal lookup fails, i.e. for a part that is not built yet
+        if name in MainWindow._DEFERRED and self.__dict__.get("_stages"):
+            self.finish_building()
+            if name in self.__dict__:
+                return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # read from outside, the window's actions and menus are complete
+    def menuBar(self):  # noqa: N802 - Qt name
+        if self.__dict__.get("_stages"):
+            self.finish_building()
+        return super().menuBar()
+
+    def findChildren(self, *args, **kwargs):  # noqa: N802 - Qt name
+        if self.__dict__.get("_stages"):
+            self.finish_building()
+        return super().findChildren(*args, **kwargs)
+
+    def is_built(self) -> bool:
+        """Whether every part of the window exists (``built`` was emitted)."""
+        return self._built
+
+    def _start_building(self) -> None:
+        """After the first paint: start the steps."""
+        if self._stages:
+            self._build_timer.start(0)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if self._stages and not self._build_timer.isActive():
+            self._build_timer.start(FIRST_PAINT_WAIT_MS)  # in case no paint event comes (the first one starts it)
+
+    def _build_next(self) -> None:
+        """One step, then yield to the event loop; a step whose modules are still being imported waits."""
+        if not self._stages:
+            return
+        self.preloader.start()  # the heavy modules, imported in the background (once)
+        step, needs = self._stages[0]
+        if self.preloader.running():  # the steps wait: they would compete with it for the interpreter lock
+            self._build_timer.start(10)
+            return
+        module = next((n for n in needs if n not in sys.modules), None)
+        if module is not None:  # the step's own modules first, one a turn (each is a few ms to a few tens)
+            try:
+                importlib.import_module(module)
+            except ImportError:  # the step imports it again and fails there, loudly
+                self._stages[0] = (step, tuple(n for n in needs if n != module))
+            self._build_timer.start(0)
+            return
+        self._stages.popleft()
+        self._run_step(step)
+        if self._stages:
+            self._build_timer.start(0)
+        else:
+            self._done_building()
+
+    def finish_building(self) -> None:
+        """Build every remaining part now (something needs one of them)."""
+        while self._stages:
+            step, _needs = self._stages.popleft()
+            self._run_step(step)
+        self._done_building()
+
+    def _run_step(self, step) -> None:
+        self._stepping += 1  # a step may need a later part: those are built inside it, "built" waits for it
+        try:
+            step()
+        finally:
+            self._stepping -= 1
+
+    def _done_building(self) -> None:
+        if not self._built and not self._stepping and not self._stages:
+            self._built = True
+            self._build_timer.stop()
+            self.built.emit()
+
+    def _build_tree(self) -> None:
+        from .plan_bar import PlanBar
+        from .plan_controller import PlanController
+        from .tensor_tree import TensorTreeWidget
 
         self.plan = PlanController(self)
         self.plan.changed.connect(self._on_plan_changed)
         self.plan_bar = PlanBar(self)
         self.tree = TensorTreeWidget(self)
-        self.detail = TensorDetailWidget(self)
-        self.metadata = MetadataWidget(self)
-        self.error_view = ErrorView(self)
         self.tree.selected.connect(self._on_tree_selected)
-        self.tabs = QTabWidget(self)
-        self.tabs.addTab(self.detail, "Tensor")
-        self.tabs.addTab(self.metadata, "Metadata")
-        self.tabs.addTab(self.error_view, "Quantization error")
-        self.tabs.setTabToolTip(0, "The selected tensor: location, value statistics and histogram")
-        self.tabs.setTabToolTip(1, "Model metadata: GGUF keys, config.json, tokenizer, adapter settings")
-        self.tabs.setTabToolTip(2, "What quantization types would do to the selected tensor: overlaid error "
-                                   "histograms and statistics")
-        self.compare_view = CompareView(self)
-        self.compare_view.compared.connect(self.compared)
-        self.generate_panel = GeneratePanel(self)
-        self.generate_panel.memory_budget = self.compare_view.memory_budget = lambda: memory_budget(self.settings)
-        # the wide pages scroll rather than squeezing the tensor tree when the window is narrow
-        self.compare_page = _scrolled(self.compare_view, self)
-        self.generate_page = _scrolled(self.generate_panel, self)
-        self.tabs.addTab(self.compare_page, "Compare")
-        self.tabs.addTab(self.generate_page, "Generate")
-        self.tabs.setTabToolTip(self.tabs.indexOf(self.compare_page), "Quantization levels side by side: size, "
-                                "perplexity, KL divergence, speed and the text each level generates")
-        self.tabs.setTabToolTip(self.tabs.indexOf(self.generate_page), "Generate text with the model at any "
-                                "quantization level, streamed as it is written")
+        self.tabs = QTabWidget(self)  # its pages come in the next steps, in tab order
         left = QWidget(self)
         left_lay = QVBoxLayout(left)
         left_lay.setContentsMargins(0, 0, 0, 0)
@@ -158,12 +265,33 @@ class MainWindow(QMainWindow):
         # Compare and Generate are read across the whole window: the tensor pane steps aside while they show
         self.tree_pane = left
         self._splitter_state = self.splitter.saveState()
-        self.tabs.currentChanged.connect(self._on_tab_changed)
-        self.welcome = WelcomeWidget(self)
-        self.stack = QStackedWidget(self)
-        self.stack.addWidget(self.welcome)
         self.stack.addWidget(self.splitter)
-        self.setCentralWidget(self.stack)
+
+    def _build_detail(self) -> None:
+        from .tensor_detail import TensorDetailWidget
+
+        self.detail = TensorDetailWidget(self)
+        self.tabs.addTab(self.detail, "Tensor")
+        self.tabs.setTabToolTip(0, "The selected tensor: location, value statistics and histogram")
+
+    def _build_metadata(self) -> None:
+        from .metadata_view import MetadataWidget
+
+        self.metadata = MetadataWidget(self)
+        self.tabs.addTab(self.metadata, "Metadata")
+        self.tabs.setTabToolTip(1, "Model metadata: GGUF keys, config.json, tokenizer, adapter settings")
+
+    def _build_error_view(self) -> None:
+        from .error_view import ErrorView
+
+        self.error_view = ErrorView(self)
+        self.tabs.addTab(self.error_view, "Quantization error")
+        self.tabs.setTabToolTip(2, "What quantization types would do to the selected tensor: overlaid error "
+                                   "histograms and statistics")
+
+    def _build_analysis(self) -> None:
+        from .analysis_view import AnalysisView
+
         self.analysis = AnalysisView(self)
         self.analysis.tensor_activated.connect(self.tree.select)
         self.analysis_dock = QDockWidget("Analysis", self)
@@ -171,30 +299,76 @@ class MainWindow(QMainWindow):
         self.analysis_dock.setWidget(self.analysis)
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.analysis_dock)
         self.analysis_dock.hide()
-
-        self.status = StatusBar(self)
-        self.setStatusBar(self.status)
-        self.status.track(self.loader)
         self.status.track(self.analysis.worker, "Stop the analysis (Esc)")
+
+    def _build_compare(self) -> None:
+        from .compare_view import CompareView
+        from .memory_budget import memory_budget
+
+        self.compare_view = CompareView(self)
+        self.compare_view.compared.connect(self.compared)
+        self.compare_view.memory_budget = lambda: memory_budget(self.settings)
+        # the wide pages scroll rather than squeezing the tensor tree when the window is narrow
+        self.compare_page = _scrolled(self.compare_view, self)
+        self.tabs.addTab(self.compare_page, "Compare")
+        self.tabs.setTabToolTip(self.tabs.indexOf(self.compare_page), "Quantization levels side by side: size, "
+                                "perplexity, KL divergence, speed and the text each level generates")
         self.status.track(self.compare_view.worker, "Stop the comparison (Esc)")
 
-        self.recent = RecentFiles(self.settings, self)
-        self._build_actions()
+    def _build_generate(self) -> None:
+        from .generate_panel import GeneratePanel
+        from .memory_budget import memory_budget
+
+        self.generate_panel = GeneratePanel(self)
+        self.generate_panel.memory_budget = lambda: memory_budget(self.settings)
+        self.generate_page = _scrolled(self.generate_panel, self)
+        self.tabs.addTab(self.generate_page, "Generate")
+        self.tabs.setTabToolTip(self.tabs.indexOf(self.generate_page), "Generate text with the model at any "
+                                "quantization level, streamed as it is written")
+
+    def _build_optimize(self) -> None:
+        from .optimize_view import OptimizeView
+
+        self.optimize_view = OptimizeView(self.plan, self)
+        self.optimize_view.optimize_requested.connect(self.show_optimize)
+        self.compare_view.compared.connect(self.optimize_view.add_comparison)
+        self.optimize_page = self.optimize_view
+        self.tabs.addTab(self.optimize_page, "Optimize")
+        self.tabs.setTabToolTip(self.tabs.indexOf(self.optimize_page), "Size against KL divergence for every "
+                                "preset and optimized plan, and which layers are sensitive (Tools ▸ Optimize…)")
+        self.optimize_dialog = None  # created on first use
+
+    def _build_plan_actions(self) -> None:
+        from .plan_actions import PlanActions
+
         self.plan_actions = PlanActions(self)
-        self.conversion = ConversionActions(self)
-        self.metadata_edit = MetadataEditActions(self)
         self.plan_bar.preset_chosen.connect(self.plan.set_preset)
         self.plan_bar.sizes_ready.connect(self._on_preset_sizes)
         self.plan_bar.rules_requested.connect(self.plan_actions.edit_rules)
         self.plan_bar.analyze_requested.connect(self.plan_actions.analyze_dialog)
+
+    def _build_conversion(self) -> None:
+        from .conversion_actions import ConversionActions
+
+        self.conversion = ConversionActions(self)
+
+    def _build_metadata_edit(self) -> None:
+        from .metadata_editor import MetadataEditActions
+
+        self.metadata_edit = MetadataEditActions(self)
+
+    def _build_finish(self) -> None:
         self._build_menus()
-        self.welcome.open_file.connect(self.open_file_dialog)
-        self.welcome.open_folder.connect(self.open_folder_dialog)
-        self.welcome.open_demo.connect(self.open_demo)
-        self.welcome.open_path.connect(self.open_path)
-        self.welcome.set_recent(self.recent)
         self._forward_drops()
-        self._restore_settings()
+        self._restore_layout()
+        self.tabs.currentChanged.connect(self._on_tab_changed)
+        self._on_tab_changed(self.tabs.currentIndex())
+
+    def _menu(self, title: str) -> QMenu:
+        """The menu bar's menu ``title`` (created first with an empty menu so the bar shows at once)."""
+        if title not in self._menus:
+            self._menus[title] = QMainWindow.menuBar(self).addMenu(title)
+        return self._menus[title]
 
     # -- construction ------------------------------------------------------------------------------
     def _action(self, text: str, tip: str, slot, shortcut=None) -> QAction:
@@ -239,18 +413,18 @@ class MainWindow(QMainWindow):
         self.act_imatrix = self._action("Importance &Matrix…", "Load or compute an importance matrix and show its "
                                         "per-tensor statistics (llama-imatrix --show-statistics)", self.show_imatrix)
         self.imatrix_dialog = None  # created on first use
+        self.act_optimize = self._action("&Optimize…", "Find the plan with the lowest predicted KL divergence for a "
+                                         "size budget (measures each tensor group's sensitivity)", self.show_optimize)
         self.act_cancel = self._action("Cancel", "Stop the running job (loading, analysis, comparison, generation)",
                                        self.cancel_running, "Esc")
         self.act_preferences = self._action("&Preferences…", "Application settings: the memory budget of "
                                             "Generate and Compare", self.show_preferences)
         self.act_preferences.setMenuRole(QAction.MenuRole.PreferencesRole)
-        self.act_about = self._action("&About Model Workbench", "Version information",
-                                      lambda: show_about(self))
+        self.act_about = self._action("&About Model Workbench", "Version information", self.show_about)
         self.act_about.setMenuRole(QAction.MenuRole.AboutRole)
 
     def _build_menus(self) -> None:
-        bar = self.menuBar()
-        file_menu = bar.addMenu("&File")
+        file_menu = self._menu("&File")
         file_menu.setToolTipsVisible(True)
         file_menu.addAction(self.act_open_file)
         file_menu.addAction(self.act_open_folder)
@@ -269,7 +443,7 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.metadata_edit.act_save)
         file_menu.addSeparator()
         file_menu.addAction(self.act_quit)
-        edit_menu = bar.addMenu("&Edit")
+        edit_menu = self._menu("&Edit")
         edit_menu.setToolTipsVisible(True)
         for a in (pa.act_undo, pa.act_redo, None, pa.act_set_type, pa.act_clear, pa.act_clear_all, None, pa.act_rules):
             if a is None:
@@ -284,7 +458,7 @@ class MainWindow(QMainWindow):
         edit_menu.addAction(self.act_preferences)
         for a in (pa.act_set_type, pa.act_clear):  # the tree's context menu
             self.tree.view.addAction(a)
-        view_menu = bar.addMenu("&View")
+        view_menu = self._menu("&View")
         view_menu.setToolTipsVisible(True)
         view_menu.addAction(self.act_focus_filter)
         view_menu.addSeparator()
@@ -299,31 +473,35 @@ class MainWindow(QMainWindow):
         dock_action = self.analysis_dock.toggleViewAction()
         dock_action.setToolTip("Show or hide the model analysis results")
         view_menu.addAction(dock_action)
-        tools_menu = bar.addMenu("&Tools")
+        tools_menu = self._menu("&Tools")
         tools_menu.setToolTipsVisible(True)
         tools_menu.addAction(pa.act_analyze)
         tools_menu.addAction(self.act_compare_levels)
         tools_menu.addAction(self.act_imatrix)
+        tools_menu.addAction(self.act_optimize)
         tools_menu.addSeparator()
         tools_menu.addAction(conv.act_merge)
         tools_menu.addAction(conv.act_lora_gguf)
-        help_menu = bar.addMenu("&Help")
+        help_menu = self._menu("&Help")
         help_menu.setToolTipsVisible(True)
         help_menu.addAction(self.act_about)
 
     def _forward_drops(self) -> None:
         forwarder = DropForwarder(self)
-        for w in self.findChildren(QWidget):
+        for w in QMainWindow.findChildren(self, QWidget):
             if w.acceptDrops():
                 w.installEventFilter(forwarder)
 
     # -- settings ---------------------------------------------------------------------------------------
-    def _restore_settings(self) -> None:
+    def _restore_geometry(self) -> None:
         geometry = self.settings.value("window/geometry")
         if isinstance(geometry, QByteArray) and not geometry.isEmpty():
             self.restoreGeometry(geometry)
         else:
             self.resize(1280, 800)
+        self.last_dir = str(self.settings.value("window/last_dir", "") or "")
+
+    def _restore_layout(self) -> None:
         state = self.settings.value("window/state")
         if isinstance(state, QByteArray) and not state.isEmpty():
             self.restoreState(state)
@@ -337,15 +515,21 @@ class MainWindow(QMainWindow):
             self.tabs.setCurrentIndex(int(tab))
         except (TypeError, ValueError):
             pass
-        self.last_dir = str(self.settings.value("window/last_dir", "") or "")
 
-    def show_preferences(self) -> PreferencesDialog:
+    def show_about(self) -> None:
+        from .about import show_about
+
+        show_about(self)
+
+    def show_preferences(self):
+        from .memory_budget import PreferencesDialog
+
         dialog = PreferencesDialog(self.settings, self)
         dialog.open()
         return dialog
 
     def _wide_page(self) -> bool:
-        return self.tabs.currentWidget() in (self.compare_page, self.generate_page)
+        return self.tabs.currentWidget() in (self.compare_page, self.generate_page, self.optimize_page)
 
     def _on_tab_changed(self, _index: int) -> None:
         wide = self._wide_page()
@@ -357,16 +541,19 @@ class MainWindow(QMainWindow):
 
     def save_settings(self) -> None:
         self.settings.setValue("window/geometry", self.saveGeometry())
-        self.settings.setValue("window/state", self.saveState())
-        self.settings.setValue("window/splitter", self._splitter_state if self._wide_page()
-                               else self.splitter.saveState())
-        self.settings.setValue("window/tab", self.tabs.currentIndex())
+        if self._built:  # else the layout is still the one restored: keep the saved one
+            self.settings.setValue("window/state", self.saveState())
+            self.settings.setValue("window/splitter", self._splitter_state if self._wide_page()
+                                   else self.splitter.saveState())
+            self.settings.setValue("window/tab", self.tabs.currentIndex())
         self.settings.setValue("window/last_dir", self.last_dir)
         self.settings.sync()
 
     def unsaved_work(self, quitting: bool) -> list[str]:
         """What opening another model (or, with ``quitting``, closing the window) would lose."""
         lost = []
+        if not self._built:
+            return lost  # nothing was used yet
         if self.metadata_edit.edits.is_modified():
             lost.append("metadata edits that are not saved (File ▸ Save Metadata As… writes them to a new file)")
         running = self.conversion.jobs.running()
@@ -402,15 +589,28 @@ class MainWindow(QMainWindow):
     def shutdown(self, timeout_ms: int = 5000) -> bool:
         """Cancel every background job of this window and wait for the threads."""
         ok = self.loader.shutdown(timeout_ms)
+        ok = self.welcome.shutdown(timeout_ms) and ok
+        if not self._built:
+            self._build_timer.stop()  # closing before the window was complete: build no more
+            parts = self.__dict__
+            for name in ("analysis", "error_view", "conversion", "compare_view", "generate_panel", "plan_bar",
+                         "optimize_view"):
+                if name in parts:
+                    ok = parts[name].shutdown(timeout_ms) and ok
+            if self.imatrix_dialog is not None:
+                ok = self.imatrix_dialog.shutdown(timeout_ms) and ok
+            return parts["detail"].worker.shutdown(timeout_ms) and ok if "detail" in parts else ok
         ok = self.analysis.shutdown(timeout_ms) and ok
         ok = self.error_view.shutdown(timeout_ms) and ok
         ok = self.conversion.shutdown(timeout_ms) and ok
         if self.imatrix_dialog is not None:
             ok = self.imatrix_dialog.shutdown(timeout_ms) and ok
-        ok = self.welcome.shutdown(timeout_ms) and ok
         ok = self.compare_view.shutdown(timeout_ms) and ok
         ok = self.generate_panel.shutdown(timeout_ms) and ok
         ok = self.plan_bar.shutdown(timeout_ms) and ok
+        ok = self.optimize_view.shutdown(timeout_ms) and ok
+        if self.optimize_dialog is not None:
+            ok = self.optimize_dialog.shutdown(timeout_ms) and ok
         return self.detail.worker.shutdown(timeout_ms) and ok
 
     # -- opening ------------------------------------------------------------------------------------------
@@ -421,6 +621,8 @@ class MainWindow(QMainWindow):
             return -1
         self._pending_path = path
         self.statusBar().showMessage(f"Opening {os.path.basename(path.rstrip('/')) or path}…")
+        from .tensor_tree import open_and_prepare
+
         return self.loader.start(open_and_prepare, self.open_job, path)  # + the tree's rows, off the GUI thread
 
     def open_demo(self) -> int:
@@ -428,6 +630,8 @@ class MainWindow(QMainWindow):
             return -1
         self._pending_path = None  # the demo lives in the cache: not worth a Recent entry
         self.statusBar().showMessage("Opening the demo model…")
+        from .tensor_tree import open_and_prepare
+
         return self.loader.start(open_and_prepare, open_demo_job)
 
     def open_file_dialog(self) -> None:
@@ -450,7 +654,7 @@ class MainWindow(QMainWindow):
         generation (its text stays)."""
         if self.status.active_worker() is not None:
             self.status.cancel_active()
-        elif self.generate_panel.is_running():
+        elif self._built and self.generate_panel.is_running():
             self.generate_panel.stop()
 
     def _on_loaded(self, model: Model) -> None:
@@ -503,6 +707,7 @@ class MainWindow(QMainWindow):
         self.tree.set_plan(self.plan.plan, self.plan.set_types)
         self.compare_view.set_model(model, self.plan_bar.preset_sizes)
         self.generate_panel.set_model(model, self.plan_bar.preset_sizes)
+        self.optimize_view.set_model(model)
         self.tree.set_model(model)
         self.detail.set_model(model)
         self.metadata.set_model(model)
@@ -576,6 +781,25 @@ class MainWindow(QMainWindow):
         self.imatrix_dialog.raise_()
         self.imatrix_dialog.activateWindow()
         return self.imatrix_dialog
+
+    def show_optimize(self):
+        """Tools ▸ Optimize…: the Optimize tab and the (non-modal) Optimize dialog."""
+        from .optimize_dialog import OptimizeDialog
+
+        self.tabs.setCurrentWidget(self.optimize_page)
+        if self.optimize_dialog is None:
+            self.optimize_dialog = OptimizeDialog(lambda: self.plan.plan, self)
+            self.optimize_dialog.streamed.connect(self.optimize_view.add_streamed)
+            self.optimize_dialog.finished_result.connect(self.optimize_view.add_run)
+            self.status.track(self.optimize_dialog.worker, "Stop the optimization (Esc)")
+            self.model_loaded.connect(lambda _m: self.optimize_dialog.worker.is_busy()
+                                      or self.optimize_dialog.refresh())
+        if not self.optimize_dialog.worker.is_busy():
+            self.optimize_dialog.refresh()
+        self.optimize_dialog.show()
+        self.optimize_dialog.raise_()
+        self.optimize_dialog.activateWindow()
+        return self.optimize_dialog
 
     def show_compare(self) -> None:
         """Tools ▸ Compare Levels…: the Compare tab, its first level picker focused."""

@@ -379,9 +379,7 @@ def cmd_generate(args) -> int:
     plan = _preset(args.type)
     budget = _memory_budget(args)
     model = _open(args.model, args)
-    if model_arch(model) == "bert":  # refused from the metadata, before any weight or tokenizer is read
-        raise WorkbenchError("this model is an encoder: it makes sentence embeddings, not text", path=model.path,
-                             hint="Generate with a decoder (llama, mistral, qwen2, qwen3, gemma, phi3...) or t5 model.")
+    model_arch(model, generate=True)  # an encoder or unknown architecture: refused before any weight is read
     bar = _bar(args)
     try:
         if args.plan:
@@ -461,7 +459,7 @@ def cmd_imatrix(args) -> int:
     from pathlib import Path
 
     from .infer.tokenizer import load_tokenizer
-    from .optimize.imatrix_compute import compute_imatrix, load_calibration
+    from .optimize.imatrix_compute import check_decoder, compute_imatrix, load_calibration
 
     out = Path(args.output).expanduser()
     if out.exists() and not args.force:
@@ -469,6 +467,7 @@ def cmd_imatrix(args) -> int:
     check_output(out, file_suffix=out.suffix.lower() or ".gguf")
     budget = _memory_budget(args)
     model = _open(args.model, args)
+    check_decoder(model)
     cal = load_calibration(args.text, load_tokenizer(model), held_out=args.held_out, seed=args.seed)
     bar = _bar(args)
     try:
@@ -494,6 +493,67 @@ def _print_desktop_report(report, verb: str) -> None:
     for text in report.failed:
         print(f"warning: {text}", file=sys.stderr)
     print(f"{verb} {len(report.files)} files under {report.data_dir}", file=sys.stderr)
+
+
+def cmd_optimize(args) -> int:
+    from pathlib import Path
+
+    from .optimize.optimizer import optimize
+    from .optimize.sensitivity import cached_table, estimate_sensitivity, measure_sensitivity
+    from .units import parse_size
+
+    out = Path(args.output).expanduser()
+    if out.exists() and not args.force:
+        raise WorkbenchError("the output file already exists", path=out, hint="Pass --force to replace it.")
+    check_output(out, file_suffix=out.suffix.lower() or ".json")
+    budgets = [x is not None for x in (args.target_size, args.target_bpw, args.fit)]
+    if sum(budgets) != 1:
+        raise WorkbenchError("give exactly one budget: --target-size, --target-bpw, or --fit with --ctx")
+    if args.fit is not None and not args.ctx:
+        raise WorkbenchError("--fit needs --ctx N (the context whose KV cache must fit too)")
+    model = _open(args.model, args)
+    types = [t.upper() for t in (args.types.split(",") if args.types else
+                                 ["Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "IQ4_NL", "IQ4_XS",
+                                  "Q3_K", "Q2_K"])]
+    imatrix = None
+    if args.imatrix:
+        from .optimize.imatrix import Imatrix
+
+        imatrix = Imatrix.load(args.imatrix)
+    target = dict(target_bytes=parse_size(args.target_size, "--target-size") if args.target_size else None,
+                  target_bpw=args.target_bpw,
+                  fit=(parse_size(args.fit, "--fit"), int(args.ctx)) if args.fit else None)
+    measure = bool(args.measure or args.text)
+    text = None
+    if args.text:
+        from .infer.tokenizer import load_tokenizer
+        from .optimize.imatrix_compute import load_calibration
+
+        text = load_calibration(args.text, load_tokenizer(model)).train
+    bar = _bar(args)
+    try:
+        table = cached_table(model, types, text=text, imatrix=imatrix) if measure else None
+        if table is None:  # a cached measurement holds its estimate
+            table = run(estimate_sensitivity(model, types, imatrix), bar)
+        if measure:
+            first = optimize(model, table, types=types, **target)
+            table = run(measure_sensitivity(model, types, text=text, imatrix=imatrix, estimate=table,
+                                            budgets=[first.budget], max_candidates=args.candidates), bar)
+    finally:
+        bar.close()
+    res = optimize(model, table, types=types, **target)
+    res.plan.save(out)
+    if not args.quiet:
+        kv = f" + {human_bytes(res.kv_bytes)} KV cache" if res.kv_bytes else ""
+        src = f"measured ({len(table.measured)} candidates" + (
+            f", rank correlation with the estimate {table.rank_correlation:.2f})" if table.rank_correlation is not None
+            else ")") if table.measured else "estimated (no forward pass; --measure to measure)"
+        print(f"{human_bytes(res.nbytes)}{kv} ({res.plan.bits_per_weight:.3f} bpw) within {human_bytes(res.budget)}"
+              f"{kv}; predicted mean KLD {res.predicted_kld:.5f}, sensitivity {src}"
+              f"{'' if res.exact else '; not proven exact'}", file=sys.stderr)
+        print("types: " + ", ".join(f"{t} x{n}" for t, n in sorted(res.plan.type_counts().items())), file=sys.stderr)
+    print(out)
+    return 0
 
 
 def cmd_imatrix_stats(args) -> int:
@@ -725,6 +785,28 @@ def build_parser() -> argparse.ArgumentParser:
     _budget_option(im)
     _common(im, threads=True, force=True)
     im.set_defaults(func=cmd_imatrix)
+    opt = sub.add_parser("optimize", help="choose a type per tensor for a size budget (least predicted KL divergence)",
+                         description="Choose, for every tensor group (one kind in one layer), the allowed type whose "
+                                     "blocks fit its rows that minimizes the predicted mean KL divergence within the "
+                                     "budget, and write the result as a plan (a preset plus overrides): use it with "
+                                     "`convert --plan`, `compare`, or export it as a --tensor-type-file.")
+    opt.add_argument("model", help="a .gguf file or a Hugging Face model folder")
+    opt.add_argument("--target-size", metavar="SIZE", help="the tensors' bytes: 120MB, 1.5GiB...")
+    opt.add_argument("--target-bpw", type=float, metavar="BITS", help="bits per weight over all tensors, e.g. 4.8")
+    opt.add_argument("--fit", metavar="SIZE", help="memory the file plus the F16 KV cache at --ctx must fit in")
+    opt.add_argument("--ctx", type=_positive_int, metavar="N", help="context length for --fit")
+    opt.add_argument("--types", metavar="T1,T2", help="allowed types (default: Q8_0 down to Q2_K)")
+    opt.add_argument("--imatrix", metavar="FILE", help="importance matrix: weights the error estimate and the "
+                                                       "quantizer")
+    opt.add_argument("--text", metavar="FILE", help="calibration text for --measure (its held-out part is never used;"
+                                                    " default: the bundled text)")
+    opt.add_argument("--measure", action="store_true", help="measure the sensitivity with the engine (cached) instead "
+                                                           "of only estimating it")
+    opt.add_argument("--candidates", type=_positive_int, default=96, metavar="N",
+                     help="measure at most N (group, type) candidates near the budget (default 96)")
+    opt.add_argument("-o", "--output", required=True, metavar="FILE", help="the plan to write (.json)")
+    _common(opt, force=True)
+    opt.set_defaults(func=cmd_optimize)
     ist = sub.add_parser("imatrix-stats", help="per-tensor statistics of an importance matrix (llama-imatrix "
                                                "--show-statistics)",
                          description="Print, per tensor of an importance matrix (.gguf or legacy .dat), what "

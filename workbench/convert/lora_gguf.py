@@ -42,7 +42,7 @@ from .requantize import (StreamTensor, check_writable_type, conventional_name, c
                          target_path, write_gguf_stream)
 
 PREFIX = "base_model.model."
-SUPPORTED_BASE_ARCHS = ("llama", "qwen2", "bert", "t5")
+SUPPORTED_BASE_ARCHS = ("llama", "qwen2", "bert", "t5", "gemma3", "gemma2", "qwen3", "phi3")
 OUTTYPES = ("F32", "F16", "BF16", "Q8_0")
 _PAIR_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<emb>embedding_)?(?P<which>A|B)(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
 _FLOATS = ("F32", "F16", "BF16", "F64")
@@ -413,6 +413,29 @@ def _merged_chunks(model: Model, info: TensorInfo, a: np.ndarray, b: np.ndarray,
         yield kernels.submit(x, qtype, imatrix, name=info.name, row0=start), x.size
 
 
+def _stacked_merged_chunks(base: Model, adapter: Model, ot, deltas: dict, replaced: dict, imatrix):
+    """A stacked 3-D expert tensor (qwen3moe ``ffn_*_exps``) whose experts are merged with their LoRA (or
+    replaced by modules_to_save) where the adapter has them, the others copied: each expert's rows in turn."""
+    from ..optimize.imatrix import submit_rows, tensor_weights
+    from .hf_to_gguf import _source_chunks
+
+    im = tensor_weights(imatrix, ot.name, ot.shape, ot.type)
+    per = ot.n_params // max(ot.shape[-1], 1) // ot.shape[0]
+    for e, source in enumerate(ot.sources):
+        if source in deltas or source in replaced:
+            d = deltas.get(source)
+            info = replaced[source] if d is None else base.info(source)
+            a = adapter.tensor(d.a.name).to_float32() if d is not None else None
+            b = adapter.tensor(d.b.name).to_float32() if d is not None else None
+            for start, stop, x in float_rows(base if d is not None else adapter, info):
+                if d is not None:
+                    x = x + np.float32(d.scale) * (b[start:stop] @ a)
+                yield from submit_rows(x, ot.type, im, name=ot.name, row0=e * per + start, rows_per_expert=per)
+        else:
+            yield from _source_chunks(base, ot, source, im, e * per, per)
+        base.release(source)
+
+
 def _replacement_chunks(model: Model, info: TensorInfo, qtype: str, heads: int,
                         imatrix) -> Iterator[tuple[np.ndarray, int]]:
     """An adapter's whole tensor (modules_to_save) in the output's row order."""
@@ -575,7 +598,10 @@ def _merge_hf_to_gguf(base: Model, adapter: Model, cfg: dict, warnings: list[str
     tensors: list[StreamTensor] = []
     for ot in conv.tensors:
         release = (lambda n=ot.source: base.release(n)) if ot.source is not None else None
-        if ot.source in deltas:
+        if any(src in deltas or src in replaced for src in ot.sources):  # stacked experts, some merged
+            tensors.append(StreamTensor(ot.name, ot.shape, ot.type, lambda o=ot: _stacked_merged_chunks(
+                base, adapter, o, deltas, replaced, imatrix), f"Merging {ot.name} → {ot.type}"))
+        elif ot.source in deltas:
             d = deltas[ot.source]
             info = base.info(ot.source)
 

@@ -175,10 +175,15 @@ class Weights:
         return name in self.tensors
 
 
-def model_arch(model: Model) -> str:
+GENERATE_HINT = ("Generate with a decoder (llama family: llama, mistral, SmolLM2...; qwen2, qwen3, qwen3moe, gemma2, "
+                 "gemma3 text, phi3) or a t5 model.")
+
+
+def model_arch(model: Model, generate: bool = False) -> str:
     """The engine architecture of a model ("llama", "qwen2", "bert", "t5"), or an UnsupportedError.
 
-    Decided from the metadata alone, before any weight or tokenizer is read."""
+    Decided from the metadata alone, before any weight or tokenizer is read.  ``generate``: refuse an encoder
+    too, and name only what can generate text."""
     if model.format == "peft":
         raise UnsupportedError("this is a PEFT LoRA adapter, not a model the engine can run", path=model.path,
                                hint="Merge it into its base model with `workbench merge-lora`, or write a GGUF LoRA "
@@ -187,10 +192,14 @@ def model_arch(model: Model) -> str:
         arch = gguf_to_hf.gguf_arch(model)
     else:
         arch = gguf_arch(model.architecture) or arch_name(architecture=model.architecture)
+    if generate and arch == "bert":
+        raise UnsupportedError(f"this model ({model.architecture or arch}) is an encoder: it makes sentence "
+                               "embeddings, not text", path=model.path, hint=GENERATE_HINT)
     if arch not in ARCHS:
         raise UnsupportedError(f"architecture {model.architecture or arch!r} cannot be run by the inference engine",
-                               path=model.path, hint="Supported: llama family (llama, mistral, SmolLM2...), qwen2, "
-                               "qwen3, qwen3moe, gemma2, gemma3 (text), phi3, bert and t5.")
+                               path=model.path, hint=GENERATE_HINT if generate else "Supported: llama family "
+                               "(llama, mistral, SmolLM2...), qwen2, qwen3, qwen3moe, gemma2, gemma3 (text), phi3, "
+                               "bert and t5.")
     return arch
 
 
