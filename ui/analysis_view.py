@@ -9,6 +9,7 @@ as a chart).  Double-clicking a row emits ``tensor_activated(name)``.
 """
 from __future__ import annotations
 
+import os
 import queue
 import re
 import statistics
@@ -37,11 +38,23 @@ PLAN_COLORS = [QColor(c) for c in ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "
 COLUMNS = ("plan", "tensor", "type", "bpw", "size", "rmse", "max_abs", "rel_rmse", "snr_db", "cosine")
 
 
-def analysis_job(model: Model, plan: Plan | None, presets: list[str] | None, sink: queue.SimpleQueue | None = None):
+def analysis_job(model: Model, plan: Plan | None, presets: list[str] | None, sink: queue.SimpleQueue | None = None,
+                 imatrix_path: str | None = None):
     """Worker job: ``{label: [ErrorStats]}`` for the plan (a private copy) or for each preset; each tensor's
-    ``(label, ErrorStats)`` is also put on ``sink`` as it finishes."""
+    ``(label, ErrorStats)`` is also put on ``sink`` as it finishes.  ``imatrix_path``: an importance matrix
+    (llama-imatrix's GGUF or .dat) weighting the quantization, with llama-quantize's rules for its presence."""
+    imatrix = None
+    if imatrix_path:
+        from workbench.optimize.imatrix import Imatrix
+
+        imatrix = Imatrix.load(imatrix_path)
     plans = {f"Plan {plan.preset}": plan} if presets is None else {p: Plan(model, p) for p in presets}
-    return analyze_plans(plans, on_result=None if sink is None else (lambda label, st: sink.put((label, st))))
+    if imatrix is not None:
+        for pl in plans.values():
+            pl.has_imatrix = True
+            pl.validate()
+    return analyze_plans(plans, on_result=None if sink is None else (lambda label, st: sink.put((label, st))),
+                         imatrix=imatrix)
 
 
 def layer_of(name: str) -> int | None:
@@ -169,8 +182,9 @@ class AnalysisView(QWidget):
         self.clear()
 
     # -- running ----------------------------------------------------------------------------------------
-    def start(self, plan: Plan, presets: list[str] | None = None) -> int:
-        """Analyze ``plan`` (a copy is taken) or, with ``presets``, each preset.  Clears the old table."""
+    def start(self, plan: Plan, presets: list[str] | None = None, imatrix_path: str | None = None) -> int:
+        """Analyze ``plan`` (a copy is taken) or, with ``presets``, each preset (with ``imatrix_path``, weighted
+        by that importance matrix).  Clears the old table."""
         self.clear()
         self._n_tensors = len(plan.model.tensors)
         self._for_current_plan = presets is None
@@ -180,7 +194,12 @@ class AnalysisView(QWidget):
         self.tabs.setTabVisible(1, len(self._labels) > 1)
         self.sink = queue.SimpleQueue()  # this run's rows (a cancelled run's late rows go to its own queue)
         self._started = time.monotonic()
-        return self.worker.start(self.job, plan.model, plan.copy() if presets is None else None, presets, self.sink)
+        extra = {"imatrix_path": imatrix_path} if imatrix_path else {}
+        if imatrix_path:
+            self._what += f", weighted by {os.path.basename(imatrix_path)}"
+            self._set_message(f"Analyzing {self._what}…")
+        return self.worker.start(self.job, plan.model, plan.copy() if presets is None else None, presets, self.sink,
+                                 **extra)
 
     def cancel(self) -> None:
         self.worker.cancel()

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QButtonGroup, QDialog, QDialogButtonBox, QLabel, QRadioButton, QTreeWidget,
-                               QTreeWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QButtonGroup, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
+                               QPushButton, QRadioButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from workbench.plan import PRESETS, Plan
 
@@ -60,6 +60,17 @@ class AnalyzeDialog(QDialog):
         self.current.setChecked(True)
         self.current.toggled.connect(self._update)
         self.list.itemChanged.connect(lambda *_: self._update())
+        self.imatrix = QLineEdit(self)
+        self.imatrix.setPlaceholderText("none: unweighted, as llama-quantize without --imatrix")
+        self.imatrix.setToolTip("An importance matrix (llama-imatrix's .gguf or .dat, or one computed with Tools ▸ "
+                                "Importance Matrix…): quantize as convert --imatrix does")
+        browse = QPushButton("Browse…", self)
+        browse.setToolTip("Choose an importance matrix file")
+        browse.clicked.connect(self._browse)
+        im_row = QHBoxLayout()
+        im_row.addWidget(QLabel("Importance matrix:", self))
+        im_row.addWidget(self.imatrix, 1)
+        im_row.addWidget(browse)
         self.box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self)
         self.box.button(QDialogButtonBox.StandardButton.Ok).setText("Analyze")
         self.box.accepted.connect(self.accept)
@@ -69,6 +80,7 @@ class AnalyzeDialog(QDialog):
         lay.addWidget(self.current)
         lay.addWidget(self.compare)
         lay.addWidget(self.list, 1)
+        lay.addLayout(im_row)
         lay.addWidget(self.box)
         self._update()
         self.resize(460, 520)
@@ -84,6 +96,17 @@ class AnalyzeDialog(QDialog):
     def checked_presets(self) -> list[str]:
         items = [self.list.topLevelItem(i) for i in range(self.list.topLevelItemCount())]
         return [it.data(0, Qt.ItemDataRole.UserRole) for it in items if it.checkState(0) == Qt.CheckState.Checked]
+
+    def imatrix_path(self) -> str | None:
+        """The importance matrix file chosen (None: unweighted)."""
+        text = self.imatrix.text().strip()
+        return text or None
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose an importance matrix", self.imatrix.text().strip(),
+                                              "Importance matrices (*.gguf *.dat);;All files (*)")
+        if path:
+            self.imatrix.setText(path)
 
     def presets(self) -> list[str] | None:
         return None if self.current.isChecked() else self.checked_presets()

@@ -122,16 +122,17 @@ class PlanActions(QObject):
         if plan is None:
             return None
         dlg = AnalyzeDialog(plan, self.w.plan_bar.preset_sizes, self.w)
-        dlg.accepted.connect(lambda: self.analyze(dlg.presets()))
+        dlg.accepted.connect(lambda: self.analyze(dlg.presets(), dlg.imatrix_path()))
         return self._open(dlg)
 
-    def analyze(self, presets: list[str] | None = None) -> int | None:
-        """Analyze the current plan (``presets`` None) or each preset; the results dock comes up."""
+    def analyze(self, presets: list[str] | None = None, imatrix_path: str | None = None) -> int | None:
+        """Analyze the current plan (``presets`` None) or each preset, weighted by ``imatrix_path`` when given;
+        the results dock comes up."""
         if self.controller.plan is None:
             return None
         self.w.analysis_dock.show()
         self.w.analysis_dock.raise_()
-        return self.w.analysis.start(self.controller.plan, presets)
+        return self.w.analysis.start(self.controller.plan, presets, imatrix_path)
 
     def _open(self, dlg: QDialog) -> QDialog:
         self.dialog = dlg

@@ -140,8 +140,7 @@ def analyze_plan(plan: Plan, imatrix: dict[str, np.ndarray] | None = None, *, na
     done = 0
     results: list[ErrorStats] = []
     for i, e in enumerate(entries):
-        job = error_stats(model.tensor(e.name), e.type, (imatrix or {}).get(e.gguf_name), keep_sample=False,
-                          cancel=cancel)
+        job = error_stats(model.tensor(e.name), e.type, _importance(imatrix, e), keep_sample=False, cancel=cancel)
         base = done
         results.append((yield from relay(job, lambda p, base=base, i=i, e=e: Progress(
             base + p.done, total, f"[{i + 1}/{len(entries)}] {e.name} → {e.type}"))))
@@ -152,15 +151,27 @@ def analyze_plan(plan: Plan, imatrix: dict[str, np.ndarray] | None = None, *, na
     return results
 
 
-def analyze_plans(plans: Mapping[str, Plan], cancel=None, on_result: Callable[[str, ErrorStats], Any] | None = None
-                  ) -> Generator[Progress, None, dict[str, list[ErrorStats]]]:
+def _importance(imatrix, entry) -> np.ndarray | None:
+    """The quantization weights of a plan entry as llama-quantize would use them (None: none, the type takes
+    none, or an expert tensor, whose experts each have their own: measured without)."""
+    if imatrix is None:
+        return None
+    from .optimize.imatrix import tensor_weights
+
+    w = tensor_weights(imatrix, entry.gguf_name, tuple(entry.shape), entry.type)
+    return None if w is None or w.shape[0] != 1 else w[0]
+
+
+def analyze_plans(plans: Mapping[str, Plan], cancel=None, on_result: Callable[[str, ErrorStats], Any] | None = None,
+                  imatrix=None) -> Generator[Progress, None, dict[str, list[ErrorStats]]]:
     """:func:`analyze_plan` for several plans (e.g. presets) one after the other: label -> results.
-    ``on_result(label, stats)`` as each tensor of each plan finishes."""
+    ``on_result(label, stats)`` as each tensor of each plan finishes; ``imatrix`` (an
+    :class:`~workbench.optimize.imatrix.Imatrix` or name -> weights) weights the quantization as convert does."""
     out: dict[str, list[ErrorStats]] = {}
     for k, (label, plan) in enumerate(plans.items()):
         prefix = f"{label}: " if len(plans) > 1 else ""
         hook = None if on_result is None else (lambda s, label=label: on_result(label, s))
-        out[label] = yield from relay(analyze_plan(plan, cancel=cancel, on_result=hook), lambda p, k=k, prefix=prefix: Progress(
+        out[label] = yield from relay(analyze_plan(plan, imatrix, cancel=cancel, on_result=hook), lambda p, k=k, prefix=prefix: Progress(
             k * p.total + p.done, len(plans) * p.total, prefix + p.message))
     return out
 

@@ -236,3 +236,35 @@ def test_hostile_gguf_files_are_refused(tmp_path, tiny):
             Imatrix.load(write(f"bad{i}.gguf", tensors))
     with pytest.raises(FormatError, match="imatrix.datasets is missing"):
         Imatrix.load(write("nokeys.gguf", ok, keys=False))
+
+
+def test_the_analysis_weighted_by_an_imatrix_measures_the_converted_files_error(tiny, tmp_path):
+    """Analyze with --imatrix's weights: each tensor's RMSE equals the error of the file convert --imatrix writes
+    (llama-quantize's bytes, checked above), read back with gguf-py's dequantizer."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from workbench import open_model
+    from workbench.analysis import analyze_plans
+    from workbench.plan import Plan
+
+    im = Imatrix.load(FOLDER / GGUF_FILE)
+    out = tmp_path / "q.gguf"
+    assert main(["convert", str(tiny), "-o", str(out), "--type", "Q4_K_M", "--imatrix", str(FOLDER / GGUF_FILE),
+                 "-q"]) == 0
+    src, got = GGUFReader(tiny), GGUFReader(out)
+    want = {}
+    for t in got.tensors:
+        x = dequantize(next(s for s in src.tensors if s.name == t.name).data, next(
+            s for s in src.tensors if s.name == t.name).tensor_type).astype(np.float64)
+        y = dequantize(t.data, t.tensor_type).astype(np.float64)
+        want[t.name] = float(np.sqrt(np.mean((y - x) ** 2)))
+    model = open_model(tiny)
+    plan = Plan(model, "Q4_K_M", has_imatrix=True)
+    weighted = run(analyze_plans({"w": plan}, imatrix=im))["w"]
+    plain = run(analyze_plans({"p": Plan(model, "Q4_K_M")}))["p"]
+    assert {s.name for s in weighted} == set(want)
+    for s in weighted:
+        assert s.rmse == pytest.approx(want[s.name], rel=1e-5, abs=1e-12), s.name
+    differs = [a.name for a, b in zip(weighted, plain) if a.rmse != b.rmse]
+    assert differs  # positive control: the weights change what is measured

@@ -190,3 +190,23 @@ def test_cli_generate_with_a_small_budget_gives_the_same_tokens(capsys):
                  "--memory-budget", "1000"]) == 0
     out = capsys.readouterr().out
     assert out == expect + "\n" and len(expect) > 4
+
+
+def test_a_budget_pins_the_first_layers_so_every_pass_hits_in_proportion(smol):
+    """Each forward visits layers 0..29 then the head: a least-recently-used cache smaller than the model would
+    never hit.  The first k layers that fit (beside room for the one streamed) are kept and hit on every pass;
+    the head (113 MB as float32, more than the room left) is multiplied block by block, never held whole."""
+    from workbench.infer.engines import load_engine
+
+    ids = [1, 504, 3575, 282]
+    for k in (3, 11):
+        budget = (k + 1) * 14_160_384 + 1000  # one prepared SmolLM2 layer: 14,160,384 bytes of float32
+        eng = run(load_engine(smol, memory_budget=budget))
+        assert eng._sizes[0] == 14_160_384 and eng.cache.reserve == 14_160_384
+        eng.start(ids)
+        eng.step(42)
+        passes = 2
+        assert sorted(eng.cache.items) == list(range(k))  # the first k layers, not the head
+        assert eng.cache.hits == k * (passes - 1)
+        assert eng.cache.misses == k + (30 - k) * passes
+        assert eng.cache.peak <= budget  # pinned + the streamed layer or head block in use

@@ -207,3 +207,21 @@ def test_the_pivot_and_chart_are_not_rebuilt_on_every_row(qtbot, window, demo, m
     assert calls == [0]  # once, with the result: not per row while the table tab was shown
     view.tabs.setCurrentIndex(2)
     assert len(calls) == 1  # nothing new arrived since: no rebuild
+
+
+def test_the_dialogs_importance_matrix_reaches_the_job(qtbot, window, demo, monkeypatch, tmp_path):
+    view = window.analysis
+    got = {}
+
+    def job(model, plan, presets, sink, imatrix_path=None):
+        got["imatrix_path"] = imatrix_path
+        yield Progress(1, 1, "done")
+        return {"Plan": []}
+
+    view.job = job
+    dlg = window.plan_actions.analyze_dialog()
+    dlg.imatrix.setText(str(tmp_path / "m.imatrix.gguf"))
+    with qtbot.waitSignal(view.analyzed, timeout=TIMEOUT):
+        dlg.box.button(QDialogButtonBox.StandardButton.Ok).click()
+    assert got["imatrix_path"] == str(tmp_path / "m.imatrix.gguf")
+    assert "weighted by m.imatrix.gguf" in view._what

@@ -22,14 +22,17 @@ also rounds the query to F16 and accumulates in F16; that path only affects gene
 
 ``memory_budget`` (bytes): None, or at least the prepared (float32, fused) size of the model, prepares every
 layer when the engine is built.  A smaller budget keeps only the source tensors (float32 arrays or the
-loader's stored tensors with ``to_float32()``) and prepares layers, the embeddings and the output head on
-demand into a least-recently-used cache whose prepared bytes never exceed the budget (an entry larger than
-the budget is used alone, the cache emptied, and dropped after use).
+loader's stored tensors with ``to_float32()``) and prepares layers on demand into a :class:`LayerCache`: the
+first layers that fit stay prepared (pinned), the others are prepared for each pass and dropped, so that the
+pinned bytes plus the one layer in use stay within the budget (unless a single layer is larger).  Embeddings
+are decoded by the rows looked up; the output head is pinned when it fits the room left, else multiplied by
+row blocks of at most one layer's size (at least 256 rows) decoded from its stored bytes, never held whole.
+Preparing a layer decodes its matrices block by block straight into their fused layout.  The logits are bit
+for bit those of the fully prepared engine.
 """
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -204,6 +207,22 @@ def _source_nbytes(t: Any) -> int:
     return int(getattr(t, "nbytes", 0))
 
 
+_MIN_BLOCK, _MAX_BLOCK = 1 << 18, 64 << 20  # elements / bytes of the blocks a large matrix is decoded in
+
+
+def _row_blocks(t: Any, max_elements: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 [rows, cols]) blocks of a 2-D source tensor (a stored tensor's
+    ``iter_row_blocks``, or slices of an array), each ~``max_elements`` values at most."""
+    if not isinstance(t, np.ndarray) and hasattr(t, "iter_row_blocks"):
+        yield from t.iter_row_blocks(max_elements)
+        return
+    a = np.asarray(t)
+    a = a.reshape(-1, a.shape[-1])
+    step = max(1, max_elements // max(a.shape[1], 1))
+    for r in range(0, a.shape[0], step):
+        yield r, np.asarray(a[r:r + step], dtype=F32)
+
+
 @dataclass
 class _Layer:
     attn_norm: np.ndarray  # [H]
@@ -254,43 +273,61 @@ class _Rope:
     sin: np.ndarray | None = None
     long_cos: np.ndarray | None = None
     long_sin: np.ndarray | None = None
+    # whole-head tables [cap, 2, rot / 2]: (cos, cos) and (-sin, sin), so that rotating is three numpy calls
+    cos2: np.ndarray | None = None
+    sin2: np.ndarray | None = None
+    long_cos2: np.ndarray | None = None
+    long_sin2: np.ndarray | None = None
 
     def build(self, cap: int) -> None:
         pos = np.arange(cap, dtype=np.float64)[:, None]
         self.cos, self.sin = (np.cos(pos * self.inv_freq) * self.scale).astype(F32), \
             (np.sin(pos * self.inv_freq) * self.scale).astype(F32)
+        self.cos2, self.sin2 = np.stack([self.cos, self.cos], 1), np.stack([-self.sin, self.sin], 1)
         if self.long_inv_freq is not None:
             self.long_cos = (np.cos(pos * self.long_inv_freq) * self.scale).astype(F32)
             self.long_sin = (np.sin(pos * self.long_inv_freq) * self.scale).astype(F32)
+            self.long_cos2 = np.stack([self.long_cos, self.long_cos], 1)
+            self.long_sin2 = np.stack([-self.long_sin, self.long_sin], 1)
 
 
 class LayerCache:
-    """Least-recently-used prepared entries (layers, embeddings, head) within ``budget`` bytes.  ``peak`` is
-    the most bytes it ever held; ``misses`` counts preparations."""
+    """Prepared entries (layers, the output head) within ``budget`` bytes.
 
-    def __init__(self, budget: int, prepare: Callable[[Any], tuple[Any, int]]):
+    Every forward visits the layers 0..n-1 and then the head, always in that order (a cycle), so a least-recently
+    used cache smaller than the model would evict each entry just before it is needed again and never hit.  The
+    policy instead keeps (pins) the entries prepared first while they fit in ``budget - reserve`` bytes and
+    streams the others: a miss that does not fit is prepared, used and dropped.  Each pass then hits on the pinned
+    entries, in proportion to the budget.  ``reserve`` (the largest streamed entry) keeps the pinned entries plus
+    the one being used within the budget.  ``hits`` / ``misses`` count lookups; ``peak`` is the most prepared
+    bytes held at once (pinned plus the streamed entry or block in use), ``nbytes`` the pinned bytes."""
+
+    def __init__(self, budget: int, prepare: Callable[[Any], tuple[Any, int]], reserve: int = 0):
         self.budget = int(budget)
+        self.reserve = int(reserve)
         self.prepare = prepare
-        self.items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
-        self.nbytes = self.peak = self.misses = 0
+        self.items: dict[Any, tuple[Any, int]] = {}
+        self.nbytes = self.peak = self.misses = self.hits = 0
+
+    def room(self) -> int:
+        """Bytes still free for pinned entries."""
+        return max(0, self.budget - self.reserve - self.nbytes)
+
+    def note(self, n: int) -> None:
+        """A transient of ``n`` prepared bytes is held beside the pinned entries (peak accounting)."""
+        self.peak = max(self.peak, self.nbytes + int(n))
 
     def get(self, key: Any) -> Any:
         hit = self.items.get(key)
         if hit is not None:
-            self.items.move_to_end(key)
+            self.hits += 1
             return hit[0]
         self.misses += 1
         obj, n = self.prepare(key)
-        if n > self.budget:  # used once, never kept, and alone: the cache stays within the budget
-            self.items.clear()
-            self.nbytes = 0
-            return obj
-        while self.items and self.nbytes + n > self.budget:
-            _, (_, m) = self.items.popitem(last=False)
-            self.nbytes -= m
-        self.items[key] = (obj, n)
-        self.nbytes += n
-        self.peak = max(self.peak, self.nbytes)
+        self.note(n)
+        if n <= self.room():
+            self.items[key] = (obj, n)
+            self.nbytes += n
         return obj
 
 
@@ -392,7 +429,15 @@ class DecoderEngine:
         else:
             self.layers = []
             self.w_out = self.embed = None
-            self.cache = LayerCache(max(0, int(memory_budget)), lambda key: (self._prepare(key), self._sizes[key]))
+            # room for one streamed layer beside the pinned ones; the head and the embeddings are never
+            # prepared whole unless they can be pinned: logits by row blocks of the stored head, embeddings by rows
+            reserve = max((self._sizes[i] for i in range(self.n_layer)), default=0)
+            self.cache = LayerCache(max(0, int(memory_budget)), lambda key: (self._prepare(key), self._sizes[key]),
+                                    reserve)
+            # values of one block of the head: whole multiples of 256 rows (BLAS then splits each block's
+            # columns as it splits the whole head's: the same logits bit for bit)
+            rows = max(_MIN_BLOCK, min(reserve, _MAX_BLOCK) // 4) // self.hidden // 256 * 256
+            self._block = max(256, rows) * self.hidden
             self._nbytes = sum(_source_nbytes(t) for t in w.tensors.values())
         self._cap = 0
         self._n_ctx = n_ctx
@@ -487,10 +532,36 @@ class DecoderEngine:
             out = out * F32(scale)
         return out
 
+    def _linear(self, names: Sequence[str], consume: bool, scaled_rows: int = 0, scale: F32 = F32(1.0)) -> np.ndarray:
+        """HF linear weights [out_i, in] stacked along out, as :func:`linear_weight` lays them out, decoded block
+        by block straight into place (no whole float32 copy of a source beside the result); the first
+        ``scaled_rows`` output rows are multiplied by ``scale``."""
+        srcs = [self._w.tensors[n] for n in names]
+        rows = [int(np.prod(t.shape[:-1])) for t in srcs]
+        n_in, n_out = int(srcs[0].shape[-1]), sum(rows)
+        transposed = n_out >= n_in  # contiguous [in, out]; else [out, in] rows seen as [in, out]
+        dst = np.empty((n_in, n_out) if transposed else (n_out, n_in), F32)
+        off = 0
+        for name, t, r in zip(names, srcs, rows):
+            for a, blk in _row_blocks(t, 1 << 22):
+                g, n = off + a, blk.shape[0]
+                part = dst[:, g:g + n] if transposed else dst[g:g + n]
+                part[...] = blk.T if transposed else blk
+                if g < scaled_rows:
+                    k = min(n, scaled_rows - g)
+                    if transposed:
+                        part[:, :k] *= scale
+                    else:
+                        part[:k] *= scale
+            off += r
+            if consume:
+                del self._w.tensors[name]
+        return dst if transposed else dst.T
+
     def _prepare(self, key: Any, consume: bool = False) -> Any:
         """The prepared (float32, fused, laid out for BLAS) form of layer ``key``, or "out" / "embed"."""
         if key == "out":  # tied: the embeddings are looked up in the head's columns
-            return linear_weight(self._take(self._head_name, consume))
+            return self._linear([self._head_name], consume)
         if key == "embed":
             return _f32(self._take("model.embed_tokens.weight", consume))
         return self._prepare_layer(int(key), consume)
@@ -507,15 +578,10 @@ class DecoderEngine:
         fold = not spec.qk_norm  # the attention scale goes into q's weights (rope is linear), or its norm
         if spec.fused_qkv:
             act_qkv = self._act((names["qkv"][0], q_cols + 2 * kv_cols))
-            qkv = take(names["qkv"][0])
-            if fold:  # softmax scale folded into q (a copy: the source may be read-only or shared)
-                qkv = np.concatenate([qkv[:q_cols] * scale, qkv[q_cols:]])
         else:
             act_qkv = self._act((names["qkv"][0], q_cols), (names["qkv"][1], kv_cols), (names["qkv"][2], kv_cols))
-            wq = take(names["qkv"][0])
-            wq = wq * scale if fold else wq  # softmax scale folded into q
-            qkv = np.concatenate([wq, take(names["qkv"][1]), take(names["qkv"][2])])
-            del wq
+        # the softmax scale folded into q's rows (rope is linear)
+        w_qkv = self._linear(names["qkv"], consume, q_cols if fold else 0, scale)
         b_qkv = None
         if names["bias"]:
             biases = [take(a + f"{n}_proj.bias") if a + f"{n}_proj.bias" in w else None for n in "qkv"]
@@ -525,12 +591,11 @@ class DecoderEngine:
                 b_qkv[:q_cols] *= scale
         layer = _Layer(
             attn_norm=self._norm_weight(take(p + "input_layernorm.weight")),
-            w_qkv=linear_weight(qkv), b_qkv=b_qkv,
-            w_o=linear_weight(take(a + "o_proj.weight")),
+            w_qkv=w_qkv, b_qkv=b_qkv,
+            w_o=self._linear([a + "o_proj.weight"], consume),
             ffn_norm=self._norm_weight(take(p + ("pre_feedforward_layernorm.weight" if spec.sandwich_norms
                                                  else "post_attention_layernorm.weight"))),
             w_gate_up=None, w_down=None, act_qkv=act_qkv, act_o=self._act((a + "o_proj.weight", h)))
-        del qkv
         if spec.sandwich_norms:
             layer.post_attn_norm = self._norm_weight(take(p + "post_attention_layernorm.weight"))
             layer.post_ffn_norm = self._norm_weight(take(p + "post_feedforward_layernorm.weight"))
@@ -564,15 +629,12 @@ class DecoderEngine:
             if len(gnames) == 1:
                 f = int(w.tensors[gnames[0]].shape[0]) // 2
                 layer.act_gate_up = self._act((gnames[0], 2 * f))
-                gate_up = take(gnames[0])
             else:
                 f = int(w.tensors[gnames[0]].shape[0])
                 layer.act_gate_up = self._act((gnames[0], f), (gnames[1], f))
-                gate_up = np.concatenate([take(gnames[0]), take(gnames[1])])
             layer.act_down = self._act((names["down"][0], h))
-            layer.w_gate_up = linear_weight(gate_up)
-            del gate_up
-            layer.w_down = linear_weight(take(names["down"][0]))
+            layer.w_gate_up = self._linear(gnames, consume)
+            layer.w_down = self._linear(names["down"], consume)
         return layer
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -630,11 +692,11 @@ class DecoderEngine:
             raise WorkbenchError(f"token id {int(ids.max() if ids.max() >= 0 else ids.min())} is outside the "
                                  f"vocabulary of {self.n_embd_rows} tokens")
         src = self._w.tensors.get("model.embed_tokens.weight") if self.cache is not None else None
-        if src is not None and hasattr(src, "rows"):  # bounded memory: decode only the rows looked up
-            x = np.array(src.rows(ids), dtype=F32)
+        if src is not None:  # bounded memory: decode only the rows looked up
+            x = np.array(src.rows(ids) if hasattr(src, "rows") and not isinstance(src, np.ndarray)
+                         else np.asarray(src)[ids], dtype=F32)
         elif not self.tied:
-            table = self.embed if self.cache is None else self.cache.get("embed")
-            x = table[ids]
+            x = self.embed[ids]
         else:
             x = np.ascontiguousarray(self._out()[:, ids].T)  # tied: columns of the output head
         if self.embed_scale is not None:
@@ -644,6 +706,14 @@ class DecoderEngine:
     def _rope(self, x: np.ndarray, start: int, r: _Rope, long: bool) -> None:
         """Rotate x [T, heads, hd] in place for positions start.. (HF's rotate_half layout)."""
         t, half = x.shape[0], r.rot // 2
+        if r.rot == x.shape[-1]:  # whole heads: x * (cos, cos) + (x2, x1) * (-sin, sin), the same arithmetic
+            cos2, sin2 = (r.long_cos2, r.long_sin2) if long else (r.cos2, r.sin2)
+            c, s = cos2[start:start + t, None], sin2[start:start + t, None]  # [T, 1, 2, rot/2]
+            xv = x.reshape(t, x.shape[1], 2, half)
+            rot = xv[:, :, ::-1] * s  # (x2 * -sin, x1 * sin)
+            xv *= c
+            xv += rot
+            return
         cos_t, sin_t = (r.long_cos, r.long_sin) if long else (r.cos, r.sin)
         if t == 1:
             cos, sin = cos_t[start], sin_t[start]  # [rot/2]
@@ -804,9 +874,30 @@ class DecoderEngine:
     def _logits(self, h: np.ndarray) -> np.ndarray:
         if self.observer is not None:
             self.observer(-1, "out", h)
-        out = _matmul(h, self._out(), self.act_out)  # [T, V]
+        c = self.cache
+        if c is None or "out" in c.items or self._sizes["out"] <= c.room():
+            out = _matmul(h, self._out(), self.act_out)  # [T, V]
+        else:  # a head larger than the budget's room: by row blocks of the stored head, never held whole
+            out = self._logits_by_blocks(h)
         if self.final_softcap:
             softcap_(out, self.final_softcap)
+        return out
+
+    def _logits_by_blocks(self, h: np.ndarray) -> np.ndarray:
+        """h [T, H] times the stored head, decoded ``self._block`` values at a time."""
+        groups = self.act_out  # one tensor: at most one activation type
+        x = round_activations(h, groups[0][2]) if groups else h
+        out = np.empty((h.shape[0], self.vocab_size), F32)
+        buf = None
+        for a, blk in _row_blocks(self._w.tensors[self._head_name], self._block):
+            n = blk.shape[0]
+            self.cache.note(blk.nbytes)
+            if buf is None or buf.shape[1] < n:
+                buf = np.empty((self.hidden, n), F32)
+            wt = buf[:, :n]
+            wt[...] = blk.T  # the prepared head's [in, out] layout: the same products as the whole head
+            np.matmul(x, wt, out=out[:, a:a + n])
+            del blk
         return out
 
     # -- Engine interface ----------------------------------------------------------------------
