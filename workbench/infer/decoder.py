@@ -845,31 +845,37 @@ class DecoderEngine:
             for win in set(self.windows):
                 masks[win] = self._mask(t, start, win)
         long = any(r.long_inv_freq is not None and start + t > r.switch for r in self._ropes.values())
-        eps = self.eps
         for i in range(self.n_layer):
-            L = self._layer(i)
-            a = self._attention(L, i, rms_norm(x, L.attn_norm, eps), start, masks, long)
-            if L.post_attn_norm is not None:
-                a = rms_norm(a, L.post_attn_norm, eps)
-            x += a
-            h = rms_norm(x, L.ffn_norm, eps)
-            if L.router is not None:
-                m = self._moe(L, h, i)
-            else:
-                nf = L.w_down.shape[0]
-                if self.observer is not None:
-                    self.observer(i, "gate_up", h)
-                gu = _matmul(h, L.w_gate_up, L.act_gate_up)  # [T, 2F]
-                g = self._glu(gu[:, :nf], gu[:, nf:])
-                if self.observer is not None:
-                    self.observer(i, "down", g)
-                m = _matmul(g, L.w_down, L.act_down)  # [T, H]
-            if L.post_ffn_norm is not None:
-                m = rms_norm(m, L.post_ffn_norm, eps)
-            x += m
-            L = None  # an on-demand layer is released before the next one is prepared
+            self.layer_step(i, x, start, masks, long)
         self.pos = start + t
-        return rms_norm(x, self.norm, eps)
+        return rms_norm(x, self.norm, self.eps)
+
+    def layer_step(self, i: int, x: np.ndarray, start: int, masks: dict, long: bool) -> np.ndarray:
+        """Layer ``i`` on the hidden states ``x`` [T, H] of positions start.. (in place; fills the layer's KV
+        cache); returns ``x``.  ``masks``: window -> mask of :meth:`_mask` for a prompt chunk; ``long``: phi3
+        longrope's long factors.  The on-demand layer is released when this returns."""
+        eps = self.eps
+        L = self._layer(i)
+        a = self._attention(L, i, rms_norm(x, L.attn_norm, eps), start, masks, long)
+        if L.post_attn_norm is not None:
+            a = rms_norm(a, L.post_attn_norm, eps)
+        x += a
+        h = rms_norm(x, L.ffn_norm, eps)
+        if L.router is not None:
+            m = self._moe(L, h, i)
+        else:
+            nf = L.w_down.shape[0]
+            if self.observer is not None:
+                self.observer(i, "gate_up", h)
+            gu = _matmul(h, L.w_gate_up, L.act_gate_up)  # [T, 2F]
+            g = self._glu(gu[:, :nf], gu[:, nf:])
+            if self.observer is not None:
+                self.observer(i, "down", g)
+            m = _matmul(g, L.w_down, L.act_down)  # [T, H]
+        if L.post_ffn_norm is not None:
+            m = rms_norm(m, L.post_ffn_norm, eps)
+        x += m
+        return x
 
     def _logits(self, h: np.ndarray) -> np.ndarray:
         if self.observer is not None:

@@ -386,28 +386,9 @@ def cache_key(model, text: str, types, reference: str, n_ctx: int, chunks: int, 
 
 
 def _layer_step(engine, x: np.ndarray, i: int, masks: dict, long: bool) -> np.ndarray:
-    """Layer ``i`` on the hidden states ``x`` [T, H] of one window from position 0, as
-    :meth:`DecoderEngine._forward` computes it (exact numerics; fills the layer's KV cache); a new array."""
-    from ..infer.decoder import rms_norm
-
-    eps = engine.eps
-    L = engine._layer(i)
-    x = x.copy()
-    a = engine._attention(L, i, rms_norm(x, L.attn_norm, eps), 0, masks, long)
-    if L.post_attn_norm is not None:
-        a = rms_norm(a, L.post_attn_norm, eps)
-    x += a
-    h = rms_norm(x, L.ffn_norm, eps)
-    if L.router is not None:
-        m = engine._moe(L, h, i)
-    else:
-        nf = L.w_down.shape[0]
-        gu = h @ L.w_gate_up
-        m = engine._glu(gu[:, :nf], gu[:, nf:]) @ L.w_down
-    if L.post_ffn_norm is not None:
-        m = rms_norm(m, L.post_ffn_norm, eps)
-    x += m
-    return x
+    """Layer ``i`` on the hidden states ``x`` [T, H] of one window from position 0, as the engine's forward
+    computes it (fills the layer's KV cache); a new array."""
+    return engine.layer_step(i, x.copy(), 0, masks, long)
 
 
 def _setup(engine, t: int):
