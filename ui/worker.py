@@ -54,24 +54,42 @@ class _Task:
     """One run of a job on a pool thread.  Talks to its worker only through the worker's signals."""
 
     def __init__(self, worker: "Worker", job_id: int, fn: Callable, args: tuple, kwargs: dict):
-        self.worker = worker
+        # A weak reference: the pool thread drops the task when the run ends, and a strong reference could
+        # make it release the last reference to the worker (a QObject) there, destroying it off the GUI thread
+        # while the GUI thread deletes objects connected to it: a deadlock between Qt's connection lock and
+        # the interpreter lock.
+        self._worker = weakref.ref(worker)
         self.job_id = job_id
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.cancel_event = threading.Event()
         self.done_event = threading.Event()
 
+    @property
+    def worker(self) -> "Worker | None":
+        return self._worker()
+
     def _emit(self, signal_name: str, *args: Any) -> None:
+        worker = self._worker()
+        if worker is None:  # the worker is gone: nobody listens, stop at the next step
+            self.cancel_event.set()
+            return
         try:
-            getattr(self.worker, signal_name).emit(self.job_id, *args)
+            getattr(worker, signal_name).emit(self.job_id, *args)
         except RuntimeError:  # the worker's C++ object is gone (window closed without shutdown)
             self.cancel_event.set()
+        finally:
+            del worker  # no strong reference kept on this thread
 
     def run(self) -> None:
         try:
             self._run()
         finally:
             self.done_event.set()
-            self._emit("_sig_done")
+            # the job and its arguments go back to the GUI thread with the last signal and are released there
+            # (they may hold the last reference to a Qt object, which must not be destroyed on this thread)
+            leftovers = (self.fn, self.args, self.kwargs)
+            self.fn = self.args = self.kwargs = None
+            self._emit("_sig_done", leftovers)
 
     def _run(self) -> None:
         try:
@@ -128,7 +146,7 @@ class Worker(QObject):
     _sig_result = Signal(int, object)
     _sig_error = Signal(int, str)
     _sig_cancelled = Signal(int)
-    _sig_done = Signal(int)
+    _sig_done = Signal(int, object)
 
     def __init__(self, parent: QObject | None = None, name: str = "worker"):
         super().__init__(parent)
@@ -232,8 +250,8 @@ class Worker(QObject):
             self.finished.emit()
 
     @Slot(int)
-    def _on_done(self, job_id: int) -> None:
-        self._tasks.pop(job_id, None)
+    def _on_done(self, job_id: int, _leftovers: Any = None) -> None:
+        self._tasks.pop(job_id, None)  # the job's objects are released here, on the GUI thread
 
 
 def _deliver(signal, *args: Any) -> BaseException | None:

@@ -145,7 +145,7 @@ def test_a_stale_result_that_arrives_after_the_user_moved_on_is_dropped(qtbot, w
     with qtbot.waitSignal(worker.progress, timeout=5000):  # the user moved on: a second job is running
         second = worker.start(blocking_job, second_gate, second_closed, "fresh")
     # the stale result arrives while the second job still runs; _sig_done follows it from the same thread
-    with qtbot.waitSignal(worker._sig_done, timeout=5000, check_params_cb=lambda job_id: job_id == first):
+    with qtbot.waitSignal(worker._sig_done, timeout=5000, check_params_cb=lambda job_id, *_: job_id == first):
         release_first.set()
     assert delivered == [(first, "stale")]  # positive control: the stale result did reach the worker
     assert results == [] and worker.job_id == second and worker.is_busy()
@@ -170,7 +170,7 @@ def test_a_stale_error_is_dropped_too(qtbot, worker):
     qtbot.waitUntil(first_running.is_set, timeout=5000)
     with qtbot.waitSignal(worker.result, timeout=5000):
         worker.start(counting_job, 1, "second")
-    with qtbot.waitSignal(worker._sig_done, timeout=5000, check_params_cb=lambda job_id: job_id == first):
+    with qtbot.waitSignal(worker._sig_done, timeout=5000, check_params_cb=lambda job_id, *_: job_id == first):
         release_first.set()
     assert delivered == [first]  # positive control: the late error reached the worker
     assert results == ["second"] and errors == []
@@ -201,3 +201,34 @@ def test_a_failing_progress_handler_ends_the_job_on_the_error_path(qtbot, worker
     with qtbot.waitSignal(worker.result, timeout=5000):  # the worker stays usable
         worker.start(counting_job, 1, "next")
     assert results == ["next"]
+
+
+def test_a_jobs_objects_and_its_worker_are_released_on_the_gui_thread(qtbot):
+    """The pool thread must not drop the last reference to a job's objects or to the worker (a QObject):
+    destroying Qt objects there can deadlock against the GUI thread's deletions."""
+    import gc
+    import threading
+
+    released = []
+
+    class Tracked:
+        def __del__(self):
+            released.append(threading.current_thread() is threading.main_thread())
+
+    def job(obj):
+        yield Progress(1, 1, "working")
+        return None
+
+    worker = Worker()
+    with qtbot.waitSignal(worker._sig_done, timeout=5000):
+        worker.start(job, Tracked())
+    qtbot.waitUntil(lambda: not worker._tasks, timeout=5000)
+    gc.collect()
+    assert released == [True]
+    worker.start(lambda: 1)
+    qtbot.waitUntil(lambda: not worker._tasks, timeout=5000)
+    import weakref
+    probe = weakref.ref(worker)
+    del worker
+    gc.collect()
+    assert probe() is None  # no task (kept by the pool's functor) holds the worker alive
