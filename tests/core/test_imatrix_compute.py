@@ -126,32 +126,9 @@ def test_chat_set_is_rendered_through_the_template(tiny_llama, tmp_path):
 def _build_k_model(path: Path) -> Path:
     """make_imatrix_fixtures' tiny llama (rows of 256: every K type applies; its llama-imatrix file fits it)
     with a tokenizer our engine loads (the merged token added)."""
-    import gguf
-    from builders import add_llama_hparams, exact_values, llama_gguf_tensors
-    from make_imatrix_fixtures import _byte_tokens
+    from make_imatrix_fixtures import build_model
 
-    n_layer, n_embd, n_ff, n_head, n_head_kv = 2, 256, 512, 4, 2
-    tokens = _byte_tokens()
-    tokens = tokens + [tokens[ord("t")] + tokens[ord("h")]]
-    w = gguf.GGUFWriter(path, "llama")
-    add_llama_hparams(w, n_layer, n_embd, n_ff, n_head, n_head_kv)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([1] * len(tokens))
-    w.add_token_merges([f"{tokens[ord('t')]} {tokens[ord('h')]}"])
-    for i, (name, shape) in enumerate(llama_gguf_tensors(n_layer, n_embd, n_ff, n_head, n_head_kv, len(tokens), False)):
-        x = exact_values(shape, 7000 + i)
-        if len(shape) == 2:
-            x *= 0.02
-        w.add_tensor(name, x)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return build_model(path, name=None, merged_token=True, scale=0.02)
 
 
 @pytest.fixture(scope="module")

@@ -49,15 +49,21 @@ def _byte_tokens() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
-def build_model(path: Path) -> Path:
-    """The F32 llama GGUF the imatrix is computed on and the presets quantize (deterministic, ~2.6 MB)."""
+def build_model(path: Path, *, name: str | None = "Tiny Imatrix Llama", merged_token: bool = False,
+                scale: float = 0.05) -> Path:
+    """The F32 llama GGUF the imatrix is computed on and the presets quantize (deterministic, ~2.6 MB).
+    ``merged_token``: the vocabulary also holds the merge's result (a tokenizer our engine loads); ``scale``:
+    of the matrices (small enough that activations stay finite through the layers)."""
     import gguf
     from builders import add_llama_hparams, exact_values, llama_gguf_tensors
 
     n_layer, n_embd, n_ff, n_head, n_head_kv = 2, 256, 512, 4, 2
     tokens = _byte_tokens()
+    if merged_token:
+        tokens = tokens + [tokens[ord("t")] + tokens[ord("h")]]
     w = gguf.GGUFWriter(path, "llama")
-    w.add_name("Tiny Imatrix Llama")
+    if name is not None:
+        w.add_name(name)
     add_llama_hparams(w, n_layer, n_embd, n_ff, n_head, n_head_kv)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_layer_norm_rms_eps(1e-5)
@@ -66,11 +72,11 @@ def build_model(path: Path) -> Path:
     w.add_token_list(tokens)
     w.add_token_types([1] * len(tokens))
     w.add_token_merges([f"{tokens[ord('t')]} {tokens[ord('h')]}"])
-    for i, (name, shape) in enumerate(llama_gguf_tensors(n_layer, n_embd, n_ff, n_head, n_head_kv, len(tokens), False)):
+    for i, (tname, shape) in enumerate(llama_gguf_tensors(n_layer, n_embd, n_ff, n_head, n_head_kv, len(tokens), False)):
         x = exact_values(shape, 7000 + i)
         if len(shape) == 2:
-            x *= 0.05  # activations stay finite through the layers
-        w.add_tensor(name, x)
+            x *= scale
+        w.add_tensor(tname, x)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
