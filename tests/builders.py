@@ -393,19 +393,27 @@ def shape_only_model(name: str, spec: dict) -> "Model":
 
 def write_plan_case_gguf(path: Path, spec: dict) -> None:
     """The parity case as a real GGUF (zero weights) that llama-quantize --dry-run loads."""
+    write_case_gguf(path, spec, _plan_case_meta(spec), plan_case_tensors(spec))
+
+
+def write_case_gguf(path: Path, spec: dict, meta, tensors, values=None) -> None:
+    """A GGUF of a case: ``meta`` (key, value type, value) rows, a placeholder llama vocabulary of
+    ``spec["n_vocab"]`` tokens, and ``tensors`` (name, numpy shape, "F32"/"F16") holding zeros or
+    ``values(name, shape, index)``."""
     import gguf
 
     w = gguf.GGUFWriter(path, spec["arch"])
     w.add_name(path.stem)
-    for key, vtype, value in _plan_case_meta(spec):
+    for key, vtype, value in meta:
         w.add_key_value(key, value, gguf.GGUFValueType[vtype.upper()])
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.get("dtype") == "F16" else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("llama")
     w.add_token_list([f"t{i}" for i in range(spec["n_vocab"])])
     w.add_token_scores([0.0] * spec["n_vocab"])
     w.add_token_types([1] * spec["n_vocab"])
-    for tname, shape, dtype in plan_case_tensors(spec):
-        w.add_tensor(tname, np.zeros(shape, np.float16 if dtype == "F16" else np.float32))
+    for i, (tname, shape, dtype) in enumerate(tensors):
+        x = np.zeros(shape, np.float32) if values is None else values(tname, shape, i)
+        w.add_tensor(tname, np.asarray(x).astype(np.float16 if dtype == "F16" else np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -110,29 +110,14 @@ def case_model(name: str, spec: dict):
 def write_case_gguf(path: Path, spec: dict, values=None) -> Path:
     """The case as a real GGUF that llama-quantize loads: zero weights, or ``values(name, shape, index)`` giving
     each tensor's float32 values (stored in the case's dtype)."""
-    import gguf
-
     if spec["arch"] not in ARCHS:
         from builders import write_plan_case_gguf
 
         write_plan_case_gguf(path, spec)
         return path
-    w = gguf.GGUFWriter(path, spec["arch"])
-    w.add_name(path.stem)
-    for key, vtype, value in arch_meta(spec):
-        w.add_key_value(key, value, gguf.GGUFValueType[vtype.upper()])
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.get("dtype") == "F16" else gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("llama")
-    w.add_token_list([f"t{i}" for i in range(spec["n_vocab"])])
-    w.add_token_scores([0.0] * spec["n_vocab"])
-    w.add_token_types([1] * spec["n_vocab"])
-    for i, (tname, shape, dtype) in enumerate(arch_tensors(spec)):
-        x = np.zeros(shape, np.float32) if values is None else values(tname, shape, i)
-        w.add_tensor(tname, x.astype(np.float16 if dtype == "F16" else np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    from builders import write_case_gguf as write_gguf
+
+    write_gguf(path, spec, arch_meta(spec), arch_tensors(spec), values)
     return path
 
 
