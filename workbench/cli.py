@@ -647,10 +647,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(pl)
     pl.set_defaults(func=cmd_plan)
     cv = sub.add_parser("convert", help="convert a Hugging Face folder to GGUF, or requantize a GGUF",
-                        description="HF folder (llama, mistral, qwen2, bert, t5) -> GGUF with full metadata and "
-                                    "tokenizer, or GGUF -> GGUF (llama-quantize: metadata copied, tensors whose "
-                                    "type does not change copied byte for byte); tensors typed by a preset or a "
-                                    "saved plan.")
+                        description="HF folder (llama, mistral, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3, bert, "
+                                    "t5) -> GGUF with full metadata and tokenizer, or GGUF -> GGUF (llama-quantize: "
+                                    "metadata copied, tensors whose type does not change copied byte for byte); "
+                                    "tensors typed by a preset or a saved plan.")
     cv.add_argument("src", help="a Hugging Face model folder, or a .gguf file (any part of a split set)")
     cv.add_argument("-o", "--output", required=True, help="output folder (or a .gguf file name)")
     cv.add_argument("--type", help="preset: F32, F16, BF16, Q8_0, Q4_K_M, ... (default F16 for a Hugging Face "
