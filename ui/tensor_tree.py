@@ -52,15 +52,18 @@ class TensorFilterProxy(QSortFilterProxyModel):
         # ranks precomputed when the model opened: no sort key is built or formatted while sorting
         return self.sourceModel().less_than(left, right)
 
+    _filtering = False  # a filter is set (kept here: data() must not ask Qt for the expression on every call)
+
     def setFilterRegularExpression(self, rx) -> None:  # noqa: N802 - Qt override
-        self._filtered_totals: dict[str, tuple[str, ...]] = {}
+        self._filtered_totals: dict[str, tuple[str, ...] | None] = {}
+        self._filtering = bool(rx.pattern())
         super().setFilterRegularExpression(rx)
 
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
         """A layer row under a filter shows the totals of the tensors the filter lets through
         ("2 of 9 tensors"), not the whole layer's."""
-        if (role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole) and index.column() in (SHAPE, PARAMS, SIZE)
-                and self.filterRegularExpression().pattern() and not index.parent().isValid()):
+        if (self._filtering and role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole)
+                and index.column() in (SHAPE, PARAMS, SIZE) and not index.parent().isValid()):
             group = super().data(index, OBJECT_ROLE)
             if isinstance(group, TensorGroup):
                 texts = self._group_totals(index.siblingAtColumn(0), group)
@@ -69,9 +72,7 @@ class TensorFilterProxy(QSortFilterProxyModel):
         return super().data(index, role)
 
     def _group_totals(self, index: QModelIndex, group: TensorGroup) -> tuple[str, ...] | None:
-        cache = getattr(self, "_filtered_totals", None)
-        if cache is None:
-            cache = self._filtered_totals = {}
+        cache = self._filtered_totals
         if group.name not in cache:
             shown = [self.index(r, 0, index).data(OBJECT_ROLE) for r in range(self.rowCount(index))]
             shown = [t for t in shown if isinstance(t, TensorInfo)]
