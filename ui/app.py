@@ -91,6 +91,9 @@ def ensure_app(theme: str | None = None):
     # repaint with a hundred such calls froze the window for up to a second.  Asked sooner, the GUI waits
     # ~0.5 ms per call; workers lose only the extra switches, which happen only while the GUI wants the lock.
     sys.setswitchinterval(min(sys.getswitchinterval(), GUI_SWITCH_INTERVAL_S))
+    from .gc_guard import install as collect_on_gui_thread
+
+    collect_on_gui_thread(app)  # cyclic garbage holding Qt objects must never be destroyed on a worker thread
     app.setApplicationName(APP_NAME)
     app.setOrganizationName(ORG_NAME)
     app.setApplicationDisplayName(APP_NAME)

@@ -19,6 +19,7 @@ from . import APP_NAME, ORG_NAME
 # only what the first paint needs; the other parts import their modules in their build step
 from .deferred import FirstPaint, Preloader
 from .drop import DropForwarder, local_paths, path_to_open
+from .gc_guard import install as collect_on_gui_thread
 from .recent_files import RecentFiles, RecentFilesMenu
 from .status_bar import StatusBar
 from .welcome import WelcomeWidget
@@ -90,6 +91,7 @@ class MainWindow(QMainWindow):
                  show_error: Callable[[str, str], None] | None = None, parent: QWidget | None = None,
                  confirm: Callable[[str, str], bool] | None = None):
         super().__init__(parent)
+        collect_on_gui_thread()  # (idempotent) see ui/gc_guard.py: a worker thread must never destroy Qt objects
         self.settings = settings if settings is not None else default_settings()
         self.show_error = show_error or self._error_box  # (title, message); tests may inject their own
         self.confirm = confirm or self._confirm_box  # (title, question) -> go ahead?; injectable too
@@ -271,8 +273,9 @@ class MainWindow(QMainWindow):
         from .tensor_detail import TensorDetailWidget
 
         self.detail = TensorDetailWidget(self)
+        self.detail.plan_provider = lambda: self.plan.plan  # a layer row shows its planned types and error
         self.tabs.addTab(self.detail, "Tensor")
-        self.tabs.setTabToolTip(0, "The selected tensor: location, value statistics and histogram")
+        self.tabs.setTabToolTip(0, "The selected tensor: location, value statistics and histogram; a layer: its tensors, planned types and error")
 
     def _build_metadata(self) -> None:
         from .metadata_view import MetadataWidget
@@ -611,7 +614,8 @@ class MainWindow(QMainWindow):
         ok = self.optimize_view.shutdown(timeout_ms) and ok
         if self.optimize_dialog is not None:
             ok = self.optimize_dialog.shutdown(timeout_ms) and ok
-        return self.detail.worker.shutdown(timeout_ms) and ok
+        layer_done = self.detail.layer_worker.shutdown(timeout_ms)
+        return self.detail.worker.shutdown(timeout_ms) and layer_done and ok
 
     # -- opening ------------------------------------------------------------------------------------------
     def open_path(self, path: str | os.PathLike) -> int:
@@ -843,3 +847,4 @@ class MainWindow(QMainWindow):
         self.compare_view.set_plan(plan)
         self.generate_panel.set_plan(plan)
         self.analysis.plan_changed()
+        self.detail.plan_changed()

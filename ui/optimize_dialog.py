@@ -144,6 +144,8 @@ class OptimizeDialog(QDialog):
         self.worker.result.connect(self._on_result)
         self.worker.error.connect(self._on_error)
         self.worker.cancelled.connect(lambda: self._done("Cancelled."))
+        # however the job is cancelled (here, Esc, the status bar's Cancel), its measuring loops stop too
+        self.worker.cancelled.connect(lambda: self._cancel.set())
         self.sink: queue.SimpleQueue = queue.SimpleQueue()
         self._cancel = threading.Event()
         self._started = 0.0

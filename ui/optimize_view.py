@@ -1,5 +1,9 @@
 """The Optimize tab: the size-versus-KLD chart above the sensitivity heatmap, and the Optimize… dialog.
 
+GGUF files of the same model are points too: every GGUF the user opens in this session is remembered, and
+"Add GGUF…" reads more; a file whose tensors are the opened model's (same names, same sizes) is drawn at its
+size with the KLD the table predicts for its tensor types, and clicking it plans those types.
+
 The view holds the model's :class:`SensitivityTable` (measured or estimated by the dialog's job, or loaded from a
 file) and the window's :class:`PlanController`.  Every change it makes to the plan (clicking a chart point,
 raising or lowering a heatmap cell) is one undoable step on the controller's stack.
@@ -12,10 +16,10 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QSplitter, QVBoxLayout, QWidget
 
-from workbench import WorkbenchError
+from workbench import Progress, WorkbenchError
 from workbench.fsutil import atomic_write_path
-from workbench.optimize.sensitivity import SensitivityTable
-from workbench.plan import PRESETS, Plan
+from workbench.optimize.sensitivity import SensitivityTable, group_key
+from workbench.plan import PRESETS, TYPES, Plan
 from workbench.units import human_bytes
 
 from .plan_controller import PlanController, PlanState
@@ -24,6 +28,7 @@ from .size_kld_chart import ChartPoint, SizeKldChart, group_types, predict
 from .worker import Worker
 
 TABLE_FILTER = "Sensitivity tables (*.json);;All files (*)"
+GGUF_FILTER = "GGUF files (*.gguf);;All files (*)"
 FLOAT_PRESETS = ("F32", "F16", "BF16")  # not drawn
 
 
@@ -34,8 +39,59 @@ class PresetInfo:
     types: dict[str, str]  # group -> type
 
 
-def presets_job(model) -> dict[str, PresetInfo]:
-    """Worker job: every preset's size and group types for ``model`` (presets that cannot plan it are left out)."""
+@dataclass
+class FileInfo:
+    """What the chart needs of a GGUF file to draw it beside the plans of the same model."""
+    path: str
+    nbytes: int  # tensor data, as plans count it
+    n_params: int
+    tensors: dict[str, tuple[str, int]]  # GGUF tensor name -> (type, parameters)
+
+    @classmethod
+    def of(cls, model) -> "FileInfo | None":
+        if model.format != "gguf":
+            return None
+        return cls(str(model.path), model.nbytes, model.n_params,
+                   {t.name: (t.dtype, t.n_params) for t in model.tensors})
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+    def mismatch(self, plan: Plan) -> str | None:
+        """Why this file is not a GGUF of ``plan``'s model (None: it is: every planned tensor is in it, with the
+        same number of parameters)."""
+        for e in plan.entries:
+            got = self.tensors.get(e.gguf_name)
+            if got is None:
+                return f"it has no tensor {e.gguf_name!r}"
+            if got[1] != e.n_params:
+                return f"its {e.gguf_name!r} has {got[1]:,} parameters, the opened model's {e.n_params:,}"
+        return None
+
+    def point(self, plan: Plan, table: SensitivityTable) -> ChartPoint | None:
+        """This file as a chart point (None when it is not a GGUF of ``plan``'s model): its size, the KLD the
+        table predicts for its tensors' types, and the plan that gives every tensor the file's type."""
+        if self.mismatch(plan) is not None:
+            return None
+        votes: dict[str, dict[str, int]] = {}
+        overrides = {}
+        for e in plan.entries:
+            qtype = self.tensors[e.gguf_name][0]
+            g = votes.setdefault(group_key(e.gguf_name), {})
+            g[qtype] = g.get(qtype, 0) + 1
+            if qtype in TYPES and not e.reason.startswith("not quantized"):
+                overrides[e.name] = qtype
+        types = {k: max(c, key=c.get) for k, c in votes.items()}
+        kld, missing = predict(table, types)
+        state = PlanState(plan.preset, (), tuple(overrides.items()))
+        bpw = 8.0 * self.nbytes / self.n_params if self.n_params else 0.0
+        return ChartPoint(self.name, "file", self.nbytes, bpw, kld, state, missing)
+
+
+def presets_job(model) -> tuple[dict[str, PresetInfo], FileInfo | None]:
+    """Worker job: every preset's size and group types for ``model`` (presets that cannot plan it are left out),
+    and the model's :class:`FileInfo` when it is a GGUF file."""
     out = {}
     for preset in PRESETS:
         try:
@@ -43,7 +99,30 @@ def presets_job(model) -> dict[str, PresetInfo]:
             out[preset] = PresetInfo(plan.nbytes, plan.bits_per_weight, group_types(plan))
         except WorkbenchError:
             continue
-    return out
+    return out, FileInfo.of(model)
+
+
+def read_files_job(paths: list[str]):
+    """Worker job: the :class:`FileInfo` of each GGUF in ``paths``, and one line for each that could not be read."""
+    from workbench.formats import open_model
+
+    infos, problems = [], []
+    for i, path in enumerate(paths):
+        yield Progress(i, len(paths), f"Reading {Path(path).name}")
+        try:
+            model = open_model(path)
+        except WorkbenchError as exc:
+            problems.append(f"{Path(path).name}: {exc}")
+            continue
+        try:
+            info = FileInfo.of(model)
+        finally:
+            model.close()
+        if info is None:
+            problems.append(f"{Path(path).name}: not a GGUF file")
+        else:
+            infos.append(info)
+    return infos, problems
 
 
 class OptimizeView(QWidget):
@@ -59,9 +138,14 @@ class OptimizeView(QWidget):
         self.optimized: list[ChartPoint] = []
         self.compared: list[ChartPoint] = []
         self.frontier: list[tuple[int, float]] = []
+        self.files: dict[str, FileInfo] = {}  # GGUF files opened or added this session, by path
+        self.files_note = ""  # what became of the last files added
         self.last_dir = ""
         self.preset_worker = Worker(self, name="optimize-presets")
         self.preset_worker.result.connect(self._on_presets)
+        self.files_worker = Worker(self, name="optimize-files")
+        self.files_worker.result.connect(self._on_files)
+        self.files_worker.error.connect(lambda message: self._set_files_note(f"Could not read the files: {message}"))
 
         self.summary = QLabel(self)
         self.summary.setWordWrap(True)
@@ -76,9 +160,13 @@ class OptimizeView(QWidget):
         self.save_button = QPushButton("Save Table…", self)
         self.save_button.setToolTip("Save the sensitivity table (JSON) to load it again later")
         self.save_button.clicked.connect(self.save_dialog)
+        self.add_files_button = QPushButton("Add GGUF…", self)
+        self.add_files_button.setToolTip("Draw GGUF files of this model on the chart: each at its size, with the KLD "
+                                         "the table predicts for its tensor types (GGUFs you open are added too)")
+        self.add_files_button.clicked.connect(self.add_files_dialog)
         top = QHBoxLayout()
         top.addWidget(self.summary, 1)
-        for b in (self.optimize_button, self.load_button, self.save_button):
+        for b in (self.optimize_button, self.load_button, self.save_button, self.add_files_button):
             top.addWidget(b, 0, Qt.AlignmentFlag.AlignTop)
         self.chart = SizeKldChart(self)
         self.chart.point_activated.connect(self.apply_point)
@@ -101,14 +189,41 @@ class OptimizeView(QWidget):
     def set_model(self, model) -> int | None:
         """A newly opened model: drop the table and the points; the presets' sizes are computed on a worker."""
         self.table, self.presets, self.optimized, self.compared, self.frontier = None, {}, [], [], []
+        self.files_note = ""
         self.refresh()
         if model is None or self.controller.plan is None:
             self.preset_worker.cancel()
             return None
         return self.preset_worker.start(presets_job, model)
 
-    def _on_presets(self, presets: dict[str, PresetInfo]) -> None:
-        self.presets = presets
+    def _on_presets(self, result: tuple[dict[str, PresetInfo], FileInfo | None]) -> None:
+        self.presets, info = result
+        if info is not None:
+            self.files[info.path] = info
+        self.refresh()
+
+    def add_files(self, paths) -> int | None:
+        """Read the GGUF files at ``paths`` on a worker; each becomes a point when it is a GGUF of this model."""
+        paths = [str(p) for p in paths]
+        if not paths:
+            return None
+        self._set_files_note(f"Reading {len(paths)} file(s)…")
+        return self.files_worker.start(read_files_job, paths)
+
+    def _on_files(self, result) -> None:
+        infos, problems = result
+        plan = self.controller.plan
+        notes = list(problems)
+        for info in infos:
+            self.files[info.path] = info
+            why = info.mismatch(plan) if plan is not None else None
+            if why is not None:
+                notes.append(f"{Path(info.path).name} is not a GGUF of the opened model: {why}")
+        added = len(infos) - sum(1 for n in notes if " is not a GGUF of " in n)
+        self._set_files_note(f"{added} GGUF file(s) added." + (" " + " ".join(notes) if notes else ""))
+
+    def _set_files_note(self, text: str) -> None:
+        self.files_note = text
         self.refresh()
 
     def set_table(self, table: SensitivityTable | None) -> None:
@@ -174,6 +289,11 @@ class OptimizeView(QWidget):
                 kld, missing = predict(self.table, group_types(plan))
                 out.append(ChartPoint("Current plan", "current", plan.nbytes, plan.bits_per_weight, kld, None,
                                       missing))
+                for info in self.files.values():
+                    if info.path != str(plan.model.path):  # the opened file itself is what the plan starts from
+                        point = info.point(plan, self.table)
+                        if point is not None:
+                            out.append(point)
         return out + self.optimized + self.compared
 
     def refresh(self) -> None:
@@ -183,7 +303,8 @@ class OptimizeView(QWidget):
         self.save_button.setEnabled(self.table is not None)
         self.optimize_button.setEnabled(plan is not None)
         self.load_button.setEnabled(plan is not None)
-        self.summary.setText(self._summary())
+        self.add_files_button.setEnabled(plan is not None)
+        self.summary.setText(self._summary() + (f" {self.files_note}" if self.files_note else ""))
 
     def _summary(self) -> str:
         t, plan = self.table, self.controller.plan
@@ -243,6 +364,12 @@ class OptimizeView(QWidget):
             except (OSError, WorkbenchError) as exc:
                 self.summary.setText(f"Could not load {Path(path).name}: {exc}")
 
+    def add_files_dialog(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Add GGUF Files of This Model", self.last_dir, GGUF_FILTER)
+        if paths:
+            self.last_dir = str(Path(paths[0]).parent)
+            self.add_files(paths)
+
     def save_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save Sensitivity Table", self.last_dir, TABLE_FILTER)
         if path:
@@ -253,4 +380,5 @@ class OptimizeView(QWidget):
                 self.summary.setText(f"Could not save {Path(path).name}: {exc}")
 
     def shutdown(self, timeout_ms: int = 5000) -> bool:
-        return self.preset_worker.shutdown(timeout_ms)
+        files_done = self.files_worker.shutdown(timeout_ms)
+        return self.preset_worker.shutdown(timeout_ms) and files_done

@@ -3,7 +3,8 @@
 x is bits per weight (or the file size), y the mean KL divergence from the base on a log axis.  Points: every
 preset and the current plan *predicted* from a :class:`SensitivityTable` (the sum of ``value()`` over the
 groups at the plan's types, as the optimizer counts), optimized plans, and the levels the user *measured* in the
-Compare tab.  The optimizer's frontier is a line.  Hovering a point names it; clicking one emits
+Compare tab, and GGUF files of the same model (predicted from their tensor types).  The optimizer's frontier is
+a line.  Hovering a point names it; clicking one emits
 ``point_activated(ChartPoint)`` (the Optimize tab applies that plan as one undoable step).
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ KINDS = {
     "current": ("Current plan (predicted)", "#d62728", "star", 18),
     "optimized": ("Optimized plans (predicted)", "#2ca02c", "d", 13),
     "compared": ("Compared levels (measured)", "#ff7f0e", "s", 10),
+    "file": ("GGUF files of this model (predicted)", "#9467bd", "t", 11),
 }
 
 
@@ -211,12 +213,16 @@ class SizeKldChart(QWidget):
 
     def tooltip(self, point: ChartPoint) -> str:
         what = {"preset": "preset", "current": "the current plan", "optimized": "optimized plan",
-                "compared": "measured in Compare"}[point.kind]
+                "compared": "measured in Compare", "file": "a GGUF file's tensor types"}[point.kind]
         lines = [f"{point.label} ({what})", f"{human_bytes(point.nbytes)}, {point.bpw:.2f} bits per weight",
                  f"mean KLD {point.kld:.4g}" + (" (predicted)" if point.kind != "compared" else "")]
         if point.missing:
             lines.append(f"{point.missing} group(s) not measured at their type: counted as 0")
-        lines.append("Click to apply this plan" if point.state is not None else "Not a plan that can be applied")
+        if point.state is None:
+            lines.append("Not a plan that can be applied")
+        else:
+            lines.append("Click to plan the same types as this file" if point.kind == "file"
+                         else "Click to apply this plan")
         return "\n".join(lines)
 
     def redraw(self) -> None:
@@ -237,7 +243,7 @@ class SizeKldChart(QWidget):
             pi.plot(fx[order], fy[order], pen=pg.mkPen(curve_color(QColor("#2ca02c"), pal), width=2,
                                                       style=Qt.PenStyle.DashLine))
         fg = pal.color(QPalette.ColorRole.WindowText)
-        glyph = {"o": "●", "star": "★", "d": "◆", "s": "■"}
+        glyph = {"o": "●", "star": "★", "d": "◆", "s": "■", "t": "▼"}
         shown = {p.kind for p in self.points if p.kld is not None}
         parts = [f"<span style='color:{curve_color(QColor(c), pal).name()}'>{glyph[sym]}</span> {name}"
                  for kind, (name, c, sym, _size) in KINDS.items() if kind in shown]
@@ -261,7 +267,7 @@ class SizeKldChart(QWidget):
             item.sigClicked.connect(self._on_clicked)
             pi.addItem(item)
             self.scatters[kind] = item
-            if kind in ("preset", "current", "optimized"):
+            if kind in ("preset", "current", "optimized", "file"):
                 for p, (x, y) in zip(pts, xy):
                     text = p.label
                     if kind == "current":

@@ -1,20 +1,25 @@
-"""Details of the selected tensor: where it lives, value statistics and a histogram.
+"""Details of the selected tensor: where it lives, value statistics and a histogram; or of a layer: its
+tensors with their stored and planned types and sizes, and the layer's quantization error under the plan.
 
-Statistics run on a :class:`~ui.worker.Worker`; selecting another tensor supersedes the job, and a
-result is shown only if it belongs to the tensor currently selected.
+Statistics and errors run on a :class:`~ui.worker.Worker`; selecting another row supersedes the job, and a
+result is shown only if it belongs to the row currently selected.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Callable
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont
-from PySide6.QtWidgets import (QCheckBox, QFrame, QGridLayout, QHBoxLayout, QLabel, QSizePolicy,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFrame, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
+                               QSizePolicy, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from workbench import Model, TensorInfo
+from workbench import Model, Progress, TensorInfo, WorkbenchError
+from workbench.analysis import ErrorStats, combined_error, error_stats, is_float_type
+from workbench.plan import Plan
+from workbench.progress import relay
 from workbench.stats import TensorStats, tensor_stats
 
 from .formatting import count_with_percent, float_text, grouped, human_bytes, shape_text
@@ -40,6 +45,27 @@ def _stats_job(model: Model, name: str):
     return tensor_stats(model.tensor(name), bins=BINS, chunk=STATS_CHUNK)
 
 
+LAYER_COLUMNS = ("Tensor", "Stored", "Planned", "Planned size", "SNR", "Rel. error")
+LAYER_CACHE_SIZE = 32
+
+
+def _layer_error_job(model: Model, pairs: list[tuple[str, str]]):
+    """Runs on the worker thread: each (tensor, planned type) quantized and dequantized, its error measured."""
+    total = sum(model.info(name).n_params for name, _t in pairs) or 1
+    out: list[ErrorStats] = []
+    done = 0
+    for i, (name, qtype) in enumerate(pairs):
+        job = error_stats(model.tensor(name), qtype, keep_sample=False, chunk=STATS_CHUNK)
+        out.append((yield from relay(job, lambda p, base=done, i=i, name=name, qtype=qtype: Progress(
+            base + p.done, total, f"[{i + 1}/{len(pairs)}] {name} → {qtype}"))))
+        done += model.info(name).n_params
+    return out
+
+
+def _snr_text(snr: float) -> str:
+    return "exact" if snr == float("inf") else f"{snr:.1f} dB"
+
+
 def _value_label(parent: QWidget) -> QLabel:
     lab = QLabel(parent)
     lab.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -63,6 +89,16 @@ class TensorDetailWidget(QWidget):
         self._item: TensorInfo | TensorGroup | None = None
         self._cache: OrderedDict[str, TensorStats] = OrderedDict()
         self.stats: TensorStats | None = None
+        self.plan_provider: Callable[[], Plan | None] | None = None  # the window's plan, for a layer's error
+        self.layer_worker = Worker(self, name="layer-error")
+        self.layer_worker.progress.connect(self._on_progress)
+        self.layer_worker.result.connect(self._on_layer_result)
+        self.layer_worker.error.connect(self._on_layer_error)
+        self.layer_worker.cancelled.connect(self._on_cancelled)
+        self._layer_cache: OrderedDict[tuple, list[ErrorStats]] = OrderedDict()
+        self._layer_key: tuple | None = None  # (layer name, (tensor, planned type)...) on screen
+        self.layer_errors: list[ErrorStats] | None = None  # the errors now on screen
+        self._layer_sizes = (0, 0, "")  # (planned bytes, stored bytes, what the plan is) of the layer shown
 
         self.title = QLabel(self)
         self.title.setObjectName("detailTitle")
@@ -108,7 +144,7 @@ class TensorDetailWidget(QWidget):
         grid.setColumnMinimumWidth(2, fm.horizontalAdvance("Histogram of:") + 8)
         grid.setColumnStretch(4, 1)
 
-        self.busy = BusyRow(self, self.worker.cancel, "Stop computing the statistics of this tensor")
+        self.busy = BusyRow(self, self.cancel_jobs, "Stop computing the statistics or the layer's error")
         policy = self.busy.sizePolicy()
         policy.setRetainSizeWhenHidden(True)  # showing it does not move (and so redraw) the histogram
         self.busy.setSizePolicy(policy)
@@ -140,6 +176,24 @@ class TensorDetailWidget(QWidget):
         plot_bar.addWidget(self.plot_title, 1)
         plot_bar.addWidget(self.log_box)
 
+        self.layer_error = QLabel(self)
+        self.layer_error.setWordWrap(True)
+        self.layer_error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.layer_table = QTableWidget(0, len(LAYER_COLUMNS), self)
+        self.layer_table.setHorizontalHeaderLabels(list(LAYER_COLUMNS))
+        self.layer_table.verticalHeader().setVisible(False)
+        self.layer_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.layer_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.layer_table.setAlternatingRowColors(True)
+        self.layer_table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
+        self.layer_table.setToolTip("The layer's tensors: stored type, the type the plan gives each, its size at "
+                                    "that type and its quantization error there (SNR: signal to noise power; "
+                                    "relative error: RMS of the error over RMS of the values)")
+        header = self.layer_table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for c in range(1, len(LAYER_COLUMNS)):
+            header.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
+
         self.hint = QLabel("Select a tensor in the tree to see its details and value histogram.", self)
         self.hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.hint.setWordWrap(True)
@@ -151,6 +205,8 @@ class TensorDetailWidget(QWidget):
         lay.addWidget(self.busy)
         lay.addLayout(plot_bar)
         lay.addWidget(self.plot, 1)
+        lay.addWidget(self.layer_error)
+        lay.addWidget(self.layer_table, 1)
         lay.addWidget(self.hint, 1)
         self.show_item(None)
 
@@ -164,6 +220,7 @@ class TensorDetailWidget(QWidget):
         self._stop_job()
         self._model = model
         self._cache.clear()
+        self._layer_cache.clear()
         self.show_item(None)
 
     def show_item(self, item: TensorInfo | TensorGroup | None) -> None:
@@ -180,10 +237,14 @@ class TensorDetailWidget(QWidget):
         is_tensor = isinstance(item, TensorInfo)
         if not is_tensor:
             self._clear_plot()
+        is_group = isinstance(item, TensorGroup)
         for w in (self.stats_box, self.plot, self.plot_title, self.log_box):
             if w.isHidden() == is_tensor:  # (no relayout when the kind of row stays the same)
                 w.setVisible(is_tensor)
-        self.hint.setVisible(not is_tensor)
+        for w in (self.layer_error, self.layer_table):
+            if w.isHidden() == is_group:
+                w.setVisible(is_group)
+        self.hint.setVisible(not is_tensor and not is_group)
         self.title.setVisible(item is not None)
         for field in INFO_FIELDS:
             self.info_labels[field].setVisible(item is not None)
@@ -200,8 +261,11 @@ class TensorDetailWidget(QWidget):
         self._stats_timer.start()
 
     def _start_stats(self) -> None:
-        """The selection rested: show the cached statistics or compute them."""
+        """The selection rested: show the cached statistics (or layer errors) or compute them."""
         item = self._item
+        if isinstance(item, TensorGroup):
+            self._start_layer_error()
+            return
         if not isinstance(item, TensorInfo):
             return
         cached = self._cache.get(item.name)
@@ -223,6 +287,8 @@ class TensorDetailWidget(QWidget):
         if self.worker.is_busy() and isinstance(self._item, TensorInfo):
             self._clear_plot()
             self._set_busy(True, "Computing statistics…")
+        elif self.layer_worker.is_busy() and isinstance(self._item, TensorGroup):
+            self._set_busy(True, "Measuring the layer's error…")
 
     def _show_info(self, t: TensorInfo) -> None:
         self.title.setText(t.name)
@@ -254,16 +320,111 @@ class TensorDetailWidget(QWidget):
         for field, text in values.items():
             self.info_labels[field].setText(text)
             self.info_labels[field].setToolTip("")
-        self.hint.setText("Select one of this layer's tensors to see its value histogram.")
+        self._show_layer_rows(g)
+
+    # -- a layer ---------------------------------------------------------------------------------------
+    def _plan(self) -> Plan | None:
+        return self.plan_provider() if self.plan_provider is not None else None
+
+    def plan_changed(self) -> None:
+        """The plan changed: a layer on screen shows its new planned types, sizes and error."""
+        if isinstance(self._item, TensorGroup):
+            self._stop_job()
+            self._set_busy(False)
+            self._show_layer_rows(self._item)
+
+    def _show_layer_rows(self, g: TensorGroup) -> None:
+        """The layer's tensors with their stored and planned types and sizes at once; the errors follow (cached,
+        or computed once the selection rested)."""
+        plan = self._plan()
+        entries = {}
+        if plan is not None:
+            for t in g.tensors:
+                try:
+                    entries[t.name] = plan.entry(t.name)
+                except WorkbenchError:
+                    pass  # a tensor the plan does not hold (an adapter's): shown without a planned type
+        pairs = tuple((t.name, entries[t.name].type) for t in g.tensors
+                      if t.name in entries and is_float_type(t.dtype))
+        self._layer_key = (g.name, pairs) if pairs else None
+        self.layer_errors = None
+        prefix = g.name + "."
+        table = self.layer_table
+        table.setRowCount(len(g.tensors))
+        for r, t in enumerate(g.tensors):
+            e = entries.get(t.name)
+            short = t.name[len(prefix):] if t.name.startswith(prefix) else t.name
+            cells = (short, t.dtype, e.type if e else "–", human_bytes(e.nbytes) if e else "–", "", "")
+            for c, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if c == 0:
+                    item.setToolTip(t.name)
+                if c >= 3:
+                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                table.setItem(r, c, item)
+        if plan is None or not entries:
+            self.layer_error.setText("No quantization plan for this model: nothing to measure.")
+            return
+        planned = sum(e.nbytes for e in entries.values())
+        self._layer_sizes = (planned, g.nbytes, plan.preset + (" with edits" if plan.rules or plan.overrides else ""))
+        self.layer_error.setText(f"Under the plan ({self._layer_sizes[2]}): {human_bytes(planned)} (stored: "
+                                 f"{human_bytes(g.nbytes)}). The layer's error follows…")
+        cached = self._layer_cache.get(self._layer_key) if self._layer_key else None
+        if cached is not None:
+            self._show_layer_errors(cached)
+        else:
+            self._stats_timer.start()
+
+    def _start_layer_error(self) -> None:
+        key = self._layer_key
+        if key is None or self._model is None:
+            return
+        cached = self._layer_cache.get(key)
+        if cached is not None:
+            self._show_layer_errors(cached)
+            return
+        self.layer_worker.start(_layer_error_job, self._model, list(key[1]))
+        self._pending.start()
+
+    def _on_layer_result(self, stats: list[ErrorStats]) -> None:
+        key = self._layer_key
+        if key is None or [(s.name, s.qtype) for s in stats] != list(key[1]):
+            return  # belongs to a layer (or a plan) no longer shown
+        self._layer_cache[key] = stats
+        while len(self._layer_cache) > LAYER_CACHE_SIZE:
+            self._layer_cache.popitem(last=False)
+        self._set_busy(False)
+        self._show_layer_errors(stats)
+
+    def _on_layer_error(self, message: str) -> None:
+        self._set_busy(False)
+        self.layer_error.setText(f"Could not measure the layer's error: {message}")
+
+    def _show_layer_errors(self, stats: list[ErrorStats]) -> None:
+        self.layer_errors = stats
+        by_name = {s.name: s for s in stats}
+        for r in range(self.layer_table.rowCount()):
+            s = by_name.get(self.layer_table.item(r, 0).toolTip())  # the row's full tensor name
+            self.layer_table.item(r, 4).setText(_snr_text(s.snr_db) if s else "–")
+            self.layer_table.item(r, 5).setText(f"{100 * s.rel_rmse:.2f} %" if s else "–")
+        snr, rel = combined_error(stats)
+        planned, stored, preset = self._layer_sizes
+        self.layer_error.setText(f"Under the plan ({preset}): {human_bytes(planned)} (stored: {human_bytes(stored)}). "
+                                 f"The layer's error against the stored weights: SNR {_snr_text(snr)}, relative "
+                                 f"error {100 * rel:.2f} % (its {len(stats)} tensors' values taken together).")
 
     # -- worker --------------------------------------------------------------------------------------
     def _stop_job(self) -> None:
         """Cancel the running job because the selection moved on (not a user cancel: no message)."""
         self._quiet = True
         try:
-            self.worker.cancel()
+            self.cancel_jobs()
         finally:
             self._quiet = False
+
+    def cancel_jobs(self) -> None:
+        self.worker.cancel()
+        self.layer_worker.cancel()
 
     def _on_cancelled(self) -> None:
         if not self._quiet:

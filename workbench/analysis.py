@@ -29,6 +29,7 @@ class ErrorStats:
     snr_db: float  # 10 log10(signal power / noise power); inf for an exact type
     cosine: float
     sample: np.ndarray | None = None  # deterministic subsample of (dequantized - original), float32
+    rms: float = 0.0  # rms(original): with ``rmse`` and ``n``, what errors of several tensors add up to
 
     def histogram(self, bins: int = 101, value_range: tuple[float, float] | None = None):
         return error_histogram(self.sample, bins, value_range)
@@ -114,7 +115,21 @@ def error_stats(tensor: Tensor, qtype: str, imatrix: np.ndarray | None = None, *
     nbytes = tensor_nbytes(qtype, shape)
     sample = np.concatenate(samples) if keep_sample and samples else (np.zeros(0, np.float32) if keep_sample else None)
     return ErrorStats(info.name, qtype, n, nbytes, 8.0 * nbytes / n if n else 0.0, rmse, max_abs,
-                      rmse / rms_x if rms_x else 0.0, float(snr), float(cos), sample)
+                      rmse / rms_x if rms_x else 0.0, float(snr), float(cos), sample, rms_x)
+
+
+def combined_error(stats: Iterable[ErrorStats]) -> tuple[float, float]:
+    """``(SNR in dB, relative RMSE)`` of several tensors taken as one: noise and signal power summed over all
+    their values (a large tensor weighs more than a small one)."""
+    noise = signal = 0.0
+    for s in stats:
+        noise += s.rmse * s.rmse * s.n
+        signal += s.rms * s.rms * s.n
+    if noise == 0:
+        return float("inf"), 0.0
+    if signal == 0:
+        return float("-inf"), float("inf")
+    return float(10 * np.log10(signal / noise)), float(np.sqrt(noise / signal))
 
 
 def is_float_type(dtype: str) -> bool:

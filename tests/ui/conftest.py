@@ -33,6 +33,14 @@ def _isolated_environment(tmp_path_factory):
         os.environ["WORKBENCH_CACHE_DIR"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _collect_on_gui_thread(qapp):
+    """As in the app: cyclic garbage is collected on the GUI thread only (ui/gc_guard.py)."""
+    from ui.gc_guard import install
+
+    return install(qapp)
+
+
 @pytest.fixture(scope="session")
 def demo_path(_isolated_environment) -> Path:
     from workbench.demo import demo_model_path

@@ -287,3 +287,104 @@ def test_hover_names_the_point_and_tables_round_trip(opt, qtbot, tmp_path):
         view.load(bad)
     view.add_streamed(other)  # a late item of a job started on another model: ignored
     assert view.table is loaded
+
+
+@pytest.fixture(scope="module")
+def demo_ggufs(tmp_path_factory, demo_path):
+    """The demo model requantized by the CLI to Q4_0 and Q5_0, and a GGUF of another model (one tensor fewer)."""
+    from workbench.cli import main
+
+    out = tmp_path_factory.mktemp("files")
+    paths = {}
+    for preset in ("Q4_0", "Q5_0"):
+        paths[preset] = out / f"demo-{preset}.gguf"
+        assert main(["convert", str(demo_path), "--type", preset, "-o", str(paths[preset]), "-q"]) == 0
+    return paths
+
+
+def test_gguf_files_of_the_model_are_points_and_clicking_plans_their_types(opt, qtbot, demo_ggufs, tmp_path):
+    from workbench.formats import open_model
+
+    view, ctl = opt.optimize_view, opt.plan
+    with qtbot.waitSignal(view.files_worker.result, timeout=10_000):
+        view.add_files([demo_ggufs["Q4_0"], demo_ggufs["Q5_0"]])
+    pts = {p.label: p for p in view.chart.points if p.kind == "file"}
+    assert set(pts) == {"demo-Q4_0", "demo-Q5_0"}
+    for preset, path in demo_ggufs.items():
+        m = open_model(path)
+        try:
+            truth = {t.name: t.dtype for t in m.tensors}
+            nbytes = sum(t.nbytes for t in m.tensors)
+        finally:
+            m.close()
+        p = pts[f"demo-{preset}"]
+        assert p.nbytes == nbytes and p.bpw == pytest.approx(8 * nbytes / ctl.plan.n_params)
+        # the KLD the table predicts for the file's own tensor types, summed by hand
+        expect = sum(view.table.measured[(gkey(n), t)] for n, t in truth.items()
+                     if n.endswith(".weight") and (gkey(n), t) in view.table.measured)
+        assert p.kld == pytest.approx(expect)
+        assert "demo-" + preset in [lb.toPlainText() for lb in view.chart.labels]
+    # clicking a file's point plans exactly the file's types, one undoable step
+    before = ctl.plan.types()
+    view.apply_point(pts["demo-Q4_0"])
+    m = open_model(demo_ggufs["Q4_0"])
+    try:
+        assert {e.gguf_name: e.type for e in ctl.plan.entries} == {e.gguf_name: m.info(e.gguf_name).dtype
+                                                                    for e in ctl.plan.entries}
+    finally:
+        m.close()
+    qtbot.keyClick(opt, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert ctl.plan.types() == before
+    # a file of another model is read but not drawn, and the tab says why
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"not a gguf at all")
+    with qtbot.waitSignal(view.files_worker.result, timeout=10_000):
+        view.add_files([other])
+    assert "other.gguf" in view.summary.text()
+    from builders import write_gguf_model
+
+    another = tmp_path / "another-model.gguf"
+    write_gguf_model(another)
+    with qtbot.waitSignal(view.files_worker.result, timeout=10_000):
+        view.add_files([another])
+    assert "another-model.gguf is not a GGUF of the opened model: it has no tensor" in view.summary.text()
+    assert {p.label for p in view.chart.points if p.kind == "file"} == {"demo-Q4_0", "demo-Q5_0"}
+
+
+def test_a_gguf_opened_before_is_a_point_of_the_next_models_chart(opt, qtbot, load, demo_ggufs, demo_path):
+    """Open the Q5_0 file, then the demo model again: the Q5_0 file is drawn on the demo model's chart."""
+    view = opt.optimize_view
+    load(opt, demo_ggufs["Q5_0"])
+    qtbot.waitUntil(lambda: str(demo_ggufs["Q5_0"]) in view.files, timeout=10_000)
+    model = load(opt, demo_path)
+    qtbot.waitUntil(lambda: bool(view.presets), timeout=10_000)
+    view.set_table(make_table(model))
+    assert [p.label for p in view.chart.points if p.kind == "file"] == ["demo-Q5_0"]
+    assert view.files[str(demo_ggufs["Q5_0"])].mismatch(opt.plan.plan) is None
+
+
+def test_the_status_bars_cancel_stops_the_jobs_measuring_loop(opt, qtbot):
+    """Cancel from the status bar (not the dialog's button) reaches the event the job's inner loops watch."""
+    import threading
+
+    from workbench import Progress
+
+    dialog = opt.show_optimize()
+    seen: dict = {}
+    running = threading.Event()
+
+    def fake_job(model, options, sink, cancel):
+        yield Progress(0, 1, "measuring")
+        running.set()
+        seen["stopped"] = cancel.wait(5)  # a measuring loop between progress steps
+        return None
+
+    dialog.job = fake_job
+    for t, box in dialog.type_checks.items():
+        box.setChecked(t in ("Q8_0", "Q4_0"))
+    dialog.run()
+    qtbot.waitUntil(running.is_set, timeout=5000)
+    qtbot.waitUntil(lambda: opt.status.active_worker() is dialog.worker, timeout=5000)
+    opt.status.cancel_active()
+    qtbot.waitUntil(lambda: "stopped" in seen, timeout=6000)
+    assert seen["stopped"] is True

@@ -18,7 +18,6 @@ evaluated exactly.
 from __future__ import annotations
 
 import csv
-import gc
 import io
 import json
 import math
@@ -31,6 +30,7 @@ from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
+from .. import gcpolicy
 from ..errors import Cancelled, WorkbenchError
 from ..model import Model
 from ..plan import PRESETS, Plan
@@ -333,7 +333,7 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
         yield sub(0, 2 * len(windows) + 1, 2 * len(windows) + 1, "Generating with the base")
         _generate(engine, tok, prompt, max_tokens, chat, base_res, cancel)
     del engine
-    gc.collect()
+    gcpolicy.collect()
 
     # the levels -------------------------------------------------------------------------------------------
     results = []
@@ -380,7 +380,7 @@ def compare(model: Model | str | Path, levels: Sequence[str | Plan], *, base: st
                 res.divergence_char = _char_offset(tok, res.generated_ids, res.divergence)
         results.append(res)
         del engine
-        gc.collect()
+        gcpolicy.collect()
         yield sub(li, 1, 1, f"{label} done")
     return CompareResult(model=str(model.path), architecture=str(arch), kind=kind, n_ctx=n_ctx if windows else 0,
                          n_windows=len(windows), n_tokens_scored=scored, prompt=prompt if kind != "embedding" else None,
