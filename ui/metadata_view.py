@@ -394,7 +394,10 @@ class MetadataWidget(QWidget):
 
     def _fetch_visible(self) -> None:
         """Fetch the next page of an array whose last loaded item is scrolled into view (Qt itself
-        only does this when the view is scrolled to its very bottom)."""
+        only does this when the view is scrolled to its very bottom).  Not while the tab is hidden: finding
+        the rows in view lays out the whole tree (~50 ms for a tokenizer's metadata, at each model opened)."""
+        if not self.view.isVisible():
+            return
         height = self.view.viewport().height()
         idx = self.view.indexAt(QPoint(4, 2))
         while idx.isValid() and self.view.visualRect(idx).top() < height:

@@ -89,9 +89,8 @@ class FileInfo:
         return ChartPoint(self.name, "file", self.nbytes, bpw, kld, state, missing)
 
 
-def presets_job(model) -> tuple[dict[str, PresetInfo], FileInfo | None]:
-    """Worker job: every preset's size and group types for ``model`` (presets that cannot plan it are left out),
-    and the model's :class:`FileInfo` when it is a GGUF file."""
+def presets_job(model) -> dict[str, PresetInfo]:
+    """Worker job: every preset's size and group types for ``model`` (presets that cannot plan it are left out)."""
     out = {}
     for preset in PRESETS:
         try:
@@ -99,7 +98,7 @@ def presets_job(model) -> tuple[dict[str, PresetInfo], FileInfo | None]:
             out[preset] = PresetInfo(plan.nbytes, plan.bits_per_weight, group_types(plan))
         except WorkbenchError:
             continue
-    return out, FileInfo.of(model)
+    return out
 
 
 def read_files_job(paths: list[str]):
@@ -146,6 +145,8 @@ class OptimizeView(QWidget):
         self.files_worker = Worker(self, name="optimize-files")
         self.files_worker.result.connect(self._on_files)
         self.files_worker.error.connect(lambda message: self._set_files_note(f"Could not read the files: {message}"))
+        self._presets_for = None  # the model whose preset sizes are still to be computed (when the tab shows)
+        self._stale = False  # something changed while the tab was hidden: shown when it is
 
         self.summary = QLabel(self)
         self.summary.setWordWrap(True)
@@ -187,19 +188,34 @@ class OptimizeView(QWidget):
 
     # -- inputs ------------------------------------------------------------------------------------------
     def set_model(self, model) -> int | None:
-        """A newly opened model: drop the table and the points; the presets' sizes are computed on a worker."""
+        """A newly opened model: drop the table and the points, remember it when it is a GGUF file; the presets'
+        sizes are computed on a worker once the tab is shown or a table is set (not while the model opens: the
+        job is pure Python and would compete with the window for the interpreter lock)."""
         self.table, self.presets, self.optimized, self.compared, self.frontier = None, {}, [], [], []
         self.files_note = ""
+        self.preset_worker.cancel()
+        self._presets_for = None
+        if model is not None:
+            info = FileInfo.of(model)
+            if info is not None:
+                self.files[info.path] = info
+            if self.controller.plan is not None:
+                self._presets_for = model
         self.refresh()
-        if model is None or self.controller.plan is None:
-            self.preset_worker.cancel()
-            return None
-        return self.preset_worker.start(presets_job, model)
+        return self._start_presets() if self.isVisible() else None
 
-    def _on_presets(self, result: tuple[dict[str, PresetInfo], FileInfo | None]) -> None:
-        self.presets, info = result
-        if info is not None:
-            self.files[info.path] = info
+    def _start_presets(self) -> int | None:
+        model, self._presets_for = self._presets_for, None
+        return self.preset_worker.start(presets_job, model) if model is not None else None
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        self._start_presets()
+        if self._stale:
+            self.refresh()
+
+    def _on_presets(self, presets: dict[str, PresetInfo]) -> None:
+        self.presets = presets
         self.refresh()
 
     def add_files(self, paths) -> int | None:
@@ -228,6 +244,8 @@ class OptimizeView(QWidget):
 
     def set_table(self, table: SensitivityTable | None) -> None:
         self.table = table
+        if table is not None:
+            self._start_presets()
         self.refresh()
 
     def _is_ours(self, table) -> bool:
@@ -240,6 +258,7 @@ class OptimizeView(QWidget):
             if not self._is_ours(item):
                 return  # a job started on the model opened before
             self.table = item
+            self._start_presets()
         elif isinstance(item, tuple) and len(item) == 3 and self.table is not None:
             key, qtype, value = item
             self.table.measured[(str(key), str(qtype))] = float(value)
@@ -250,6 +269,7 @@ class OptimizeView(QWidget):
         if not self._is_ours(run.table):
             return
         self.table = run.table
+        self._start_presets()
         res = run.result
         if res is not None and getattr(res, "plan", None) is not None:
             plan = res.plan
@@ -297,6 +317,10 @@ class OptimizeView(QWidget):
         return out + self.optimized + self.compared
 
     def refresh(self) -> None:
+        if not self.isVisible():  # a plan edited or a model opened elsewhere: drawn when the tab shows
+            self._stale = True
+            return
+        self._stale = False
         plan = self.controller.plan
         self.chart.set_points(self.points(), self.frontier, plan.n_params if plan is not None else 0)
         self.heatmap.set_data(self.table, plan)

@@ -66,6 +66,7 @@ def histogram_plot(parent: QWidget, x_label: str, tooltip: str, min_height: int 
         ax = pi.getAxis(name)
         ax.enableAutoSIPrefix(False)  # "-0.2", not "-200 (x0.001)"
         ax.setLabel(text)
+        ax.setCacheMode(ax.CacheMode.DeviceCoordinateCache)
     style_plot(plot, parent.palette())
     plot.installEventFilter(_PaletteFollower(plot))
     plot.setToolTip(tooltip)

@@ -160,6 +160,7 @@ class SizeKldChart(QWidget):
         lay.addWidget(self.plot, 1)
         self.scatters: dict[str, pg.ScatterPlotItem] = {}
         self.labels: list[pg.TextItem] = []
+        self._stale = False  # points changed while the chart was hidden: drawn when it is shown
         self._relabel = QTimer(self)  # labels are placed again after zooming or resizing (coalesced)
         self._relabel.setSingleShot(True)
         self._relabel.setInterval(30)
@@ -225,7 +226,18 @@ class SizeKldChart(QWidget):
                          else "Click to apply this plan")
         return "\n".join(lines)
 
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if self._stale:
+            self.redraw()
+
     def redraw(self) -> None:
+        """Draw the points (later, when shown, while the tab is hidden: a model opened or a plan edited
+        elsewhere costs no drawing)."""
+        if not self.isVisible():
+            self._stale = True
+            return
+        self._stale = False
         pi = self.plot.getPlotItem()
         pi.clear()
         self.scatters = {}

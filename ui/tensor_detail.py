@@ -460,7 +460,21 @@ class TensorDetailWidget(QWidget):
         self.plot.setLogMode(y=on)
         # the fill is drawn down to a display-space level: 0 counts linear, 0.5 counts in log10
         self.hist_item.setFillLevel(-0.3 if on else 0)
-        self.plot.getPlotItem().enableAutoRange()
+        if self.stats is not None and len(self.stats.hist_counts):
+            self._fit_range(self.stats)
+        else:
+            self.plot.getPlotItem().enableAutoRange()
+
+    def _fit_range(self, s: TensorStats) -> None:
+        """Show the whole histogram: the range is set once, from the data, instead of the view box working it out
+        again on each paint (auto-range costs a second and third repaint per tensor)."""
+        edges = np.asarray(s.hist_edges, dtype=np.float64)
+        top = float(np.max(s.hist_counts)) if len(s.hist_counts) else 1.0
+        log = self.log_box.isChecked()
+        y = (-0.3, np.log10(max(top, 1.0)) + 0.1) if log else (0.0, max(top, 1.0) * 1.05)
+        x0, x1 = float(edges[0]), float(edges[-1])
+        pad = (x1 - x0) * 0.02 or 0.5
+        self.plot.getPlotItem().getViewBox().setRange(xRange=(x0 - pad, x1 + pad), yRange=y, padding=0)
 
     def _on_error(self, message: str) -> None:
         self._clear_plot()
@@ -488,7 +502,7 @@ class TensorDetailWidget(QWidget):
         if len(s.hist_counts):
             self.hist_item.setData(np.asarray(s.hist_edges, dtype=np.float64),
                                    np.asarray(s.hist_counts, dtype=np.float64))
-            self.plot.getPlotItem().enableAutoRange()
+            self._fit_range(s)
         else:
             self.hist_item.clear()
         if np.isfinite(s.mean):

@@ -1,6 +1,7 @@
 """The opened model: lazy tensors, grouped metadata, totals and layer grouping."""
 from __future__ import annotations
 
+import math
 import mmap
 import re
 from collections import OrderedDict
@@ -28,7 +29,7 @@ class TensorInfo:
 
     @property
     def n_params(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)  # (1 for a scalar; Python ints: exact, and ~50x faster than np.prod)
 
     @property
     def layer(self) -> str | None:

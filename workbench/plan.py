@@ -12,6 +12,7 @@ the preset.  Rules and overrides still pass through the block-size fallback.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,7 @@ def row_fits(qtype: str, shape: tuple[int, ...]) -> bool:
 
 def tensor_nbytes(qtype: str, shape: tuple[int, ...]) -> int:
     block, size = block_info(qtype)
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    n = math.prod(shape)
     return n // block * size
 
 
@@ -198,7 +199,7 @@ class PlanEntry:
 
     @property
     def n_params(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)
 
 
 class _Counters:

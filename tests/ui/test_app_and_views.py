@@ -263,3 +263,21 @@ def test_a_lora_adapter_gets_no_plan_and_the_plan_bar_says_why(qtbot, window, lo
     assert "LoRA adapter has no quantization plan" in bar.detail.text() and "Merge LoRA" in bar.detail.text()
     load(window, st_folder)  # positive control: a model gets its plan and the note goes away
     assert window.plan.plan is not None and bar.preset.isEnabled() and "LoRA" not in bar.detail.text()
+
+
+def test_scrolling_to_an_arrays_last_loaded_item_fetches_the_next_page_and_not_while_hidden(qtbot, tmp_path):
+    from ui.metadata_view import MetadataWidget
+
+    n = 2 * PAGE + 7
+    model = _meta_model(tmp_path, [MetaEntry("tokenizer.ggml.tokens", "array[string]", [f"t{i}" for i in range(n)])])
+    w = MetadataWidget()
+    qtbot.addWidget(w)
+    w.resize(600, 400)
+    w.set_model(model)
+    toks = w.find("tokenizer.ggml.tokens", "GGUF")
+    w.view.expand(toks)
+    assert w.proxy.rowCount(toks) == 0  # hidden: the tree is not laid out to find what is in view
+    w.show()
+    qtbot.waitUntil(lambda: w.proxy.rowCount(toks) == PAGE, timeout=3000)  # shown: the first page is in view
+    w.view.scrollTo(w.proxy.index(PAGE - 1, 0, toks))  # the last loaded item in view: the next page
+    qtbot.waitUntil(lambda: w.proxy.rowCount(toks) > PAGE, timeout=3000)

@@ -24,6 +24,13 @@ def test_selecting_a_tensor_shows_its_histogram_and_stats(qtbot, window, load, d
     assert window.detail.log_box.isChecked()  # value histograms default to a log count axis
     np.testing.assert_array_equal(np.asarray(y), expected.hist_counts)
     np.testing.assert_allclose(np.asarray(x), expected.hist_edges)
+    # the view shows the whole histogram: every bin, and the tallest bar (log10 of counts) below the top
+    (x0, x1), (y0, y1) = window.detail.plot.getPlotItem().getViewBox().viewRange()
+    assert x0 <= expected.hist_edges[0] and x1 >= expected.hist_edges[-1]
+    assert y0 <= 0 and np.log10(max(expected.hist_counts)) < y1 < np.log10(max(expected.hist_counts)) + 0.5
+    window.detail.log_box.setChecked(False)  # linear counts: the range follows
+    (_x0, _x1), (y0, y1) = window.detail.plot.getPlotItem().getViewBox().viewRange()
+    assert y0 <= 0 and max(expected.hist_counts) < y1 < 1.2 * max(expected.hist_counts)
     labels = window.detail.stat_labels
     assert float(labels["min"].text()) == pytest.approx(expected.min, rel=1e-5)  # shown to 6 digits
     assert float(labels["max"].text()) == pytest.approx(expected.max, rel=1e-5)

@@ -48,10 +48,10 @@ def opt(window, load, demo_path, qtbot):
     """The window with the demo model, its presets' sizes computed, a hand-made table, the Optimize tab shown."""
     model = load(window, demo_path)
     view = window.optimize_view
-    if not view.presets:
-        qtbot.waitUntil(lambda: bool(view.presets), timeout=10_000)
+    assert not view.presets and not view.preset_worker.is_busy()  # not computed while the tab is hidden
+    window.tabs.setCurrentWidget(window.optimize_page)  # shown: the presets' sizes are computed
+    qtbot.waitUntil(lambda: bool(view.presets), timeout=10_000)
     view.set_table(make_table(model))
-    window.tabs.setCurrentWidget(window.optimize_page)
     return window
 
 
@@ -355,7 +355,7 @@ def test_a_gguf_opened_before_is_a_point_of_the_next_models_chart(opt, qtbot, lo
     """Open the Q5_0 file, then the demo model again: the Q5_0 file is drawn on the demo model's chart."""
     view = opt.optimize_view
     load(opt, demo_ggufs["Q5_0"])
-    qtbot.waitUntil(lambda: str(demo_ggufs["Q5_0"]) in view.files, timeout=10_000)
+    assert str(demo_ggufs["Q5_0"]) in view.files
     model = load(opt, demo_path)
     qtbot.waitUntil(lambda: bool(view.presets), timeout=10_000)
     view.set_table(make_table(model))
@@ -388,3 +388,16 @@ def test_the_status_bars_cancel_stops_the_jobs_measuring_loop(opt, qtbot):
     opt.status.cancel_active()
     qtbot.waitUntil(lambda: "stopped" in seen, timeout=6000)
     assert seen["stopped"] is True
+
+
+def test_a_hidden_chart_draws_when_shown(opt, qtbot):
+    """Points set while another tab shows are drawn when the Optimize tab comes back, and not before."""
+    view = opt.optimize_view
+    opt.tabs.setCurrentIndex(0)
+    assert not view.chart.isVisible()
+    view.set_table(None)  # no table: no predicted points
+    assert "preset" in view.chart.scatters  # not drawn yet: the old drawing stays until the tab shows
+    opt.tabs.setCurrentWidget(opt.optimize_page)
+    assert "preset" not in view.chart.scatters
+    view.set_table(make_table(opt.model))
+    assert "preset" in view.chart.scatters
