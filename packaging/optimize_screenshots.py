@@ -1,10 +1,12 @@
 """Dev script: screenshots of the Optimize tab (size-versus-KLD chart and sensitivity heatmap) at 1280x800.
 
     QT_QPA_PLATFORM=offscreen python packaging/optimize_screenshots.py [MODEL] [--out /tmp/shots] [--measure]
+        [--add GGUF ...]
 
 MODEL defaults to the cached SmolLM2-135M GGUF.  Runs the Optimize dialog's own job (the estimate, or with
 ``--measure`` the measurement too) at Q4_K_M's size, so the chart shows the presets, the current plan, the
-optimized plan and the frontier; writes opt_dialog.png, opt_chart.png and opt_heatmap.png.  Not run by the tests.
+optimized plan and the frontier (and ``--add``: GGUF files of the same model, drawn at their sizes); writes
+opt_dialog.png, opt_chart.png and opt_heatmap.png.  Not run by the tests.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ def main() -> None:
     ap.add_argument("model", nargs="?")
     ap.add_argument("--out", default="/tmp/shots")
     ap.add_argument("--measure", action="store_true")
+    ap.add_argument("--add", nargs="*", default=[], help="GGUF files of the same model to draw as points")
     args = ap.parse_args()
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
@@ -55,6 +58,7 @@ def main() -> None:
     win.model_loaded.connect(loaded.append)
     win.open_path(args.model or _default_model())
     wait(lambda: loaded)
+    win.tabs.setCurrentWidget(win.optimize_page)  # the presets' sizes are computed once the tab shows
     wait(lambda: bool(win.optimize_view.presets))
     dialog = win.show_optimize()
     dialog.budget_combo.setCurrentIndex(dialog.budget_combo.findData("size"))
@@ -79,6 +83,12 @@ def main() -> None:
     print(f"job: {time.monotonic() - t0:.1f} s; {dialog.status.text()}")
     dialog.hide()
     view = win.optimize_view
+    if args.add:
+        got = []
+        view.files_worker.result.connect(got.append)
+        view.add_files(args.add)
+        wait(lambda: got)
+        print(view.files_note)
     os.makedirs(args.out, exist_ok=True)
     def settle(seconds=0.3):  # layout, autorange and the label placement (a coalescing timer)
         end = time.monotonic() + seconds
