@@ -213,6 +213,8 @@ class TensorDetailWidget(QWidget):
     def _make_plot(self) -> pg.PlotWidget:
         plot = histogram_plot(self, "value", "Distribution of the tensor's values (dequantized). Drag to pan, "
                               "wheel to zoom, right-drag to stretch; the dashed line is the mean.", 180)
+        # no grid: this plot is redrawn at every tensor selected, and the grid is half of each redraw's time
+        plot.getPlotItem().showGrid(x=False, y=False)
         return plot
 
     # -- input -------------------------------------------------------------------------------------
