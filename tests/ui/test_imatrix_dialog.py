@@ -21,7 +21,7 @@ LOAD_TIMEOUT = 15_000
 
 @pytest.fixture
 def dialog(qtbot, settings):
-    from ui.imatrix_dialog import ImatrixDialog
+    from ui.dialogs.imatrix_dialog import ImatrixDialog
 
     made = []
 

@@ -18,13 +18,13 @@ from workbench import WorkbenchError
 from workbench.fsutil import atomic_write_path
 from workbench.plan import Plan
 
-from .analyze_dialog import AnalyzeDialog
-from .rules_dialog import RulesDialog
-from .set_type_menu import SetTypeMenu
-from .worker import Worker
+from ..dialogs.analyze_dialog import AnalyzeDialog
+from ..dialogs.rules_dialog import RulesDialog
+from ..widgets.set_type_menu import SetTypeMenu
+from ..worker import Worker
 
 if TYPE_CHECKING:
-    from .main_window import MainWindow
+    from ..main_window import MainWindow
 
 PLAN_FILTER = "Model Workbench plan (*.json);;All files (*)"
 TYPES_FILTER = "llama-quantize tensor types (*.txt);;All files (*)"

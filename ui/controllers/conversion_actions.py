@@ -1,7 +1,7 @@
 """The window's conversion actions: File ▸ Convert… / Export…, Tools ▸ Merge LoRA… / LoRA to GGUF….
 
 Each action opens its dialog (window-modal, not blocking); the dialog's request runs in a job window
-(:class:`~ui.job_dialog.JobManager`), and *Open in Workbench* there opens the result in the window.
+(:class:`~ui.dialogs.job_dialog.JobManager`), and *Open in Workbench* there opens the result in the window.
 """
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import QObject
 from PySide6.QtWidgets import QDialog
 
-from .convert_dialog import GGUF, SAFETENSORS, ConvertDialog, requantize_available
-from .job_dialog import JobDialog, JobManager, JobRequest
-from .lora_dialog import MERGE, TO_GGUF, LoraDialog
+from ..dialogs.convert_dialog import GGUF, SAFETENSORS, ConvertDialog, requantize_available
+from ..dialogs.job_dialog import JobDialog, JobManager, JobRequest
+from ..dialogs.lora_dialog import MERGE, TO_GGUF, LoraDialog
 
 if TYPE_CHECKING:
-    from .main_window import MainWindow
+    from ..main_window import MainWindow
 
 
 class ConversionActions(QObject):

@@ -26,11 +26,11 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog
 from workbench import MetaEntry, Model, WorkbenchError
 from workbench.convert.metadata_edit import TypedValue, parse_assignment
 
-from .job_dialog import JobRequest, Segment
-from .metadata_view import ADDED, EDITED, KEY_ROLE, REMOVED, value_text
+from ..dialogs.job_dialog import JobRequest, Segment
+from ..pages.metadata_view import ADDED, EDITED, KEY_ROLE, REMOVED, value_text
 
 if TYPE_CHECKING:
-    from .main_window import MainWindow
+    from ..main_window import MainWindow
 
 GROUP = "GGUF"
 PROTECTED = ("general.architecture",)  # GGUF readers need it
