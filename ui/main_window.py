@@ -376,7 +376,7 @@ class MainWindow(QMainWindow):
         return self._menus[title]
 
     # -- construction ------------------------------------------------------------------------------
-    def _action(self, text: str, tip: str, slot, shortcut=None) -> QAction:
+    def make_action(self, text: str, tip: str, slot, shortcut=None) -> QAction:
         act = QAction(text, self)
         act.setToolTip(tip)
         if shortcut is not None:
@@ -387,45 +387,48 @@ class MainWindow(QMainWindow):
 
     def _build_actions(self) -> None:
         K = QKeySequence.StandardKey
-        self.act_open_file = self._action("&Open File…", "Open a .gguf, .safetensors or PyTorch .bin file",
-                                          self.open_file_dialog, K.Open)
-        self.act_open_folder = self._action("Open &Folder…", "Open a Hugging Face model or PEFT adapter folder",
-                                            self.open_folder_dialog, "Ctrl+Shift+O")
-        self.act_open_demo = self._action("Open &Demo Model", "Open a tiny built-in llama-style GGUF",
-                                          self.open_demo)
-        self.act_quit = self._action("&Quit", "Quit Model Workbench", self.close, K.Quit)
+        self.act_open_file = self.make_action("&Open File…", "Open a .gguf, .safetensors or PyTorch .bin file",
+                                              self.open_file_dialog, K.Open)
+        self.act_open_folder = self.make_action("Open &Folder…", "Open a Hugging Face model or PEFT adapter folder",
+                                                self.open_folder_dialog, "Ctrl+Shift+O")
+        self.act_open_demo = self.make_action("Open &Demo Model", "Open a tiny built-in llama-style GGUF",
+                                              self.open_demo)
+        self.act_quit = self.make_action("&Quit", "Quit Model Workbench", self.close, K.Quit)
         self.act_quit.setShortcut(QKeySequence("Ctrl+Q"))
         self.act_quit.setMenuRole(QAction.MenuRole.QuitRole)
-        self.act_focus_filter = self._action("&Filter…", "Jump to the filter box (tensors, or metadata when "
-                                             "that tab is shown)", self.focus_filter, K.Find)
-        self.act_expand = self._action("&Expand All", "Expand every layer of the tensor tree",
-                                       self.expand_all, "Ctrl+E")
-        self.act_collapse = self._action("&Collapse All", "Collapse the tensor tree to its layers",
-                                         self.collapse_all, "Ctrl+Shift+C")
-        self.act_tab_tensor = self._action("&Tensor Tab", "Show the selected tensor's details",
-                                           lambda: self.tabs.setCurrentIndex(0), "Ctrl+1")
-        self.act_tab_meta = self._action("&Metadata Tab", "Show the model's metadata",
-                                         lambda: self.tabs.setCurrentIndex(1), "Ctrl+2")
-        self.act_tab_error = self._action("&Quantization Error Tab", "Compare the error of quantization types on "
-                                          "the selected tensor", lambda: self.tabs.setCurrentIndex(2), "Ctrl+3")
-        self.act_tab_compare = self._action("C&ompare Tab", "Compare quantization levels of the model side by side",
-                                            lambda: self.tabs.setCurrentWidget(self.compare_page), "Ctrl+4")
-        self.act_tab_generate = self._action("&Generate Tab", "Generate text with the model",
-                                             lambda: self.tabs.setCurrentWidget(self.generate_page), "Ctrl+5")
-        self.act_compare_levels = self._action("Compare &Levels…", "Compare quantization levels of the model "
-                                               "(perplexity, KL divergence, speed, generated text)",
-                                               self.show_compare)
-        self.act_imatrix = self._action("Importance &Matrix…", "Load or compute an importance matrix and show its "
-                                        "per-tensor statistics (llama-imatrix --show-statistics)", self.show_imatrix)
+        self.act_focus_filter = self.make_action("&Filter…", "Jump to the filter box (tensors, or metadata when "
+                                                 "that tab is shown)", self.focus_filter, K.Find)
+        self.act_expand = self.make_action("&Expand All", "Expand every layer of the tensor tree",
+                                           self.expand_all, "Ctrl+E")
+        self.act_collapse = self.make_action("&Collapse All", "Collapse the tensor tree to its layers",
+                                             self.collapse_all, "Ctrl+Shift+C")
+        self.act_tab_tensor = self.make_action("&Tensor Tab", "Show the selected tensor's details",
+                                               lambda: self.tabs.setCurrentIndex(0), "Ctrl+1")
+        self.act_tab_meta = self.make_action("&Metadata Tab", "Show the model's metadata",
+                                             lambda: self.tabs.setCurrentIndex(1), "Ctrl+2")
+        self.act_tab_error = self.make_action("&Quantization Error Tab", "Compare the error of quantization types on "
+                                              "the selected tensor", lambda: self.tabs.setCurrentIndex(2), "Ctrl+3")
+        self.act_tab_compare = self.make_action("C&ompare Tab", "Compare quantization levels of the model side by "
+                                                "side", lambda: self.tabs.setCurrentWidget(self.compare_page),
+                                                "Ctrl+4")
+        self.act_tab_generate = self.make_action("&Generate Tab", "Generate text with the model",
+                                                 lambda: self.tabs.setCurrentWidget(self.generate_page), "Ctrl+5")
+        self.act_compare_levels = self.make_action("Compare &Levels…", "Compare quantization levels of the model "
+                                                   "(perplexity, KL divergence, speed, generated text)",
+                                                   self.show_compare)
+        self.act_imatrix = self.make_action("Importance &Matrix…", "Load or compute an importance matrix and show "
+                                            "its per-tensor statistics (llama-imatrix --show-statistics)",
+                                            self.show_imatrix)
         self.imatrix_dialog = None  # created on first use
-        self.act_optimize = self._action("&Optimize…", "Find the plan with the lowest predicted KL divergence for a "
-                                         "size budget (measures each tensor group's sensitivity)", self.show_optimize)
-        self.act_cancel = self._action("Cancel", "Stop the running job (loading, analysis, comparison, generation)",
-                                       self.cancel_running, "Esc")
-        self.act_preferences = self._action("&Preferences…", "Application settings: the memory budget of "
-                                            "Generate and Compare", self.show_preferences)
+        self.act_optimize = self.make_action("&Optimize…", "Find the plan with the lowest predicted KL divergence "
+                                             "for a size budget (measures each tensor group's sensitivity)",
+                                             self.show_optimize)
+        self.act_cancel = self.make_action("Cancel", "Stop the running job (loading, analysis, comparison, "
+                                           "generation)", self.cancel_running, "Esc")
+        self.act_preferences = self.make_action("&Preferences…", "Application settings: the memory budget of "
+                                                "Generate and Compare", self.show_preferences)
         self.act_preferences.setMenuRole(QAction.MenuRole.PreferencesRole)
-        self.act_about = self._action("&About Model Workbench", "Version information", self.show_about)
+        self.act_about = self.make_action("&About Model Workbench", "Version information", self.show_about)
         self.act_about.setMenuRole(QAction.MenuRole.AboutRole)
 
     def _build_menus(self) -> None:
