@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [m for m in MUTANTS if not args.prefixes or any(m.id.startswith(p) for p in args.prefixes)]
     if args.list:
         for m in chosen:
-            print(f"{m.id:40s} {m.path:32s} {' '.join(m.tests)}")
+            print(f"{m.id:40s} {m.path:34s} {' '.join(m.tests)}")
         parts = {m.path.split("/")[1] if m.path.startswith("workbench/") else m.path.split("/")[0] for m in chosen}
         print(f"{len(chosen)} mutants over {len(parts)} modules and packages")
         return 0
