@@ -258,7 +258,7 @@ MUTANTS: list[Mutant] = [
       '        print(f"error: {err}", file=sys.stderr)\n        return 0',
       "tests/core/test_cli.py", "-k", "bad_input"),
     # -- ui -----------------------------------------------------------------------------------------
-    M("ui-natural-sort", "ui/tensor_tree_model.py", "        keys = (natural_key(g.name), (n, ()),",
+    M("ui-natural-sort", "ui/models/tensor_tree_model.py", "        keys = (natural_key(g.name), (n, ()),",
       "        keys = (g.name.lower(), (n, ()),", "tests/ui/test_tensor_tree.py", "-k", "sort_by_name",
       why="issue survivor: blk.9 before blk.10"),
     M("ui-worker-stale-result-guard", "ui/worker.py",
@@ -268,14 +268,14 @@ MUTANTS: list[Mutant] = [
     M("ui-worker-stale-error-guard", "ui/worker.py",
       "    def _on_error(self, job_id: int, message: str) -> None:\n        if job_id == self._current:",
       "    def _on_error(self, job_id: int, message: str) -> None:\n        if True:", "tests/ui/test_worker.py"),
-    M("ui-filter-slash-regex", "ui/filter_edit.py",
+    M("ui-filter-slash-regex", "ui/widgets/filter_edit.py",
       '    if len(text) >= 2 and text.startswith("/") and text.endswith("/"):', "    if False:",
       "tests/ui/test_tensor_tree.py", "-k", "filter_substring"),
-    M("ui-plan-undo", "ui/plan_controller.py",
+    M("ui-plan-undo", "ui/controllers/plan_controller.py",
       "    def undo(self) -> None:\n        self.controller._apply(self.before)",
       "    def undo(self) -> None:\n        self.controller._apply(self.after)",
       "tests/ui/test_plan_editing.py", "-k", "undo"),
-    M("ui-group-size-sum", "ui/tensor_tree_model.py",
+    M("ui-group-size-sum", "ui/models/tensor_tree_model.py",
       "sum(k.obj.nbytes for k in kids)",
       "max(k.obj.nbytes for k in kids)",
       "tests/ui/test_tensor_tree.py", "-k", "drop_folder"),
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [m for m in MUTANTS if not args.prefixes or any(m.id.startswith(p) for p in args.prefixes)]
     if args.list:
         for m in chosen:
-            print(f"{m.id:40s} {m.path:32s} {' '.join(m.tests)}")
+            print(f"{m.id:40s} {m.path:34s} {' '.join(m.tests)}")
         parts = {m.path.split("/")[1] if m.path.startswith("workbench/") else m.path.split("/")[0] for m in chosen}
         print(f"{len(chosen)} mutants over {len(parts)} modules and packages")
         return 0

@@ -20,9 +20,9 @@ from . import APP_NAME, ORG_NAME
 from .deferred import FirstPaint, Preloader
 from .drop import DropForwarder, local_paths, path_to_open
 from .gc_guard import install as collect_on_gui_thread
-from .recent_files import RecentFiles, RecentFilesMenu
-from .status_bar import StatusBar
-from .welcome import WelcomeWidget
+from .controllers.recent_files import RecentFiles, RecentFilesMenu
+from .widgets.status_bar import StatusBar
+from .pages.welcome import WelcomeWidget
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -131,17 +131,19 @@ class MainWindow(QMainWindow):
         # (step, its own modules: imported one per event-loop turn before the step runs; the heavy modules under
         # them, deferred.PRELOAD, are imported first on a background thread)
         self._stages = deque([
-            (self._build_tree, ("ui.plan_controller", "ui.plan_bar", "ui.tensor_tree")),
-            (self._build_detail, ("ui.tensor_detail",)),
-            (self._build_metadata, ("ui.metadata_view",)),
-            (self._build_error_view, ("ui.error_view",)),
-            (self._build_analysis, ("ui.analysis_view",)),
-            (self._build_compare, ("ui.token_view", "ui.compare_view", "ui.memory_budget")),
-            (self._build_generate, ("ui.generate_panel",)),
-            (self._build_optimize, ("ui.optimize_view",)),
-            (self._build_plan_actions, ("ui.analyze_dialog", "ui.rules_dialog", "ui.plan_actions")),
-            (self._build_conversion, ("ui.convert_dialog", "ui.job_dialog", "ui.lora_dialog", "ui.conversion_actions")),
-            (self._build_metadata_edit, ("ui.metadata_editor",)),
+            (self._build_tree, ("ui.controllers.plan_controller", "ui.widgets.plan_bar", "ui.widgets.tensor_tree")),
+            (self._build_detail, ("ui.pages.tensor_detail",)),
+            (self._build_metadata, ("ui.pages.metadata_view",)),
+            (self._build_error_view, ("ui.pages.error_view",)),
+            (self._build_analysis, ("ui.pages.analysis_view",)),
+            (self._build_compare, ("ui.widgets.token_view", "ui.pages.compare_view", "ui.dialogs.memory_budget")),
+            (self._build_generate, ("ui.pages.generate_panel",)),
+            (self._build_optimize, ("ui.pages.optimize_view",)),
+            (self._build_plan_actions, ("ui.dialogs.analyze_dialog", "ui.dialogs.rules_dialog",
+                                        "ui.controllers.plan_actions")),
+            (self._build_conversion, ("ui.dialogs.convert_dialog", "ui.dialogs.job_dialog", "ui.dialogs.lora_dialog",
+                                      "ui.controllers.conversion_actions")),
+            (self._build_metadata_edit, ("ui.controllers.metadata_editor",)),
             (self._build_finish, ()),
         ])
         self._built = False
@@ -238,9 +240,9 @@ class MainWindow(QMainWindow):
             self.built.emit()
 
     def _build_tree(self) -> None:
-        from .plan_bar import PlanBar
-        from .plan_controller import PlanController
-        from .tensor_tree import TensorTreeWidget
+        from .widgets.plan_bar import PlanBar
+        from .controllers.plan_controller import PlanController
+        from .widgets.tensor_tree import TensorTreeWidget
 
         self.plan = PlanController(self)
         self.plan.changed.connect(self._on_plan_changed)
@@ -270,7 +272,7 @@ class MainWindow(QMainWindow):
         self.stack.addWidget(self.splitter)
 
     def _build_detail(self) -> None:
-        from .tensor_detail import TensorDetailWidget
+        from .pages.tensor_detail import TensorDetailWidget
 
         self.detail = TensorDetailWidget(self)
         self.detail.plan_provider = lambda: self.plan.plan  # a layer row shows its planned types and error
@@ -278,14 +280,14 @@ class MainWindow(QMainWindow):
         self.tabs.setTabToolTip(0, "The selected tensor: location, value statistics and histogram; a layer: its tensors, planned types and error")
 
     def _build_metadata(self) -> None:
-        from .metadata_view import MetadataWidget
+        from .pages.metadata_view import MetadataWidget
 
         self.metadata = MetadataWidget(self)
         self.tabs.addTab(self.metadata, "Metadata")
         self.tabs.setTabToolTip(1, "Model metadata: GGUF keys, config.json, tokenizer, adapter settings")
 
     def _build_error_view(self) -> None:
-        from .error_view import ErrorView
+        from .pages.error_view import ErrorView
 
         self.error_view = ErrorView(self)
         self.tabs.addTab(self.error_view, "Quantization error")
@@ -293,7 +295,7 @@ class MainWindow(QMainWindow):
                                    "histograms and statistics")
 
     def _build_analysis(self) -> None:
-        from .analysis_view import AnalysisView
+        from .pages.analysis_view import AnalysisView
 
         self.analysis = AnalysisView(self)
         self.analysis.tensor_activated.connect(self.tree.select)
@@ -305,8 +307,8 @@ class MainWindow(QMainWindow):
         self.status.track(self.analysis.worker, "Stop the analysis (Esc)")
 
     def _build_compare(self) -> None:
-        from .compare_view import CompareView
-        from .memory_budget import memory_budget
+        from .pages.compare_view import CompareView
+        from .dialogs.memory_budget import memory_budget
 
         self.compare_view = CompareView(self)
         self.compare_view.compared.connect(self.compared)
@@ -319,8 +321,8 @@ class MainWindow(QMainWindow):
         self.status.track(self.compare_view.worker, "Stop the comparison (Esc)")
 
     def _build_generate(self) -> None:
-        from .generate_panel import GeneratePanel
-        from .memory_budget import memory_budget
+        from .pages.generate_panel import GeneratePanel
+        from .dialogs.memory_budget import memory_budget
 
         self.generate_panel = GeneratePanel(self)
         self.generate_panel.memory_budget = lambda: memory_budget(self.settings)
@@ -330,7 +332,7 @@ class MainWindow(QMainWindow):
                                 "quantization level, streamed as it is written")
 
     def _build_optimize(self) -> None:
-        from .optimize_view import OptimizeView
+        from .pages.optimize_view import OptimizeView
 
         self.optimize_view = OptimizeView(self.plan, self)
         self.optimize_view.optimize_requested.connect(self.show_optimize)
@@ -342,7 +344,7 @@ class MainWindow(QMainWindow):
         self.optimize_dialog = None  # created on first use
 
     def _build_plan_actions(self) -> None:
-        from .plan_actions import PlanActions
+        from .controllers.plan_actions import PlanActions
 
         self.plan_actions = PlanActions(self)
         self.plan_bar.preset_chosen.connect(self.plan.set_preset)
@@ -351,12 +353,12 @@ class MainWindow(QMainWindow):
         self.plan_bar.analyze_requested.connect(self.plan_actions.analyze_dialog)
 
     def _build_conversion(self) -> None:
-        from .conversion_actions import ConversionActions
+        from .controllers.conversion_actions import ConversionActions
 
         self.conversion = ConversionActions(self)
 
     def _build_metadata_edit(self) -> None:
-        from .metadata_editor import MetadataEditActions
+        from .controllers.metadata_editor import MetadataEditActions
 
         self.metadata_edit = MetadataEditActions(self)
 
@@ -374,7 +376,7 @@ class MainWindow(QMainWindow):
         return self._menus[title]
 
     # -- construction ------------------------------------------------------------------------------
-    def _action(self, text: str, tip: str, slot, shortcut=None) -> QAction:
+    def make_action(self, text: str, tip: str, slot, shortcut=None) -> QAction:
         act = QAction(text, self)
         act.setToolTip(tip)
         if shortcut is not None:
@@ -385,45 +387,48 @@ class MainWindow(QMainWindow):
 
     def _build_actions(self) -> None:
         K = QKeySequence.StandardKey
-        self.act_open_file = self._action("&Open File…", "Open a .gguf, .safetensors or PyTorch .bin file",
-                                          self.open_file_dialog, K.Open)
-        self.act_open_folder = self._action("Open &Folder…", "Open a Hugging Face model or PEFT adapter folder",
-                                            self.open_folder_dialog, "Ctrl+Shift+O")
-        self.act_open_demo = self._action("Open &Demo Model", "Open a tiny built-in llama-style GGUF",
-                                          self.open_demo)
-        self.act_quit = self._action("&Quit", "Quit Model Workbench", self.close, K.Quit)
+        self.act_open_file = self.make_action("&Open File…", "Open a .gguf, .safetensors or PyTorch .bin file",
+                                              self.open_file_dialog, K.Open)
+        self.act_open_folder = self.make_action("Open &Folder…", "Open a Hugging Face model or PEFT adapter folder",
+                                                self.open_folder_dialog, "Ctrl+Shift+O")
+        self.act_open_demo = self.make_action("Open &Demo Model", "Open a tiny built-in llama-style GGUF",
+                                              self.open_demo)
+        self.act_quit = self.make_action("&Quit", "Quit Model Workbench", self.close, K.Quit)
         self.act_quit.setShortcut(QKeySequence("Ctrl+Q"))
         self.act_quit.setMenuRole(QAction.MenuRole.QuitRole)
-        self.act_focus_filter = self._action("&Filter…", "Jump to the filter box (tensors, or metadata when "
-                                             "that tab is shown)", self.focus_filter, K.Find)
-        self.act_expand = self._action("&Expand All", "Expand every layer of the tensor tree",
-                                       self.expand_all, "Ctrl+E")
-        self.act_collapse = self._action("&Collapse All", "Collapse the tensor tree to its layers",
-                                         self.collapse_all, "Ctrl+Shift+C")
-        self.act_tab_tensor = self._action("&Tensor Tab", "Show the selected tensor's details",
-                                           lambda: self.tabs.setCurrentIndex(0), "Ctrl+1")
-        self.act_tab_meta = self._action("&Metadata Tab", "Show the model's metadata",
-                                         lambda: self.tabs.setCurrentIndex(1), "Ctrl+2")
-        self.act_tab_error = self._action("&Quantization Error Tab", "Compare the error of quantization types on "
-                                          "the selected tensor", lambda: self.tabs.setCurrentIndex(2), "Ctrl+3")
-        self.act_tab_compare = self._action("C&ompare Tab", "Compare quantization levels of the model side by side",
-                                            lambda: self.tabs.setCurrentWidget(self.compare_page), "Ctrl+4")
-        self.act_tab_generate = self._action("&Generate Tab", "Generate text with the model",
-                                             lambda: self.tabs.setCurrentWidget(self.generate_page), "Ctrl+5")
-        self.act_compare_levels = self._action("Compare &Levels…", "Compare quantization levels of the model "
-                                               "(perplexity, KL divergence, speed, generated text)",
-                                               self.show_compare)
-        self.act_imatrix = self._action("Importance &Matrix…", "Load or compute an importance matrix and show its "
-                                        "per-tensor statistics (llama-imatrix --show-statistics)", self.show_imatrix)
+        self.act_focus_filter = self.make_action("&Filter…", "Jump to the filter box (tensors, or metadata when "
+                                                 "that tab is shown)", self.focus_filter, K.Find)
+        self.act_expand = self.make_action("&Expand All", "Expand every layer of the tensor tree",
+                                           self.expand_all, "Ctrl+E")
+        self.act_collapse = self.make_action("&Collapse All", "Collapse the tensor tree to its layers",
+                                             self.collapse_all, "Ctrl+Shift+C")
+        self.act_tab_tensor = self.make_action("&Tensor Tab", "Show the selected tensor's details",
+                                               lambda: self.tabs.setCurrentIndex(0), "Ctrl+1")
+        self.act_tab_meta = self.make_action("&Metadata Tab", "Show the model's metadata",
+                                             lambda: self.tabs.setCurrentIndex(1), "Ctrl+2")
+        self.act_tab_error = self.make_action("&Quantization Error Tab", "Compare the error of quantization types on "
+                                              "the selected tensor", lambda: self.tabs.setCurrentIndex(2), "Ctrl+3")
+        self.act_tab_compare = self.make_action("C&ompare Tab", "Compare quantization levels of the model side by "
+                                                "side", lambda: self.tabs.setCurrentWidget(self.compare_page),
+                                                "Ctrl+4")
+        self.act_tab_generate = self.make_action("&Generate Tab", "Generate text with the model",
+                                                 lambda: self.tabs.setCurrentWidget(self.generate_page), "Ctrl+5")
+        self.act_compare_levels = self.make_action("Compare &Levels…", "Compare quantization levels of the model "
+                                                   "(perplexity, KL divergence, speed, generated text)",
+                                                   self.show_compare)
+        self.act_imatrix = self.make_action("Importance &Matrix…", "Load or compute an importance matrix and show "
+                                            "its per-tensor statistics (llama-imatrix --show-statistics)",
+                                            self.show_imatrix)
         self.imatrix_dialog = None  # created on first use
-        self.act_optimize = self._action("&Optimize…", "Find the plan with the lowest predicted KL divergence for a "
-                                         "size budget (measures each tensor group's sensitivity)", self.show_optimize)
-        self.act_cancel = self._action("Cancel", "Stop the running job (loading, analysis, comparison, generation)",
-                                       self.cancel_running, "Esc")
-        self.act_preferences = self._action("&Preferences…", "Application settings: the memory budget of "
-                                            "Generate and Compare", self.show_preferences)
+        self.act_optimize = self.make_action("&Optimize…", "Find the plan with the lowest predicted KL divergence "
+                                             "for a size budget (measures each tensor group's sensitivity)",
+                                             self.show_optimize)
+        self.act_cancel = self.make_action("Cancel", "Stop the running job (loading, analysis, comparison, "
+                                           "generation)", self.cancel_running, "Esc")
+        self.act_preferences = self.make_action("&Preferences…", "Application settings: the memory budget of "
+                                                "Generate and Compare", self.show_preferences)
         self.act_preferences.setMenuRole(QAction.MenuRole.PreferencesRole)
-        self.act_about = self._action("&About Model Workbench", "Version information", self.show_about)
+        self.act_about = self.make_action("&About Model Workbench", "Version information", self.show_about)
         self.act_about.setMenuRole(QAction.MenuRole.AboutRole)
 
     def _build_menus(self) -> None:
@@ -520,12 +525,12 @@ class MainWindow(QMainWindow):
             pass
 
     def show_about(self) -> None:
-        from .about import show_about
+        from .dialogs.about import show_about
 
         show_about(self)
 
     def show_preferences(self):
-        from .memory_budget import PreferencesDialog
+        from .dialogs.memory_budget import PreferencesDialog
 
         dialog = PreferencesDialog(self.settings, self)
         dialog.open()
@@ -625,7 +630,7 @@ class MainWindow(QMainWindow):
             return -1
         self._pending_path = path
         self.statusBar().showMessage(f"Opening {os.path.basename(path.rstrip('/')) or path}…")
-        from .tensor_tree import open_and_prepare
+        from .widgets.tensor_tree import open_and_prepare
 
         return self.loader.start(open_and_prepare, self.open_job, path)  # + the tree's rows, off the GUI thread
 
@@ -634,7 +639,7 @@ class MainWindow(QMainWindow):
             return -1
         self._pending_path = None  # the demo lives in the cache: not worth a Recent entry
         self.statusBar().showMessage("Opening the demo model…")
-        from .tensor_tree import open_and_prepare
+        from .widgets.tensor_tree import open_and_prepare
 
         return self.loader.start(open_and_prepare, open_demo_job)
 
@@ -775,7 +780,7 @@ class MainWindow(QMainWindow):
 
     def show_imatrix(self):
         """Tools ▸ Importance Matrix…: the (non-modal) importance matrix dialog."""
-        from .imatrix_dialog import ImatrixDialog
+        from .dialogs.imatrix_dialog import ImatrixDialog
 
         if self.imatrix_dialog is None:
             self.imatrix_dialog = ImatrixDialog(self.settings, lambda: self.model, self)
@@ -788,7 +793,7 @@ class MainWindow(QMainWindow):
 
     def show_optimize(self):
         """Tools ▸ Optimize…: the Optimize tab and the (non-modal) Optimize dialog."""
-        from .optimize_dialog import OptimizeDialog
+        from .dialogs.optimize_dialog import OptimizeDialog
 
         self.tabs.setCurrentWidget(self.optimize_page)
         if self.optimize_dialog is None:

@@ -11,8 +11,8 @@ from workbench import Progress
 from workbench.analysis import ErrorStats, analyze_plan
 from workbench.plan import Plan
 from workbench.progress import run
-from ui.analysis_view import analysis_job
-from ui.plan_controller import DEFAULT_PRESET
+from ui.pages.analysis_view import analysis_job
+from ui.controllers.plan_controller import DEFAULT_PRESET
 
 TIMEOUT = 30_000
 
@@ -93,7 +93,7 @@ def test_compare_presets_from_the_dialog(qtbot, window, demo):
 
 
 def test_layer_numbers_are_read_from_gguf_and_hugging_face_names():
-    from ui.analysis_view import layer_of
+    from ui.pages.analysis_view import layer_of
 
     assert layer_of("blk.12.attn_q.weight") == 12 and layer_of("model.layers.3.mlp.up_proj.weight") == 3
     assert layer_of("encoder.block.5.layer.0.SelfAttention.q.weight") == 5

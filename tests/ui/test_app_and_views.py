@@ -11,9 +11,9 @@ from PySide6.QtCore import QModelIndex, QSettings, Qt
 from PySide6.QtWidgets import QHeaderView
 
 from workbench import MetaEntry, Model
-from ui.metadata_view import KEY, PAGE, VALUE, MetadataModel, value_text
-from ui.recent_files import MAX_RECENT
-from ui.tensor_tree import HEADERS
+from ui.pages.metadata_view import KEY, PAGE, VALUE, MetadataModel, value_text
+from ui.controllers.recent_files import MAX_RECENT
+from ui.widgets.tensor_tree import HEADERS
 
 
 # -- app entry point --------------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def test_parse_args():
 
 # -- window: welcome page, settings, recent files, status bar ---------------------------------------
 def test_welcome_page_until_a_model_is_loaded(qtbot, window):
-    from ui.welcome import WELCOME_TEXT
+    from ui.pages.welcome import WELCOME_TEXT
 
     assert window.stack.currentWidget() is window.welcome
     assert window.welcome.label.text() == WELCOME_TEXT
@@ -145,7 +145,7 @@ def test_focus_filter_shortcut(qtbot, window, load, st_folder):
 
 def test_about_lists_versions():
     import workbench
-    from ui.about import about_text, versions
+    from ui.dialogs.about import about_text, versions
 
     v = versions()
     assert v["Model Workbench"] == workbench.__version__

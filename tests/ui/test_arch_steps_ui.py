@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from workbench import open_model
-from ui.generate_panel import EngineCache, generate_job, model_info_job
+from ui.pages.generate_panel import EngineCache, generate_job, model_info_job
 
 DATA = Path(__file__).resolve().parents[1] / "core" / "data" / "infer"
 PROMPT_TEXT = '<s>,E~ Znd"s:</s>Q'  # make_infer_fixtures.PROMPT through the fixtures' tokenizer.json

@@ -16,7 +16,7 @@ from workbench.infer.compare import PROGRESS_STEPS, CompareResult, LevelResult, 
 from workbench.infer.weights import plan_label
 from workbench.plan import Plan
 from workbench.progress import run
-from ui.compare_view import CAUSAL, EMBEDDING, KLD_FLOOR, CompareView, Level
+from ui.pages.compare_view import CAUSAL, EMBEDDING, KLD_FLOOR, CompareView, Level
 
 TINY = Path(__file__).resolve().parents[1] / "core" / "data" / "infer" / "llama"
 TIMEOUT = 60_000
@@ -370,7 +370,7 @@ def test_before_a_run_the_view_estimates_its_time_and_warns_of_a_quantized_base(
     view.tokens_spin.setValue(16)
     view.windows_spin.setValue(2)  # a change recomputes the estimate with the known rate
     want = C.estimate_seconds(view.model, len(view.chosen()), n_tokens=128, max_tokens=16, flops=1e9)
-    from ui.compare_view import _duration
+    from ui.pages.compare_view import _duration
     assert view.status.text() == f"Choose the levels and press Run (about {_duration(want)})."
     view.set_levels(["Q8_0"])
     view.windows_spin.setValue(3)  # any change recomputes
@@ -388,14 +388,14 @@ def test_before_a_run_the_view_estimates_its_time_and_warns_of_a_quantized_base(
 
 
 def test_duration_rounding():
-    from ui.compare_view import _duration
+    from ui.pages.compare_view import _duration
 
     assert [_duration(s) for s in (1, 42, 61, 149, 3599, 3660, 5400)] == \
         ["5 s", "40 s", "1 min", "2 min", "1 h 00 min", "1 h 01 min", "1 h 30 min"]
 
 
 def test_token_views_show_each_tokens_kld_candidates_and_the_aligned_continuations(qtbot, view, expected):
-    from ui.token_view import kld_color
+    from ui.widgets.token_view import kld_color
 
     view.show_result(expected)
     tv, grid = view.token_view, view.gen_tokens
@@ -426,7 +426,7 @@ def test_token_views_show_each_tokens_kld_candidates_and_the_aligned_continuatio
 
 
 def test_kld_colours_run_from_white_to_red_on_a_log_scale():
-    from ui.token_view import kld_color
+    from ui.widgets.token_view import kld_color
 
     assert kld_color(0.0).name() == kld_color(1e-4).name() == "#ffffff"
     assert kld_color(1.0).name() == kld_color(50.0).name() == "#ff503c"

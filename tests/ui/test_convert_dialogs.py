@@ -16,9 +16,9 @@ import workbench.convert.requantize  # noqa: F401
 from builders import build_hf_folder, build_peft_adapter
 from workbench.convert import prepare_hf_to_gguf
 from workbench.plan import Plan
-from ui.convert_dialog import GGUF, SAFETENSORS, SETTINGS_DIR
+from ui.dialogs.convert_dialog import GGUF, SAFETENSORS, SETTINGS_DIR
 from ui.formatting import human_bytes
-from ui.lora_dialog import LoraDialog, MERGE
+from ui.dialogs.lora_dialog import LoraDialog, MERGE
 
 JOB_TIMEOUT = 30_000
 
@@ -157,7 +157,7 @@ def test_cancel_leaves_nothing(qtbot, win, load, llama_folder, tmp_path, monkeyp
 
 def test_existing_output_is_refused_unless_allowed(qtbot, win, load, llama_folder, tmp_path, monkeypatch):
     warnings = []
-    monkeypatch.setattr("ui.job_dialog.QMessageBox.warning",
+    monkeypatch.setattr("ui.dialogs.job_dialog.QMessageBox.warning",
                         lambda parent, title, text: warnings.append((title, text)))
     folder, _ = llama_folder
     load(win, folder)
@@ -275,7 +275,7 @@ def test_lora_merge_through_the_dialog(qtbot, win, load, llama_folder, adapter_f
 
 
 def test_lora_merge_to_gguf_when_available(qtbot, win, load, llama_folder, adapter_folder, tmp_path):
-    from ui.lora_dialog import merge_to_gguf_available
+    from ui.dialogs.lora_dialog import merge_to_gguf_available
 
     if not merge_to_gguf_available():
         pytest.skip("merge_lora(to='gguf') is not in this version of the core")
@@ -325,7 +325,7 @@ def test_lora_to_gguf_through_the_dialog(qtbot, win, load, llama_folder, adapter
     existing = tmp_path / dlg.out_name.text()
     existing.write_bytes(b"keep me")
     warnings = []
-    monkeypatch.setattr("ui.job_dialog.QMessageBox.warning", lambda parent, title, text: warnings.append(text))
+    monkeypatch.setattr("ui.dialogs.job_dialog.QMessageBox.warning", lambda parent, title, text: warnings.append(text))
     dlg.ok.click()
     qtbot.waitUntil(lambda: len(warnings) == 1, timeout=JOB_TIMEOUT)
     assert str(existing) in warnings[0] and win.conversion.jobs.dialogs == [] and dlg.ok.isEnabled()
@@ -338,7 +338,7 @@ def test_lora_to_gguf_through_the_dialog(qtbot, win, load, llama_folder, adapter
 
 
 def test_job_window_eta_and_per_tensor_progress():
-    from ui.job_dialog import Segment, SegmentTracker, fmt_duration
+    from ui.dialogs.job_dialog import Segment, SegmentTracker, fmt_duration
 
     tr = SegmentTracker([Segment("a", 100, 10), Segment("b", 300, 90)])
     assert tr.at(0.0) == (0, 0.0, 0)
@@ -397,7 +397,7 @@ def test_browse_sets_the_output_folder(qtbot, win, load, llama_folder, tmp_path,
     folder, _ = llama_folder
     load(win, folder)
     picked = []
-    monkeypatch.setattr("ui.job_dialog.QFileDialog.getExistingDirectory",
+    monkeypatch.setattr("ui.dialogs.job_dialog.QFileDialog.getExistingDirectory",
                         lambda parent, title, start: picked.append(start) or str(tmp_path / "chosen"))
     for dlg in (open_convert(qtbot, win), win.conversion.merge_dialog()):
         before = dlg.out_dir.text()

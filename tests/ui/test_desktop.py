@@ -112,7 +112,7 @@ def _scan(qtbot, window) -> None:
 
 def test_welcome_lists_hf_cache_models_scanned_off_the_gui_thread(qtbot, window, st_folder, demo_path,
                                                                   tmp_path, monkeypatch):
-    import ui.welcome as welcome_mod
+    import ui.pages.welcome as welcome_mod
 
     threads = []
     real_scan = welcome_mod.scan_hub_cache
@@ -170,7 +170,7 @@ def test_welcome_page_is_the_first_page_without_a_path(qtbot, window):
 
 # -- look and feel --------------------------------------------------------------------------------
 def test_dark_theme_palette_and_plots_follow(qtbot, window):
-    from ui.plots import curve_color
+    from ui.widgets.plots import curve_color
     from ui.theme import apply_theme, is_dark
 
     app = QApplication.instance()
@@ -182,7 +182,7 @@ def test_dark_theme_palette_and_plots_follow(qtbot, window):
                         timeout=3000)
         axis = plot.getPlotItem().getAxis("bottom")
         assert axis.textPen().color() == app.palette().color(QPalette.ColorRole.WindowText)
-        from ui.type_toggles import TYPE_COLORS
+        from ui.widgets.type_toggles import TYPE_COLORS
         q2k = curve_color(TYPE_COLORS["Q2_K"], app.palette())
         assert q2k.lightness() - app.palette().color(QPalette.ColorRole.Base).lightness() >= 100
         assert curve_color(TYPE_COLORS["Q8_0"], app.palette()) == TYPE_COLORS["Q8_0"]
@@ -193,7 +193,7 @@ def test_dark_theme_palette_and_plots_follow(qtbot, window):
 
 
 def test_about_box_versions_and_copy(qtbot, window):
-    from ui.about import show_about, versions
+    from ui.dialogs.about import show_about, versions
 
     v = versions()
     assert {"Model Workbench", "Python", "Qt", "PySide6", "numpy", "gguf"} <= set(v)

@@ -11,8 +11,8 @@ from workbench import Progress, open_model
 from workbench.analysis import error_stats, shared_histograms
 from workbench.plan import Plan
 from workbench.progress import run
-from ui.error_view import BINS, default_types, error_job
-from ui.plan_controller import DEFAULT_PRESET
+from ui.pages.error_view import BINS, default_types, error_job
+from ui.controllers.plan_controller import DEFAULT_PRESET
 
 TENSOR = "blk.0.ffn_up.weight"  # 352 × 128, Q4_1 in the demo
 

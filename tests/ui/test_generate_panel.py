@@ -12,7 +12,7 @@ from workbench.infer.tokenizer import load_tokenizer
 from workbench.infer.engines import load_engine
 from workbench.plan import Plan
 from workbench.progress import run
-from ui.generate_panel import GeneratePanel
+from ui.pages.generate_panel import GeneratePanel
 
 TINY = Path(__file__).resolve().parents[1] / "core" / "data" / "infer" / "llama"
 TIMEOUT = 30_000

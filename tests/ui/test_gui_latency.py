@@ -20,9 +20,9 @@ from workbench import open_model
 from workbench.plan import PRESETS
 from workbench.units import human_bytes
 
-from ui.tensor_tree import (FULL_NAME_ROLE, NAME, OBJECT_ROLE, PARAMS, SHAPE, SIZE, SORT_ROLE, TYPE,
+from ui.widgets.tensor_tree import (FULL_NAME_ROLE, NAME, OBJECT_ROLE, PARAMS, SHAPE, SIZE, SORT_ROLE, TYPE,
                             TensorGroup, TensorTreeModel)
-from ui.tensor_tree_model import natural_key
+from ui.models.tensor_tree_model import natural_key
 
 
 def _expected_cells(t) -> dict[int, str]:
@@ -101,7 +101,7 @@ def test_sorting_by_precomputed_ranks_follows_the_real_keys(qtbot, window, load,
 
 
 def test_the_tree_rows_are_built_on_the_loaders_thread(qtbot, window, load, demo_path, monkeypatch):
-    import ui.tensor_tree_model as ttm
+    import ui.models.tensor_tree_model as ttm
 
     threads = []
     real = ttm.build_rows
@@ -117,7 +117,7 @@ def test_the_tree_rows_are_built_on_the_loaders_thread(qtbot, window, load, demo
 
 
 def test_preset_sizes_arrive_from_a_worker(qtbot, window, load, demo_path, monkeypatch):
-    import ui.plan_bar as plan_bar
+    import ui.widgets.plan_bar as plan_bar
 
     threads, gate = [], threading.Event()
     real_plan = plan_bar.Plan
@@ -170,7 +170,7 @@ class _PaintRecorder(QObject):
 
 
 def test_a_click_paints_the_header_before_the_stats_job_finishes(qtbot, window, load, demo_path, monkeypatch):
-    import ui.tensor_detail as td
+    import ui.pages.tensor_detail as td
 
     gate, started = threading.Event(), threading.Event()
     real_job = td._stats_job
@@ -201,7 +201,7 @@ def test_a_click_paints_the_header_before_the_stats_job_finishes(qtbot, window, 
 
 def test_a_held_arrow_key_starts_no_statistics_job_until_the_selection_rests(qtbot, window, load, demo_path,
                                                                            monkeypatch):
-    import ui.tensor_detail as td
+    import ui.pages.tensor_detail as td
 
     asked = []
     real_job = td._stats_job
@@ -230,7 +230,7 @@ def test_workers_hand_the_interpreter_lock_over_quickly(qtbot):
 
 
 def test_the_status_bar_moves_its_progress_bar_in_visible_steps_only(qtbot):
-    from ui.status_bar import STEPS, StatusBar
+    from ui.widgets.status_bar import STEPS, StatusBar
     from ui.worker import Worker
 
     bar = StatusBar()

@@ -21,7 +21,7 @@ LOAD_TIMEOUT = 15_000
 
 @pytest.fixture
 def dialog(qtbot, settings):
-    from ui.imatrix_dialog import ImatrixDialog
+    from ui.dialogs.imatrix_dialog import ImatrixDialog
 
     made = []
 
@@ -111,7 +111,7 @@ def test_last_file_remembered_and_errors(qtbot, dialog, settings, tmp_path):
 
 def test_compute_runs_with_progress_and_cancel(qtbot, dialog, monkeypatch, tmp_path):
     import workbench.optimize.imatrix_compute as ic
-    from ui import imatrix_dialog
+    from ui.dialogs import imatrix_dialog
 
     seen = {}
 
@@ -155,7 +155,7 @@ def test_compute_runs_with_progress_and_cancel(qtbot, dialog, monkeypatch, tmp_p
 
 
 def test_compute_hidden_without_core_module(qtbot, dialog, monkeypatch):
-    from ui import imatrix_dialog
+    from ui.dialogs import imatrix_dialog
 
     monkeypatch.setattr(imatrix_dialog, "compute_available", lambda: False)
     d = dialog(model="MODEL")

@@ -61,7 +61,7 @@ def test_first_paint_comes_before_the_deferred_parts_then_they_are_built(qtbot, 
 
 
 def test_using_a_deferred_part_builds_it(new_window):
-    from ui.compare_view import CompareView
+    from ui.pages.compare_view import CompareView
 
     w = new_window()  # never shown: nothing builds by itself
     assert not w.is_built() and "compare_view" not in w.__dict__

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings
 
-from ui.memory_budget import KEY
+from ui.dialogs.memory_budget import KEY
 from workbench.errors import WorkbenchError
 
 TINY = Path(__file__).resolve().parents[1] / "core" / "data" / "infer" / "llama"
@@ -17,7 +17,7 @@ def test_preferences_budget_is_remembered_and_reaches_the_jobs(qtbot, make_windo
                                                                tmp_path):
     import workbench.infer.engines as engines
 
-    monkeypatch.setattr("ui.memory_budget.default_memory_budget", lambda: 777 << 20)
+    monkeypatch.setattr("ui.dialogs.memory_budget.default_memory_budget", lambda: 777 << 20)
     window = make_window()
     assert window.generate_panel.memory_budget() == 777 << 20  # automatic until set
     dialog = window.show_preferences()

@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt
 
 import workbench
 from builders import write_gguf_model
-from ui.metadata_view import VALUE
+from ui.pages.metadata_view import VALUE
 
 JOB_TIMEOUT = 30_000
 

@@ -200,7 +200,7 @@ def test_dialog_passes_budget_and_types_to_the_job(opt, qtbot, tmp_path):
             plan = Plan(model, "Q4_0")
             nbytes, predicted_kld, frontier = plan.nbytes, 0.01, [(plan.nbytes, 0.01)]
 
-        from ui.optimize_dialog import OptimizeRun
+        from ui.dialogs.optimize_dialog import OptimizeRun
         return OptimizeRun(table, Res(), options)
 
     dialog.job = fake_job
@@ -237,7 +237,7 @@ def test_dialog_passes_budget_and_types_to_the_job(opt, qtbot, tmp_path):
 def test_real_estimate_job_fills_the_chart(opt, qtbot):
     """The dialog's real job (estimate only, no forward pass) on the demo model: the optimized plan fits the
     budget, is drawn with the frontier, and applies as one undoable step."""
-    from ui.optimize_dialog import available
+    from ui.dialogs.optimize_dialog import available
 
     if not all(available().values()):
         pytest.fail("workbench.optimize has no estimate/measure/optimize")

@@ -11,8 +11,8 @@ from PySide6.QtWidgets import QComboBox, QDialogButtonBox
 
 from workbench.plan import TYPES, Plan, row_fits
 from ui.formatting import human_bytes
-from ui.plan_controller import DEFAULT_PRESET
-from ui.tensor_tree import FULL_NAME_ROLE, OBJECT_ROLE, PLAN, TensorGroup
+from ui.controllers.plan_controller import DEFAULT_PRESET
+from ui.widgets.tensor_tree import FULL_NAME_ROLE, OBJECT_ROLE, PLAN, TensorGroup
 
 EDITABLE = "blk.0.ffn_up.weight"        # 352 × 128, Q4_1 in the demo
 NORM = "blk.0.attn_norm.weight"         # never quantized

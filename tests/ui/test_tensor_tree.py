@@ -8,7 +8,7 @@ from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication
 
 from ui_models import st_names
-from ui.tensor_tree import NAME, PARAMS, SIZE, SORT_ROLE, TensorGroup
+from ui.widgets.tensor_tree import NAME, PARAMS, SIZE, SORT_ROLE, TensorGroup
 
 GROUPS = ["model.layers.0", "model.layers.1"]
 
@@ -173,7 +173,7 @@ def test_sort_by_name_puts_blk_9_before_blk_10(qtbot, window, load, tmp_path):
 
 def test_a_filtered_layer_row_shows_the_totals_of_what_the_filter_shows(qtbot, window, load, demo_path):
     from workbench import open_model
-    from ui.tensor_tree import PARAMS, SHAPE, SIZE
+    from ui.widgets.tensor_tree import PARAMS, SHAPE, SIZE
     from ui.formatting import grouped, human_bytes
 
     load(window, demo_path)

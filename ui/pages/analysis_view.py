@@ -26,10 +26,10 @@ from workbench import Model
 from workbench.analysis import ErrorStats, analyze_plans
 from workbench.plan import Plan
 
-from .error_table import ErrorStatsModel, ErrorStatsProxy
-from .formatting import human_bytes
-from .plots import curve_color, style_plot
-from .worker import Worker
+from ..models.error_table import ErrorStatsModel, ErrorStatsProxy
+from ..formatting import human_bytes
+from ..widgets.plots import curve_color, style_plot
+from ..worker import Worker
 
 LAYER_RE = re.compile(r"(?:^|\.)(?:blk|layers|h|block|layer)\.(\d+)\.")
 PLAN_COLORS = [QColor(c) for c in ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",

@@ -62,7 +62,7 @@ def about_box(parent: QWidget | None) -> QMessageBox:
     box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     icon = QApplication.windowIcon()
     if icon.isNull():
-        from .app import app_icon
+        from ..app import app_icon
 
         icon = app_icon()
     if not icon.isNull():

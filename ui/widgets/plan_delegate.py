@@ -6,8 +6,8 @@ from PySide6.QtWidgets import QComboBox, QStyledItemDelegate, QStyleOptionViewIt
 
 from workbench.plan import TYPES, row_fits, tensor_nbytes
 
-from .formatting import human_bytes
-from .tensor_tree_model import OBJECT_ROLE, OVERRIDE_ROLE, PLAN_ENTRY_ROLE
+from ..formatting import human_bytes
+from ..models.tensor_tree_model import OBJECT_ROLE, OVERRIDE_ROLE, PLAN_ENTRY_ROLE
 
 CLEAR = ""  # item data of the "clear override" entry
 

@@ -23,7 +23,7 @@ from workbench import Cancelled, Model, Progress, WorkbenchError
 from workbench.plan import Plan
 
 from .compare_view import DEFAULT_PROMPT, Level, LevelPicker
-from .flow_layout import FlowLayout
+from ..widgets.flow_layout import FlowLayout
 
 CACHED_ENGINES = 2  # engines kept (each holds the model's weights in float32)
 TEXT_MARK = "\x02"  # starts the progress messages that carry the generated text (loading messages never do)
@@ -154,7 +154,7 @@ class GeneratePanel(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        from .worker import Worker
+        from ..worker import Worker
 
         self.job = generate_job  # the job factory (injectable: tests)
         self.memory_budget: Callable[[], int | None] = lambda: None  # the window sets it from the preferences
@@ -295,7 +295,7 @@ class GeneratePanel(QWidget):
         self.stats.setText("")
         self.warning.setVisible(False)
         if model is not None and sizes is None:
-            from .plan_bar import preset_sizes
+            from ..widgets.plan_bar import preset_sizes
 
             sizes = preset_sizes(model)
         self.level.set_sizes(sizes or {})

@@ -25,9 +25,9 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayo
 
 from workbench import Cancelled
 
-from .elided_label import ElidedLabel
-from .formatting import human_bytes
-from .worker import Worker
+from ..widgets.elided_label import ElidedLabel
+from ..formatting import human_bytes
+from ..worker import Worker
 
 ETA_MIN_SECONDS = 1.5   # no ETA before this much time has passed...
 ETA_MIN_FRACTION = 0.01  # ...or before this much of the job is done

@@ -22,10 +22,10 @@ from workbench.optimize.sensitivity import SensitivityTable, group_key
 from workbench.plan import PRESETS, TYPES, Plan
 from workbench.units import human_bytes
 
-from .plan_controller import PlanController, PlanState
-from .sensitivity_heatmap import SensitivityHeatmap
-from .size_kld_chart import ChartPoint, SizeKldChart, group_types, predict
-from .worker import Worker
+from ..controllers.plan_controller import PlanController, PlanState
+from ..widgets.sensitivity_heatmap import SensitivityHeatmap
+from ..widgets.size_kld_chart import ChartPoint, SizeKldChart, group_types, predict
+from ..worker import Worker
 
 TABLE_FILTER = "Sensitivity tables (*.json);;All files (*)"
 GGUF_FILTER = "GGUF files (*.gguf);;All files (*)"

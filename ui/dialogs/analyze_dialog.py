@@ -7,7 +7,7 @@ from PySide6.QtWidgets import (QButtonGroup, QDialog, QDialogButtonBox, QFileDia
 
 from workbench.plan import PRESETS, Plan
 
-from .formatting import human_bytes
+from ..formatting import human_bytes
 
 DEFAULT_PRESETS = ("Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0")
 

@@ -9,7 +9,7 @@ from PySide6.QtGui import QColor
 
 from workbench.analysis import ErrorStats
 
-from .formatting import float_text, grouped, human_bytes
+from ..formatting import float_text, grouped, human_bytes
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1    # numbers (inf/nan kept), never display strings
 STATS_ROLE = Qt.ItemDataRole.UserRole + 2   # the row's ErrorStats

@@ -25,12 +25,12 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogBut
 from workbench.optimize.imatrix import Imatrix
 from workbench.optimize.imatrix_stats import LayerStats, TensorStats, layer_statistics, statistics
 
-from .analysis_view import PLAN_COLORS
-from .elided_label import ElidedLabel
-from .filter_edit import FilterEdit
-from .imatrix_table import STATS_ROLE, ImatrixStatsModel, ImatrixStatsProxy
-from .plots import curve_color, style_plot
-from .worker import Worker
+from ..pages.analysis_view import PLAN_COLORS
+from ..widgets.elided_label import ElidedLabel
+from ..widgets.filter_edit import FilterEdit
+from ..models.imatrix_table import STATS_ROLE, ImatrixStatsModel, ImatrixStatsProxy
+from ..widgets.plots import curve_color, style_plot
+from ..worker import Worker
 
 SETTINGS_FILE = "imatrix/last_file"
 FILE_FILTER = "Importance matrices (*.gguf *.dat *.imatrix);;All files (*)"

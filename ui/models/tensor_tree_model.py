@@ -14,7 +14,7 @@ from PySide6.QtGui import QBrush, QColor, QFont
 from workbench import Model, TensorInfo
 from workbench.plan import Plan, PlanEntry
 
-from .formatting import grouped, human_bytes, shape_text
+from ..formatting import grouped, human_bytes, shape_text
 
 NAME, SHAPE, TYPE, PLAN, PARAMS, SIZE = range(6)
 HEADERS = ("Name", "Shape", "Type", "Plan", "Parameters", "Size")

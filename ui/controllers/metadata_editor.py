@@ -6,31 +6,34 @@ Save As… to a new file (the source is never modified).
 (``parse_assignment("key=TYPE:VALUE")``), so a wrong value is refused in the dialog, not at save time.
 :class:`MetadataEditActions` puts the actions on the Metadata tab (a small bar, the context menu, the
 keys F2 / Insert / Delete / Ctrl+Z / Ctrl+Shift+Z while the tree has focus) and in the window's menus,
-and runs ``set_metadata`` in a job window.
+and runs ``set_metadata`` in a job window.  The window is reached only through :class:`MetadataEditHost`;
+this module never imports the window.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 import shiboken6
 from gguf import GGUFValueType
-from PySide6.QtCore import QEvent, QModelIndex, QObject, Qt, Signal
+from PySide6.QtCore import QEvent, QModelIndex, QObject, Qt, Signal, SignalInstance
 from PySide6.QtGui import QAction, QKeyEvent, QKeySequence, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QPlainTextEdit, QStackedWidget, QToolButton, QVBoxLayout, QWidget)
+                               QLineEdit, QPlainTextEdit, QStackedWidget, QStatusBar, QTabWidget, QToolButton,
+                               QVBoxLayout, QWidget)
 
 from workbench import MetaEntry, Model, WorkbenchError
 from workbench.convert.metadata_edit import TypedValue, parse_assignment
 
-from .job_dialog import JobRequest, Segment
-from .metadata_view import ADDED, EDITED, KEY_ROLE, REMOVED, value_text
+from ..dialogs.job_dialog import JobRequest, Segment
+from ..pages.metadata_view import ADDED, EDITED, KEY_ROLE, REMOVED, value_text
 
 if TYPE_CHECKING:
-    from .main_window import MainWindow
+    from ..pages.metadata_view import MetadataWidget
+    from .conversion_actions import ConversionActions
 
 GROUP = "GGUF"
 PROTECTED = ("general.architecture",)  # GGUF readers need it
@@ -355,17 +358,33 @@ class _Keys(QObject):
         return False
 
 
+class MetadataEditHost(Protocol):
+    """What :class:`MetadataEditActions` uses of the window that composes it.  The host is also the QWidget
+    that parents the value dialogs."""
+
+    metadata: MetadataWidget  # the Metadata tab, which gets the edit bar and keys
+    tabs: QTabWidget  # the Metadata tab's title shows that edits are pending
+    conversion: ConversionActions  # Save As runs in its job windows
+    last_dir: str
+    model_loaded: SignalInstance  # (Model)
+    show_error: Callable[[str, str], None]  # (title, message)
+
+    def make_action(self, text: str, tip: str, slot, shortcut=None) -> QAction: ...
+
+    def statusBar(self) -> QStatusBar: ...  # noqa: N802 - Qt name
+
+
 class MetadataEditActions(QObject):
     """The metadata editing actions of a window (``dialog``: the open value dialog, for tests)."""
 
-    def __init__(self, window: "MainWindow"):
+    def __init__(self, window: MetadataEditHost):
         super().__init__(window)
         self.w = window
         self.widget = window.metadata
         self.edits = MetadataEdits(self)
         self.dialog: MetadataValueDialog | None = None
         self.last_saved: Path | None = None
-        act = window._action
+        act = window.make_action
         self.act_edit = act("&Edit Value…", "Change the selected key's value (F2 or double-click in the "
                             "Metadata tab)", self.edit_selected)
         self.act_edit.setShortcut(QKeySequence("F2"))

@@ -6,7 +6,7 @@ HF), the output folder (remembered), the file name from the GGUF naming conventi
 parts, the split size and whether existing files may be replaced.  Whatever needs file I/O or a
 resolved plan (``prepare_hf_to_gguf`` reads config, model card and headers) runs on a worker; the
 dialog shows the exact output size and default name when it arrives.  OK builds a
-:class:`~ui.job_dialog.JobRequest`; the caller runs it in a job window.
+:class:`~ui.dialogs.job_dialog.JobRequest`; the caller runs it in a job window.
 """
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ from workbench import Model, WorkbenchError, dtypes
 from workbench.naming import GGUFName, name_for_model, parse_gguf_name
 from workbench.plan import PRESETS, Plan
 
-from .elided_label import ElidedLabel
-from .formatting import human_bytes
+from ..widgets.elided_label import ElidedLabel
+from ..formatting import human_bytes
 from .job_dialog import ExistingCheck, JobRequest, Segment, hand_over, output_folder_row
-from .leftovers import LeftoverNote
-from .worker import Worker
+from ..widgets.leftovers import LeftoverNote
+from ..worker import Worker
 
 GGUF, SAFETENSORS, BIN = "gguf", "safetensors", "bin"
 TARGET_LABELS = {GGUF: "GGUF (llama.cpp)", SAFETENSORS: "Hugging Face folder: safetensors",

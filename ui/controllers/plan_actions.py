@@ -1,6 +1,8 @@
 """The plan's actions: undo/redo, set type / clear override, rules, plan files, model analysis.
 
 Owns no widgets of its own; the main window puts these actions into its menus and the tree's context menu.
+The window is reached only through :class:`PlanActionsHost` (what these actions use of it); this module never
+imports the window.
 The dialog-free functions (``save_plan(path)``, ``load_plan(path)``, ``export_tensor_types(path)``,
 ``set_type(qtype)``, ...) are what the actions call, and what tests and scripts use.
 """
@@ -8,30 +10,52 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from PySide6.QtCore import QObject
-from PySide6.QtGui import QKeySequence
-from PySide6.QtWidgets import QDialog, QFileDialog
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import QDialog, QDockWidget, QFileDialog, QStatusBar
 
 from workbench import WorkbenchError
 from workbench.fsutil import atomic_write_path
 from workbench.plan import Plan
 
-from .analyze_dialog import AnalyzeDialog
-from .rules_dialog import RulesDialog
-from .set_type_menu import SetTypeMenu
-from .worker import Worker
+from ..dialogs.analyze_dialog import AnalyzeDialog
+from ..dialogs.rules_dialog import RulesDialog
+from ..widgets.set_type_menu import SetTypeMenu
+from ..worker import Worker
 
 if TYPE_CHECKING:
-    from .main_window import MainWindow
+    from ..pages.analysis_view import AnalysisView
+    from ..widgets.plan_bar import PlanBar
+    from ..widgets.tensor_tree import TensorTreeWidget
+    from .plan_controller import PlanController
 
 PLAN_FILTER = "Model Workbench plan (*.json);;All files (*)"
 TYPES_FILTER = "llama-quantize tensor types (*.txt);;All files (*)"
 
 
+class PlanActionsHost(Protocol):
+    """What :class:`PlanActions` uses of the window that composes it.  The host is also the QWidget that
+    parents the actions and the rules/analyze dialogs."""
+
+    plan: PlanController
+    plan_bar: PlanBar
+    tree: TensorTreeWidget
+    analysis: AnalysisView
+    analysis_dock: QDockWidget
+    last_dir: str
+    show_error: Callable[[str, str], None]  # (title, message)
+
+    def make_action(self, text: str, tip: str, slot, shortcut=None) -> QAction: ...
+
+    def addAction(self, action: QAction) -> None: ...  # noqa: N802 - Qt name
+
+    def statusBar(self) -> QStatusBar: ...  # noqa: N802 - Qt name
+
+
 class PlanActions(QObject):
-    def __init__(self, window: "MainWindow"):
+    def __init__(self, window: PlanActionsHost):
         super().__init__(window)
         self.w = window
         self.controller = window.plan
@@ -54,7 +78,7 @@ class PlanActions(QObject):
         self.set_type_menu = SetTypeMenu(lambda: self.targets(), lambda: self.controller.plan, window)
         self.set_type_menu.type_chosen.connect(self.set_type)
         self.act_set_type = self.set_type_menu.menuAction()
-        act = window._action
+        act = window.make_action
         self.act_clear = act("C&lear Override", "Give the selected tensors the type of the preset and rules again",
                              self.clear_override, QKeySequence.StandardKey.Delete)
         self.act_clear_all = act("Clear &All Overrides", "Remove every per-tensor override", self.clear_all_overrides)

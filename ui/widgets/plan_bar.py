@@ -8,8 +8,8 @@ from PySide6.QtWidgets import QAbstractItemView, QComboBox, QHBoxLayout, QLabel,
 from workbench import Model, Progress, WorkbenchError
 from workbench.plan import PRESETS, Plan
 
-from .formatting import human_bytes
-from .worker import Worker
+from ..formatting import human_bytes
+from ..worker import Worker
 
 PRESET_ROLE = Qt.ItemDataRole.UserRole + 1
 

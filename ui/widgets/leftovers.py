@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 from workbench import fsutil
 from workbench.units import human_bytes
 
-from .worker import Worker
+from ..worker import Worker
 
 
 def _scan(folder: Path):

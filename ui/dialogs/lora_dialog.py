@@ -4,7 +4,7 @@ written as a GGUF LoRA for llama.cpp's ``--lora``.
 Base and adapter default to the opened model (the adapter when a PEFT adapter is open, else the base).
 Both are opened on a worker (headers only) whenever a path changes, and the dialog shows the adapter
 summary (rank, alpha, scale, targets, LoRA pairs) and its warnings (config keys the merge ignores).
-OK builds a :class:`~ui.job_dialog.JobRequest` run in a job window.
+OK builds a :class:`~ui.dialogs.job_dialog.JobRequest` run in a job window.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from workbench.plan import PRESETS
 from .convert_dialog import (BAD_CHARS, DTYPE_LABELS, ERROR_STYLE, HF_DTYPES, SETTINGS_DIR, WARN_STYLE, _esc,
                              hf_nbytes, module_available)
 from .job_dialog import ExistingCheck, JobRequest, hand_over, output_folder_row
-from .leftovers import LeftoverNote
-from .worker import Worker
+from ..widgets.leftovers import LeftoverNote
+from ..worker import Worker
 
 MERGE, TO_GGUF = "merge", "gguf-lora"
 LORA_OUTTYPES = ("F16", "BF16", "F32", "Q8_0")

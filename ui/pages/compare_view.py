@@ -32,11 +32,11 @@ from workbench.infer.compare import (DEFAULT_EVAL, DEFAULT_N_CTX, EVAL_MODES, PR
                                      LevelResult, compare)
 from workbench.plan import PRESETS, Plan
 
-from .formatting import human_bytes
-from .plots import curve_color, histogram_plot, style_plot
-from .token_view import GeneratedTokensTable, TokenKldView
-from .type_toggles import swatch
-from .worker import Worker
+from ..formatting import human_bytes
+from ..widgets.plots import curve_color, histogram_plot, style_plot
+from ..widgets.token_view import GeneratedTokensTable, TokenKldView
+from ..widgets.type_toggles import swatch
+from ..worker import Worker
 
 MAX_LEVELS = 4
 DEFAULT_LEVELS = ("Q8_0", "Q4_K_M", None, None)
@@ -728,7 +728,7 @@ class CompareView(QWidget):
         self.model = model
         self.encoder = model is not None and _is_encoder(model)
         if model is not None and sizes is None:
-            from .plan_bar import preset_sizes
+            from ..widgets.plan_bar import preset_sizes
 
             sizes = preset_sizes(model)
         for p in self.pickers:

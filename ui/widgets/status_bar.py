@@ -9,8 +9,8 @@ from workbench import Model
 from workbench.plan import Plan
 
 from .elided_label import ElidedLabel
-from .formatting import human_bytes, human_count
-from .worker import Worker
+from ..formatting import human_bytes, human_count
+from ..worker import Worker
 
 SHOW_DELAY_MS = 150  # fast jobs finish before the progress bar would flash
 STEPS = 200  # progress bar positions (a repaint each): finer progress is not visible anyway

@@ -23,7 +23,7 @@ from workbench.optimize.sensitivity import SensitivityTable, group_key
 from workbench.plan import TYPES, Plan
 from workbench.units import human_bytes
 
-from .plan_controller import PlanState
+from ..controllers.plan_controller import PlanState
 from .plots import curve_color, style_plot
 
 KLD_FLOOR = 1e-6  # a predicted KLD of zero (everything at the reference) is drawn here on the log axis

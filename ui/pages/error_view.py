@@ -21,11 +21,11 @@ from workbench.analysis import ErrorStats, error_stats, normalized_histograms, s
 from workbench.plan import TYPES, Plan, row_fits
 from workbench.progress import relay
 
-from .error_table import ErrorStatsModel
-from .type_toggles import TYPE_COLORS, TypeToggles
-from .busy_row import BusyRow
-from .plots import curve_color, histogram_plot
-from .worker import Worker
+from ..models.error_table import ErrorStatsModel
+from ..widgets.type_toggles import TYPE_COLORS, TypeToggles
+from ..widgets.busy_row import BusyRow
+from ..widgets.plots import curve_color, histogram_plot
+from ..worker import Worker
 
 BINS = 101
 CACHE_SIZE = 24  # (tensor, type) results kept, each with an error sample of at most 4 MiB

@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTreeView, QVBoxLa
 from workbench.formats.hf import json_type
 from workbench import Model
 
-from .filter_edit import FilterEdit
+from ..widgets.filter_edit import FilterEdit
 
 KEY, TYPE, VALUE = range(3)
 EDITED, ADDED, REMOVED = "edited", "added", "removed"
@@ -283,7 +283,7 @@ class MetadataModel(QAbstractItemModel):
                 return f"{node.decoded} (stored value {scalar_text(v)})"
         return None
 
-    # -- unsaved edits of a group's keys (ui.metadata_editor) ------------------------------------------
+    # -- unsaved edits of a group's keys (ui.controllers.metadata_editor) ------------------------------
     def group_index(self, group: str) -> QModelIndex:
         for node in self._root.ensure():
             if node.key == group:

@@ -1,31 +1,52 @@
 """The window's conversion actions: File ▸ Convert… / Export…, Tools ▸ Merge LoRA… / LoRA to GGUF….
 
 Each action opens its dialog (window-modal, not blocking); the dialog's request runs in a job window
-(:class:`~ui.job_dialog.JobManager`), and *Open in Workbench* there opens the result in the window.
+(:class:`~ui.dialogs.job_dialog.JobManager`), and *Open in Workbench* there opens the result in the window.
+The window is reached only through :class:`ConversionHost`; this module never imports the window.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Protocol
 
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, QSettings, SignalInstance
+from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QDialog
 
-from .convert_dialog import GGUF, SAFETENSORS, ConvertDialog, requantize_available
-from .job_dialog import JobDialog, JobManager, JobRequest
-from .lora_dialog import MERGE, TO_GGUF, LoraDialog
+from workbench import Model
+
+from ..dialogs.convert_dialog import GGUF, SAFETENSORS, ConvertDialog, requantize_available
+from ..dialogs.job_dialog import JobDialog, JobManager, JobRequest
+from ..dialogs.lora_dialog import MERGE, TO_GGUF, LoraDialog
 
 if TYPE_CHECKING:
-    from .main_window import MainWindow
+    from ..widgets.plan_bar import PlanBar
+    from .plan_controller import PlanController
+
+
+class ConversionHost(Protocol):
+    """What :class:`ConversionActions` uses of the window that composes it.  The host is also the QWidget
+    that parents the dialogs and the job windows."""
+
+    model: Model | None
+    plan: PlanController
+    plan_bar: PlanBar
+    settings: QSettings
+    model_loaded: SignalInstance  # (Model)
+    show_error: Callable[[str, str], None]  # (title, message)
+
+    def make_action(self, text: str, tip: str, slot, shortcut=None) -> QAction: ...
+
+    def open_path(self, path) -> int: ...
 
 
 class ConversionActions(QObject):
-    def __init__(self, window: "MainWindow"):
+    def __init__(self, window: ConversionHost):
         super().__init__(window)
         self.w = window
         self.dialog: QDialog | None = None  # the open dialog (tests reach it here)
         self.jobs = JobManager(window, lambda title, message: self.w.show_error(title, message))
         self.jobs.open_requested.connect(window.open_path)
-        act = window._action
+        act = window.make_action
         self.act_convert = act("&Convert…", "Write the model as GGUF (current plan or a preset) or as a Hugging Face "
                                "folder", lambda: self.convert_dialog(), "Ctrl+Shift+E")
         self.act_export = act("E&xport…", "Write the model as a Hugging Face folder (safetensors or PyTorch .bin, "

@@ -12,10 +12,10 @@ from workbench import Model, TensorInfo, WorkbenchError
 from workbench.plan import Plan
 
 from .filter_edit import FilterEdit
-from .formatting import grouped, human_bytes
+from ..formatting import grouped, human_bytes
 from .plan_delegate import PlanTypeDelegate
 # (the column and role names are re-exported for callers)
-from .tensor_tree_model import (FALLBACK_COLOR, FULL_NAME_ROLE, HEADERS, NAME, OBJECT_ROLE,  # noqa: F401
+from ..models.tensor_tree_model import (FALLBACK_COLOR, FULL_NAME_ROLE, HEADERS, NAME, OBJECT_ROLE,  # noqa: F401
                                 PARAMS, PLAN, SHAPE, SIZE, SORT_ROLE, TYPE, TensorGroup, TensorTreeModel,
                                 TreeRows, is_editable, prepare)
 

@@ -17,9 +17,9 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QFrame, QHBoxLay
 
 from workbench.hfcache import CachedModel, hub_cache_dir, scan_hub_cache
 
-from .formatting import human_bytes
-from .recent_files import RecentFiles
-from .worker import Worker
+from ..formatting import human_bytes
+from ..controllers.recent_files import RecentFiles
+from ..worker import Worker
 
 WELCOME_TEXT = "Drop a model file or folder here, or use File ▸ Open"
 PATH_ROLE = Qt.ItemDataRole.UserRole
@@ -135,7 +135,7 @@ class WelcomeWidget(QWidget):
         self.logo = QLabel(panel)
         icon = QApplication.windowIcon()
         if icon.isNull():
-            from .app import app_icon
+            from ..app import app_icon
 
             icon = app_icon()
         if not icon.isNull():

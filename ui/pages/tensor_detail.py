@@ -22,11 +22,11 @@ from workbench.plan import Plan
 from workbench.progress import relay
 from workbench.stats import TensorStats, tensor_stats
 
-from .formatting import count_with_percent, float_text, grouped, human_bytes, shape_text
-from .tensor_tree import TensorGroup
-from .busy_row import BusyRow
-from .plots import histogram_plot
-from .worker import Worker
+from ..formatting import count_with_percent, float_text, grouped, human_bytes, shape_text
+from ..widgets.tensor_tree import TensorGroup
+from ..widgets.busy_row import BusyRow
+from ..widgets.plots import histogram_plot
+from ..worker import Worker
 
 INFO_FIELDS = ("Shape", "Type", "Parameters", "Size", "File", "Offset")
 STAT_FIELDS = (("min", "Min"), ("max", "Max"), ("mean", "Mean"), ("std", "Std"),

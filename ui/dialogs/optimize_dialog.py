@@ -27,7 +27,7 @@ from workbench import WorkbenchError
 from workbench.plan import TYPES, allows_quantization, row_fits
 from workbench.units import human_bytes
 
-from .worker import Worker
+from ..worker import Worker
 
 DEFAULT_OFF = {"F32", "F16", "BF16"}  # allowed types not ticked by default (a size budget wants quantized types)
 BUDGETS = {"size": "File size (MiB)", "bpw": "Bits per weight", "fit": "Fit in memory (MiB) with context"}

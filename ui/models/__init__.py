@@ -1,0 +1,1 @@
+"""Qt item models over core results (tensor tree, error statistics, importance-matrix statistics)."""
