@@ -266,7 +266,7 @@ def test_a_lora_adapter_gets_no_plan_and_the_plan_bar_says_why(qtbot, window, lo
 
 
 def test_scrolling_to_an_arrays_last_loaded_item_fetches_the_next_page_and_not_while_hidden(qtbot, tmp_path):
-    from ui.metadata_view import MetadataWidget
+    from ui.pages.metadata_view import MetadataWidget
 
     n = 2 * PAGE + 7
     model = _meta_model(tmp_path, [MetaEntry("tokenizer.ggml.tokens", "array[string]", [f"t{i}" for i in range(n)])])
