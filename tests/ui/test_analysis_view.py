@@ -44,6 +44,19 @@ def test_analyze_the_plan_fills_a_sorted_table_that_links_to_the_tree(qtbot, win
         assert s.rmse == pytest.approx(e.rmse, rel=1e-12) and s.cosine == pytest.approx(e.cosine, rel=1e-12)
     assert expected["blk.0.attn_q.weight"].qtype == "Q4_0"
     assert view.view.isColumnHidden(view.model.column("plan"))
+    # the table is answered by C++: a repaint and a sort call no Python of its model (no wait for the GIL)
+    import ui.models.error_table as error_table
+    from pycalls import calls_into
+    rmse_col = view.model.column("rmse")
+    with calls_into(error_table) as seen:
+        view.view.viewport().repaint()
+        view.view.sortByColumn(rmse_col, Qt.SortOrder.DescendingOrder)
+        view.view.viewport().repaint()
+    assert seen == []
+    rmse = [view.proxy.index(r, view.model.column("rmse")).data(Qt.ItemDataRole.UserRole + 1)
+            for r in range(view.proxy.rowCount())]
+    assert rmse == sorted(rmse, reverse=True) and rmse[0] > rmse[-1]
+    view.view.sortByColumn(view.model.column("snr_db"), Qt.SortOrder.AscendingOrder)
     # double-click a row: the tree selects that tensor
     idx = view.proxy.index(3, view.model.column("type"))
     name = view.row_names()[3]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QSortFilterProxyModel, Qt
+from PySide6.QtGui import QColor, QStandardItem, QStandardItemModel
 
 from workbench.analysis import ErrorStats
 
@@ -36,103 +36,102 @@ def db_text(x: float) -> str:
     return "–" if math.isnan(x) else f"{x:.2f}"
 
 
-class ErrorStatsModel(QAbstractTableModel):
+class ErrorStatsModel(QStandardItemModel):
     """Rows are ``(label, ErrorStats)``; ``label`` fills the "plan" column.  ``colors`` (optional, per row)
-    paint a swatch in the type column (the error view's curve colours)."""
+    paint a swatch in the type column (the error view's curve colours).
+
+    Every cell is a ``QStandardItem`` filled once when its row arrives, and no method Qt calls while painting,
+    sorting or filtering is overridden here: a repaint never calls into Python, so it never waits for the
+    interpreter lock a running analysis holds (a Python ``data()`` took it a hundred times per repaint)."""
 
     def __init__(self, columns: Sequence[str], parent=None):
-        super().__init__(parent)
+        super().__init__(0, len(columns), parent)
         self.columns = list(columns)
         self.rows: list[tuple[str, ErrorStats]] = []
         self.colors: list[QColor] = []
+        right = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        for c, key in enumerate(self.columns):
+            head = QStandardItem(COLUMNS[key][0])
+            head.setToolTip(COLUMNS[key][1])
+            if key in NUMERIC:
+                head.setData(right, Qt.ItemDataRole.TextAlignmentRole)
+            self.setHorizontalHeaderItem(c, head)
 
     def set_rows(self, rows: Sequence[tuple[str, ErrorStats]], colors: Sequence[QColor] = ()) -> None:
-        self.beginResetModel()
         self.rows = list(rows)
         self.colors = list(colors)
-        self.endResetModel()
+        self.setRowCount(0)
+        self._add(self.rows, self.colors)
 
     def append_rows(self, rows: Sequence[tuple[str, ErrorStats]]) -> None:
         """Add rows at the end (streamed results; no colours)."""
         if not rows:
             return
-        self.beginInsertRows(QModelIndex(), len(self.rows), len(self.rows) + len(rows) - 1)
         self.rows.extend(rows)
-        self.endInsertRows()
+        self._add(rows, ())
+
+    def _add(self, rows: Sequence[tuple[str, ErrorStats]], colors: Sequence[QColor]) -> None:
+        root = self.invisibleRootItem()
+        for i, (label, s) in enumerate(rows):
+            root.appendRow(self._cells(label, s, colors[i] if i < len(colors) else None))
+
+    def _cells(self, label: str, s: ErrorStats, color: QColor | None) -> list[QStandardItem]:
+        tip = f"{s.name} → {s.qtype}\n{grouped(s.n)} values · {grouped(s.nbytes)} bytes"
+        right = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        cells = []
+        for key in self.columns:
+            v = _value(label, s, key)
+            item = QStandardItem(_text(key, v))
+            item.setEditable(False)
+            item.setData(_sort_key(v), SORT_ROLE)
+            item.setData(s, STATS_ROLE)
+            if key in NUMERIC:
+                item.setToolTip(f"{tip}\n{COLUMNS[key][0]}: {float_text(v)}")
+                item.setData(right, Qt.ItemDataRole.TextAlignmentRole)
+            else:
+                item.setToolTip(tip)
+            if key == "type" and color is not None:
+                item.setData(color, Qt.ItemDataRole.DecorationRole)
+            cells.append(item)
+        return cells
 
     def column(self, key: str) -> int:
         return self.columns.index(key)
 
-    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self.rows)
-
-    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self.columns)
-
     def value(self, row: int, key: str) -> Any:
         label, s = self.rows[row]
-        return {"plan": label, "tensor": s.name, "type": s.qtype, "bpw": s.bits_per_weight, "size": s.nbytes,
-                "rmse": s.rmse, "max_abs": s.max_abs, "rel_rmse": s.rel_rmse, "snr_db": s.snr_db,
-                "cosine": s.cosine}[key]
+        return _value(label, s, key)
 
-    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        key = self.columns[index.column()]
-        if role == Qt.ItemDataRole.DisplayRole:
-            v = self.value(index.row(), key)
-            if key == "bpw":
-                return f"{v:.2f}"
-            if key == "size":
-                return human_bytes(v)
-            if key == "snr_db":
-                return db_text(v)
-            if key == "cosine":
-                return f"{v:.6f}"
-            if key in ("rmse", "max_abs", "rel_rmse"):
-                return f"{v:.4g}"  # four digits: the full value is one hover away (tooltip)
-            return v
-        if role == SORT_ROLE:
-            return self.value(index.row(), key)
-        if role == STATS_ROLE:
-            return self.rows[index.row()][1]
-        if role == Qt.ItemDataRole.ToolTipRole:
-            s = self.rows[index.row()][1]
-            exact = f"\n{COLUMNS[key][0]}: {float_text(self.value(index.row(), key))}" if key in NUMERIC else ""
-            return f"{s.name} → {s.qtype}\n{grouped(s.n)} values · {grouped(s.nbytes)} bytes{exact}"
-        if role == Qt.ItemDataRole.TextAlignmentRole and key in NUMERIC:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if role == Qt.ItemDataRole.DecorationRole and key == "type" and index.row() < len(self.colors):
-            return self.colors[index.row()]
-        return None
 
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
-        if orientation != Qt.Orientation.Horizontal:
-            return None
-        key = self.columns[section]
-        if role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[key][0]
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return COLUMNS[key][1]
-        if role == Qt.ItemDataRole.TextAlignmentRole and key in NUMERIC:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        return None
+def _value(label: str, s: ErrorStats, key: str) -> Any:
+    return {"plan": label, "tensor": s.name, "type": s.qtype, "bpw": s.bits_per_weight, "size": s.nbytes,
+            "rmse": s.rmse, "max_abs": s.max_abs, "rel_rmse": s.rel_rmse, "snr_db": s.snr_db,
+            "cosine": s.cosine}[key]
+
+
+def _text(key: str, v: Any) -> str:
+    if key == "bpw":
+        return f"{v:.2f}"
+    if key == "size":
+        return human_bytes(v)
+    if key == "snr_db":
+        return db_text(v)
+    if key == "cosine":
+        return f"{v:.6f}"
+    if key in ("rmse", "max_abs", "rel_rmse"):
+        return f"{v:.4g}"  # four digits: the full value is one hover away (tooltip)
+    return str(v)
+
+
+def _sort_key(v: Any) -> Any:
+    """What the proxy compares (in C++): the value itself; NaN (which compares with nothing) as +inf, last."""
+    return math.inf if isinstance(v, float) and math.isnan(v) else v
 
 
 class ErrorStatsProxy(QSortFilterProxyModel):
-    """Sorts on real numbers (``nan`` last), filters on the tensor name."""
+    """Sorts on real numbers (Qt compares :data:`SORT_ROLE` in C++), filters on the tensor name."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setSortRole(SORT_ROLE)
         self.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
-
-    def lessThan(self, left: QModelIndex, right: QModelIndex) -> bool:
-        a, b = left.data(SORT_ROLE), right.data(SORT_ROLE)
-        if isinstance(a, float) and isinstance(b, float):
-            if math.isnan(a) or math.isnan(b):
-                return not math.isnan(a) and math.isnan(b)
-        try:
-            return a < b
-        except TypeError:
-            return str(a) < str(b)
