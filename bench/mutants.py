@@ -279,6 +279,16 @@ MUTANTS: list[Mutant] = [
       "sum(k.obj.nbytes for k in kids)",
       "max(k.obj.nbytes for k in kids)",
       "tests/ui/test_tensor_tree.py", "-k", "drop_folder"),
+    M("ui-gc-on-gui-thread", "ui/gc_guard.py", "        gc.disable()\n", "        pass\n",
+      "tests/ui/test_gc_guard.py", why="a worker-thread collection destroyed Qt objects: CI deadlock"),
+    M("ui-gguf-point-same-model", "ui/pages/optimize_view.py", "            if got is None:\n", "            if False:\n",
+      "tests/ui/test_optimize_view.py", "-k", "gguf"),
+    M("ui-layer-error-follows-plan", "ui/pages/tensor_detail.py", "            self._show_layer_rows(self._item)\n",
+      "            pass\n", "tests/ui/test_layer_summary.py"),
+    M("ui-error-table-in-cpp", "ui/models/error_table.py", "    def column(self, key: str) -> int:\n",
+      "    def data(self, index, role=Qt.ItemDataRole.DisplayRole):\n        return super().data(index, role)\n\n"
+      "    def column(self, key: str) -> int:\n", "tests/ui/test_analysis_view.py", "-k", "sorted_table",
+      why="a Python data() makes every repaint wait for the interpreter lock"),
 ]
 
 
