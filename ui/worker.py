@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import sys
 import threading
 import time
@@ -20,13 +21,14 @@ import traceback
 import weakref
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, QThreadPool, QTimer, Signal, Slot
 
 from workbench import Cancelled, Progress, WorkbenchError
 
 log = logging.getLogger(__name__)
 
 _INT_MAX = 2**31 - 1
+BACKGROUND_NICE = 10  # background threads run this much "nicer" than the GUI thread (Linux: per thread)
 _PROGRESS_INTERVAL = 0.03  # seconds between progress signals of one job
 _workers: "weakref.WeakSet[Worker]" = weakref.WeakSet()
 _pool: QThreadPool | None = None
@@ -39,6 +41,37 @@ def thread_pool() -> QThreadPool:
         _pool = QThreadPool()
         _pool.setMaxThreadCount(max(2, min(4, QThreadPool.globalInstance().maxThreadCount())))
     return _pool
+
+
+def lower_background_priority() -> int:
+    """Give every thread of this process but the GUI thread and Qt's own a lower CPU priority; returns how many
+    were lowered.
+
+    On two busy cores a woken GUI thread otherwise waits for a time slice behind the job's threads (the pool
+    thread, the kernels' threads, BLAS's threads); niced, they yield the core at once.  Threads a niced thread
+    starts (and processes it forks) inherit the priority; the others (BLAS's, started at import) are found in
+    /proc/self/task at each job's start.  Only Linux has per-thread priorities; elsewhere nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    main = threading.main_thread().native_id
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return 0
+    lowered = 0
+    for tid in tids:
+        if tid == main:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/comm", encoding="utf-8", errors="replace") as f:
+                if f.read().startswith("Q"):  # Qt's own threads (the X11 event reader, D-Bus...): left alone
+                    continue
+            if os.getpriority(os.PRIO_PROCESS, tid) < BACKGROUND_NICE:
+                os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
+                lowered += 1
+        except OSError:  # the thread ended meanwhile, or a sandbox forbids it: no harm
+            continue
+    return lowered
 
 
 def _fit_int(done: float, total: float) -> tuple[int, int]:
@@ -63,6 +96,7 @@ class _Task:
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.cancel_event = threading.Event()
         self.done_event = threading.Event()
+        self.released_event = threading.Event()
 
     @property
     def worker(self) -> "Worker | None":
@@ -81,6 +115,7 @@ class _Task:
             del worker  # no strong reference kept on this thread
 
     def run(self) -> None:
+        lower_background_priority()
         try:
             self._run()
         finally:
@@ -90,6 +125,8 @@ class _Task:
             leftovers = (self.fn, self.args, self.kwargs)
             self.fn = self.args = self.kwargs = None
             self._emit("_sig_done", leftovers)
+            del leftovers
+            self.released_event.set()  # this thread holds none of them any more: the GUI thread may drop them
 
     def _run(self) -> None:
         try:
@@ -250,8 +287,29 @@ class Worker(QObject):
             self.finished.emit()
 
     @Slot(int)
-    def _on_done(self, job_id: int, _leftovers: Any = None) -> None:
-        self._tasks.pop(job_id, None)  # the job's objects are released here, on the GUI thread
+    def _on_done(self, job_id: int, leftovers: Any = None) -> None:
+        """The job's last signal: its objects are released here, on the GUI thread.  The pool thread may still
+        be between sending them and dropping its own reference; until it has, they are kept (and looked at
+        again shortly), so the last reference is never the pool thread's."""
+        task = self._tasks.pop(job_id, None)
+        if task is not None and not task.released_event.is_set():
+            _keep_until_released(task, leftovers)
+
+
+_held: list[tuple["_Task", Any]] = []
+
+
+def _keep_until_released(task: "_Task", leftovers: Any) -> None:
+    _held.append((task, leftovers))
+    if len(_held) == 1:
+        QTimer.singleShot(5, _release_held)
+
+
+def _release_held() -> None:
+    """(GUI thread) Drop what the pool threads no longer hold; look again in a moment for the rest."""
+    _held[:] = [(t, x) for t, x in _held if not t.released_event.is_set()]
+    if _held:
+        QTimer.singleShot(5, _release_held)
 
 
 def _deliver(signal, *args: Any) -> BaseException | None:
