@@ -289,6 +289,10 @@ MUTANTS: list[Mutant] = [
       "    def data(self, index, role=Qt.ItemDataRole.DisplayRole):\n        return super().data(index, role)\n\n"
       "    def column(self, key: str) -> int:\n", "tests/ui/test_analysis_view.py", "-k", "sorted_table",
       why="a Python data() makes every repaint wait for the interpreter lock"),
+    M("ui-tensor-tree-in-cpp", "ui/models/tensor_tree_model.py", "    def index_of(self, name: str) -> QModelIndex:\n",
+      "    def data(self, index, role=Qt.ItemDataRole.DisplayRole):\n        return super().data(index, role)\n\n"
+      "    def index_of(self, name: str) -> QModelIndex:\n", "tests/ui/test_gui_latency.py", "-k", "call_no_python",
+      why="a Python data() makes every repaint of the tensor tree wait for the interpreter lock"),
 ]
 
 

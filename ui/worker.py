@@ -96,7 +96,6 @@ class _Task:
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.cancel_event = threading.Event()
         self.done_event = threading.Event()
-        self.released_event = threading.Event()
 
     @property
     def worker(self) -> "Worker | None":
@@ -119,14 +118,16 @@ class _Task:
         try:
             self._run()
         finally:
-            self.done_event.set()
             # the job and its arguments go back to the GUI thread with the last signal and are released there
             # (they may hold the last reference to a Qt object, which must not be destroyed on this thread)
             leftovers = (self.fn, self.args, self.kwargs)
             self.fn = self.args = self.kwargs = None
             self._emit("_sig_done", leftovers)
             del leftovers
-            self.released_event.set()  # this thread holds none of them any more: the GUI thread may drop them
+            # only now is this thread done: it holds none of the job's objects (the GUI thread may drop them),
+            # and shutdown(), which waits for this, never lets a window be destroyed while its worker is still
+            # being signalled from here
+            self.done_event.set()
 
     def _run(self) -> None:
         try:
@@ -292,7 +293,7 @@ class Worker(QObject):
         be between sending them and dropping its own reference; until it has, they are kept (and looked at
         again shortly), so the last reference is never the pool thread's."""
         task = self._tasks.pop(job_id, None)
-        if task is not None and not task.released_event.is_set():
+        if task is not None and not task.done_event.is_set():
             _keep_until_released(task, leftovers)
 
 
@@ -307,7 +308,7 @@ def _keep_until_released(task: "_Task", leftovers: Any) -> None:
 
 def _release_held() -> None:
     """(GUI thread) Drop what the pool threads no longer hold; look again in a moment for the rest."""
-    _held[:] = [(t, x) for t, x in _held if not t.released_event.is_set()]
+    _held[:] = [(t, x) for t, x in _held if not t.done_event.is_set()]
     if _held:
         QTimer.singleShot(5, _release_held)
 

@@ -2,6 +2,8 @@
 
 - the tensor tree answers from rows built once per model: every cell equals what the tensor itself says
   (formatted here from the TensorInfo, not by the model under test), and sorting follows the real keys;
+- painting and sorting the tree call no Python of its model or widget (Qt answers from its items: no wait
+  for the interpreter lock a worker holds), and a filter change runs the layer totals once;
 - the opening job builds those rows on the loader's thread;
 - the plan bar's preset sizes arrive from a worker (the picker is usable at once);
 - a click paints the header facts while the statistics job is still running;
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 import threading
 
@@ -20,9 +23,14 @@ from workbench import open_model
 from workbench.plan import PRESETS
 from workbench.units import human_bytes
 
-from ui.widgets.tensor_tree import (FULL_NAME_ROLE, NAME, OBJECT_ROLE, PARAMS, SHAPE, SIZE, SORT_ROLE, TYPE,
-                            TensorGroup, TensorTreeModel)
-from ui.models.tensor_tree_model import natural_key
+from ui.widgets.tensor_tree import (FULL_NAME_ROLE, NAME, OBJECT_ROLE, PARAMS, PLAN, SHAPE, SIZE, SORT_ROLE,
+                                    TYPE, TensorGroup, TensorTreeModel)
+
+
+def natural(text: str) -> list:
+    """``blk.9`` before ``blk.10`` (the reference, not the code's natural_key): digit runs compare as numbers;
+    re.split with a group alternates text and digits, so the lists compare position by position."""
+    return [int(p) if i % 2 else p.lower() for i, p in enumerate(re.split(r"(\d+)", text))]
 
 
 def _expected_cells(t) -> dict[int, str]:
@@ -38,16 +46,21 @@ def _walk(model: TensorTreeModel, parent=QModelIndex()):
         yield from _walk(model, idx)
 
 
-@pytest.mark.parametrize("which", ["gguf", "folder"])
-def test_tree_cells_equal_the_tensors_own_facts(qtbot, which, demo_path, st_folder):
-    model = open_model(demo_path if which == "gguf" else st_folder)
+@pytest.mark.parametrize("which", ["gguf", "folder", "twelve"])
+def test_tree_cells_equal_the_tensors_own_facts(qtbot, which, demo_path, st_folder, tmp_path):
+    if which == "twelve":  # blk.10 after blk.9, also in the tensors' names
+        from builders import write_llama_gguf
+        write_llama_gguf(tmp_path / "twelve.gguf", ("twelve", 12, 32, 64, 2, 2, 32, False))
+    model = open_model({"gguf": demo_path, "folder": st_folder, "twelve": tmp_path / "twelve.gguf"}[which])
     tm = TensorTreeModel()
     tm.set_model(model)
     by_name = {t.name: t for t in model.tensors}
-    seen, groups = [], []
+    seen, groups, name_ranks, number_types = [], [], [], set()
     for idx, parent in _walk(tm):
         obj = idx.data(OBJECT_ROLE)
         assert idx.data(FULL_NAME_ROLE) == obj.name
+        name_ranks.append((idx.data(SORT_ROLE), obj.name))
+        number_types |= {type(idx.siblingAtColumn(c).data(SORT_ROLE)) for c in (PARAMS, SIZE)}
         if isinstance(obj, TensorGroup):
             groups.append(obj)
             n = sum(int(math.prod(t.shape)) for t in obj.tensors)
@@ -74,12 +87,17 @@ def test_tree_cells_equal_the_tensors_own_facts(qtbot, which, demo_path, st_fold
         n = int(math.prod(t.shape)) if t.shape else 1
         assert idx.siblingAtColumn(PARAMS).data(SORT_ROLE) == n
         assert idx.siblingAtColumn(SIZE).data(SORT_ROLE) == t.nbytes
-        assert idx.siblingAtColumn(NAME).data(SORT_ROLE) == natural_key(t.name)
         assert idx.data(Qt.ItemDataRole.ToolTipRole) == f"{t.name}\n{idx.siblingAtColumn(SHAPE).data()} {t.dtype}, " \
                                                        f"{t.nbytes:,} bytes"
         alignment = idx.siblingAtColumn(SIZE).data(Qt.ItemDataRole.TextAlignmentRole)
         assert Qt.AlignmentFlag(alignment) & Qt.AlignmentFlag.AlignRight
     assert sorted(seen) == sorted(by_name) and groups
+    # the Name column sorts by a rank: ascending ranks follow the natural order, equal ranks equal names
+    name_ranks.sort(key=lambda rn: rn[0])
+    for (ra, a), (rb, b) in zip(name_ranks, name_ranks[1:]):
+        assert natural(a) <= natural(b) and (ra == rb) == (natural(a) == natural(b)), (a, b)
+    # numbers are one type: Qt compares an int with an int only (Python ints above 2**31 become long long)
+    assert number_types == {float}
     # out of range: no index (bounds are checked without hasIndex)
     assert not tm.index(tm.rowCount(), 0).isValid() and not tm.index(0, 6).isValid() and not tm.index(-1, 0).isValid()
 
@@ -88,7 +106,7 @@ def test_sorting_by_precomputed_ranks_follows_the_real_keys(qtbot, window, load,
     model = load(window, demo_path)
     tree = window.tree
     for col, key in ((SIZE, lambda t: t.nbytes), (PARAMS, lambda t: int(math.prod(t.shape))),
-                     (NAME, lambda t: natural_key(t.name)), (TYPE, lambda t: t.dtype)):
+                     (NAME, lambda t: natural(t.name)), (TYPE, lambda t: t.dtype)):
         for order in (Qt.SortOrder.AscendingOrder, Qt.SortOrder.DescendingOrder):
             tree.sort_by(col, order)
             g = next(tree.proxy.index(r, 0) for r in range(tree.proxy.rowCount())
@@ -248,3 +266,53 @@ def test_the_status_bar_moves_its_progress_bar_in_visible_steps_only(qtbot):
     assert bar.progress_bar.value() == total and bar.currentMessage() == "Quantizing"
     assert values == list(range(10, total + 1, 10))  # every 1/STEPS of the way, not every step
     worker._current = None
+
+
+class _PaintCounter(QObject):
+    def __init__(self, widget):
+        super().__init__(widget)
+        self.painted = 0
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
+        self.painted += event.type() == QEvent.Type.Paint
+        return False
+
+
+def test_painting_and_sorting_the_tree_call_no_python_of_its_model(qtbot, window, load, demo_path):
+    """Qt answers the tree from its items: a repaint and a sort make no Python call of the tree's model,
+    widget or delegate, so they never wait for the interpreter lock a worker thread holds."""
+    import ui.models.tensor_tree_model as tree_model
+    import ui.widgets.plan_delegate as plan_delegate
+    import ui.widgets.tensor_tree as tensor_tree
+    from pycalls import calls_into
+
+    load(window, demo_path)
+    tree = window.tree
+    tree.expand_all()
+    painted = _PaintCounter(tree.view.viewport())
+    layer = tree.proxy.index(next(r for r in range(tree.proxy.rowCount())
+                                  if tree.proxy.rowCount(tree.proxy.index(r, 0))), 0)
+    assert tree.view.isExpanded(layer) and tree.proxy.index(0, PLAN, layer).data()  # the plan is shown
+    with calls_into(tree_model, tensor_tree, plan_delegate) as seen:
+        tree.view.viewport().repaint()
+        tree.view.sortByColumn(SIZE, Qt.SortOrder.DescendingOrder)  # what a click on the header does
+        tree.view.viewport().repaint()
+        tree.view.sortByColumn(PLAN, Qt.SortOrder.AscendingOrder)
+        tree.view.sortByColumn(NAME, Qt.SortOrder.AscendingOrder)
+        tree.view.viewport().repaint()
+    assert painted.painted == 3
+    assert seen == []
+    # a filter change computes, once, the totals of the layers it shows in part; painting them calls nothing
+    with calls_into(tree_model, tensor_tree, plan_delegate) as seen:
+        tree.filter.set_text("ffn_")
+        tree.view.viewport().repaint()
+    layers = [i for i in (tree.proxy.index(r, 0) for r in range(tree.proxy.rowCount()))
+              if isinstance(i.data(OBJECT_ROLE), TensorGroup)]
+    assert layers and all(tree.proxy.rowCount(i) < len(i.data(OBJECT_ROLE).tensors) for i in layers)  # in part
+    assert painted.painted == 4
+    assert seen.count("_update_count") == 1 and seen.count("group_cells") == len(layers)
+    assert set(seen) <= {"_set_filter", "_update_count", "<listcomp>", "show_filtered", "group_cells"}, seen
+    with calls_into(tree_model, tensor_tree, plan_delegate) as seen:
+        tree.view.viewport().repaint()
+    assert seen == [] and painted.painted == 5

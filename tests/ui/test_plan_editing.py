@@ -61,7 +61,7 @@ def test_setting_a_type_through_the_plan_column(qtbot, window, demo):
     idx = plan_index(tree, EDITABLE)
     assert idx.flags() & Qt.ItemFlag.ItemIsEditable
     before = window.status.plan_label.text()
-    assert tree.proxy.setData(idx, "Q8_0", Qt.ItemDataRole.EditRole)
+    assert tree.set_plan_type(idx, "Q8_0")
     expected = Plan(demo, DEFAULT_PRESET, overrides={EDITABLE: "Q8_0"})
     assert window.plan.plan.overrides == {EDITABLE: "Q8_0"}
     assert idx.data() == "Q8_0" and idx.data(Qt.ItemDataRole.FontRole).bold()  # overrides are bold
@@ -69,7 +69,7 @@ def test_setting_a_type_through_the_plan_column(qtbot, window, demo):
     assert window.status.plan_label.text() == status_text(expected) != before
     assert window.plan.plan.nbytes == expected.nbytes
     # clearing the override (None) goes back to the preset's type
-    assert tree.proxy.setData(idx, None, Qt.ItemDataRole.EditRole)
+    assert tree.set_plan_type(idx, None)
     assert window.plan.plan.overrides == {} and idx.data() == Plan(demo, DEFAULT_PRESET).type_of(EDITABLE)
 
 
@@ -104,7 +104,7 @@ def test_f2_edits_the_plan_cell_of_the_current_row(qtbot, window, demo):
 def test_tensors_that_are_never_quantized_are_not_editable(window, demo):
     idx = plan_index(window.tree, NORM)
     assert not idx.flags() & Qt.ItemFlag.ItemIsEditable
-    assert not window.tree.proxy.setData(idx, "Q8_0", Qt.ItemDataRole.EditRole)
+    assert not window.tree.set_plan_type(idx, "Q8_0")
     assert window.plan.plan.overrides == {}
 
 

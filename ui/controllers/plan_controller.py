@@ -5,6 +5,8 @@ plan's editable state before and after, so undo restores exactly the previous ty
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 
 from PySide6.QtCore import QObject, Signal
@@ -14,6 +16,32 @@ from workbench import Model
 from workbench.plan import Plan
 
 DEFAULT_PRESET = "Q4_K_M"  # llama.cpp's usual recommendation; rows that do not fit fall back per tensor
+
+_prepared: dict[int, tuple[weakref.ref, Plan]] = {}
+_prepared_lock = threading.Lock()
+
+
+def prepare_plan(model: Model, preset: str = DEFAULT_PRESET) -> Plan | None:
+    """(Loader thread) The plan a newly opened model starts with, resolved there (pure Python, ~10-50 ms a model)
+    and kept for :meth:`PlanController.set_model`, which then does not resolve it again on the GUI thread.
+    None (and nothing kept) when the model cannot be planned: the GUI thread then finds out itself."""
+    try:
+        plan = Plan(model, preset)
+        plan.entries
+    except Exception:  # noqa: BLE001 - reported by set_model on the GUI thread, with its own message
+        return None
+    with _prepared_lock:
+        _prepared.clear()  # one model opens at a time: keep only the newest
+        _prepared[id(model)] = (weakref.ref(model), plan)
+    return plan
+
+
+def _take_prepared(model: Model, preset: str) -> Plan | None:
+    with _prepared_lock:
+        hit = _prepared.pop(id(model), None)
+    if hit is not None and hit[0]() is model and hit[1].preset == preset:
+        return hit[1]
+    return None
 
 
 @dataclass(frozen=True)
@@ -61,8 +89,10 @@ class PlanController(QObject):
         self.plan = None
         try:
             if model is not None:
-                plan = Plan(model, preset)
-                plan.entries  # resolve now: a model the rules cannot handle fails here, not in a paint
+                plan = _take_prepared(model, preset)
+                if plan is None:
+                    plan = Plan(model, preset)
+                    plan.entries  # resolve now: a model the rules cannot handle fails here, not in a paint
                 self.plan = plan
         finally:
             self.changed.emit()

@@ -1,4 +1,9 @@
-"""The tensor tree's item model: layer groups with their tensors, plus the planned type of each tensor."""
+"""The tensor tree's item model: layer groups with their tensors, plus the planned type of each tensor.
+
+A :class:`QStandardItemModel` that overrides none of Qt's virtuals: painting, sorting and filtering are
+answered by C++ from items built once per model (on the loader's thread), so none of them needs the
+interpreter lock a worker thread may be holding.
+"""
 from __future__ import annotations
 
 import math
@@ -6,10 +11,10 @@ import re
 import weakref
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable
+from typing import Callable
 
-from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt
-from PySide6.QtGui import QBrush, QColor, QFont
+from PySide6.QtCore import QModelIndex, Qt
+from PySide6.QtGui import QBrush, QColor, QFont, QStandardItem, QStandardItemModel
 
 from workbench import Model, TensorInfo
 from workbench.plan import Plan, PlanEntry
@@ -28,7 +33,10 @@ HEADER_TIPS = (
     "Number of values (for a layer: the sum over its tensors)",
     "Bytes on disk (for a layer: the sum over its tensors)",
 )
-SORT_ROLE = Qt.ItemDataRole.UserRole + 1       # real numbers / keys, never display strings
+# SORT_ROLE holds what C++ compares: Name/Shape/Type the row's rank in the natural order (an int), Parameters
+# and Size the real numbers (floats: Qt compares a value with one of the same type only, and Python ints turn
+# into int or long long by size), Plan the planned type's text.  Never display strings.
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 FULL_NAME_ROLE = Qt.ItemDataRole.UserRole + 2  # full tensor name, or the layer name for a group
 OBJECT_ROLE = Qt.ItemDataRole.UserRole + 3     # the TensorInfo or TensorGroup behind the row
 PLAN_ENTRY_ROLE = Qt.ItemDataRole.UserRole + 4  # the tensor's PlanEntry (None for groups / no plan)
@@ -36,6 +44,11 @@ OVERRIDE_ROLE = Qt.ItemDataRole.UserRole + 5   # the tensor's override type, or 
 
 FALLBACK_COLOR = QColor(190, 95, 0)
 _NUM_RE = re.compile(r"(\d+)")
+_RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+_READ_ONLY = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable
+_EDITABLE = _READ_ONLY | Qt.ItemFlag.ItemIsEditable
+_RANKED = (NAME, SHAPE, TYPE)  # columns sorted by a precomputed rank
+_DISPLAY, _TIP = Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole
 
 TypeSetter = Callable[[list, "str | None"], None]  # (tensor names, type or None to clear)
 
@@ -83,23 +96,40 @@ class TensorGroup:
         return counts_text(self.dtype_counts())
 
 
-class Row:
-    """One row's display facts, computed once when the model opens (on the loader's thread): ``data()``
-    answers from these instead of formatting per call."""
+def group_cells(group: TensorGroup, shown: list[TensorInfo] | None = None) -> tuple[str, str, str, str]:
+    """A layer row's Shape, Parameters and Size texts and tooltip: of all its tensors, or of the ``shown``
+    ones (what a filter lets through: "2 of 9 tensors")."""
+    if shown is None or len(shown) == len(group.tensors):
+        n, nbytes, count = group.n_params, group.nbytes, f"{len(group.tensors)} tensors"
+        types = ", ".join(f"{c} × {d}" for d, c in group.dtype_counts().items())
+        tip = f"{group.name}: {count}, {grouped(n)} parameters, {human_bytes(nbytes)}\nTypes: {types}"
+        return count, grouped(n), human_bytes(nbytes), tip
+    n = nbytes = 0
+    for t in shown:
+        n, nbytes = n + t.n_params, nbytes + t.nbytes
+    count = f"{len(shown)} of {len(group.tensors)} tensors"
+    tip = f"{group.name}: {count} shown by the filter, {grouped(n)} parameters, {human_bytes(nbytes)}"
+    return count, grouped(n), human_bytes(nbytes), tip
 
-    __slots__ = ("name", "obj", "text", "keys", "rank", "tip", "children", "right", "plan_text")
+
+class Row:
+    """One row's display facts and sort keys, computed once when the model opens (on the loader's thread),
+    then turned into the row's items."""
+
+    __slots__ = ("name", "obj", "text", "keys", "rank", "tip", "children")
 
     def __init__(self, name: str, obj, text: tuple, keys: tuple, tip: str, children: list["Row"]):
         self.name, self.obj, self.text, self.keys, self.tip, self.children = name, obj, text, keys, tip, children
-        self.rank: list[int] = [0] * len(HEADERS)  # per column: position in the sorted order (ties equal)
-        self.plan_text = ""  # a group's planned types (set with the plan)
+        self.rank: list[int] = [0] * len(HEADERS)  # per ranked column: position in the sorted order (ties equal)
 
 
 class TreeRows:
-    """The rows of a model's tensor tree plus, per column, the few longest texts (for sizing columns)."""
+    """A model's tensor tree ready to show: the top-level rows' items (children attached), per column the few
+    longest texts (for sizing columns), and the number of tensors.  The items go into one model only."""
 
-    def __init__(self, top: list[Row], widest: dict[int, list[str]], n_tensors: int):
+    def __init__(self, top: list[list[QStandardItem]], widest: dict[int, list[str]], n_tensors: int):
         self.top, self.widest, self.n_tensors = top, widest, n_tensors
+        self.taken = False  # inserted into a model (which now owns the items)
 
 
 def _tensor_row(t: TensorInfo, in_group: bool) -> Row:
@@ -113,8 +143,30 @@ def _tensor_row(t: TensorInfo, in_group: bool) -> Row:
     return Row(t.name, t, text, keys, tip, [])
 
 
+def _items(row: Row) -> list[QStandardItem]:
+    """One row's cells (and its children's, attached to the first): texts, tooltips, sort values, the name
+    and the object behind it.  QStandardItems are no QObjects: they may be made on any thread until a model
+    owns them."""
+    items = []
+    for col, text in enumerate(row.text):
+        item = QStandardItem(text) if col != PLAN else QStandardItem()
+        item.setFlags(_READ_ONLY)
+        item.setData(row.name, FULL_NAME_ROLE)
+        item.setData(row.obj, OBJECT_ROLE)
+        if col != PLAN:
+            item.setToolTip(row.tip)
+            item.setData(row.rank[col] if col in _RANKED else float(row.keys[col]), SORT_ROLE)
+            if col in (PARAMS, SIZE):
+                item.setData(_RIGHT, Qt.ItemDataRole.TextAlignmentRole)
+        items.append(item)
+    first = items[0]
+    for kid in row.children:
+        first.appendRow(_items(kid))
+    return items
+
+
 def build_rows(model: Model) -> TreeRows:
-    """Every row's texts, sort keys and ranks: pure Python, no Qt, so it runs on a worker thread."""
+    """Every row's texts, sort keys, ranks and items: no QObject, so it runs on a worker thread."""
     top: list[Row] = []
     for layer, tensors in model.layers().items():
         if layer is None:
@@ -124,25 +176,25 @@ def build_rows(model: Model) -> TreeRows:
         kids = [_tensor_row(t, True) for t in tensors]
         n, nbytes = sum(k.keys[PARAMS] for k in kids), sum(k.obj.nbytes for k in kids)
         g.__dict__.update(n_params=n, nbytes=nbytes)  # fill the cached properties
-        types = ", ".join(f"{c} × {d}" for d, c in g.dtype_counts().items())
-        text = (g.name, f"{len(kids)} tensors", g.dtype_text, "", grouped(n), human_bytes(nbytes))
+        count, params, size, tip = group_cells(g)
+        text = (g.name, count, g.dtype_text, "", params, size)
         keys = (natural_key(g.name), (n, ()), g.dtype_text, None, n, nbytes)
-        tip = f"{g.name}: {len(kids)} tensors, {grouped(n)} parameters, {human_bytes(nbytes)}\nTypes: {types}"
         top.append(Row(g.name, g, text, keys, tip, kids))
     rows = top + [k for r in top for k in r.children]
     widest: dict[int, list[str]] = {}
     for col in range(len(HEADERS)):
-        if col == PLAN:
+        if col in (NAME, PLAN):
             continue
-        if col != NAME:
-            widest[col] = sorted({r.text[col] for r in rows}, key=len)[-4:]
+        widest[col] = sorted({r.text[col] for r in rows}, key=len)[-4:]
+    for col in _RANKED:
         ordered = sorted(rows, key=lambda r: r.keys[col])
         rank, prev = -1, object()
         for r in ordered:
             if r.keys[col] != prev:
                 rank, prev = rank + 1, r.keys[col]
             r.rank[col] = rank
-    return TreeRows(top, widest, sum(1 for r in rows if not r.children and not isinstance(r.obj, TensorGroup)))
+    n_tensors = sum(1 for r in rows if not isinstance(r.obj, TensorGroup))
+    return TreeRows([_items(r) for r in top], widest, n_tensors)
 
 
 _prepared: dict[int, tuple[weakref.ref, TreeRows]] = {}
@@ -157,227 +209,222 @@ def prepare(model: Model) -> TreeRows:
 
 
 def prepared_rows(model: Model) -> TreeRows:
-    """The rows :func:`prepare` built for ``model``, or built now (on the calling thread)."""
+    """The rows :func:`prepare` built for ``model`` (if no model took them yet), or built now (on the calling
+    thread)."""
     hit = _prepared.get(id(model))
-    if hit is not None and hit[0]() is model:
+    if hit is not None and hit[0]() is model and not hit[1].taken:
         return hit[1]
     return build_rows(model)
 
 
-class TensorTreeModel(QAbstractItemModel):
-    """Top level: non-layer tensors first, then one row per layer group whose children are tensors.
-    Internal id 0 marks a top-level row; ``k > 0`` a child of top-level row ``k - 1``.
+_NOTHING = object()  # unlike any entry
+_NEW_CELL = (_NOTHING, None, False, None, False)  # what a new Plan cell shows: no text, read-only, plain
 
-    ``data()`` answers from :class:`Row` objects built once per model (:func:`prepare`, on the loader's
-    thread): a click or a repaint costs lookups, not formatting.  With a plan (:meth:`set_plan`) the Plan
-    column shows each tensor's planned type; editing it calls the type setter (which records an
-    undoable command and updates the plan), then :meth:`refresh_plan`.
+
+class _Tensor:
+    """What the model keeps of a tensor row: its name and Plan cell (to update the plan)."""
+
+    __slots__ = ("name", "plan", "shown")
+
+    def __init__(self, name: str, plan: QStandardItem):
+        self.name, self.plan = name, plan
+        self.shown: tuple | None = None  # (entry, override, editable, font, fallback) the Plan cell shows
+
+
+class _Group:
+    """A layer row: its group, its cells, and its tensors in model order."""
+
+    __slots__ = ("group", "items", "tensors", "filtered")
+
+    def __init__(self, group: TensorGroup, items: list[QStandardItem], tensors: list[_Tensor]):
+        self.group, self.items, self.tensors = group, items, tensors
+        self.filtered = False  # its Shape/Parameters/Size cells show a filter's totals
+
+
+class TensorTreeModel(QStandardItemModel):
+    """Top level: non-layer tensors first, then one row per layer group whose children are tensors.
+
+    Overrides none of Qt's virtuals: what the view, the sorting and the filtering ask is answered by C++
+    from the items :func:`build_rows` made on the loader's thread.  With a plan (:meth:`set_plan`) the
+    Plan column shows each tensor's planned type, set into the items when the plan changes; the view's
+    delegate edits it through :attr:`type_setter` (which records an undoable command and updates the plan,
+    then :meth:`refresh_plan`).
     """
 
     def __init__(self, parent=None):
-        super().__init__(parent)
-        self._top: list[Row] = []
+        super().__init__(0, len(HEADERS), parent)
+        self.setHorizontalHeaderLabels(list(HEADERS))
+        for col, tip in enumerate(HEADER_TIPS):
+            header = self.horizontalHeaderItem(col)
+            header.setToolTip(tip)
+            if col in (PARAMS, SIZE):
+                header.setData(_RIGHT, Qt.ItemDataRole.TextAlignmentRole)
         self.rows: TreeRows = TreeRows([], {}, 0)
+        self._model: Model | None = None
         self._plan: Plan | None = None
         self._entries: dict[str, PlanEntry] = {}
         self.type_setter: TypeSetter | None = None
+        self._names: dict[str, QStandardItem] = {}  # full name -> Name cell
+        self._top_tensors: list[_Tensor] = []        # top-level tensor rows, in model order
+        self._groups: list[_Group] = []
         self._bold = QFont()
         self._bold.setBold(True)
         self._italic = QFont()
         self._italic.setItalic(True)
+        self._fonts = {"bold": self._bold, "italic": self._italic}
         self._fallback = QBrush(FALLBACK_COLOR)
-        self._right = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        self._n_cols = len(HEADERS)
 
     def set_model(self, model: Model | None, rows: TreeRows | None = None) -> None:
-        self.beginResetModel()
-        self.rows = (rows or prepared_rows(model)) if model is not None else TreeRows([], {}, 0)
-        self._top = self.rows.top
-        self._update_group_plans()
-        self.endResetModel()
+        self._names, self._top_tensors, self._groups = {}, [], []
+        self.removeRows(0, self.rowCount())  # deletes the previous model's items
+        self._model = model
+        if model is None:
+            self.rows = TreeRows([], {}, 0)
+            return
+        if rows is None or rows.taken:
+            rows = prepared_rows(model)
+        rows.taken = True
+        self.rows = rows
+        for items in rows.top:
+            first = items[0]
+            obj = first.data(OBJECT_ROLE)
+            self._names[obj.name] = first
+            if isinstance(obj, TensorGroup):
+                first.setFont(self._bold)  # before the row is inserted: no signal
+                kids = []
+                for k in range(first.rowCount()):
+                    child = first.child(k, NAME)
+                    self._names[obj.tensors[k].name] = child
+                    kids.append(_Tensor(obj.tensors[k].name, first.child(k, PLAN)))
+                self._groups.append(_Group(obj, items, kids))
+            else:
+                self._top_tensors.append(_Tensor(obj.name, items[PLAN]))
+        self._apply_plan(inserted=False)  # into the items before they are in the model: no signal at all
+        root = self.invisibleRootItem()
+        for items in rows.top:
+            root.appendRow(items)
 
+    # -- plan ------------------------------------------------------------------------------------------
     def set_plan(self, plan: Plan | None) -> None:
         self._plan = plan
         self.refresh_plan()
 
-    def _update_group_plans(self) -> None:
-        for row in self._top:
-            if row.children:
-                row.plan_text = counts_text(self._group_plan_counts(row.obj)) if self._entries else ""
-
     def refresh_plan(self) -> None:
-        """The plan changed: re-read its entries and repaint the Plan column."""
+        """The plan changed: re-read its entries and update the Plan column."""
         self._entries = {e.name: e for e in self._plan.entries} if self._plan is not None else {}
-        self._update_group_plans()
-        if not self._top:
-            return
-        last = len(self._top) - 1
-        self.dataChanged.emit(self.index(0, PLAN), self.index(last, PLAN))
-        for row, item in enumerate(self._top):
-            if item.children:
-                parent = self.index(row, 0)
-                self.dataChanged.emit(self.index(0, PLAN, parent), self.index(len(item.children) - 1, PLAN, parent))
+        self._apply_plan()
 
     def entry(self, name: str) -> PlanEntry | None:
         """The plan's entry for a tensor (None without a plan)."""
         return self._entries.get(name)
 
-    # -- structure ---------------------------------------------------------------------------------
-    def row_of(self, index: QModelIndex) -> Row | None:
-        """The :class:`Row` behind a (source) index."""
-        if not index.isValid():
-            return None
-        pid = index.internalId()
-        if pid == 0:
-            return self._top[index.row()]
-        return self._top[pid - 1].children[index.row()]
+    def _apply_plan(self, inserted: bool = True) -> None:
+        """Set the plan into the Plan cells whose type, reason or editability changed (signals blocked: one
+        ``dataChanged`` per top level and per layer afterwards, if the rows are ``inserted``)."""
+        if not self._names or getattr(self._plan, "model", self._model) is not self._model:
+            return  # (a plan for the model about to be shown: set_model applies it)
+        overrides = self._plan.overrides if self._plan is not None else {}
+        blocked = self.blockSignals(True)
+        try:
+            top_changed = self._apply_tensors(self._top_tensors, overrides)
+            changed_groups = []
+            for g in self._groups:
+                if self._apply_tensors(g.tensors, overrides):
+                    changed_groups.append(g)
+                top_changed = self._apply_group(g) or top_changed
+        finally:
+            self.blockSignals(blocked)
+        if not inserted:
+            return
+        if top_changed:
+            self.dataChanged.emit(self.index(0, PLAN), self.index(self.rowCount() - 1, PLAN))
+        for g in changed_groups:
+            parent = g.items[NAME].index()
+            self.dataChanged.emit(self.index(0, PLAN, parent), self.index(len(g.tensors) - 1, PLAN, parent))
 
-    def _item(self, index: QModelIndex) -> TensorInfo | TensorGroup | None:
-        row = self.row_of(index)
-        return row.obj if row is not None else None
+    def _apply_tensors(self, tensors: list[_Tensor], overrides: dict[str, str]) -> bool:
+        """Each tensor's Plan cell: only what differs from what it shows is set."""
+        setter = self.type_setter is not None
+        changed = False
+        for t in tensors:
+            entry = self._entries.get(t.name)
+            override = overrides.get(t.name)
+            if entry is None:
+                state = (None, override, False, None, False)
+            else:
+                font = "bold" if override is not None else "italic" if entry.reason.startswith("rule ") else None
+                state = (entry, override, setter and is_editable(entry), font, "fallback" in entry.reason)
+            old = t.shown or _NEW_CELL
+            if state == old:
+                continue
+            t.shown, changed, item = state, True, t.plan
+            if state[0] != old[0]:
+                item.setData(entry, PLAN_ENTRY_ROLE)
+                if entry is None:
+                    item.setData(None, _DISPLAY)
+                    item.setData(None, _TIP)
+                    item.setData("", SORT_ROLE)
+                else:
+                    if old[0] is None or old[0] is _NOTHING or old[0].type != entry.type:
+                        item.setText(entry.type)
+                        item.setData(entry.type, SORT_ROLE)
+                    edit = "\nDouble-click to choose another type." if is_editable(entry) else ""
+                    item.setToolTip(f"{entry.type}: {entry.reason}\n{human_bytes(entry.nbytes)} planned "
+                                    f"({grouped(entry.nbytes)} bytes){edit}")
+            if state[1] != old[1]:
+                item.setData(override, OVERRIDE_ROLE)
+            if state[2] != old[2]:
+                item.setFlags(_EDITABLE if state[2] else _READ_ONLY)
+            if state[3] != old[3]:
+                item.setData(self._fonts.get(state[3]), Qt.ItemDataRole.FontRole)
+            if state[4] != old[4]:
+                item.setData(self._fallback if state[4] else None, Qt.ItemDataRole.ForegroundRole)
+        return changed
 
-    def index(self, row: int, column: int, parent: QModelIndex = QModelIndex()) -> QModelIndex:
-        # bounds checked here, not with hasIndex() (which calls rowCount/columnCount back through Python)
-        if not 0 <= column < self._n_cols or row < 0:
-            return QModelIndex()
-        if not parent.isValid():
-            return self.createIndex(row, column, 0) if row < len(self._top) else QModelIndex()
-        if parent.internalId() != 0 or parent.column() != 0:
-            return QModelIndex()
-        prow = parent.row()
-        return self.createIndex(row, column, prow + 1) if row < len(self._top[prow].children) else QModelIndex()
-
-    def parent(self, index: QModelIndex = QModelIndex()) -> QModelIndex:  # type: ignore[override]
-        if not index.isValid():
-            return QModelIndex()
-        pid = index.internalId()
-        return QModelIndex() if pid == 0 else self.createIndex(pid - 1, 0, 0)
-
-    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:
-        if not parent.isValid():
-            return len(self._top)
-        if parent.column() != 0 or parent.internalId() != 0:
-            return 0
-        return len(self._top[parent.row()].children)
-
-    def hasChildren(self, parent: QModelIndex = QModelIndex()) -> bool:
-        return self.rowCount(parent) > 0
-
-    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:
-        return self._n_cols
-
-    # -- data ------------------------------------------------------------------------------------
-    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        pid = index.internalId()
-        row = self._top[index.row()] if pid == 0 else self._top[pid - 1].children[index.row()]
-        col = index.column()
-        if col == PLAN:
-            return self._plan_data(row, role)
-        if role == Qt.ItemDataRole.DisplayRole:
-            return row.text[col]
-        if role == SORT_ROLE:
-            return row.keys[col]
-        if role == FULL_NAME_ROLE:
-            return row.name
-        if role == OBJECT_ROLE:
-            return row.obj
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return row.tip
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (PARAMS, SIZE):
-            return self._right
-        if role == Qt.ItemDataRole.FontRole and row.children and col == NAME:
-            return self._bold
-        return None
-
-    def _group_plan_counts(self, group: TensorGroup) -> dict[str, int]:
+    def _apply_group(self, g: _Group) -> bool:
+        """A layer's Plan cell: its planned types (most frequent first) and, in the tooltip, the planned size."""
         counts: dict[str, int] = {}
-        for t in group.tensors:
-            e = self._entries.get(t.name)
+        size = 0
+        for t in g.tensors:
+            e = t.shown[0]
             if e is not None:
                 counts[e.type] = counts.get(e.type, 0) + 1
-        return counts
-
-    def _plan_data(self, row: Row, role: int) -> Any:
-        if role in (FULL_NAME_ROLE, OBJECT_ROLE):
-            return row.name if role == FULL_NAME_ROLE else row.obj
-        item = row.obj
-        if isinstance(item, TensorGroup):
-            if role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
-                return row.plan_text
-            if role == Qt.ItemDataRole.ToolTipRole and self._entries:
-                size = sum(self._entries[t.name].nbytes for t in item.tensors if t.name in self._entries)
-                types = ", ".join(f"{n} × {d}" for d, n in self._group_plan_counts(item).items())
-                return f"{item.name} planned: {human_bytes(size)}\nTypes: {types}"
-            return None
-        entry = self._entries.get(row.name)
-        if entry is None:
-            return None
-        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole, SORT_ROLE):
-            return entry.type
-        if role == PLAN_ENTRY_ROLE:
-            return entry
-        if role == OVERRIDE_ROLE:
-            return self._plan.overrides.get(row.name) if self._plan is not None else None
-        if role == Qt.ItemDataRole.ToolTipRole:
-            edit = "\nDouble-click to choose another type." if is_editable(entry) else ""
-            return (f"{entry.type}: {entry.reason}\n{human_bytes(entry.nbytes)} planned "
-                    f"({grouped(entry.nbytes)} bytes){edit}")
-        if role == Qt.ItemDataRole.FontRole:
-            if self._plan is not None and row.name in self._plan.overrides:
-                return self._bold
-            if entry.reason.startswith("rule "):
-                return self._italic
-        if role == Qt.ItemDataRole.ForegroundRole and "fallback" in entry.reason:
-            return self._fallback
-        return None
-
-    def flags(self, index: QModelIndex) -> Qt.ItemFlag:
-        f = Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable if index.isValid() else Qt.ItemFlag.NoItemFlags
-        if index.isValid() and index.column() == PLAN and self.type_setter is not None:
-            item = self._item(index)
-            if isinstance(item, TensorInfo) and is_editable(self._entries.get(item.name)):
-                f |= Qt.ItemFlag.ItemIsEditable
-        return f
-
-    def setData(self, index: QModelIndex, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
-        """Plan column: ``value`` is a type name, or None / "" to clear the override."""
-        if role != Qt.ItemDataRole.EditRole or index.column() != PLAN or self.type_setter is None:
+                size += e.nbytes
+        text = counts_text(counts) if counts else ""
+        tip = None
+        if counts:
+            types = ", ".join(f"{n} × {d}" for d, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+            tip = f"{g.group.name} planned: {human_bytes(size)}\nTypes: {types}"
+        item = g.items[PLAN]
+        if item.text() == text and item.toolTip() == (tip or ""):
             return False
-        if not self.flags(index) & Qt.ItemFlag.ItemIsEditable:
-            return False
-        item = self._item(index)
-        self.type_setter([item.name], str(value) if value else None)
+        item.setText(text)
+        item.setData(text, SORT_ROLE)
+        item.setData(tip, _TIP)
         return True
 
-    def less_than(self, left: QModelIndex, right: QModelIndex) -> bool:
-        """Sort order from the precomputed ranks (the Plan column, which changes with the plan, by its text)."""
-        col = left.column()
-        a, b = self.row_of(left), self.row_of(right)
-        if col != PLAN:
-            return a.rank[col] < b.rank[col]
-        x, y = self._plan_data(a, SORT_ROLE) or "", self._plan_data(b, SORT_ROLE) or ""
-        return x < y
+    # -- filter totals -----------------------------------------------------------------------------------
+    def show_filtered(self, shown: dict[str, list[TensorInfo]]) -> None:
+        """Layer rows of which a filter shows only some tensors (``shown``: layer name -> those tensors)
+        show the totals of those; the others their own again."""
+        for g in self._groups:
+            part = shown.get(g.group.name)
+            if part is None and not g.filtered:
+                continue
+            count, params, size, tip = group_cells(g.group, part)
+            g.filtered = part is not None
+            blocked = self.blockSignals(True)
+            try:
+                for col, text in ((SHAPE, count), (PARAMS, params), (SIZE, size)):
+                    g.items[col].setText(text)
+                    g.items[col].setToolTip(tip)
+            finally:
+                self.blockSignals(blocked)
+            row = g.items[NAME].row()
+            self.dataChanged.emit(self.index(row, SHAPE), self.index(row, SIZE), [_DISPLAY, _TIP])
 
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole):
-        if orientation != Qt.Orientation.Horizontal:
-            return None
-        if role == Qt.ItemDataRole.DisplayRole:
-            return HEADERS[section]
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return HEADER_TIPS[section]
-        if role == Qt.ItemDataRole.TextAlignmentRole and section in (PARAMS, SIZE):
-            return self._right
-        return None
-
+    # -- lookups ---------------------------------------------------------------------------------------
     def index_of(self, name: str) -> QModelIndex:
         """The (column 0) index of a tensor or group by its full name, or an invalid index."""
-        for row, item in enumerate(self._top):
-            if item.name == name:
-                return self.index(row, 0)
-            if item.children and name.startswith(item.name + "."):
-                for crow, t in enumerate(item.children):
-                    if t.name == name:
-                        return self.index(crow, 0, self.index(row, 0))
-        return QModelIndex()
+        item = self._names.get(name)
+        return item.index() if item is not None else QModelIndex()

@@ -1,6 +1,8 @@
 """Editor of the tree's Plan column: a combo box of the types whose block fits the tensor's rows."""
 from __future__ import annotations
 
+from typing import Callable
+
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt, QTimer
 from PySide6.QtWidgets import QComboBox, QStyledItemDelegate, QStyleOptionViewItem, QWidget
 
@@ -18,7 +20,13 @@ def fitting_types(shape: tuple[int, ...]) -> list[str]:
 
 
 class PlanTypeDelegate(QStyledItemDelegate):
-    """Opens a combo box with its list already shown; choosing an entry commits at once."""
+    """Opens a combo box with its list already shown; choosing an entry commits at once, through
+    ``set_type(index, type or None)`` (the model has no Python ``setData``: it is answered by C++)."""
+
+    def __init__(self, parent: QWidget | None = None,
+                 set_type: Callable[[QModelIndex, "str | None"], bool] | None = None):
+        super().__init__(parent)
+        self.set_type = set_type
 
     def createEditor(self, parent: QWidget, option: QStyleOptionViewItem, index: QModelIndex) -> QWidget:
         combo = QComboBox(parent)
@@ -46,10 +54,12 @@ class PlanTypeDelegate(QStyledItemDelegate):
     def setModelData(self, editor: QWidget, model: QAbstractItemModel, index: QModelIndex) -> None:
         value = editor.currentData()
         entry = index.data(PLAN_ENTRY_ROLE)
+        if self.set_type is None:
+            return
         if value == CLEAR:
-            model.setData(index, None, Qt.ItemDataRole.EditRole)
+            self.set_type(index, None)
         elif value and (entry is None or value != entry.type):  # the same type again: nothing to do
-            model.setData(index, value, Qt.ItemDataRole.EditRole)
+            self.set_type(index, value)
 
     def updateEditorGeometry(self, editor: QWidget, option: QStyleOptionViewItem, index: QModelIndex) -> None:
         rect = option.rect

@@ -8,37 +8,36 @@ from PySide6.QtCore import QModelIndex, QItemSelection, QItemSelectionModel, QRe
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QTreeView, QVBoxLayout, QWidget
 
-from workbench import Model, TensorInfo, WorkbenchError
+from workbench import Model, TensorInfo
 from workbench.plan import Plan
 
+from ..controllers.plan_controller import DEFAULT_PRESET, prepare_plan
 from .filter_edit import FilterEdit
-from ..formatting import grouped, human_bytes
 from .plan_delegate import PlanTypeDelegate
 # (the column and role names are re-exported for callers)
 from ..models.tensor_tree_model import (FALLBACK_COLOR, FULL_NAME_ROLE, HEADERS, NAME, OBJECT_ROLE,  # noqa: F401
                                 PARAMS, PLAN, SHAPE, SIZE, SORT_ROLE, TYPE, TensorGroup, TensorTreeModel,
                                 TreeRows, is_editable, prepare)
 
-WARM_PRESET = "Q4_K_M"
+WARM_PRESET = DEFAULT_PRESET
 PLAN_LEGEND = f"Plan: <b>override</b> · <i>rule</i> · <span style='color:{FALLBACK_COLOR.name()}'>fallback</span>"
 
 
 def open_and_prepare(job, *args):
     """Loader job: run the opening ``job(*args)`` (a generator or a plain call), then build the tensor
-    tree's rows for the model on the same worker thread, so the GUI thread only looks them up."""
+    tree's rows (their items) for the model on the same worker thread, so the GUI thread only inserts them."""
     out = job(*args)
     model = (yield from out) if inspect.isgenerator(out) else out
     if isinstance(model, Model):
         prepare(model)
-        try:  # fills the name-mapping caches the window's first plan needs (~0.1 s of pure Python)
-            Plan(model, WARM_PRESET).entries
-        except WorkbenchError:
-            pass
+        # the window's first plan, resolved here (pure Python, ~10-50 ms a model) and handed to its controller
+        prepare_plan(model, WARM_PRESET)
     return model
 
 
 class TensorFilterProxy(QSortFilterProxyModel):
-    """Sorts on :data:`SORT_ROLE` with Python comparison; filters on the full name, recursively."""
+    """Sorts on :data:`SORT_ROLE` (ranks and numbers, compared by C++) and filters on the full name,
+    recursively.  Overrides no virtual: sorting and filtering call no Python."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -47,45 +46,6 @@ class TensorFilterProxy(QSortFilterProxyModel):
         self.setFilterKeyColumn(NAME)
         self.setRecursiveFilteringEnabled(True)
         self.setAutoAcceptChildRows(True)  # a matching layer shows all of its tensors
-
-    def lessThan(self, left: QModelIndex, right: QModelIndex) -> bool:
-        # ranks precomputed when the model opened: no sort key is built or formatted while sorting
-        return self.sourceModel().less_than(left, right)
-
-    _filtering = False  # a filter is set (kept here: data() must not ask Qt for the expression on every call)
-
-    def setFilterRegularExpression(self, rx) -> None:  # noqa: N802 - Qt override
-        self._filtered_totals: dict[str, tuple[str, ...] | None] = {}
-        self._filtering = bool(rx.pattern())
-        super().setFilterRegularExpression(rx)
-
-    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
-        """A layer row under a filter shows the totals of the tensors the filter lets through
-        ("2 of 9 tensors"), not the whole layer's."""
-        if (self._filtering and role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.ToolTipRole)
-                and index.column() in (SHAPE, PARAMS, SIZE) and not index.parent().isValid()):
-            group = super().data(index, OBJECT_ROLE)
-            if isinstance(group, TensorGroup):
-                texts = self._group_totals(index.siblingAtColumn(0), group)
-                if texts is not None:
-                    return texts[index.column()] if role == Qt.ItemDataRole.DisplayRole else texts[-1]
-        return super().data(index, role)
-
-    def _group_totals(self, index: QModelIndex, group: TensorGroup) -> tuple[str, ...] | None:
-        cache = self._filtered_totals
-        if group.name not in cache:
-            shown = [self.index(r, 0, index).data(OBJECT_ROLE) for r in range(self.rowCount(index))]
-            shown = [t for t in shown if isinstance(t, TensorInfo)]
-            if len(shown) == len(group.tensors):
-                cache[group.name] = None  # every tensor shown: the layer's own totals
-            else:
-                n = sum(t.n_params for t in shown)
-                nbytes = sum(t.nbytes for t in shown)
-                texts = ["", f"{len(shown)} of {len(group.tensors)} tensors", "", "", grouped(n), human_bytes(nbytes)]
-                texts.append(f"{group.name}: {len(shown)} of {len(group.tensors)} tensors shown by the filter, "
-                             f"{grouped(n)} parameters, {human_bytes(nbytes)}")
-                cache[group.name] = tuple(texts)
-        return cache[group.name]
 
 
 class TensorTreeWidget(QWidget):
@@ -116,7 +76,7 @@ class TensorTreeWidget(QWidget):
         self.view.header().setSectionsMovable(False)
         self.view.selectionModel().currentRowChanged.connect(self._current_changed)
         self.view.selectionModel().selectionChanged.connect(lambda *_: self.selection_changed.emit())
-        self.delegate = PlanTypeDelegate(self.view)
+        self.delegate = PlanTypeDelegate(self.view, self.set_plan_type)
         self.view.setItemDelegateForColumn(PLAN, self.delegate)
         self.view.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked)
         edit_key = QShortcut(QKeySequence(Qt.Key.Key_F2), self.view, self.edit_plan)
@@ -174,6 +134,16 @@ class TensorTreeWidget(QWidget):
     def refresh_plan(self) -> None:
         self.source.refresh_plan()
 
+    def set_plan_type(self, index: QModelIndex, type_name: str | None) -> bool:
+        """The Plan cell of ``index``'s row (of the view's or the source model) gets ``type_name`` (None or
+        "" clears the override) through the type setter; False if that cell is not editable."""
+        index = index.siblingAtColumn(PLAN)
+        setter = self.source.type_setter
+        if setter is None or not index.isValid() or not index.flags() & Qt.ItemFlag.ItemIsEditable:
+            return False
+        setter([index.data(FULL_NAME_ROLE)], str(type_name) if type_name else None)
+        return True
+
     def _set_filter(self, rx: QRegularExpression) -> None:
         self.proxy.setFilterRegularExpression(rx)
         if rx.pattern():
@@ -181,8 +151,23 @@ class TensorTreeWidget(QWidget):
         self._update_count()
 
     def _update_count(self) -> None:
-        filtered = bool(self.proxy.filterRegularExpression().pattern())
-        shown = len(self.visible_tensor_names()) if filtered else self._total
+        """The count under the tree and, with a filter, the totals of the layer rows it shows in part
+        (computed once here: the cells then hold them, nothing is computed while painting)."""
+        shown, partial = self._total, {}
+        if self._total and self.proxy.filterRegularExpression().pattern():
+            shown = 0
+            proxy = self.proxy
+            for row in range(proxy.rowCount()):
+                idx = proxy.index(row, NAME)
+                obj = idx.data(OBJECT_ROLE)
+                if not isinstance(obj, TensorGroup):
+                    shown += 1
+                    continue
+                n = proxy.rowCount(idx)
+                shown += n
+                if n < len(obj.tensors):
+                    partial[obj.name] = [proxy.index(r, NAME, idx).data(OBJECT_ROLE) for r in range(n)]
+        self.source.show_filtered(partial)
         if self._total == 0:
             self.count_label.setText("No model loaded")
         elif shown == self._total:
@@ -191,7 +176,7 @@ class TensorTreeWidget(QWidget):
             self.count_label.setText(f"Showing {shown} of {self._total} tensors")
 
     def _current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
-        self.selected.emit(current.data(OBJECT_ROLE) if current.isValid() else None)
+        self.selected.emit(current.siblingAtColumn(NAME).data(OBJECT_ROLE) if current.isValid() else None)
 
     # -- queries and commands (menus, tests, screenshot script) -------------------------------------
     def visible_rows(self) -> list[tuple[str, bool]]:
@@ -276,7 +261,7 @@ class TensorTreeWidget(QWidget):
 
     def current(self) -> TensorInfo | TensorGroup | None:
         idx = self.view.currentIndex()
-        return idx.data(OBJECT_ROLE) if idx.isValid() else None
+        return idx.siblingAtColumn(NAME).data(OBJECT_ROLE) if idx.isValid() else None
 
     def expand_all(self) -> None:
         self.view.expandAll()
