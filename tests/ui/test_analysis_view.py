@@ -238,3 +238,12 @@ def test_the_dialogs_importance_matrix_reaches_the_job(qtbot, window, demo, monk
         dlg.box.button(QDialogButtonBox.StandardButton.Ok).click()
     assert got["imatrix_path"] == str(tmp_path / "m.imatrix.gguf")
     assert "weighted by m.imatrix.gguf" in view._what
+
+
+def test_the_analyze_dialog_offers_every_preset_before_their_sizes_arrive(qtbot, window, demo):
+    assert window.plan_bar.preset_sizes == {}  # computed a moment after the model is shown
+    dlg = window.plan_actions.analyze_dialog()
+    names = [dlg.list.topLevelItem(i).text(0) for i in range(dlg.list.topLevelItemCount())]
+    assert {"Q8_0", "Q4_0", "Q4_K_M"} <= set(names)
+    qtbot.waitUntil(lambda: bool(window.plan_bar.preset_sizes), timeout=10_000)  # and then they arrive
+    dlg.close()

@@ -43,7 +43,7 @@ class AnalyzeDialog(QDialog):
         sizes = preset_sizes or {}
         right = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
         for preset in PRESETS:
-            if preset_sizes is not None and preset not in sizes:
+            if sizes and preset not in sizes:  # (sizes not computed yet: every preset is offered)
                 continue
             nbytes, bpw = sizes.get(preset, (None, None))
             item = QTreeWidgetItem(self.list, [preset, human_bytes(nbytes) if nbytes is not None else "",

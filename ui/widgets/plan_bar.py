@@ -1,7 +1,7 @@
 """The bar above the tensor tree: preset picker (with each preset's size for this model), Rules…, Analyze…."""
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QStandardItem, QStandardItemModel
 from PySide6.QtWidgets import QAbstractItemView, QComboBox, QHBoxLayout, QLabel, QPushButton, QTreeView, QWidget
 
@@ -12,6 +12,7 @@ from ..formatting import human_bytes
 from ..worker import Worker
 
 PRESET_ROLE = Qt.ItemDataRole.UserRole + 1
+SIZES_DELAY_MS = 250  # after a model is shown, before its preset sizes are computed (see PresetCombo)
 
 
 def iter_preset_sizes(model: Model):
@@ -62,6 +63,13 @@ class PresetCombo(QComboBox):
         self.worker = Worker(self, name="preset-sizes")
         self.worker.result.connect(self._on_sizes)
         self.sizes: dict[str, tuple[int, float]] = {}
+        # The sizes job is pure Python: started a moment after the model is shown, so it does not compete for
+        # the interpreter lock with the window laying out and painting the model it just opened.
+        self._pending: Model | None = None
+        self._delay = QTimer(self)
+        self._delay.setSingleShot(True)
+        self._delay.setInterval(SIZES_DELAY_MS)
+        self._delay.timeout.connect(self._start_sizes)
         self._fill({}, None)
 
     def set_model(self, model: Model | None) -> None:
@@ -69,6 +77,14 @@ class PresetCombo(QComboBox):
         self.worker.cancel()
         self.sizes = {}
         self._fill({}, None)
+        self._pending = model
+        if model is not None:
+            self._delay.start()
+        else:
+            self._delay.stop()
+
+    def _start_sizes(self) -> None:
+        model, self._pending = self._pending, None
         if model is not None:
             self.worker.start(iter_preset_sizes, model)
 
@@ -155,6 +171,8 @@ class PlanBar(QWidget):
         self.preset.set_model(model)
 
     def shutdown(self, timeout_ms: int = 5000) -> bool:
+        self.preset._delay.stop()  # no job starts after this
+        self.preset._pending = None
         return self.preset.worker.shutdown(timeout_ms)
 
     @property
