@@ -219,6 +219,69 @@ def prepared_rows(model: Model) -> TreeRows:
 
 _NOTHING = object()  # unlike any entry
 _NEW_CELL = (_NOTHING, None, False, None, False)  # what a new Plan cell shows: no text, read-only, plain
+_STATE_ROLE = Qt.ItemDataRole.UserRole + 20  # (prefilled Plan cells) the state the cell shows
+
+
+def _cell_state(entry: PlanEntry | None, override: str | None, setter: bool) -> tuple:
+    """What a tensor's Plan cell shows: (entry, override, editable, font key, fallback colour)."""
+    if entry is None:
+        return (None, override, False, None, False)
+    font = "bold" if override is not None else "italic" if entry.reason.startswith("rule ") else None
+    return (entry, override, setter and is_editable(entry), font, "fallback" in entry.reason)
+
+
+def _write_cell(item: QStandardItem, state: tuple, old: tuple, fonts: dict, fallback: QBrush) -> None:
+    """Set into a Plan cell what differs between the ``state`` it is to show and the ``old`` one it shows."""
+    entry = state[0]
+    if state[0] != old[0]:
+        item.setData(entry, PLAN_ENTRY_ROLE)
+        if entry is None:
+            item.setData(None, _DISPLAY)
+            item.setData(None, _TIP)
+            item.setData("", SORT_ROLE)
+        else:
+            if old[0] is None or old[0] is _NOTHING or old[0].type != entry.type:
+                item.setText(entry.type)
+                item.setData(entry.type, SORT_ROLE)
+            edit = "\nDouble-click to choose another type." if is_editable(entry) else ""
+            item.setToolTip(f"{entry.type}: {entry.reason}\n{human_bytes(entry.nbytes)} planned "
+                            f"({grouped(entry.nbytes)} bytes){edit}")
+    if state[1] != old[1]:
+        item.setData(state[1], OVERRIDE_ROLE)
+    if state[2] != old[2]:
+        item.setFlags(_EDITABLE if state[2] else _READ_ONLY)
+    if state[3] != old[3]:
+        item.setData(fonts.get(state[3]), Qt.ItemDataRole.FontRole)
+    if state[4] != old[4]:
+        item.setData(fallback if state[4] else None, Qt.ItemDataRole.ForegroundRole)
+
+
+def prefill_plan(rows: TreeRows, plan: Plan) -> int:
+    """(Loader thread) Write ``plan`` into the Plan cells of rows not yet in a model, as the window's model would
+    (with a type setter), and note in each cell what it shows: the model then writes only what differs from
+    the plan it is given (nothing, when it is this plan).  Cells that need a font are left to the model (fonts
+    belong to the GUI thread).  Returns how many cells were filled."""
+    entries = {e.name: e for e in plan.entries}
+    overrides = plan.overrides
+    fallback = QBrush(FALLBACK_COLOR)
+    filled = 0
+
+    def fill(name: str, item: QStandardItem) -> None:
+        nonlocal filled
+        state = _cell_state(entries.get(name), overrides.get(name), True)
+        if state[3] is None:
+            _write_cell(item, state, _NEW_CELL, {}, fallback)
+            item.setData(state, _STATE_ROLE)
+            filled += 1
+
+    for items in rows.top:
+        obj = items[NAME].data(OBJECT_ROLE)
+        if isinstance(obj, TensorGroup):
+            for k, t in enumerate(obj.tensors):
+                fill(t.name, items[NAME].child(k, PLAN))
+        else:
+            fill(obj.name, items[PLAN])
+    return filled
 
 
 class _Tensor:
@@ -299,6 +362,8 @@ class TensorTreeModel(QStandardItemModel):
                 self._groups.append(_Group(obj, items, kids))
             else:
                 self._top_tensors.append(_Tensor(obj.name, items[PLAN]))
+        for t in self._top_tensors + [t for g in self._groups for t in g.tensors]:
+            t.shown = t.plan.data(_STATE_ROLE)  # what prefill_plan wrote there, if it did
         self._apply_plan(inserted=False)  # into the items before they are in the model: no signal at all
         root = self.invisibleRootItem()
         for items in rows.top:
@@ -347,38 +412,12 @@ class TensorTreeModel(QStandardItemModel):
         setter = self.type_setter is not None
         changed = False
         for t in tensors:
-            entry = self._entries.get(t.name)
-            override = overrides.get(t.name)
-            if entry is None:
-                state = (None, override, False, None, False)
-            else:
-                font = "bold" if override is not None else "italic" if entry.reason.startswith("rule ") else None
-                state = (entry, override, setter and is_editable(entry), font, "fallback" in entry.reason)
+            state = _cell_state(self._entries.get(t.name), overrides.get(t.name), setter)
             old = t.shown or _NEW_CELL
             if state == old:
                 continue
-            t.shown, changed, item = state, True, t.plan
-            if state[0] != old[0]:
-                item.setData(entry, PLAN_ENTRY_ROLE)
-                if entry is None:
-                    item.setData(None, _DISPLAY)
-                    item.setData(None, _TIP)
-                    item.setData("", SORT_ROLE)
-                else:
-                    if old[0] is None or old[0] is _NOTHING or old[0].type != entry.type:
-                        item.setText(entry.type)
-                        item.setData(entry.type, SORT_ROLE)
-                    edit = "\nDouble-click to choose another type." if is_editable(entry) else ""
-                    item.setToolTip(f"{entry.type}: {entry.reason}\n{human_bytes(entry.nbytes)} planned "
-                                    f"({grouped(entry.nbytes)} bytes){edit}")
-            if state[1] != old[1]:
-                item.setData(override, OVERRIDE_ROLE)
-            if state[2] != old[2]:
-                item.setFlags(_EDITABLE if state[2] else _READ_ONLY)
-            if state[3] != old[3]:
-                item.setData(self._fonts.get(state[3]), Qt.ItemDataRole.FontRole)
-            if state[4] != old[4]:
-                item.setData(self._fallback if state[4] else None, Qt.ItemDataRole.ForegroundRole)
+            t.shown, changed = state, True
+            _write_cell(t.plan, state, old, self._fonts, self._fallback)
         return changed
 
     def _apply_group(self, g: _Group) -> bool:

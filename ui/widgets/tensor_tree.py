@@ -17,7 +17,7 @@ from .plan_delegate import PlanTypeDelegate
 # (the column and role names are re-exported for callers)
 from ..models.tensor_tree_model import (FALLBACK_COLOR, FULL_NAME_ROLE, HEADERS, NAME, OBJECT_ROLE,  # noqa: F401
                                 PARAMS, PLAN, SHAPE, SIZE, SORT_ROLE, TYPE, TensorGroup, TensorTreeModel,
-                                TreeRows, is_editable, prepare)
+                                TreeRows, is_editable, prefill_plan, prepare)
 
 WARM_PRESET = DEFAULT_PRESET
 PLAN_LEGEND = f"Plan: <b>override</b> · <i>rule</i> · <span style='color:{FALLBACK_COLOR.name()}'>fallback</span>"
@@ -29,9 +29,12 @@ def open_and_prepare(job, *args):
     out = job(*args)
     model = (yield from out) if inspect.isgenerator(out) else out
     if isinstance(model, Model):
-        prepare(model)
-        # the window's first plan, resolved here (pure Python, ~10-50 ms a model) and handed to its controller
-        prepare_plan(model, WARM_PRESET)
+        # the window's first plan, resolved here (pure Python, ~10-50 ms a model) and handed to its controller,
+        # and written into the rows' Plan cells, so the GUI thread finds them filled
+        plan = prepare_plan(model, WARM_PRESET)
+        rows = prepare(model)
+        if plan is not None:
+            prefill_plan(rows, plan)
     return model
 
 
