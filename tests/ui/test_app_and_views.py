@@ -193,6 +193,7 @@ def test_array_paging_follows_scrolling(qtbot, window, tmp_path):
     window.tabs.setCurrentWidget(meta)
     qtbot.waitUntil(lambda: meta.view.viewport().height() > 200, timeout=3000)  # laid out
     idx = meta.find("tokens")
+    qtbot.waitUntil(lambda: meta.view.isExpanded(idx.parent()), timeout=3000)  # the groups open once shown
     meta.view.expand(idx)
     loaded = meta.proxy.rowCount(idx)
     assert PAGE <= loaded < n  # a few pages at most, never the whole array
@@ -251,7 +252,9 @@ def test_metadata_group_row_counts(qtbot, window, load, demo_path):
     assert "GGUF" in groups and "tokenizer" in groups
     g = groups["GGUF"]
     assert g.siblingAtColumn(VALUE).data() == f"{meta.proxy.rowCount(g)} keys"
-    assert meta.view.isExpanded(g)
+    assert not meta.view.isExpanded(g)  # the tab is hidden: its tree is not expanded (nor laid out) yet
+    window.tabs.setCurrentWidget(meta)
+    qtbot.waitUntil(lambda: meta.view.isExpanded(g), timeout=3000)  # shown: every group expanded
     assert not meta.proxy.parent(g).isValid() and meta.proxy.parent(QModelIndex()) == QModelIndex()
 
 
@@ -265,19 +268,22 @@ def test_a_lora_adapter_gets_no_plan_and_the_plan_bar_says_why(qtbot, window, lo
     assert window.plan.plan is not None and bar.preset.isEnabled() and "LoRA" not in bar.detail.text()
 
 
-def test_scrolling_to_an_arrays_last_loaded_item_fetches_the_next_page_and_not_while_hidden(qtbot, tmp_path):
+def test_a_hidden_metadata_tree_expands_when_shown_and_scrolling_fetches_the_next_page(qtbot, tmp_path):
     from ui.pages.metadata_view import MetadataWidget
 
-    n = 2 * PAGE + 7
+    n = 20 * PAGE + 7
     model = _meta_model(tmp_path, [MetaEntry("tokenizer.ggml.tokens", "array[string]", [f"t{i}" for i in range(n)])])
     w = MetadataWidget()
     qtbot.addWidget(w)
     w.resize(600, 400)
     w.set_model(model)
     toks = w.find("tokenizer.ggml.tokens", "GGUF")
-    w.view.expand(toks)
-    assert w.proxy.rowCount(toks) == 0  # hidden: the tree is not laid out to find what is in view
+    assert not w.view.isExpanded(toks.parent())  # hidden: nothing is expanded (nor laid out) yet
     w.show()
-    qtbot.waitUntil(lambda: w.proxy.rowCount(toks) == PAGE, timeout=3000)  # shown: the first page is in view
-    w.view.scrollTo(w.proxy.index(PAGE - 1, 0, toks))  # the last loaded item in view: the next page
-    qtbot.waitUntil(lambda: w.proxy.rowCount(toks) > PAGE, timeout=3000)
+    qtbot.waitUntil(lambda: w.view.isExpanded(toks.parent()), timeout=3000)  # shown: the groups open
+    w.view.expand(toks)
+    qtbot.waitUntil(lambda: w.proxy.rowCount(toks) >= PAGE, timeout=3000)  # the first page(s) in view
+    loaded = w.proxy.rowCount(toks)
+    assert loaded < n
+    w.view.scrollTo(w.proxy.index(loaded - 1, 0, toks))  # the last loaded item in view: the next page
+    qtbot.waitUntil(lambda: w.proxy.rowCount(toks) > loaded, timeout=3000)

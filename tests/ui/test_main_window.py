@@ -57,6 +57,8 @@ def test_metadata_tree_shows_keys_and_summarized_arrays(qtbot, window, load, dem
     tokens = meta.value_of("tokenizer.ggml.tokens", "GGUF")
     assert tokens.startswith("[320 items]") and "<|endoftext|>" in tokens
     idx = meta.find("tokenizer.ggml.tokens", "GGUF")
+    window.tabs.setCurrentWidget(meta)  # (a hidden tab's tree is expanded when it shows)
+    qtbot.waitUntil(lambda: meta.view.isExpanded(idx.parent()), timeout=3000)
     meta.view.expand(idx)
     qtbot.waitUntil(lambda: meta.proxy.rowCount(idx) > 0, timeout=5000)
     assert meta.proxy.index(0, 2, idx).data() in ("'<|endoftext|>'", "<|endoftext|>")

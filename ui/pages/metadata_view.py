@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import (QAbstractItemModel, QModelIndex, QPoint, QRegularExpression, QSortFilterProxyModel,
-                            Qt)
+                            Qt, QTimer)
 from PySide6.QtGui import QFont, QGuiApplication, QPalette
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTreeView, QVBoxLayout, QWidget
 
@@ -374,13 +374,30 @@ class MetadataWidget(QWidget):
         lay.setSpacing(4)
         lay.addWidget(self.filter)
         lay.addWidget(self.view, 1)
+        self._expand_pending = False  # a model's groups are expanded when the tab is next shown
 
     def set_model(self, model: Model | None) -> None:
+        """Show ``model``'s metadata, its groups expanded (when the tab shows: expanding lays out the tree, ~5,000
+        calls into the Python model, which would wait for the interpreter lock the jobs started by opening a
+        model hold)."""
         self.source.set_model(model)
+        self._expand_pending = model is not None
         if model is not None:
-            for row in range(self.proxy.rowCount()):
-                self.view.expand(self.proxy.index(row, 0))
             self._fit_key_column(model)
+            if self.isVisible():
+                self._expand_groups()
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if self._expand_pending:
+            QTimer.singleShot(0, self._expand_groups)  # once the view itself is visible
+
+    def _expand_groups(self) -> None:
+        if not self._expand_pending:
+            return
+        self._expand_pending = False
+        for row in range(self.proxy.rowCount()):
+            self.view.expand(self.proxy.index(row, 0))
 
     def _fit_key_column(self, model: Model) -> None:
         """Key column as wide as the longest top-level key (within reason)."""
