@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Generator, Iterable, Mapping
+from typing import Any, Callable, Generator, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -147,22 +147,31 @@ def analyze_plan(plan: Plan, imatrix: dict[str, np.ndarray] | None = None, *, na
     """Error statistics for every tensor under ``plan`` (progress in values processed over the model).
     ``on_result(stats)`` is called as each tensor finishes (before its progress is yielded), so a caller can
     show rows while the analysis runs."""
-    model: Model = plan.model
     wanted = None if names is None else set(names)
     # integer tensors (token ids, position ids) are never quantized: nothing to measure
     entries = [e for e in plan.entries if (wanted is None or e.name in wanted) and is_float_type(e.source)]
-    total = sum(e.n_params for e in entries)
+    return (yield from analyze_tensors(plan.model, [(e.name, e.type) for e in entries],
+                                       [_importance(imatrix, e) for e in entries], cancel=cancel,
+                                       on_result=on_result))
+
+
+def analyze_tensors(model: Model, pairs: Sequence[tuple[str, str]], weights: Sequence[np.ndarray | None] = (), *,
+                    cancel=None, on_result: Callable[[ErrorStats], Any] | None = None
+                    ) -> Generator[Progress, None, list[ErrorStats]]:
+    """Error statistics of each ``(tensor, type)`` in ``pairs``, quantized with its ``weights`` (importance,
+    or None), in order; progress in values processed.  ``on_result`` as in :func:`analyze_plan`."""
+    total = sum(model.info(name).n_params for name, _t in pairs)
     done = 0
     results: list[ErrorStats] = []
-    for i, e in enumerate(entries):
-        job = error_stats(model.tensor(e.name), e.type, _importance(imatrix, e), keep_sample=False, cancel=cancel)
-        base = done
-        results.append((yield from relay(job, lambda p, base=base, i=i, e=e: Progress(
-            base + p.done, total, f"[{i + 1}/{len(entries)}] {e.name} → {e.type}"))))
-        done += e.n_params
+    for i, (name, qtype) in enumerate(pairs):
+        w = weights[i] if i < len(weights) else None
+        job = error_stats(model.tensor(name), qtype, w, keep_sample=False, cancel=cancel)
+        base, text = done, f"[{i + 1}/{len(pairs)}] {name} → {qtype}"
+        results.append((yield from relay(job, lambda p, base=base, text=text: Progress(base + p.done, total, text))))
+        done += model.info(name).n_params
         if on_result is not None:
             on_result(results[-1])
-            yield Progress(done, total, f"[{i + 1}/{len(entries)}] {e.name} → {e.type}")
+            yield Progress(done, total, text)
     return results
 
 

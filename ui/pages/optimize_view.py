@@ -18,13 +18,14 @@ from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QSp
 
 from workbench import Progress, WorkbenchError
 from workbench.fsutil import atomic_write_path
-from workbench.optimize.sensitivity import SensitivityTable, group_key
+from workbench.optimize.sensitivity import SensitivityTable
 from workbench.plan import PRESETS, TYPES, Plan
 from workbench.units import human_bytes
 
 from ..controllers.plan_controller import PlanController, PlanState
 from ..widgets.sensitivity_heatmap import SensitivityHeatmap
-from ..widgets.size_kld_chart import ChartPoint, SizeKldChart, group_types, predict
+from ..models.tensor_tree_model import is_editable
+from ..widgets.size_kld_chart import ChartPoint, SizeKldChart, group_types, majority_types, predict
 from ..worker import Worker
 
 TABLE_FILTER = "Sensitivity tables (*.json);;All files (*)"
@@ -74,16 +75,9 @@ class FileInfo:
         table predicts for its tensors' types, and the plan that gives every tensor the file's type."""
         if self.mismatch(plan) is not None:
             return None
-        votes: dict[str, dict[str, int]] = {}
-        overrides = {}
-        for e in plan.entries:
-            qtype = self.tensors[e.gguf_name][0]
-            g = votes.setdefault(group_key(e.gguf_name), {})
-            g[qtype] = g.get(qtype, 0) + 1
-            if qtype in TYPES and not e.reason.startswith("not quantized"):
-                overrides[e.name] = qtype
-        types = {k: max(c, key=c.get) for k, c in votes.items()}
-        kld, missing = predict(table, types)
+        typed = [(e, self.tensors[e.gguf_name][0]) for e in plan.entries]
+        overrides = {e.name: qtype for e, qtype in typed if qtype in TYPES and is_editable(e)}
+        kld, missing = predict(table, majority_types((e.gguf_name, qtype) for e, qtype in typed))
         state = PlanState(plan.preset, (), tuple(overrides.items()))
         bpw = 8.0 * self.nbytes / self.n_params if self.n_params else 0.0
         return ChartPoint(self.name, "file", self.nbytes, bpw, kld, state, missing)

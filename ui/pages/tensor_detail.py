@@ -16,10 +16,9 @@ from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFrame, QGridLayout, QHBoxLayout, QHeaderView, QLabel,
                                QSizePolicy, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from workbench import Model, Progress, TensorInfo, WorkbenchError
-from workbench.analysis import ErrorStats, combined_error, error_stats, is_float_type
+from workbench import Model, TensorInfo, WorkbenchError
+from workbench.analysis import ErrorStats, analyze_tensors, combined_error, is_float_type
 from workbench.plan import Plan
-from workbench.progress import relay
 from workbench.stats import TensorStats, tensor_stats
 
 from ..formatting import count_with_percent, float_text, grouped, human_bytes, shape_text
@@ -47,19 +46,6 @@ def _stats_job(model: Model, name: str):
 
 LAYER_COLUMNS = ("Tensor", "Stored", "Planned", "Planned size", "SNR", "Rel. error")
 LAYER_CACHE_SIZE = 32
-
-
-def _layer_error_job(model: Model, pairs: list[tuple[str, str]]):
-    """Runs on the worker thread: each (tensor, planned type) quantized and dequantized, its error measured."""
-    total = sum(model.info(name).n_params for name, _t in pairs) or 1
-    out: list[ErrorStats] = []
-    done = 0
-    for i, (name, qtype) in enumerate(pairs):
-        job = error_stats(model.tensor(name), qtype, keep_sample=False, chunk=STATS_CHUNK)
-        out.append((yield from relay(job, lambda p, base=done, i=i, name=name, qtype=qtype: Progress(
-            base + p.done, total, f"[{i + 1}/{len(pairs)}] {name} → {qtype}"))))
-        done += model.info(name).n_params
-    return out
 
 
 def _snr_text(snr: float) -> str:
@@ -385,7 +371,7 @@ class TensorDetailWidget(QWidget):
         if cached is not None:
             self._show_layer_errors(cached)
             return
-        self.layer_worker.start(_layer_error_job, self._model, list(key[1]))
+        self.layer_worker.start(analyze_tensors, self._model, list(key[1]))
         self._pending.start()
 
     def _on_layer_result(self, stats: list[ErrorStats]) -> None:

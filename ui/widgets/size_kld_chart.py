@@ -51,9 +51,14 @@ class ChartPoint:
 
 def group_types(plan: Plan) -> dict[str, str]:
     """Each group's planned type (the type most of its tensors get)."""
+    return majority_types((e.gguf_name, e.type) for e in plan.entries)
+
+
+def majority_types(typed_names) -> dict[str, str]:
+    """Each group's type, from ``(GGUF tensor name, type)`` pairs: the type most of its tensors have."""
     votes: dict[str, Counter] = {}
-    for e in plan.entries:
-        votes.setdefault(group_key(e.gguf_name), Counter())[e.type] += 1
+    for name, qtype in typed_names:
+        votes.setdefault(group_key(name), Counter())[qtype] += 1
     return {k: c.most_common(1)[0][0] for k, c in votes.items()}
 
 
@@ -160,7 +165,6 @@ class SizeKldChart(QWidget):
         lay.addWidget(self.plot, 1)
         self.scatters: dict[str, pg.ScatterPlotItem] = {}
         self.labels: list[pg.TextItem] = []
-        self._stale = False  # points changed while the chart was hidden: drawn when it is shown
         self._relabel = QTimer(self)  # labels are placed again after zooming or resizing (coalesced)
         self._relabel.setSingleShot(True)
         self._relabel.setInterval(30)
@@ -226,18 +230,7 @@ class SizeKldChart(QWidget):
                          else "Click to apply this plan")
         return "\n".join(lines)
 
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
-        super().showEvent(event)
-        if self._stale:
-            self.redraw()
-
     def redraw(self) -> None:
-        """Draw the points (later, when shown, while the tab is hidden: a model opened or a plan edited
-        elsewhere costs no drawing)."""
-        if not self.isVisible():
-            self._stale = True
-            return
-        self._stale = False
         pi = self.plot.getPlotItem()
         pi.clear()
         self.scatters = {}
