@@ -43,6 +43,9 @@ def thread_pool() -> QThreadPool:
     return _pool
 
 
+_scanned: frozenset = frozenset()  # the threads the last call looked at
+
+
 def lower_background_priority() -> int:
     """Give every thread of this process but the GUI thread and Qt's own a lower CPU priority; returns how many
     were lowered.
@@ -53,15 +56,18 @@ def lower_background_priority() -> int:
     /proc/self/task at each job's start.  Only Linux has per-thread priorities; elsewhere nothing changes."""
     if not sys.platform.startswith("linux"):
         return 0
+    global _scanned
     main = threading.main_thread().native_id
+    own = threading.get_native_id()
     try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
+        tids = frozenset(int(t) for t in os.listdir("/proc/self/task"))
     except OSError:
         return 0
+    # a job starts on every tensor clicked: the other threads are looked at again only when some came or went
+    todo = tids - {main} if tids != _scanned else {own} - {main}
+    _scanned = tids
     lowered = 0
-    for tid in tids:
-        if tid == main:
-            continue
+    for tid in todo:
         try:
             with open(f"/proc/self/task/{tid}/comm", encoding="utf-8", errors="replace") as f:
                 if f.read().startswith("Q"):  # Qt's own threads (the X11 event reader, D-Bus...): left alone
