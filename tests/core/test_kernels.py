@@ -113,12 +113,16 @@ def test_result_independent_of_threads_and_chunks(qtype, monkeypatch):
     np.testing.assert_array_equal(kernels.dequantize(one, qtype, threads=1), kernels.dequantize(two, qtype, threads=2))
 
 
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "F16"])
+@pytest.mark.parametrize("with_imatrix", [False, True])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_input_is_a_clear_error(bad):
-    x = np.zeros((4, 64), np.float32)
-    x[2, 5] = bad
+def test_non_finite_input_is_a_clear_error(bad, qtype, with_imatrix):
+    """Each kernel, whether it checks its input itself (from its block extremes) or is checked before."""
+    x = np.random.default_rng(3).standard_normal((4, 256)).astype(np.float32)
+    x[2, 37] = bad
+    im = np.ones(256, np.float32) if with_imatrix else None
     with pytest.raises(WorkbenchError, match=r"blk\.0\.attn_q\.weight: row 2 contains NaN or Inf"):
-        kernels.quantize(x, "Q4_0", name="blk.0.attn_q.weight")
+        kernels.quantize(x, qtype, im, name="blk.0.attn_q.weight", threads=1)
 
 
 def test_bad_shapes_are_clear_errors():

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .base import Kernel
+from .base import Kernel, NonFinite
 from .common import (F32, fp16_bits, make_qkx_quants, make_qx_quants, pack_bits,
                      roundf, safe_recip, scale_codes, scratch, seqsum)
 
@@ -36,7 +36,9 @@ _U4 = np.uint32(4)
 def _quads(x: np.ndarray) -> np.ndarray:
     """float32 ``x`` [rows, n] as [8, 4 * nb]: element [q, 4b + r] is value 4q + r of block b."""
     c = np.ascontiguousarray(x).reshape(-1).view(np.complex128).reshape(-1, QK // 4)
-    return np.ascontiguousarray(c.T).view(np.float32)
+    out = scratch("lg_xq", c.shape[::-1], np.complex128)  # a reused buffer: fresh ones cost page faults
+    np.copyto(out, c.T)
+    return out.view(np.float32)
 
 
 def _per_block(v: np.ndarray, op) -> np.ndarray:
@@ -62,17 +64,20 @@ def _first_extreme(xq: np.ndarray, value: np.ndarray) -> np.ndarray:
 def _quant_offset(xq: np.ndarray, iv: np.ndarray, offset: float, top: int, minus=None) -> np.ndarray:
     """``MIN(top, (int8_t)(x*id + offset))`` as uint8 in the quad layout (``iv``: id per block), of
     ``x - min`` when ``minus`` gives the min per block."""
+    q = scratch("lg_q", xq.shape)
     if minus is None:
-        q = xq * np.repeat(iv, 4)
+        np.multiply(xq, np.repeat(iv, 4), out=q)
     else:
-        q = xq - np.repeat(minus, 4)
+        np.subtract(xq, np.repeat(minus, 4), out=q)
         q *= np.repeat(iv, 4)
     q += F32(offset)
     if np.isfinite(iv).all():
         # x*id + offset lies in [0, top + 1): clamping the float before the truncation equals C's MIN after
         # it, and a float clip is far cheaper than np.minimum on bytes
         np.clip(q, F32(-128), F32(top), out=q)
-        return q.astype(np.int8).view(np.uint8)
+        L = scratch("lg_L", q.shape, np.int8)
+        np.copyto(L, q, casting="unsafe")
+        return L.view(np.uint8)
     L = q.astype(np.int8).view(np.uint8)  # id = inf (subnormal scales): C's int8 of +-inf / NaN is 0
     np.minimum(L, top, out=L)
     return L
@@ -128,21 +133,28 @@ def _absmax_signed_rows(b: np.ndarray) -> np.ndarray:
     return v
 
 
+def _check_finite(*extremes: np.ndarray) -> None:
+    """NaN and Inf reach a block's float maximum or minimum: checking those checks every value."""
+    if not all(np.isfinite(e).all() for e in extremes):
+        raise NonFinite
+
+
 def _absmax_signed_quads(xq: np.ndarray) -> np.ndarray:
-    """As _absmax_signed_rows for quad-layout blocks: three fast reductions over the bit patterns.  The
-    int32 maximum is |max| itself exactly when +|max| occurs, the uint32 maximum has the sign bit and
-    |max| exactly when -|max| occurs; only blocks holding both look for the first."""
-    u = xq.view(np.uint32)
-    amax = _per_block((u & np.uint32(0x7FFFFFFF)).max(axis=0), np.maximum)
-    pos = _per_block(xq.view(np.int32).max(axis=0), np.maximum).view(np.uint32) == amax
-    neg = _per_block(u.max(axis=0), np.maximum) == (amax | np.uint32(0x80000000))
-    sign = neg & ~pos & (amax != 0)  # all zeros: +0.0, as C starts from max = 0.0f
-    tie = np.flatnonzero(neg & pos & (amax != 0))
+    """As _absmax_signed_rows for quad-layout blocks, from two float reductions: the block's maximum when
+    it is the larger in magnitude, its minimum when that is; only blocks holding both +a and -a look for
+    the first of them."""
+    mx = _per_block(xq.max(axis=0), np.maximum)
+    mn = _per_block(xq.min(axis=0), np.minimum)
+    _check_finite(mx, mn)
+    neg = np.negative(mn)
+    v = np.where(neg > mx, mn, mx)
+    tie = np.flatnonzero((neg == mx) & (mx != 0))
     if tie.size:  # +a and -a both present: the first one in the block wins
         sub = _block_order(xq, tie)
-        first = np.argmax(sub.view(np.uint32) & np.uint32(0x7FFFFFFF) == amax[tie, None], axis=1)
-        sign[tie] = sub[np.arange(tie.size), first] < 0
-    return (amax | (sign.astype(np.uint32) << np.uint32(31))).view(np.float32)
+        first = np.argmax(np.abs(sub) == mx[tie, None], axis=1)
+        v[tie] = sub[np.arange(tie.size), first]
+    v[v == 0] = 0  # all zeros (or -0.0): +0.0, as C starts from max = 0.0f
+    return v
 
 
 def _pack_rows(L: np.ndarray, *heads: np.ndarray, qh: bool = False) -> np.ndarray:
@@ -244,6 +256,7 @@ def _quantize_symmetric(x: np.ndarray, imatrix, nmax: int) -> np.ndarray:
         d = (_absmax_signed_quads(xq) / F32(-nmax)).astype(np.float32)
         L = _quant_offset(xq, safe_recip(d), nmax + 0.5, 2 * nmax - 1)
         return _pack(L, fp16_bits(d), qh=nmax == 16).reshape(rows, -1)
+    _check_finite(x)
     d, L = make_qx_quants(b, nmax, 1, _blocks(row_weights(x, imatrix)))
     return _pack_rows(L, fp16_bits(d), qh=nmax == 16).reshape(rows, -1)
 
@@ -255,11 +268,13 @@ def _quantize_min_max(x: np.ndarray, imatrix, nmax: int) -> np.ndarray:
         xq = _quads(x)
         mn = _first_extreme(xq, _per_block(xq.min(axis=0), np.minimum))
         mx = _first_extreme(xq, _per_block(xq.max(axis=0), np.maximum))
+        _check_finite(mn, mx)
         d = ((mx - mn) / F32(nmax)).astype(np.float32)
         # Q5_1's C cast has no MIN(): never above 31 anyway
         L = _quant_offset(xq, safe_recip(d), 0.5, nmax, minus=mn)
         m = mn
     else:
+        _check_finite(x)
         b = _blocks(x)
         d, the_min, L = make_qkx_quants(b, nmax, _blocks(row_weights(x, imatrix)), -0.9, 0.05, 36, False, qkx3=True)
         L = np.ascontiguousarray(L.reshape(-1, 8, 4).transpose(1, 0, 2)).reshape(8, -1)  # quad layout
@@ -269,6 +284,7 @@ def _quantize_min_max(x: np.ndarray, imatrix, nmax: int) -> np.ndarray:
 
 class Q4_0(Kernel, qtype=T.Q4_0):
     uses_imatrix = True
+    checks_finite = True
 
     @classmethod
     def quantize_rows(cls, x, imatrix):
@@ -282,6 +298,7 @@ class Q4_0(Kernel, qtype=T.Q4_0):
 
 class Q4_1(Kernel, qtype=T.Q4_1):
     uses_imatrix = True
+    checks_finite = True
 
     @classmethod
     def quantize_rows(cls, x, imatrix):
@@ -295,6 +312,7 @@ class Q4_1(Kernel, qtype=T.Q4_1):
 
 class Q5_0(Kernel, qtype=T.Q5_0):
     uses_imatrix = True
+    checks_finite = True
 
     @classmethod
     def quantize_rows(cls, x, imatrix):
@@ -308,6 +326,7 @@ class Q5_0(Kernel, qtype=T.Q5_0):
 
 class Q5_1(Kernel, qtype=T.Q5_1):
     uses_imatrix = True
+    checks_finite = True
 
     @classmethod
     def quantize_rows(cls, x, imatrix):
@@ -320,6 +339,8 @@ class Q5_1(Kernel, qtype=T.Q5_1):
 
 
 class Q8_0(Kernel, qtype=T.Q8_0):  # quantize_row_q8_0_ref (ggml ignores quant weights for Q8_0)
+    checks_finite = True
+
     @classmethod
     def quantize_rows(cls, x, imatrix):
         rows, n = x.shape
@@ -327,7 +348,10 @@ class Q8_0(Kernel, qtype=T.Q8_0):  # quantize_row_q8_0_ref (ggml ignores quant w
         nb = b.shape[0]
         u = _quads(x).view(np.uint32)  # amax over the quad layout: reductions along long rows
         u &= np.uint32(0x7FFFFFFF)
-        d = _per_block(u.max(axis=0), np.maximum).view(np.float32) / F32(127)
+        amax = _per_block(u.max(axis=0), np.maximum)
+        if (amax >= np.uint32(0x7F800000)).any():  # the bits of an Inf or a NaN
+            raise NonFinite
+        d = amax.view(np.float32) / F32(127)
         out = np.empty((nb, cls.type_size), np.uint8)
         out.view("<u2")[:, 0] = fp16_bits(d)
         a = np.multiply(b, np.repeat(safe_recip(d), QK).reshape(nb, QK), out=scratch("q8_a", b.shape))
