@@ -133,6 +133,9 @@ class Model:
     architecture: str | None = None
     name: str = ""
     warnings: list[str] = field(default_factory=list)
+    # GGUF: where each key's value lies in the first file, and that file's (size, mtime_ns) when it was read
+    kv_spans: "dict[str, tuple[int, int]] | None" = field(default=None, repr=False)
+    kv_stamp: tuple[int, int] | None = field(default=None, repr=False)
     _maps: dict[Path, np.memmap] = field(default_factory=dict, repr=False)
     _by_name: dict[str, TensorInfo] = field(default_factory=dict, repr=False)
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import struct
 import sys
 from pathlib import Path
 
@@ -197,6 +199,32 @@ def test_real_tiny_model(tmp_path):
         before.pop(key, None)
         after.pop(key)
     assert after == before
+
+
+def test_metadata_bytes_are_cut_where_opening_found_them(tmp_path):
+    """The copied key/values are the bytes gguf-py's reader finds for each key, from the spans the model's
+    opening recorded; a file changed since it was opened is read again."""
+    src = real_model("tinycoder")
+    model = open_model(src)
+    walked, cut = {}, {}
+    by_walk, by_span = raw_metadata(src, walked), raw_metadata(src, cut, model)
+    ref = {f.name: b"".join(bytes(p) for p in f.parts[2:])  # parts: key length, key, type, payload...
+           for f in GGUFReader(src).fields.values() if not f.name.startswith("GGUF.")}
+    assert list(by_span) == list(ref) and {k: bytes(v) for k, v in by_span.items()} == ref
+    assert by_walk == by_span and walked == cut == {"general.architecture": "llama"}
+    changed = tmp_path / "changed.gguf"
+    changed.write_bytes(src.read_bytes())
+    opened = open_model(changed)
+    data = changed.read_bytes()
+    start, stop = opened.kv_spans["general.architecture"]
+    value = struct.pack("<IQ", 8, 8) + b"qwen2moe"  # a longer string: every later key moves
+    changed.write_bytes(data[:start] + value + data[stop:])
+    seen = {}
+    again = raw_metadata(changed, seen, opened)
+    assert bytes(again["general.architecture"]) == value and list(again) == list(by_walk)
+    assert {k: bytes(v) for k, v in again.items() if k != "general.architecture"} == \
+        {k: bytes(v) for k, v in by_walk.items() if k != "general.architecture"}
+    assert seen == {"general.architecture": "qwen2moe"}
 
 
 # -- byte parity with llama-quantize (recorded once by tests/core/data/make_requant_fixtures.py) --------------

@@ -12,6 +12,7 @@ The GGUF is written by :func:`~workbench.convert.gguf_stream.write_gguf_stream` 
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Generator, Iterator
@@ -109,24 +110,35 @@ def check_writable_type(qtype: str, tensor: str, path=None) -> None:
 _DECODED_KEYS = ("general.architecture", "general.alignment")  # the values copied_metadata looks at
 
 
-def raw_metadata(path: Path, decoded: dict | None = None) -> "OrderedDict[str, RawValue]":
+def raw_metadata(path: Path, decoded: dict | None = None, model: Model | None = None
+                 ) -> "OrderedDict[str, RawValue]":
     """Every key of a GGUF header with its value's bytes (type + payload), in file order.  ``decoded``
     receives the parsed values of the keys of ``_DECODED_KEYS`` the file has.
 
-    One pass over the header: string arrays (a tokenizer's vocabulary and merges, ~100k strings) are stepped
-    over by their lengths, not decoded."""
+    With ``model`` (opened from ``path``, which has not changed since), the bytes are cut where its reading
+    found them; else one pass over the header, in which string arrays (a tokenizer's vocabulary and merges,
+    ~100k strings) are stepped over by their lengths, not decoded."""
     import mmap
 
     from ..formats.gguf import _Cursor, _read_value, _value_type
 
     with open(path, "rb") as f:
+        stamp = os.fstat(f.fileno())
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
         cur = _Cursor(buf, Path(path))
+        out: OrderedDict[str, RawValue] = OrderedDict()
+        if (model is not None and model.kv_spans is not None and model.files and Path(path) == model.files[0]
+                and model.kv_stamp == (stamp.st_size, stamp.st_mtime_ns)):
+            for key, (start, stop) in model.kv_spans.items():
+                out[key] = RawValue(buf[start:stop])
+                if decoded is not None and key in _DECODED_KEYS:
+                    cur.pos = start
+                    decoded[key] = _read_value(cur, _value_type(cur.u32(key), cur, key), key)[0]
+            return out
         cur.pos = 8  # magic, version (read_header has validated both)
         cur.u64("tensor count")
         n_kv = cur.u64("metadata count")
-        out: OrderedDict[str, RawValue] = OrderedDict()
         for _ in range(n_kv):
             key = cur.string("metadata key")
             start = cur.pos
@@ -177,7 +189,7 @@ def copied_metadata(model: Model, set_values: dict[str, TypedValue] | None = Non
     ``set_values``' order, as gguf.cpp's ``gguf_set_val_*`` does).  Also returns the source's data alignment."""
     decoded: dict = {}
     kv: OrderedDict[str, RawValue | TypedValue] = OrderedDict(
-        (k, v) for k, v in raw_metadata(model.files[0], decoded).items() if not k.startswith("split."))
+        (k, v) for k, v in raw_metadata(model.files[0], decoded, model).items() if not k.startswith("split."))
     if not isinstance(decoded.get("general.architecture"), str):
         raise WorkbenchError("the GGUF has no general.architecture string", path=model.files[0])
     alignment = decoded.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)

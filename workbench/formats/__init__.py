@@ -1,6 +1,8 @@
 """Open any supported model: detect the format and build a :class:`~workbench.model.Model`."""
 from __future__ import annotations
 
+import os
+
 from collections import OrderedDict
 from pathlib import Path
 from typing import Generator
@@ -151,6 +153,7 @@ def _hf_model(fmt: str, path: Path, files: list[Path], tensors: list[TensorInfo]
 def _open_gguf(p: Path) -> Generator[Progress, None, Model]:
     files = gguf_fmt.split_files(p)
     yield Progress(0, len(files), f"Reading {p.name}")
+    st = os.stat(files[0])  # before the read: a change after it shows in the stamp
     headers, tensors = gguf_fmt.read_split(p)
     yield Progress(len(files), len(files), "Read GGUF header")
     fields = headers[0].fields
@@ -161,7 +164,8 @@ def _open_gguf(p: Path) -> Generator[Progress, None, Model]:
         raise FormatError(f"general.architecture should be a string but is {fields['general.architecture'].type_name} "
                           f"{quote(arch)}", path=p)
     name = fields["general.name"].value if "general.name" in fields else ""
-    return Model("gguf", p, [h.path for h in headers], tensors, groups, arch, name if isinstance(name, str) else "")
+    return Model("gguf", p, [h.path for h in headers], tensors, groups, arch, name if isinstance(name, str) else "",
+                 kv_spans={k: f.span for k, f in fields.items()}, kv_stamp=(st.st_size, st.st_mtime_ns))
 
 
 def _open_bin(files: list[Path], path: Path, extra_files: list[Path] = ()) -> Generator[Progress, None, Model]:

@@ -60,6 +60,7 @@ class GGUFField:
     vtype: GGUFValueType
     item_type: GGUFValueType | None  # element type for arrays
     value: Any  # str, int, float, bool, list[str] or numpy array for scalar arrays
+    span: tuple[int, int] | None = None  # the bytes of the value's type word and payload in the file
 
     @property
     def type_name(self) -> str:
@@ -221,11 +222,12 @@ def _parse(buf, path: Path) -> GGUFHeader:
     fields: OrderedDict[str, GGUFField] = OrderedDict()
     for _ in range(n_kv):
         key = cur.string("metadata key")
+        start = cur.pos
         vtype = _value_type(cur.u32(f"type of {short(key)}"), cur, key)
         value, item_type = _read_value(cur, vtype, key)
         if key in fields:
             raise FormatError(f"metadata key {short(key)} appears twice", path=path)
-        fields[key] = GGUFField(key, vtype, item_type, value)
+        fields[key] = GGUFField(key, vtype, item_type, value, (start, cur.pos))
 
     raw_tensors: list[tuple[str, tuple[int, ...], str, int]] = []
     names: set[str] = set()

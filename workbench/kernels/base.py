@@ -6,6 +6,7 @@ the chunks over threads (numpy releases the GIL), so results do not depend on ch
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import deque
@@ -98,7 +99,12 @@ def default_threads() -> int:
     env = os.environ.get("WORKBENCH_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return max(1, os.cpu_count() or 1)
+    return _cores()
+
+
+@functools.cache
+def _cores() -> int:
+    return max(1, os.cpu_count() or 1)  # asked once: a conversion asks for every chunk
 
 
 def _chunk_elements(kernel: type[Kernel], threads: int) -> int:
