@@ -91,6 +91,11 @@ def ensure_app(theme: str | None = None):
     # repaint with a hundred such calls froze the window for up to a second.  Asked sooner, the GUI waits
     # ~0.5 ms per call; workers lose only the extra switches, which happen only while the GUI wants the lock.
     sys.setswitchinterval(min(sys.getswitchinterval(), GUI_SWITCH_INTERVAL_S))
+    # ...and the search-heavy kernels (K and IQ types), whose many small numpy calls keep retaking the lock
+    # (the GUI kept losing the hand-over during an analysis: gaps of 40+ ms), run in the worker processes
+    from workbench import kernels
+
+    kernels.keep_interpreter_free()
     from .gc_guard import install as collect_on_gui_thread
 
     collect_on_gui_thread(app)  # cyclic garbage holding Qt objects must never be destroyed on a worker thread

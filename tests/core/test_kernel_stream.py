@@ -140,3 +140,24 @@ def test_a_big_process_spawns_its_workers(monkeypatch):
         assert procpool._children and not any(isinstance(c.proc, procpool._Forked) for c in procpool._children)
     finally:
         procpool._shutdown()  # the next test forks small workers again
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_interactive_process_sends_small_k_tensors_to_the_workers(on, monkeypatch):
+    """keep_interpreter_free (the GUI's setting): a K-type tensor of 1536x576 values is quantized by the
+    worker processes instead of threads of this process, with the same bytes as one thread gives."""
+    from workbench.kernels import base
+
+    if not procpool.available():
+        pytest.skip("no worker processes in a frozen app")
+    calls = []
+    real = base.quantize_stream
+    monkeypatch.setattr(base, "quantize_stream", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = np.random.default_rng(5).standard_normal((576, 1536)).astype(np.float32)
+    want = kernels.quantize(x, "Q4_K", threads=1)
+    kernels.keep_interpreter_free(on)
+    try:
+        got = kernels.quantize(x, "Q4_K", threads=2)
+    finally:
+        kernels.keep_interpreter_free(False)
+    assert bool(calls) == on and got.tobytes() == want.tobytes()

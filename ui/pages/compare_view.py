@@ -745,6 +745,9 @@ class CompareView(QWidget):
         self._show_estimate()
 
     def _time_machine(self) -> None:
+        from ..worker import lower_background_priority
+
+        lower_background_priority()  # started by the GUI thread, this thread would share its priority
         machine_flops()
         try:
             self._flops_measured.emit()

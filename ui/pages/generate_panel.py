@@ -168,7 +168,8 @@ class GeneratePanel(QWidget):
         self.cache = EngineCache()
         self.model: Model | None = None
         self.plan: Plan | None = None
-        self.tokenizer = None
+        self._tokenizer = None
+        self._info_pending = False
         self.result: GenerateResult | None = None
         self._cancel = threading.Event()
         self._text = ""
@@ -288,7 +289,7 @@ class GeneratePanel(QWidget):
         self.info_worker.cancel()
         self.model = model
         self.cache.reset(model)
-        self.tokenizer = None
+        self._tokenizer = None
         self.result = None
         self._text = ""
         self.output.clear()
@@ -306,9 +307,30 @@ class GeneratePanel(QWidget):
         self._set_running(False)
         self.generate_button.setEnabled(False)
         self.status.setText("")
+        # The tokenizer is read on demand (the panel shown, or :attr:`tokenizer` asked for), not on every open:
+        # its parsing holds the interpreter lock in C calls of ~20 ms, which on a busy machine froze the window
+        # for up to ~130 ms right after the model opened
+        self._info_pending = model is not None
         if model is not None:
             self.status.setText("Reading the tokenizer…")
-            self.info_worker.start(model_info_job, model)
+            if self.isVisible():
+                self._read_info()
+
+    @property
+    def tokenizer(self):
+        """The model's tokenizer, None until it has been read (asking starts reading it when it is due)."""
+        if self._info_pending:
+            self._read_info()
+        return self._tokenizer
+
+    def _read_info(self) -> None:
+        self._info_pending = False
+        self.info_worker.start(model_info_job, self.model)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().showEvent(event)
+        if self._info_pending:
+            self._read_info()
 
     def set_plan(self, plan: Plan | None) -> None:
         """The window's current plan (the "Current plan" level; a copy is taken when a generation starts)."""
@@ -316,7 +338,7 @@ class GeneratePanel(QWidget):
 
     def _on_info(self, info) -> None:
         tokenizer, message = info
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
         has_template = bool(getattr(tokenizer, "chat_template", None))
         self.chat_box.setEnabled(has_template)
         self.chat_box.setChecked(has_template)
@@ -352,7 +374,7 @@ class GeneratePanel(QWidget):
 
     def start(self) -> int | None:
         """Generate from the prompt with the chosen level; returns the job id (None when nothing can run)."""
-        if self.model is None or self.tokenizer is None or self.worker.is_busy():
+        if self.model is None or self._tokenizer is None or self.worker.is_busy():
             return None
         prompt = self.prompt_edit.toPlainText()
         if not prompt.strip():
@@ -376,7 +398,7 @@ class GeneratePanel(QWidget):
         self.status.setText("Starting…")
         budget = self.memory_budget()
         extra = {} if budget is None else {"memory_budget": budget}
-        return self.worker.start(self.job, self.model, arg, key, self.cache, self.tokenizer, prompt,
+        return self.worker.start(self.job, self.model, arg, key, self.cache, self._tokenizer, prompt,
                                  cancel=self._cancel.is_set, **self.settings(), **extra)
 
     def stop(self) -> None:
@@ -388,7 +410,7 @@ class GeneratePanel(QWidget):
         return self.worker.is_busy()
 
     def _set_running(self, running: bool) -> None:
-        self.generate_button.setEnabled(not running and self.tokenizer is not None)
+        self.generate_button.setEnabled(not running and self._tokenizer is not None)
         self.stop_button.setEnabled(running)
         for w in (self.level, self.tokens_spin, self.temp_spin, self.prompt_edit):
             w.setEnabled(not running)

@@ -6,8 +6,8 @@
     dequantize(q, "Q4_K", n) -> float32 [rows, n]
 """
 from . import legacy, plain  # noqa: F401  (register the types)
-from .base import (CHUNK_ELEMENTS, Kernel, dequantize, get_kernel, in_processes, quantize, quantize_stream, start_workers,
-                   submit)
+from .base import (CHUNK_ELEMENTS, Kernel, dequantize, get_kernel, in_processes, keep_interpreter_free, quantize,
+                   quantize_stream, start_workers, submit)
 
 try:  # types added by later modules register themselves on import
     from . import kquants  # noqa: F401
@@ -27,5 +27,6 @@ def supported_types() -> list[str]:
     return list(Kernel.registry)
 
 
-__all__ = ["CHUNK_ELEMENTS", "Kernel", "dequantize", "get_kernel", "in_processes", "quantize", "quantize_stream", "start_workers",
+__all__ = ["CHUNK_ELEMENTS", "Kernel", "dequantize", "get_kernel", "in_processes", "keep_interpreter_free", "quantize",
+           "quantize_stream", "start_workers",
            "submit", "supported_types"]

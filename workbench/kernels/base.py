@@ -23,7 +23,8 @@ CHUNK_ELEMENTS = 1 << 18  # float32 values per chunk: temporaries stay a few MB 
 # over, and on small chunks the hand-overs cost more than the second thread gains (Q4_0 on two threads:
 # 1.9 GB/s at 2**18 values per chunk, 3.2 GB/s at 2**20)
 THREADED_CHUNK_ELEMENTS = 1 << 20
-PROCESS_MIN_ELEMENTS = 1 << 21  # GIL-bound kernels use worker processes from this tensor size up
+PROCESS_MIN_ELEMENTS = 1 << 21  # GIL-bound kernels use worker processes from this tensor size up...
+INTERACTIVE_PROCESS_MIN_ELEMENTS = 1 << 16  # ...or this one in a process that keeps its interpreter free
 STREAM_PROCESS_MIN_ELEMENTS = 1 << 18  # ...and from this block size up in a stream (quantize_stream)
 STREAM_BLOCK_ELEMENTS = 1 << 22  # values per block a large tensor is sent to the worker processes in
 
@@ -107,6 +108,17 @@ def _cores() -> int:
     return max(1, os.cpu_count() or 1)  # asked once: a conversion asks for every chunk
 
 
+_process_min = PROCESS_MIN_ELEMENTS
+
+
+def keep_interpreter_free(on: bool = True) -> None:
+    """For a process whose interpreter lock must stay free (the GUI's: its thread waits for the lock while a
+    kernel thread holds it in many small numpy calls), GIL-bound kernels (K and IQ types) on more than one
+    thread run in the worker processes from small tensors up, not on threads of this process."""
+    global _process_min
+    _process_min = INTERACTIVE_PROCESS_MIN_ELEMENTS if on else PROCESS_MIN_ELEMENTS
+
+
 def _chunk_elements(kernel: type[Kernel], threads: int) -> int:
     """Values per chunk: the kernel's own size, or bigger chunks for a streaming kernel on several threads."""
     if kernel.chunk_elements:
@@ -172,11 +184,11 @@ def quantize(x, qtype, imatrix=None, *, threads: int | None = None, name: str | 
     imatrix = _check_imatrix(kernel, imatrix, n, name)
     label = name or "tensor"
     threads = default_threads() if threads is None else threads
-    if threads > 1 and kernel.gil_bound and x.size >= PROCESS_MIN_ELEMENTS:
+    if threads > 1 and kernel.gil_bound and x.size >= _process_min:
         from . import procpool
 
         if procpool.available():  # blocks through the worker processes, copied in while others run
-            step = max(1, STREAM_BLOCK_ELEMENTS // n)
+            step = max(1, min(STREAM_BLOCK_ELEMENTS, -(-x.size // threads)) // n)  # every worker gets some
             blocks = (x[a:a + step] for a in range(0, rows, step))
             for a, q in zip(range(0, rows, step), quantize_stream(blocks, qtype, imatrix, threads=threads, name=name,
                                                                   row0=row0, process_min=0)):
