@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .base import Kernel
+from .base import Kernel, NonFinite
 from .common import _SCRATCH, F32, fp16_bits, fp16_value, scale_codes, seqdot
 from .legacy import block_bytes16, block_f16
 
@@ -87,6 +87,15 @@ def _rsum(a: np.ndarray, from_zero: bool = False) -> np.ndarray:
     return _rsum_loop(a, from_zero)
 
 
+def _rsum_into(a: np.ndarray, out: np.ndarray) -> None:
+    """``_rsum(a, True)`` written into ``out``."""
+    if _REDUCE_SEQ and a.ndim == 2 and a.shape[1] >= 2 and a.flags.c_contiguous and a.dtype == np.float32:
+        np.add.reduce(a, axis=0, out=out)
+        out += F32(0)
+    else:
+        np.copyto(out, _rsum(a, True))
+
+
 def _dot(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
     """``s = 0; for i: s += a[i]*b[i]`` (``... (a[i]*b[i])*c[i]``) over axis 0, float32, in one pass."""
     return seqdot(a, b) if c is None else seqdot(a, b, c)
@@ -98,7 +107,9 @@ def _absmax_first(x: np.ndarray):
     p = x.max(axis=0)
     nn = -x.min(axis=0)
     amax = np.maximum(p, nn)
-    mx = np.where(p >= nn, p, -nn)
+    # p when p >= nn (p - nn >= +0), else -nn: amax with the sign of p - nn (np.where with a mask that
+    # flips at random is several times slower)
+    mx = np.copysign(amax, np.subtract(p, nn))
     tie = (p == nn) & (p > 0)
     if tie.any():  # +v and -v both reach the max: the first one wins
         idx = np.flatnonzero(tie)
@@ -396,10 +407,12 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop):
     return None
 
 
-def _q3_first(X):
-    """The part of make_q3_quants(16, 4, x, L, true) before its rmse passes, for the columns of X [16, k]:
-    (sumlx [k], suml2 [k], iscale [k], all-zero flags [k], amax [k] = largest |x|, the columns whose
-    first rmse pass may try a move).  The first quants are ``_q3_first_quants(X, iscale)``.
+def _q3_first(xb, a, b, name, res):
+    """The part of make_q3_quants(16, 4, x, L, true) before its rmse passes, for the columns of X [16, k]
+    = ``_to_T(xb, a, b, name)``: returns X and (sumlx [k], suml2 [k], iscale [k], all-zero flags [k],
+    amax [k] = largest |x|, the columns whose first rmse pass may try a move), the arrays being those of
+    ``res`` (sumlx, suml2, iscale, amax, all-zero and tried flags), filled.  The first quants are
+    ``_q3_first_quants(X, iscale)``.
 
     The columns that may try a move are found with dense passes in this layout: those where
     ``new_l = clip(nearest_int(x*sl2/slx), -4, 3) != L[i]`` at some position, among the non-zero ones
@@ -408,12 +421,33 @@ def _q3_first(X):
     sumlx <= each term (float sums of terms of one sign only grow in magnitude) and ``slx = sumlx -
     w*x[i]*L[i] > 0`` never holds.  It may flag more columns than C tries (np.rint is nearest_int only
     below 2**22: a larger or non-finite quotient counts as a move; C also skips slx == 0), never fewer;
-    the refinement decides exactly."""
+    the refinement decides exactly.
+
+    Done in slices of _Q3_SLICE columns, each transposed just before: X's slice and the few [16, slice]
+    temporaries then stay in the L2 cache."""
+    k = b - a
+    X = _WS.get(name, (16, k))
+    sumlx, suml2, iscale, amax, zero, tried = res
+    for c in range(0, k, _Q3_SLICE):
+        d = min(k, c + _Q3_SLICE)
+        Xc = _to_T(xb, a + c, a + d, "q3_x", X[:, c:d])
+        _q3_first_slice(Xc, sumlx[c:d], suml2[c:d], iscale[c:d], amax[c:d], zero[c:d], tried[c:d])
+    return X, (sumlx, suml2, iscale, zero, amax, np.flatnonzero(tried))
+
+
+_Q3_SLICE = 8192
+
+
+def _q3_first_slice(X, sumlx, suml2, iscale, amax_out, zero, tried):
+    """_q3_first for the columns X [16, m] (a view), into the [m] arrays given."""
     shape = X.shape
     amax, mx = _absmax_first(X)
-    zero = amax < EPS
+    if not np.isfinite(amax).all():  # NaN and Inf reach the column maximum or minimum (Q3_K.checks_finite)
+        raise NonFinite
+    amax_out[...] = amax
+    np.less(amax, EPS, out=zero)
     with np.errstate(**_ERR):
-        iscale = F32(-4) / np.where(zero, F32(1), mx)
+        np.divide(F32(-4), np.where(zero, F32(1), mx), out=iscale)
         L = np.multiply(X, iscale, out=_WS.get("q3_l", shape))  # |x * iscale| <= ~4: nearest_int is rint
         np.rint(L, out=L)
         _CLIP(L, F32(-4), F32(3), out=L)
@@ -422,18 +456,17 @@ def _q3_first(X):
         T1 *= L  # C: w*x[i]*l
         T2 = np.multiply(w, L, out=w)
         T2 *= L  # w*l*l
-        sumlx = _rsum(T1, True)  # C: sumlx += w*x[i]*l; suml2 += w*l*l (from 0, in order)
-        suml2 = _rsum(T2, True)
+        _rsum_into(T1, sumlx)  # C: sumlx += w*x[i]*l; suml2 += w*l*l (from 0, in order)
+        _rsum_into(T2, suml2)
         slx = np.subtract(sumlx, T1, out=T1)  # C: slx = sumlx - w*x[i]*L[i]; sl2 = suml2 - w*L[i]*L[i]
         q = np.subtract(suml2, T2, out=T2)
         q *= X  # C: x[i] * sl2 / slx
         q /= slx
         np.rint(q, out=q)
         _CLIP(q, F32(-4), F32(3), out=q)
-        tried = np.logical_or.reduce(np.not_equal(q, L, out=_WS.get("q3_tried", shape, bool)), axis=0)
+        np.logical_or.reduce(np.not_equal(q, L, out=_WS.get("q3_tried", shape, bool)), axis=0, out=tried)
         tried &= mx < 0
         tried &= ~zero
-    return sumlx, suml2, iscale, zero, amax, np.flatnonzero(tried)
 
 
 def _q3_first_quants(x, iscale, out=None):
@@ -722,29 +755,30 @@ def _words_T(L8):
     return L8.view("<u8")
 
 
-_B2 = [np.uint64(0x0303 << (2 * s)) for s in range(4)]
-_SH14 = [np.uint64(14 * s) for s in range(4)]
+_M03 = np.uint64(0x0303030303030303)
+# Multiplying a word of 2-bit fields b_0..b_7 (one per byte) by this adds copies of it shifted left by
+# 48 - 14s (s = 0..3): b_2s lands at bits 48 + 2s, b_2s+1 at 56 + 2s, and no two copies of any fields
+# overlap (so no carries): the top two bytes of the product are the packed bytes (t = 0, t = 1).
+_MUL_2BIT = np.uint64(sum(1 << (48 - 14 * s) for s in range(4)))
 
 
 def _pack_2bit_T(L8, out):
     """The low two bits of L8 [16, 16m] into qs ``out`` [m, 64] (Q2_K / Q3_K order): byte 32h + 16t + i
     holds, at bits 2s, value i of sub-block 8h + 2s + t."""
     U = _words_T(L8)
-    B = np.bitwise_and(U, _B2[0], out=_WS.get("pk_b", U.shape, np.uint64))
-    t = _WS.get("pk_t", U.shape, np.uint64)
-    for s in range(1, 4):  # bits 2s..2s+1 of bytes t = 0, 1: byte 2s + t of the word, shifted by 16s - 2s
-        np.right_shift(U, _SH14[s], out=t)
-        t &= _B2[s]
-        B |= t
-    B16 = np.ascontiguousarray(B.astype("<u2").T)  # [2m (sb, h), 16 (i)]: bytes (t = 0, t = 1)
+    B = np.bitwise_and(U, _M03, out=_WS.get("pk_b", U.shape, np.uint64))
+    B *= _MUL_2BIT  # bits 2s of byte 6 + t: bits 0..1 of byte 2s + t
     m = out.shape[0]
-    _as_view(out, (m, 2, 2, 16))[...] = B16.view(np.uint8).reshape(m, 2, 16, 2).transpose(0, 1, 3, 2)
+    # the product's top two bytes [16 (i), m, 2 (h), 2 (t)] to byte 32h + 16t + i
+    _as_view(out, (m, 2, 2, 16))[...] = B.view(np.uint8).reshape(16, m, 2, 8)[:, :, :, 6:].transpose(1, 2, 3, 0)
 
 
 _H01 = np.uint64(0x0101010101010101)
-_H10 = np.uint64(0x1010101010101010)
-_H11 = np.uint64(0x0011001100110011)
-_SH = {v: np.uint64(v) for v in (2, 8, 15, 30, 45)}
+_SH2 = np.uint64(2)
+_SH4 = np.uint64(4)
+# As _MUL_2BIT for 1-bit fields: shifts 48 - 15s put b_2s at bit 48 + s and b_2s+1 at 56 + s (no overlaps);
+# the second word of a sub-block's 16 values, shifted 4 more, fills bits 52 + s and 60 + s.
+_MUL_HBIT = np.uint64(sum(1 << (48 - 15 * s) for s in range(4)))
 
 
 def _pack_hmask_T(L8, out):
@@ -752,20 +786,13 @@ def _pack_hmask_T(L8, out):
     of sub-block 2j + t."""
     U = _words_T(L8)
     m = out.shape[0]
-    Uh = U.reshape(16, m, 2)
-    # per byte 2j' + t: bit 0 = high bit of sub-block 2j' + t (j = j'), bit 4 = that of 8 + 2j' + t (j = 4 + j')
-    H = np.right_shift(Uh[:, :, 0], _SH[2])
-    H &= _H01
-    H |= np.left_shift(Uh[:, :, 1], _SH[2]) & _H10
-    R = np.empty((2, 16, m), np.uint8)
-    for t in range(2):
-        g = (H >> _SH[8]) if t else H.copy()
-        g &= _H11  # bytes 2j' only
-        r = g | (g >> _SH[15])  # byte 2j' moves to bits j', 4 + j'
-        r |= g >> _SH[30]
-        r |= g >> _SH[45]
-        np.copyto(R[t], r, casting="unsafe")  # the low byte
-    _as_view(out, (m, 2, 16))[...] = R.transpose(2, 0, 1)
+    W = np.right_shift(U, _SH2, out=_WS.get("pk_h", U.shape, np.uint64))
+    W &= _H01  # byte b: the high bit of sub-block 8h + b (h: the word)
+    W *= _MUL_HBIT
+    Wh = W.reshape(16, m, 2)
+    Q = np.left_shift(Wh[:, :, 1], _SH4, out=_WS.get("pk_q", (16, m), np.uint64))
+    Q |= Wh[:, :, 0]  # bytes 6 + t: bit j = the high bit of sub-block 2j + t
+    _as_view(out, (m, 2, 16))[...] = Q.view(np.uint8).reshape(16, m, 8)[:, :, 6:].transpose(1, 2, 0)
 
 
 def _round_div_T(X, off, d, lo, hi, xmin, xmax):
@@ -798,16 +825,18 @@ def _round_div_T(X, off, d, lo, hi, xmin, xmax):
     return L
 
 
-def _to_T(xb, a, b, name="t_x"):
-    """Sub-blocks a..b of xb [k, 16] as [16, b - a] (in a reused scratch array).  Moved as 16-byte pieces
-    first (four values each, one complex128), then spread: faster than a transpose of single floats."""
+def _to_T(xb, a, b, name="t_x", out=None):
+    """Sub-blocks a..b of xb [k, 16] as [16, b - a] (in a reused scratch array, or in ``out``).  Moved as
+    16-byte pieces first (four values each, one complex128), then spread: faster than a transpose of
+    single floats."""
     src = xb[a:b]
     m = src.shape[0]
-    out = _WS.get(name, (16, m))
+    if out is None:
+        out = _WS.get(name, (16, m))
     if src.flags.c_contiguous and src.dtype == np.float32 and src.shape[1] == 16:
         quads = _WS.get(name + "_q", (4, m), np.complex128)
         np.copyto(quads, src.view(np.complex128).T)  # [4, m]: values 4j..4j+3 of every sub-block
-        np.copyto(out.reshape(4, 4, m), quads.view(np.float32).reshape(4, m, 4).transpose(0, 2, 1))
+        np.copyto(_as_view(out, (4, 4, m)), quads.view(np.float32).reshape(4, m, 4).transpose(0, 2, 1))
     else:
         np.copyto(out, src.T)
     return out
@@ -968,9 +997,14 @@ def _pack_q3_scales(l):
     s[:, 1] = (w[:, 1] & _M4W) | ((w[:, 3] & _M4W) << np.uint32(4))
     h = np.right_shift(w, np.uint32(4))
     h &= _M3W
-    h <<= np.array([0, 2, 4, 6], np.uint32)
-    s[:, 2] = np.bitwise_or.reduce(h, axis=1)
+    # (column by column: a reduction or a broadcast over rows of 4 is slow)
+    hb = np.left_shift(h[:, 3], np.uint32(6), out=s[:, 2])
+    for q in range(3):
+        hb |= h[:, q] << np.uint32(2 * q)
     return s.view(np.uint8)
+
+
+_RANK16 = (16 - np.arange(16, dtype=np.uint8))[:, None]  # 16 - position
 
 
 def _q3_scales_ref(scales):
@@ -980,18 +1014,21 @@ def _q3_scales_ref(scales):
     with np.errstate(**_ERR):
         A = np.abs(S)
         A[np.isnan(A)] = -1  # never selected by `if (scale > amax)`
-        idx = np.argmax(A, axis=1)
-        r = np.arange(nsb)
-        max_scale = np.where(A[r, idx] > 0, S[r, idx], F32(0))
+        # the first largest per super-block, in the [16, nsb] layout (np.argmax over rows of 16 is slow)
+        At = np.ascontiguousarray(A.T)
+        amax = np.maximum.reduce(At, axis=0)
+        first = np.maximum.reduce(np.multiply(At == amax, _RANK16), axis=0)  # 16 - its position
+        idx = np.arange(0, 16 * nsb, 16) + (16 - first.astype(np.intp))
+        max_scale = np.where(amax > 0, np.take(S, idx), F32(0))
         has = max_scale != 0
         iscale = F32(-32) / max_scale
-        l8 = nearest_int_c(S * iscale[:, None])
+        l8 = nearest_int_c(np.multiply(S.reshape(-1), np.repeat(iscale, 16)).reshape(nsb, 16))
         l8 += 128
         l8 &= 0xFF
         l8 -= 128  # int8_t l = nearest_int(...)
         ls = _CLIP(l8, -32, 31, out=l8)
         ls += 32
-        ls *= has[:, None]  # memset(y[i].scales, 0, 12)
+        ls[~has] = 0  # memset(y[i].scales, 0, 12)
         d_bits = fp16_bits(np.where(has, F32(1) / iscale, F32(0)))
     return ls, d_bits
 
@@ -1000,6 +1037,7 @@ class Q3_K(Kernel, qtype=T.Q3_K):
     gil_bound = True
     uses_imatrix = True
     chunk_elements = _BATCH * 16 * _Q3_GROUP
+    checks_finite = True  # from the block extremes (_q3_first_slice), or one pass with an imatrix
 
     @classmethod
     def quantize_rows(cls, x, imatrix):
@@ -1012,23 +1050,36 @@ class Q3_K(Kernel, qtype=T.Q3_K):
             spans = [(a, min(nb, a + _BATCH)) for a in range(0, nb, _BATCH)]
             for g in range(0, len(spans), _Q3_GROUP):
                 group = spans[g:g + _Q3_GROUP]
-                Xs = [_to_T(xb, a, b, "t_x%d" % j) for j, (a, b) in enumerate(group)]
-                firsts = [_q3_first(X) for X in Xs]
+                ga, gb = group[0][0], group[-1][1]
+                # the group's sumlx, suml2, iscale, amax (float32), all-zero and tried flags, filled per batch
+                G = [np.empty(gb - ga, t) for t in (np.float32,) * 4 + (bool,) * 2]
+                Xs, firsts = zip(*[_q3_first(xb, a, b, "t_x%d" % j, [r[a - ga:b - ga] for r in G])
+                                   for j, (a, b) in enumerate(group)])
                 Lcs = _q3_rmse(xb, group, firsts)
-                for (a, b), X, (sumlx, suml2, iscale, zero, amax, cb), Lc in zip(group, Xs, firsts, Lcs):
-                    with np.errstate(**_ERR):
-                        scales = np.where(suml2 > 0, sumlx / suml2, F32(0))
-                    scales[zero] = 0
-                    ls, d_bits = _q3_scales_ref(scales)
-                    # the quants again from the stored scales; d * -32 == 0 (also the memset case) skips the
-                    # sub-block: it keeps the search's quants
-                    d = (fp16_value(d_bits)[:, None] * (ls - 32).astype(np.float32)).reshape(-1)
-                    L8 = _round_div_T(X, None, d, -4, 3, -amax, amax)
-                    dz = np.flatnonzero(d == 0)
+                # the scales of the whole group at once (fewer, longer numpy calls)
+                sumlx, suml2, _, amax, zero, _ = G
+                with np.errstate(**_ERR):
+                    scales = np.where(suml2 > 0, sumlx / suml2, F32(0))
+                scales[zero] = 0
+                ls, d_bits = _q3_scales_ref(scales)
+                # the quants again from the stored scales; d * -32 == 0 (also the memset case) skips the
+                # sub-block: it keeps the search's quants
+                d = np.repeat(fp16_value(d_bits), 16) * (ls - 32).astype(np.float32).reshape(-1)
+                og = out[ga // 16:gb // 16]
+                og[:, 96:108] = _pack_q3_scales(ls)
+                og[:, 108:110] = d_bits.reshape(-1, 1).view(np.uint8)
+                for (a, b), X, (_, _, iscale, zero_b, amax_b, cb), Lc in zip(group, Xs, firsts, Lcs):
+                    db = d[a - ga:b - ga]
+                    L8 = _round_div_T(X, None, db, -4, 3, -amax_b, amax_b)
+                    dz = np.flatnonzero(db == 0)
                     if dz.size:
-                        L8[:, dz] = _q3_search_quants(X, iscale, zero, dz, cb, Lc)
-                    cls._pack(out[a // 16:b // 16], L8, ls, d_bits)
+                        L8[:, dz] = _q3_search_quants(X, iscale, zero_b, dz, cb, Lc)
+                    ob = out[a // 16:b // 16]
+                    _pack_hmask_T(L8, ob[:, :32])
+                    _pack_2bit_T(L8, ob[:, 32:96])
             return out.reshape(rows, -1)
+        if not np.isfinite(x).all():
+            raise NonFinite
         wt = _superblock_weights(x, imatrix, 2).reshape(nb, 16)
         for a in range(0, nb, _BATCH):
             b = min(nb, a + _BATCH)
