@@ -219,3 +219,23 @@ def test_llama_cpu_numerics_follow_the_planned_types():
     assert groups(engine(DATA / "llama", "Q8_0")) == set()  # exact
     with pytest.raises(WorkbenchError, match="unknown numerics"):
         engine(DATA / "llama", numerics="gpu")
+
+
+def test_padded_attention_output_gives_the_same_steps(monkeypatch):
+    """The decode step's zero-padded attention output matrix (gemv_pad) changes no logit: forced on the tiny
+    model, the transformers reference steps still match and the weights grow by exactly the padding."""
+    from workbench.infer import decoder
+
+    monkeypatch.setattr(decoder, "_blas_splits_gemv", lambda: True)
+    assert decoder.gemv_pad(576, 576) == 224  # 576 x 800 values: OpenBLAS's threading threshold, whole lines
+    assert decoder.gemv_pad(576, 800) == 0 and decoder.gemv_pad(64, 64) == 0  # big enough / padding too big
+    ref_steps = np.load(DATA / "llama" / "step_logits.npy")
+    ref_tokens = np.load(DATA / "llama" / "greedy.npy").tolist()
+    plain = engine(DATA / "llama")
+    monkeypatch.setattr(decoder, "gemv_pad", lambda n_in, n_out: 16)
+    padded = engine(DATA / "llama")
+    assert padded._o_pad == 16
+    assert padded.nbytes() - plain.nbytes() == 4 * 16 * padded.n_head * padded.head_dim * padded.n_layer
+    toks, steps = greedy_steps(padded, PROMPT, len(ref_tokens))
+    assert toks == ref_tokens
+    np.testing.assert_allclose(steps, ref_steps, rtol=0, atol=tol(ref_steps))
