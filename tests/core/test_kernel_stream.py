@@ -161,3 +161,25 @@ def test_interactive_process_sends_small_k_tensors_to_the_workers(on, monkeypatc
     finally:
         kernels.keep_interpreter_free(False)
     assert bool(calls) == on and got.tobytes() == want.tobytes()
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="no process priorities here")
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_interactive_process_starts_its_workers_at_the_lowest_priority(start, monkeypatch):
+    """Workers started after keep_interpreter_free run at nice 19 (forked or fresh interpreters); before, as
+    their starter."""
+    if not procpool.available() or (start == "fork" and not procpool._use_fork()):
+        pytest.skip("no worker processes of that kind here")
+    monkeypatch.setattr(procpool, "_use_fork", lambda: start == "fork")
+    x = np.random.default_rng(6).standard_normal((2048, 1024)).astype(np.float32)  # workers either way
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        for on, want in ((False, mine), (True, 19)):
+            procpool._shutdown()
+            kernels.keep_interpreter_free(on)
+            kernels.quantize(x, "Q4_K", threads=2)
+            assert procpool._children and all(os.getpriority(os.PRIO_PROCESS, c.proc.pid) == want
+                                              for c in procpool._children)
+    finally:
+        kernels.keep_interpreter_free(False)
+        procpool._shutdown()

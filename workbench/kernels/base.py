@@ -24,7 +24,8 @@ CHUNK_ELEMENTS = 1 << 18  # float32 values per chunk: temporaries stay a few MB 
 # 1.9 GB/s at 2**18 values per chunk, 3.2 GB/s at 2**20)
 THREADED_CHUNK_ELEMENTS = 1 << 20
 PROCESS_MIN_ELEMENTS = 1 << 21  # GIL-bound kernels use worker processes from this tensor size up...
-INTERACTIVE_PROCESS_MIN_ELEMENTS = 1 << 16  # ...or this one in a process that keeps its interpreter free
+INTERACTIVE_PROCESS_MIN_ELEMENTS = 1 << 16  # ...or this one in a process that keeps its interpreter free,
+INTERACTIVE_WORKER_NICE = 19  # whose worker processes yield a core to its threads (which may hold the lock)
 STREAM_PROCESS_MIN_ELEMENTS = 1 << 18  # ...and from this block size up in a stream (quantize_stream)
 STREAM_BLOCK_ELEMENTS = 1 << 22  # values per block a large tensor is sent to the worker processes in
 
@@ -114,9 +115,13 @@ _process_min = PROCESS_MIN_ELEMENTS
 def keep_interpreter_free(on: bool = True) -> None:
     """For a process whose interpreter lock must stay free (the GUI's: its thread waits for the lock while a
     kernel thread holds it in many small numpy calls), GIL-bound kernels (K and IQ types) on more than one
-    thread run in the worker processes from small tensors up, not on threads of this process."""
+    thread run in the worker processes from small tensors up, not on threads of this process; and workers
+    started from now on run at nice 19, below this process's background threads (which may hold the lock)."""
     global _process_min
+    from . import procpool
+
     _process_min = INTERACTIVE_PROCESS_MIN_ELEMENTS if on else PROCESS_MIN_ELEMENTS
+    procpool.worker_nice = INTERACTIVE_WORKER_NICE if on else 0
 
 
 def _chunk_elements(kernel: type[Kernel], threads: int) -> int:

@@ -49,6 +49,10 @@ POOL_SEGMENT_MAX = 1 << 25  # segments up to this size (bytes) are kept for reus
 POOL_FREE_MAX = 1 << 26  # ...as long as the free ones total at most this
 POOL_IDLE_SECONDS = 3.0  # free segments unused this long are released
 SPAN_MIN_ELEMENTS = 1 << 19  # values per job sent to a worker (amortizes the round trip)
+# CPU priority (nice) workers started from now on take at least; the GUI sets it (kernels.keep_interpreter_free)
+# so that its own background threads, which may hold the interpreter lock the GUI thread waits for, win a core
+# over the workers' pure computation
+worker_nice = 0
 
 _lock = threading.Lock()
 _fork_lock = threading.Lock()  # one fork at a time: a child must not inherit another child's pipe ends
@@ -229,6 +233,7 @@ class _Child:
         # numpy call (the default trimming makes every multi-MB temporary fresh pages: ~40% slower)
         env.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 25))
         env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 27))
+        env["WORKBENCH_WORKER_NICE"] = str(worker_nice)
         self.env = env
         self.proc = self._start()
         self.thread = threading.Thread(target=self._feed, daemon=True, name="wb-procpool")
@@ -349,6 +354,15 @@ def _keep_freed_memory() -> None:
         pass
 
 
+def _lower_priority(nice: int) -> None:
+    """Run this worker at least ``nice`` (it inherits its starter's priority, which may already be lower)."""
+    try:
+        if nice > os.getpriority(os.PRIO_PROCESS, 0):
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except (AttributeError, OSError):  # no priorities here (Windows): as started
+        pass
+
+
 def _forked_main(r: int, w: int) -> None:
     """The forked worker: its pipes become fds 0 and 1, every other inherited descriptor but stderr is closed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal reaches the whole group: the parent decides
@@ -356,6 +370,7 @@ def _forked_main(r: int, w: int) -> None:
         if callable(signal.getsignal(sig)):  # a handler of the parent's (an app's) is not ours
             signal.signal(sig, signal.SIG_DFL)
     _keep_freed_memory()
+    _lower_priority(worker_nice)
     os.dup2(r, 0)
     os.dup2(w, 1)
     os.closerange(3, max(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1 << 16))
@@ -438,8 +453,11 @@ def child_main(stdin=None, stdout=None) -> None:
 
         resource_tracker.register = lambda *a, **k: None
         resource_tracker.unregister = lambda *a, **k: None
-    if stdin is None:
+    if stdin is None:  # a spawned worker
         stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+        nice = os.environ.get("WORKBENCH_WORKER_NICE", "")
+        if nice.isdigit():
+            _lower_priority(int(nice))
     sys.stdout = sys.stderr  # stray prints must not corrupt the protocol
     while True:
         try:
