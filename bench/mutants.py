@@ -158,6 +158,8 @@ MUTANTS: list[Mutant] = [
       "    if threads > 1 and kernel.gil_bound and x.size >= _process_min:",
       "    if threads > 1 and kernel.gil_bound and x.size >= PROCESS_MIN_ELEMENTS:",
       "tests/core/test_kernel_stream.py", "-k", "interactive"),
+    M("kernels-worker-nice", "workbench/kernels/procpool.py", "    _lower_priority(worker_nice)\n", "",
+      "tests/core/test_kernel_stream.py", "-k", "lowest_priority"),
     M("kernels-q3_k-finite", "workbench/kernels/kquants_low.py",
       "    if not np.isfinite(amax).all():  # NaN and Inf reach", "    if False:  # NaN and Inf reach",
       "tests/core/test_kernels.py", "-k", "non_finite and Q3_K"),
