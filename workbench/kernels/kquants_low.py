@@ -96,9 +96,9 @@ def _rsum_into(a: np.ndarray, out: np.ndarray) -> None:
         np.copyto(out, _rsum(a, True))
 
 
-def _dot(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
+def _dot(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """``s = 0; for i: s += a[i]*b[i]`` (``... (a[i]*b[i])*c[i]``) over axis 0, float32, in one pass."""
-    return seqdot(a, b) if c is None else seqdot(a, b, c)
+    return seqdot(a, b, out=out) if c is None else seqdot(a, b, c, out=out)
 
 
 def _absmax_first(x: np.ndarray):
@@ -598,46 +598,29 @@ def _qx_levels(x, isc, nmax):
     return lv
 
 
-def _qkx_eval(X, W, La, sum_w, sum_x, use_mad, tag):
-    """One step of make_qkx2/3_quants for the columns of X with quants La: (D, this_scale, this_min, error)."""
-    shape = X.shape
-    WL = np.multiply(W, La, out=_WS.get(tag + "wl", shape))
-    sum_l = _rsum(WL, True)
-    sum_l2 = _dot(WL, La)
-    sum_xl = _dot(WL, X)
-    D = sum_w * sum_l2
-    D -= sum_l * sum_l
-    this_scale = sum_w * sum_xl
-    this_scale -= sum_x * sum_l
-    this_scale /= D
-    this_min = sum_l2 * sum_x
-    this_min -= sum_l * sum_xl
-    this_min /= D
-    pos = np.flatnonzero(this_min > 0)
-    if pos.size:
-        this_min[pos] = 0
-        this_scale[pos] = sum_xl[pos] / sum_l2[pos]
-    T2 = np.multiply(La, this_scale, out=WL)
-    T2 += this_min
-    T2 -= X
-    if use_mad:
-        np.abs(T2, out=T2)
-    else:
-        T2 *= T2
-    return D, this_scale, this_min, _dot(W, T2)
-
-
 def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
     """make_qkx2_quants / make_qkx3_quants (identical for finite x) over the columns of X [16, k].
 
     Returns (scale, the_min, iscale, min, xmin, xmax) where iscale and min rebuild the chosen quants
-    (``_qkx_levels``) and xmin / xmax are each column's smallest and largest value."""
+    (``_qkx_levels``) and xmin / xmax are each column's smallest and largest value.  Raises NonFinite
+    when X holds NaN or Inf (they reach xmin or xmax: Q2_K.checks_finite).
+
+    Each step's sums are einsums of W, La (and X) without a W*La temporary, the six products of sums
+    its scale and min need come from one outer product of [w, x, l] and [l2, xl, l], and the best fit
+    is updated by one bit blend of [5, k] arrays (Q2_K calls this for cache-sized batches, where the
+    many small [k] operations per step are a good part of the time)."""
     shape = X.shape
+    k = shape[1]
     xmin = X.min(axis=0)
-    mn = np.minimum(xmin, F32(0))
     mx = X.max(axis=0)
-    sum_w = _rsum(W)
-    sum_x = _rsum(np.multiply(W, X, out=_WS.get("qat2", shape)))
+    if not (np.isfinite(xmin).all() and np.isfinite(mx).all()):
+        raise NonFinite
+    mn = np.minimum(xmin, F32(0))
+    U = np.empty((3, k), np.float32)  # sum_w, sum_x, sum_l
+    V = np.empty((3, k), np.float32)  # sum_l2, sum_xl, sum_l
+    sum_w, sum_x = U[0], U[1]
+    np.copyto(sum_w, _rsum(W))  # C: sum_w = weights[0]; sum_w += weights[i] (not from 0)
+    np.copyto(sum_x, _rsum(np.multiply(W, X, out=_WS.get("qat2", shape))))
     flat = mx == mn
     fmax = F32(nmax)
     with np.errstate(**_ERR):
@@ -658,30 +641,73 @@ def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
             np.abs(E, out=E)
         else:
             E *= E
-        best = _dot(W, E)
-        best_isc = iscale.copy()
-        used_mn = mn.copy()
-        mn = mn.copy()
+        # the best fit so far (error, scale, min, iscale, the min its quants used) and this step's candidate
+        # (error, scale, min, iscale, the min it used): C's update when better is one blend of the two
+        S = np.empty((5, k), np.float32)
+        C = np.empty((5, k), np.float32)
+        _dot(W, E, out=S[0])
+        S[1], S[2], S[3], S[4] = scale, mn, iscale, mn
+        best, scale, mn, best_isc, used_mn = S
+        cur, N, isc, cmn = C[0], C[1:3], C[3], C[4]
+        ts, tm = N
+        P = np.empty((3, 3, k), np.float32)  # U[i] * V[j]
+        D = np.empty(k, np.float32)
+        ok = np.empty(k, bool)
+        ok2 = np.empty(k, bool)
+        M = np.empty(k, np.uint32)
+        B = np.empty((5, k), np.uint32)
         for s in range(nstep + 1):
             np.subtract(mx, mn, out=rng)
-            isc = np.divide(F32(rmin) + F32(rdelta) * F32(s) + fmax, rng)
+            np.divide(F32(rmin) + F32(rdelta) * F32(s) + fmax, rng, out=isc)
             np.subtract(X, mn, out=La)  # C: l = nearest_int(iscale*(x[i] - min)); MAX(0, MIN(nmax, l))
             La *= isc
             np.rint(La, out=La)
             _CLIP(La, F32(0), fmax, out=La)
-            D, this_scale, this_min, cur = _qkx_eval(X, W, La, sum_w, sum_x, use_mad, "qa")
-            ok = np.less(cur, best)
-            ok &= D > 0
-            bi = np.flatnonzero(ok)
-            if bi.size:
-                best[bi] = cur[bi]
-                scale[bi] = this_scale[bi]
-                best_isc[bi] = isc[bi]
+            # C: sum_l += w*l; sum_l2 += w*l*l; sum_xl += w*l*x[i] (from 0, in order)
+            _dot(W, La, out=V[2])
+            _dot(W, La, La, out=V[0])
+            _dot(W, La, X, out=V[1])
+            U[2] = V[2]
+            np.multiply(U[:, None], V[None], out=P)
+            np.subtract(P[0, 0], P[2, 2], out=D)  # sum_w*sum_l2 - sum_l*sum_l
+            np.subtract(P[0, 1], P[1, 2], out=ts)  # sum_w*sum_xl - sum_x*sum_l
+            np.subtract(P[1, 0], P[2, 1], out=tm)  # sum_l2*sum_x - sum_l*sum_xl
+            N /= D
+            if np.greater(tm, 0, out=ok).any():
+                pos = np.flatnonzero(ok)
+                tm[pos] = 0
+                ts[pos] = V[1, pos] / V[0, pos]
+            T2 = np.multiply(La, ts, out=La)  # C: diff = this_scale*Laux[i] + this_min - x[i]
+            T2 += tm
+            T2 -= X
+            if use_mad:
+                np.abs(T2, out=T2)
+            else:
+                T2 *= T2
+            _dot(W, T2, out=cur)
+            np.less(cur, best, out=ok)
+            ok &= np.greater(D, 0, out=ok2)
+            nb = np.count_nonzero(ok)
+            if nb * 8 > k:  # many: a branch-free blend of the bits (a masked copy mispredicts)
+                cmn[...] = mn
+                np.copyto(M, ok, casting="unsafe")
+                np.negative(M, out=M)
+                Su = S.view(np.uint32)
+                np.bitwise_xor(Su, C.view(np.uint32), out=B)
+                B &= M
+                Su ^= B
+            elif nb:
+                bi = np.flatnonzero(ok)
                 used_mn[bi] = mn[bi]
-                mn[bi] = this_min[bi]
+                best[bi] = cur[bi]
+                scale[bi] = ts[bi]
+                best_isc[bi] = isc[bi]
+                mn[bi] = tm[bi]
+    scale = scale.copy()
+    best_isc = best_isc.copy()
     scale[flat] = 0
     best_isc[flat] = 0
-    return scale, -mn, best_isc, used_mn, xmin, mx
+    return scale, -mn, best_isc, used_mn.copy(), xmin, mx
 
 
 def _qkx_levels(x, isc, mn, nmax):
@@ -890,9 +916,13 @@ def _q2_scales_impl(scales, mins, sw):
     return sc, fp16_bits(both[:nsb]), fp16_bits(both[nsb:])
 
 
+_Q2_BATCH = 8192  # sub-blocks per Q2_K batch: the search's [16, k] arrays stay in the L2 cache
+
+
 class Q2_K(Kernel, qtype=T.Q2_K):
     gil_bound = True
     uses_imatrix = True
+    checks_finite = True  # from the sub-block extremes (_qkx_search)
 
     @classmethod
     def quantize_rows(cls, x, imatrix):
@@ -902,8 +932,8 @@ class Q2_K(Kernel, qtype=T.Q2_K):
         xb = x.reshape(nb, 16)
         wt = None if imatrix is None else _superblock_weights(x, imatrix, 1).reshape(nb, 16)
         out = np.empty((nsb, cls.type_size), np.uint8)
-        for a in range(0, nb, _BATCH):
-            b = min(nb, a + _BATCH)
+        for a in range(0, nb, _Q2_BATCH):
+            b = min(nb, a + _Q2_BATCH)
             X = _to_T(xb, a, b)
             if wt is None:  # quantize_row_q2_K_ref: make_qkx2_quants(16, 3, x, |x|, ..., -0.5, 0.1, 15, true)
                 W = np.abs(X, out=_WS.get("t_w", X.shape))
