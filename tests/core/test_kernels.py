@@ -113,7 +113,7 @@ def test_result_independent_of_threads_and_chunks(qtype, monkeypatch):
     np.testing.assert_array_equal(kernels.dequantize(one, qtype, threads=1), kernels.dequantize(two, qtype, threads=2))
 
 
-@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "F16"])
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "F16"])
 @pytest.mark.parametrize("with_imatrix", [False, True])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_input_is_a_clear_error(bad, qtype, with_imatrix):

@@ -22,7 +22,7 @@ import functools
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .base import Kernel
+from .base import Kernel, NonFinite
 from .common import F32, fp16_bits, fp16_value, scale_codes, scratch, seqdot
 from .legacy import block_f16
 
@@ -139,9 +139,12 @@ def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
         w = np.concatenate([w, w], axis=1)
         return tuple(a[:1] for a in _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact))
     fn = F32(nmax)
+    fn_half, top = fn + F32(0.5), fn + F32(0.499)
     add = np.add.reduce
     xmin = np.min(x, axis=0)
     xmax = np.max(x, axis=0)
+    if not (np.isfinite(np.min(xmin)) and np.isfinite(np.max(xmax))):  # NaN and Inf reach these (checks_finite)
+        raise NonFinite
     tag = "qkx_e" if exact else "qkx"
     lv = scratch(tag + "_lv", x.shape)
     tmp = scratch(tag + "_tmp", x.shape)
@@ -176,11 +179,11 @@ def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
         # iscale*(x[i] - min) runs from ta = iscale*(xmin - min) to iscale*(max - min) = c(1 +- 2**-23)
         # (or the other way round if iscale < 0); float ops are monotonic, so these bound every value
         ta = np.multiply(isc, np.subtract(xmin, mn, out=t1), out=t1)
-        lo, hi = np.min(ta), np.max(ta)  # NaN if any is NaN
-        full = c >= fn + F32(0.499)
+        lo, hi = np.minimum.reduce(ta), np.maximum.reduce(ta)  # NaN if any is NaN
+        full = c >= top
         cols = None
-        if not (lo >= F32(-0.5) and hi < fn + F32(0.5)) and not full:
-            cols = np.flatnonzero(~((ta >= F32(-0.5)) & (ta < fn + F32(0.5))))
+        if not (lo >= F32(-0.5) and hi < fn_half) and not full:
+            cols = np.flatnonzero(~((ta >= F32(-0.5)) & (ta < fn_half)))
             if cols.size > G // 256:  # clamping a few columns is cheaper than a full pass, not many
                 full, cols = True, None
         if not (lo > -_SAFE and hi < _SAFE):
@@ -223,7 +226,7 @@ def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
             this_min[p] = 0
             this_scale[p] = sum_xl[p] / sum_l2[p]
         error(this_scale, this_min, cur)
-        b = np.flatnonzero((D > 0) & (cur < best))
+        b = ((D > 0) & (cur < best)).nonzero()[0]
         if b.size:
             cur_m[...] = mn
             state[:, b] = cand[:, b]
@@ -323,6 +326,9 @@ def _qp(x: np.ndarray, nmax: int, qw: np.ndarray):
 
 # -- make_qx_quants (rmse_type = 1) --------------------------------------------------------------------
 
+_QX_SLICE = 4096  # groups per slice of _qx's trials: [16, slice] float32 arrays of 256 KB
+
+
 @_quiet
 def _qx(x: np.ndarray, nmax: int, qw: np.ndarray | None):
     """ggml make_qx_quants(n, nmax, x, L, rmse_type=1, qw) for every column of ``x`` [n, G].
@@ -334,45 +340,61 @@ def _qx(x: np.ndarray, nmax: int, qw: np.ndarray | None):
         return tuple(a[:1] for a in _qx(x2, nmax, None if qw is None else np.concatenate([qw, qw], axis=1)))
     xmax = np.max(x, axis=0)
     xmin = np.min(x, axis=0)
+    if not (np.isfinite(np.min(xmin)) and np.isfinite(np.max(xmax))):  # NaN and Inf reach these (checks_finite)
+        raise NonFinite
     amax, mx = _first_by_abs(x, xmax, xmin)
     zero = amax < _EPS
     mxs = np.where(zero, F32(1), mx)
     opp = np.where(mx > 0, xmin, xmax)  # iscale*x lies between iscale*max and iscale*opp
-    lv = scratch("qx_lv", x.shape)
-    w = np.multiply(x, x, out=scratch("qx_w", x.shape)) if qw is None else qw
-    wx = np.multiply(w, x, out=scratch("qx_wx", x.shape))
     lo, hi = F32(-nmax), F32(nmax - 1)
     # the trials are independent of each other: iscale = -nmax/max, then -(nmax + 0.1*is)/max
     steps = [0] + [k for k in range(-9, 10) if k != 0]
     nums = np.array([F32(-nmax) if k == 0 else -(F32(nmax) + F32(0.1) * F32(k)) for k in steps], np.float32)
-    iscs = np.divide(nums[:, None], mxs[None, :])
-    SX = np.empty((len(steps), G), np.float32)  # sum of w*x*l per trial
-    S2 = np.empty((len(steps), G), np.float32)  # sum of w*l*l per trial
+    iscs = np.divide(nums[:, None], mxs[None, :], out=scratch("qx_iscs", (len(steps), G)))
+    SX = scratch("qx_sx", (len(steps), G))  # sum of w*x*l per trial
+    S2 = scratch("qx_s2", (len(steps), G))  # sum of w*l*l per trial
+    # l = MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x[i]))).  iscale*x[i] lies between iscale*max
+    # = -(nmax + 0.1*is)(1 +- 2**-23) and iscale*opp, whose size is at most that (float ops are
+    # monotonic): the clamp is a no-op for is <= -6, needed everywhere for is >= 6, and in between
+    # needed only by the groups whose values reach past -nmax - 0.5 or nmax - 0.5.  Per trial: clamp
+    # all (True), none (None), or only the groups listed
+    clamps = []
     for r, k in enumerate(steps):
-        # l = MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x[i]))).  iscale*x[i] lies between iscale*max
-        # = -(nmax + 0.1*is)(1 +- 2**-23) and iscale*opp, whose size is at most that (float ops are
-        # monotonic): the clamp is a no-op for is <= -6, needed everywhere for is >= 6, and in between
-        # needed only by the groups whose values reach past -nmax - 0.5 or nmax - 0.5
-        isc = iscs[r]
-        np.multiply(x, isc, out=lv)
-        cols = None
+        c = True if k >= 6 else None
         if -5 <= k <= 5:
+            isc = iscs[r]
             bad = isc * opp >= hi + F32(0.5)
             if k == 5:
                 bad |= isc * mxs < lo - F32(0.5)
             cols = np.flatnonzero(bad)
-        if k >= 6 or (cols is not None and cols.size > G // 256):
-            np.clip(lv, lo, hi, out=lv)
-            cols = None
-        np.rint(lv, out=lv)
-        if cols is not None and cols.size:
-            lv[:, cols] = np.clip(lv[:, cols], lo, hi)
-        seqdot(wx, lv, out=SX[r])  # sumlx += w*x[i]*l; suml2 += w*l*l;
-        seqdot(w, lv, lv, out=S2[r])
+            c = True if cols.size > G // 256 else (cols if cols.size else None)
+        clamps.append(c)
+    # the trials run slice by slice: a slice's values, weights and quants stay in the L2 cache for all
+    for a in range(0, G, _QX_SLICE):
+        b = min(G, a + _QX_SLICE)
+        xs = x[:, a:b]
+        if qw is None:
+            w = np.multiply(xs, xs, out=scratch("qx_w", xs.shape))
+        else:
+            w = scratch("qx_w", xs.shape)
+            w[...] = qw[:, a:b]
+        wx = np.multiply(w, xs, out=scratch("qx_wx", xs.shape))
+        lv = scratch("qx_lv", xs.shape)
+        for r, c in enumerate(clamps):
+            np.multiply(xs, iscs[r, a:b], out=lv)
+            if c is True:
+                np.clip(lv, lo, hi, out=lv)
+            np.rint(lv, out=lv)
+            if c is not True and c is not None:
+                cc = c[(c >= a) & (c < b)] - a
+                if cc.size:
+                    lv[:, cc] = np.clip(lv[:, cc], lo, hi)
+            seqdot(wx, lv, out=SX[r, a:b])  # sumlx += w*x[i]*l; suml2 += w*l*l;
+            seqdot(w, lv, lv, out=S2[r, a:b])
     sumlx, suml2 = SX[0], S2[0]
     scale = np.where(suml2 != 0, sumlx / suml2, F32(0)).astype(np.float32)
     best = scale * sumlx
-    best_isc = iscs[0].copy()
+    best_isc = iscs[0].copy()  # (iscs is scratch: the result must not be)
     for r in range(1, len(steps)):  # in ggml's order: keep a trial if sumlx^2/suml2 beats the best
         sx, s2 = SX[r], S2[r]
         b = np.flatnonzero((s2 > 0) & (sx * sx > best * s2))
@@ -512,6 +534,7 @@ def _q45k_header(type_size: int, d_bits, m_bits, scales) -> np.ndarray:
 class Q4_K(Kernel, qtype=T.Q4_K):
     gil_bound = True
     uses_imatrix = True
+    checks_finite = True  # from the group extremes in _qkx_core
 
     @classmethod
     def quantize_rows(cls, x, imatrix):  # quantize_q4_K
@@ -541,6 +564,7 @@ class Q4_K(Kernel, qtype=T.Q4_K):
 class Q5_K(Kernel, qtype=T.Q5_K):
     gil_bound = True
     uses_imatrix = True
+    checks_finite = True  # from the group extremes in _qkx_core
 
     @classmethod
     def quantize_rows(cls, x, imatrix):  # quantize_q5_K
@@ -582,6 +606,7 @@ class Q5_K(Kernel, qtype=T.Q5_K):
 class Q6_K(Kernel, qtype=T.Q6_K):
     gil_bound = True
     uses_imatrix = True
+    checks_finite = True  # from the group extremes in _qx
 
     @classmethod
     @_quiet
