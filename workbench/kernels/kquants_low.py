@@ -598,6 +598,17 @@ def _qx_levels(x, isc, nmax):
     return lv
 
 
+def _fit_error(E: np.ndarray, m: np.ndarray, X: np.ndarray, use_mad: bool) -> np.ndarray:
+    """``E`` (scale * L) becomes each value's error term in place: |diff| or diff*diff, diff = E + m - x."""
+    E += m
+    E -= X
+    if use_mad:
+        np.abs(E, out=E)
+    else:
+        E *= E
+    return E
+
+
 def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
     """make_qkx2_quants / make_qkx3_quants (identical for finite x) over the columns of X [16, k].
 
@@ -634,13 +645,7 @@ def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
         else:
             La[...] = nearest_int_c(La * iscale)
         _CLIP(La, F32(0), fmax, out=La)
-        E = np.multiply(La, scale, out=_WS.get("qat2", shape))
-        E += mn
-        E -= X
-        if use_mad:
-            np.abs(E, out=E)
-        else:
-            E *= E
+        E = _fit_error(np.multiply(La, scale, out=_WS.get("qat2", shape)), mn, X, use_mad)
         # the best fit so far (error, scale, min, iscale, the min its quants used) and this step's candidate
         # (error, scale, min, iscale, the min it used): C's update when better is one blend of the two
         S = np.empty((5, k), np.float32)
@@ -677,13 +682,7 @@ def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
                 pos = np.flatnonzero(ok)
                 tm[pos] = 0
                 ts[pos] = V[1, pos] / V[0, pos]
-            T2 = np.multiply(La, ts, out=La)  # C: diff = this_scale*Laux[i] + this_min - x[i]
-            T2 += tm
-            T2 -= X
-            if use_mad:
-                np.abs(T2, out=T2)
-            else:
-                T2 *= T2
+            T2 = _fit_error(np.multiply(La, ts, out=La), tm, X, use_mad)  # C: this_scale*Laux[i] + this_min - x[i]
             _dot(W, T2, out=cur)
             np.less(cur, best, out=ok)
             ok &= np.greater(D, 0, out=ok2)
