@@ -219,6 +219,8 @@ class GeneratePanel(QWidget):
             if text:
                 lab = QLabel(text, cell)
                 lab.setBuddy(w)
+                # the size hint can fall a pixel or two short of the rendered text ("Temperatur" clipped)
+                lab.setMinimumWidth(lab.fontMetrics().horizontalAdvance(text.replace("&", "")) + 4)
                 row.addWidget(lab)
             w.setParent(cell)
             row.addWidget(w)
