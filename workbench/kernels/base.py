@@ -332,6 +332,13 @@ class NonFinite(Exception):
     """Raised by the ``quantize_rows`` of a kernel with ``checks_finite`` when its input holds NaN or Inf."""
 
 
+def check_finite(*arrays: np.ndarray) -> None:
+    """Raise NonFinite unless every value is finite: given a block's (or column's) maxima and minima, which
+    NaN and Inf always reach, this checks every value of the blocks."""
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise NonFinite
+
+
 def _non_finite(kernel: type[Kernel], part: np.ndarray, label: str, row0: int):
     bad = row0 + int(np.argwhere(~np.isfinite(part))[0][0])
     raise WorkbenchError(f"{label}: row {bad} contains NaN or Inf values; it cannot be quantized to "

@@ -22,7 +22,7 @@ import functools
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .base import Kernel, NonFinite
+from .base import Kernel, check_finite
 from .common import F32, fp16_bits, fp16_value, scale_codes, scratch, seqdot
 from .legacy import block_f16
 
@@ -143,8 +143,7 @@ def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
     add = np.add.reduce
     xmin = np.min(x, axis=0)
     xmax = np.max(x, axis=0)
-    if not (np.isfinite(np.min(xmin)) and np.isfinite(np.max(xmax))):  # NaN and Inf reach these (checks_finite)
-        raise NonFinite
+    check_finite(xmin, xmax)  # checks_finite
     tag = "qkx_e" if exact else "qkx"
     lv = scratch(tag + "_lv", x.shape)
     tmp = scratch(tag + "_tmp", x.shape)
@@ -340,8 +339,7 @@ def _qx(x: np.ndarray, nmax: int, qw: np.ndarray | None):
         return tuple(a[:1] for a in _qx(x2, nmax, None if qw is None else np.concatenate([qw, qw], axis=1)))
     xmax = np.max(x, axis=0)
     xmin = np.min(x, axis=0)
-    if not (np.isfinite(np.min(xmin)) and np.isfinite(np.max(xmax))):  # NaN and Inf reach these (checks_finite)
-        raise NonFinite
+    check_finite(xmin, xmax)  # checks_finite
     amax, mx = _first_by_abs(x, xmax, xmin)
     zero = amax < _EPS
     mxs = np.where(zero, F32(1), mx)

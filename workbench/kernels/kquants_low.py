@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .base import Kernel, NonFinite
+from .base import Kernel, check_finite
 from .common import _SCRATCH, F32, fp16_bits, fp16_value, scale_codes, seqdot
 from .legacy import block_bytes16, block_f16
 
@@ -442,8 +442,7 @@ def _q3_first_slice(X, sumlx, suml2, iscale, amax_out, zero, tried):
     """_q3_first for the columns X [16, m] (a view), into the [m] arrays given."""
     shape = X.shape
     amax, mx = _absmax_first(X)
-    if not np.isfinite(amax).all():  # NaN and Inf reach the column maximum or minimum (Q3_K.checks_finite)
-        raise NonFinite
+    check_finite(amax)  # NaN and Inf reach the column's largest magnitude (Q3_K.checks_finite)
     amax_out[...] = amax
     np.less(amax, EPS, out=zero)
     with np.errstate(**_ERR):
@@ -624,8 +623,7 @@ def _qkx_search(X, W, nmax, rmin, rdelta, nstep, use_mad):
     k = shape[1]
     xmin = X.min(axis=0)
     mx = X.max(axis=0)
-    if not (np.isfinite(xmin).all() and np.isfinite(mx).all()):
-        raise NonFinite
+    check_finite(xmin, mx)
     mn = np.minimum(xmin, F32(0))
     U = np.empty((3, k), np.float32)  # sum_w, sum_x, sum_l
     V = np.empty((3, k), np.float32)  # sum_l2, sum_xl, sum_l
@@ -1107,8 +1105,7 @@ class Q3_K(Kernel, qtype=T.Q3_K):
                     _pack_hmask_T(L8, ob[:, :32])
                     _pack_2bit_T(L8, ob[:, 32:96])
             return out.reshape(rows, -1)
-        if not np.isfinite(x).all():
-            raise NonFinite
+        check_finite(x)
         wt = _superblock_weights(x, imatrix, 2).reshape(nb, 16)
         for a in range(0, nb, _BATCH):
             b = min(nb, a + _BATCH)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .base import Kernel, NonFinite
+from .base import Kernel, check_finite
 from .common import (F32, fp16_bits, make_qkx_quants, make_qx_quants, pack_bits,
                      roundf, safe_recip, scale_codes, scratch, seqsum)
 
@@ -133,19 +133,13 @@ def _absmax_signed_rows(b: np.ndarray) -> np.ndarray:
     return v
 
 
-def _check_finite(*extremes: np.ndarray) -> None:
-    """NaN and Inf reach a block's float maximum or minimum: checking those checks every value."""
-    if not all(np.isfinite(e).all() for e in extremes):
-        raise NonFinite
-
-
 def _absmax_signed_quads(xq: np.ndarray) -> np.ndarray:
     """As _absmax_signed_rows for quad-layout blocks, from two float reductions: the block's maximum when
     it is the larger in magnitude, its minimum when that is; only blocks holding both +a and -a look for
     the first of them."""
     mx = _per_block(xq.max(axis=0), np.maximum)
     mn = _per_block(xq.min(axis=0), np.minimum)
-    _check_finite(mx, mn)
+    check_finite(mx, mn)
     neg = np.negative(mn)
     v = np.where(neg > mx, mn, mx)
     tie = np.flatnonzero((neg == mx) & (mx != 0))
@@ -256,7 +250,7 @@ def _quantize_symmetric(x: np.ndarray, imatrix, nmax: int) -> np.ndarray:
         d = (_absmax_signed_quads(xq) / F32(-nmax)).astype(np.float32)
         L = _quant_offset(xq, safe_recip(d), nmax + 0.5, 2 * nmax - 1)
         return _pack(L, fp16_bits(d), qh=nmax == 16).reshape(rows, -1)
-    _check_finite(x)
+    check_finite(x)
     d, L = make_qx_quants(b, nmax, 1, _blocks(row_weights(x, imatrix)))
     return _pack_rows(L, fp16_bits(d), qh=nmax == 16).reshape(rows, -1)
 
@@ -268,13 +262,13 @@ def _quantize_min_max(x: np.ndarray, imatrix, nmax: int) -> np.ndarray:
         xq = _quads(x)
         mn = _first_extreme(xq, _per_block(xq.min(axis=0), np.minimum))
         mx = _first_extreme(xq, _per_block(xq.max(axis=0), np.maximum))
-        _check_finite(mn, mx)
+        check_finite(mn, mx)
         d = ((mx - mn) / F32(nmax)).astype(np.float32)
         # Q5_1's C cast has no MIN(): never above 31 anyway
         L = _quant_offset(xq, safe_recip(d), 0.5, nmax, minus=mn)
         m = mn
     else:
-        _check_finite(x)
+        check_finite(x)
         b = _blocks(x)
         d, the_min, L = make_qkx_quants(b, nmax, _blocks(row_weights(x, imatrix)), -0.9, 0.05, 36, False, qkx3=True)
         L = np.ascontiguousarray(L.reshape(-1, 8, 4).transpose(1, 0, 2)).reshape(8, -1)  # quad layout
@@ -349,8 +343,7 @@ class Q8_0(Kernel, qtype=T.Q8_0):  # quantize_row_q8_0_ref (ggml ignores quant w
         u = _quads(x).view(np.uint32)  # amax over the quad layout: reductions along long rows
         u &= np.uint32(0x7FFFFFFF)
         amax = _per_block(u.max(axis=0), np.maximum)
-        if (amax >= np.uint32(0x7F800000)).any():  # the bits of an Inf or a NaN
-            raise NonFinite
+        check_finite(amax.view(np.float32))
         d = amax.view(np.float32) / F32(127)
         out = np.empty((nb, cls.type_size), np.uint8)
         out.view("<u2")[:, 0] = fp16_bits(d)
