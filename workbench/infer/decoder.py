@@ -808,24 +808,17 @@ class DecoderEngine:
             kc[:, start:end] = k_new
             vc[:, start:end] = v_new
             keys, values = kc[:, :end], vc[:, :end]
-        else:
+        else:  # the window's older keys (gathered from the ring) in front of the chunk's own
             size = kc.shape[1]
-            if t == 1:  # the ring holds exactly the visible positions
-                kc[:, start % size] = k_new[:, 0]
-                vc[:, start % size] = v_new[:, 0]
-                keys, values = kc[:, :min(end, size)], vc[:, :min(end, size)]
-            else:  # the window's older keys (gathered from the ring) in front of the chunk's own
-                old = np.arange(start - min(start, win - 1), start) % size
-                keys = np.concatenate([kc[:, old], k_new.astype(F32)], axis=1)
-                values = np.concatenate([vc[:, old], v_new.astype(F32)], axis=1)
-                keep = np.arange(max(start, end - size), end)
-                kc[:, keep % size] = k_new[:, keep - start]
-                vc[:, keep % size] = v_new[:, keep - start]
+            old = np.arange(start - min(start, win - 1), start) % size
+            keys = np.concatenate([kc[:, old], k_new.astype(F32)], axis=1)
+            values = np.concatenate([vc[:, old], v_new.astype(F32)], axis=1)
+            keep = np.arange(max(start, end - size), end)
+            kc[:, keep % size] = k_new[:, keep - start]
+            vc[:, keep % size] = v_new[:, keep - start]
         n = keys.shape[1]
-        if t == 1:
-            qg = heads[0, :nh].reshape(nkv, g, hd)  # [n_kv, g, hd]
-        else:  # heads sharing a KV head become rows of one matrix: [n_kv, g * T, hd]
-            qg = heads[:, :nh].reshape(t, nkv, g, hd).transpose(1, 2, 0, 3).reshape(nkv, g * t, hd)
+        # heads sharing a KV head become rows of one matrix: [n_kv, g * T, hd]
+        qg = heads[:, :nh].reshape(t, nkv, g, hd).transpose(1, 2, 0, 3).reshape(nkv, g * t, hd)
         scores = np.matmul(qg, keys.transpose(0, 2, 1))  # [n_kv, g * T, n]
         if self.attn_softcap:
             softcap_(scores, self.attn_softcap)
@@ -833,10 +826,7 @@ class DecoderEngine:
             scores.reshape(nkv, g, t, n)[...] += mask  # [T, n]
         softmax_(scores)
         ctx = np.matmul(scores, values)  # [n_kv, g * T, hd]
-        if t == 1:
-            ctx = ctx.reshape(1, nh * hd)
-        else:
-            ctx = ctx.reshape(nkv, g, t, hd).transpose(2, 0, 1, 3).reshape(t, nh * hd)
+        ctx = ctx.reshape(nkv, g, t, hd).transpose(2, 0, 1, 3).reshape(t, nh * hd)
         if self.observer is not None:
             self.observer(i, "o", ctx)
         return _matmul(ctx, L.w_o, L.act_o)  # [T, H]
