@@ -237,3 +237,15 @@ def test_q3_k_batches_refined_together():
     assert kernels.base._chunks(800, 1024, kquants_low.Q3_K.chunk_elements) == [(0, 800)]
     ours, ref = kernels.quantize(x, "Q3_K", threads=1), ggml().quantize(x, "Q3_K")
     assert _differing_blocks(ours, ref, 110) == 0
+
+
+def test_scratch_arrays_start_on_a_cache_line():
+    """The kernels' scratch arrays start on a 64-byte boundary (ufuncs writing an array that starts 16
+    bytes past one, as numpy's big allocations do, run 30-40% slower), whatever their shape and type."""
+    from workbench.kernels.common import aligned_empty, scratch
+
+    for shape, dtype in (((32, 8192), np.float32), ((3, 5), np.uint8), ((7,), np.int32), ((16, 1000), bool)):
+        a = scratch("test_align", shape, dtype)
+        assert a.ctypes.data % 64 == 0 and a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+        b = aligned_empty(shape, dtype)
+        assert b.ctypes.data % 64 == 0 and b.shape == shape and b.dtype == dtype

@@ -53,6 +53,19 @@ def seqsum(a: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.cumsum(a, axis=axis, dtype=np.float32).take(-1, axis=axis)
 
 
+ALIGN = 64  # bytes: a cache line
+
+
+def aligned_empty(shape, dtype=np.float32) -> np.ndarray:
+    """``np.empty`` starting on a cache line.  numpy's big arrays start 16 bytes past a page boundary, and
+    a ufunc writing such an array runs 30-40% slower than writing one that starts on a cache line."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    buf = np.empty(n * dtype.itemsize + ALIGN, np.uint8)
+    start = -buf.ctypes.data % ALIGN
+    return buf[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
 class _Scratch(threading.local):
     """Per-thread scratch arrays reused across calls: a fresh multi-hundred-KB temporary costs page faults
     (glibc hands it back to the system when freed), often more than the arithmetic done in it."""
@@ -66,7 +79,7 @@ class _Scratch(threading.local):
             size *= d
         b = self.bufs.get(name)
         if b is None or b.dtype != dtype or b.size < size:
-            b = self.bufs[name] = np.empty(max(size, 1), dtype)
+            b = self.bufs[name] = aligned_empty(max(size, 1), dtype)
         return b[:size].reshape(shape)
 
 
@@ -124,6 +137,18 @@ def seqdot(*arrays: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
             and all(o.flags.c_contiguous and o.dtype == np.float32 and o.shape == a.shape for o in arrays)):
         return np.einsum(_SPECS[len(arrays)], *arrays, out=out)
     return _seqdot_loop(arrays, out)
+
+
+def seqdot_for(a: np.ndarray):
+    """``seqdot`` for a loop that calls it many times on C-contiguous float32 arrays of ``a``'s shape: the
+    layout is checked once here, and the returned ``dot(*arrays, out=...)`` skips the check per call."""
+    if _SEQ_EINSUM and a.ndim == 2 and a.shape[1] >= 2 and a.dtype == np.float32:
+        einsum, specs = np.einsum, _SPECS
+
+        def dot(*arrays, out):
+            return einsum(specs[len(arrays)], *arrays, out=out)
+        return dot
+    return seqdot
 
 
 def scale_codes(codes: np.ndarray, scale: np.ndarray, out: np.ndarray, *, plus: np.ndarray | None = None,

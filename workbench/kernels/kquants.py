@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel, check_finite
-from .common import F32, fp16_bits, fp16_value, scale_codes, scratch, seqdot
+from .common import F32, fp16_bits, fp16_value, scale_codes, scratch, seqdot, seqdot_for
 from .legacy import block_f16
 
 QK_K = 256
@@ -140,31 +140,36 @@ def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
         return tuple(a[:1] for a in _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact))
     fn = F32(nmax)
     fn_half, top = fn + F32(0.5), fn + F32(0.499)
-    add = np.add.reduce
     xmin = np.min(x, axis=0)
     xmax = np.max(x, axis=0)
     check_finite(xmin, xmax)  # checks_finite
     tag = "qkx_e" if exact else "qkx"
     lv = scratch(tag + "_lv", x.shape)
-    tmp = scratch(tag + "_tmp", x.shape)
-    sum_w = add(w, axis=0)
-    sum_x = add(np.multiply(w, x, out=tmp), axis=0)
-    mn = np.where(xmin > 0, F32(0), xmin).astype(np.float32)  # if (min > 0) min = 0;
-    flat = (xmax <= mn) if qkx3 else (xmax == mn)
-    unsafe = np.zeros(G, bool)
-    # state of the search, one row each: best error, scale, and the (iscale, min) its quants came from
-    state = np.empty((4, G), np.float32)
-    best, scale, best_isc, best_m = state
-    # the same for the current trial, updated into `state` where it wins
-    cand = np.empty((4, G), np.float32)
-    cur, this_scale, isc, cur_m = cand
-    sum_l = np.empty(G, np.float32)
-    sum_l2 = np.empty(G, np.float32)
-    sum_xl = np.empty(G, np.float32)
-    D = np.empty(G, np.float32)
-    this_min = np.empty(G, np.float32)
+    # C-contiguous float32 operands of x's shape (x and w are: see _quantize_q45k and _qkx)
+    dot = seqdot_for(x) if x.flags.c_contiguous and w.flags.c_contiguous and w.dtype == x.dtype else seqdot
+    sums = np.empty((6, G), np.float32)  # [sum_l2, sum_xl, sum_l2] and [sum_l, sum_x, sum_xl]
+    U, V = sums[:3], sums[3:]
+    sum_l2, sum_xl, sum_l, sum_x = U[0], U[1], V[0], V[1]
+    const = np.empty((3, G), np.float32)  # [sum_w, sum_w, sum_x]
+    np.add.reduce(w, axis=0, out=const[0])
+    const[1] = const[0]
+    dot(w, x, out=const[2])
+    sum_x[...] = const[2]
+    # the current trial [D, this_scale, this_min, cur_error, iscale, the min its levels used] and the best
+    # one [-, scale, min, best_error, iscale, min]: a trial that wins is one column copy (min = this_min)
+    cand = np.empty((6, G), np.float32)
+    D, this_scale, this_min, cur, isc, cur_m = cand
+    PQ = cand[:3]
+    state = np.empty((6, G), np.float32)
+    _, scale, mn, best, best_isc, best_m = state
+    Q = np.empty((3, G), np.float32)
+    win = np.empty(G, bool)
+    pos = np.empty(G, bool)
     t1 = np.empty(G, np.float32)
     t2 = np.empty(G, np.float32)
+    mn[...] = np.where(xmin > 0, F32(0), xmin)  # if (min > 0) min = 0;
+    flat = (xmax <= mn) if qkx3 else (xmax == mn)
+    unsafe = np.zeros(G, bool)
 
     def levels(isc, c):
         # L[i] = MAX(0, MIN(nmax, nearest_int(iscale*(x[i] - min))))
@@ -193,13 +198,13 @@ def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
         if cols is not None and cols.size:
             lv[:, cols] = np.clip(lv[:, cols], F32(0), fn)
 
-    def error(s, m, out):  # sum of w*diff*diff, diff = scale*L + min - x
-        np.multiply(lv, s, out=tmp)
-        np.add(tmp, m, out=tmp)
-        np.subtract(tmp, x, out=tmp)
-        return seqdot(tmp, tmp, w, out=out)  # cur_error += w * (diff*diff)
+    def error(s, m, out):  # sum of w*diff*diff, diff = scale*L + min - x (in lv: the levels are spent)
+        np.multiply(lv, s, out=lv)
+        np.add(lv, m, out=lv)
+        np.subtract(lv, x, out=lv)
+        dot(lv, lv, w, out=out)  # cur_error += w * (diff*diff)
 
-    np.subtract(xmax, mn, out=t2)  # max - min
+    np.subtract(xmax, mn, out=t2)
     np.divide(fn, t2, out=best_isc)  # iscale = nmax/(max - min)
     np.divide(F32(1), best_isc, out=scale)
     best_m[...] = mn
@@ -210,26 +215,28 @@ def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
         np.subtract(xmax, mn, out=t2)
         np.divide(c, t2, out=isc)
         levels(isc, c)
-        seqdot(w, lv, out=sum_l)  # sum_l += w*l; sum_l2 += w*l*l; sum_xl += w*l*x[i];
-        seqdot(w, lv, lv, out=sum_l2)
-        seqdot(w, lv, x, out=sum_xl)
-        # D = sum_w * sum_l2 - sum_l * sum_l; this_scale = (sum_w * sum_xl - sum_x * sum_l)/D;
-        # this_min = (sum_l2 * sum_x - sum_l * sum_xl)/D
-        np.subtract(np.multiply(sum_w, sum_l2, out=D), np.multiply(sum_l, sum_l, out=t1), out=D)
-        np.subtract(np.multiply(sum_w, sum_xl, out=this_scale), np.multiply(sum_x, sum_l, out=t1), out=this_scale)
-        np.divide(this_scale, D, out=this_scale)
-        np.subtract(np.multiply(sum_l2, sum_x, out=this_min), np.multiply(sum_l, sum_xl, out=t1), out=this_min)
-        np.divide(this_min, D, out=this_min)
+        dot(w, lv, out=sum_l)  # sum_l += w*l; sum_l2 += w*l*l; sum_xl += w*l*x[i];
+        dot(w, lv, lv, out=sum_l2)
+        dot(w, lv, x, out=sum_xl)
+        U[2] = sum_l2
+        V[2] = sum_xl
+        # D = sum_w*sum_l2 - sum_l*sum_l; scale = (sum_w*sum_xl - sum_x*sum_l)/D; min = (sum_l2*sum_x - sum_l*sum_xl)/D
+        np.multiply(const, U, out=PQ)
+        np.multiply(V, sum_l, out=Q)
+        np.subtract(PQ, Q, out=PQ)
+        np.divide(PQ[1:], D, out=PQ[1:])
         if np.fmax.reduce(this_min) > 0:  # if (this_min > 0) { this_min = 0; this_scale = sum_xl / sum_l2; }
             p = np.flatnonzero(this_min > 0)
             this_min[p] = 0
             this_scale[p] = sum_xl[p] / sum_l2[p]
         error(this_scale, this_min, cur)
-        b = ((D > 0) & (cur < best)).nonzero()[0]
+        np.less(cur, best, out=win)
+        np.greater(D, 0, out=pos)
+        win &= pos
+        b = win.nonzero()[0]
         if b.size:
             cur_m[...] = mn
             state[:, b] = cand[:, b]
-            mn[b] = this_min[b]
     unsafe &= ~flat
     if flat.any():
         scale[flat] = 0
