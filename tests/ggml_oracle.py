@@ -66,3 +66,15 @@ def _load(path: str) -> GGML:
 def ggml() -> GGML:
     """The oracle (skips the calling test, with the reason, if the library cannot be fetched)."""
     return _load(str(real_model("ggml")))
+
+
+@lru_cache(maxsize=1)
+def cpu_lib() -> ctypes.CDLL:
+    """The oracle wheel's ggml-cpu library (built with AVX2): the row quantizers a CPU matrix product runs on
+    its activations (``quantize_row_q8_0`` and ``quantize_row_q8_1`` are SIMD code, not the ``_ref`` ones)."""
+    libs = real_model("ggml").parent / "pywhispercpp.libs"
+    base = next(libs.glob("libggml-base-*.so*"))
+    ctypes.CDLL(str(base), mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(str(next(libs.glob("libggml-cpu-*.so*"))))
+    assert lib.ggml_cpu_has_avx2() == 1
+    return lib

@@ -30,11 +30,16 @@ def activations(rows: int, n: int) -> np.ndarray:
 
 
 def ggml_round(lib, x: np.ndarray, vtype: str) -> np.ndarray:
-    """x through ggml's quantize_row_<vtype>_ref and back (Q8_1 is decoded by hand: d F16, s F16, 32 int8)."""
+    """x through the row quantizer llama.cpp's x86 CPU backend runs and back: ggml-cpu's AVX2
+    quantize_row_q8_0 / quantize_row_q8_1, quantize_row_q8_K_ref (x86 has no SIMD one); Q8_1 is decoded by hand
+    (d F16, s F16, 32 int8)."""
+    from ggml_oracle import cpu_lib
+
     block, nbytes = Q8_BLOCK_BYTES[vtype]
     n = x.size
     buf = np.zeros(n // block * nbytes, np.uint8)
-    q = getattr(lib, f"quantize_row_{vtype.lower().replace('_k', '_K')}_ref")
+    name = f"quantize_row_{vtype.lower().replace('_k', '_K')}"
+    q = getattr(lib, name + "_ref") if vtype == "Q8_K" else getattr(cpu_lib(), name)
     q.argtypes, q.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64], None
     q(np.ascontiguousarray(x).ctypes.data, buf.ctypes.data, n)
     if vtype == "Q8_1":

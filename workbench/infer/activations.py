@@ -8,16 +8,18 @@ repacked CPU kernels (repack.cpp: Q4_0 8x8, Q4_K 8x8, ...) quantize the activati
 Mathematically that product is ``dequant(quant(x)) @ W`` with ``W`` the dequantized weights, which is what
 :func:`round_activations` lets an engine compute.
 
-What is not reproduced: the SIMD versions of the row quantizers round a few values differently from the
-reference functions emulated here (round half to even, a multiply by 127/amax), and Q8_1's stored block
-sum ``s`` is rounded to F16 (we use the exact sum of the dequantized values).  Both change a product's
-last bits only.
+Q8_0 and Q8_1 follow the AVX2 row quantizers that x86 builds run (a multiply by 127/amax, round half to
+even: the reference C functions divide and round halves away from zero, which differs on exact ties); Q8_K
+follows quantize_row_q8_K_ref, which x86 builds call (the repacked Q4_K/Q5_K/Q2_K products' 4-row quantizer
+gives the same quants but where +amax and -amax are both in a block).  Not reproduced: Q8_1's stored block
+sum ``s`` is rounded to F16 (we use the exact sum of the dequantized values), and the products' own float
+summation order; both change a product's last bits only.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.common import bf16_bits, nearest_int, roundf
+from ..kernels.common import bf16_bits, nearest_int
 
 F32 = np.float32
 
@@ -42,12 +44,12 @@ def vec_dot_type(weight_type: str | None) -> str | None:
 
 
 def _q8_0(b: np.ndarray) -> np.ndarray:
-    """quantize_row_q8_0_ref then dequantize_row_q8_0, on blocks b [n, 32] (float32)."""
+    """quantize_row_q8_0 (AVX2) then dequantize_row_q8_0, on blocks b [n, 32] (float32)."""
     amax = np.abs(b).max(axis=1)  # [n]
     d = amax / F32(127)
     with np.errstate(divide="ignore"):
-        inv = np.where(d != 0, F32(1) / d, F32(0)).astype(F32)
-    q = roundf(b * inv[:, None], np.int8).astype(F32)  # roundf: halves away from zero
+        inv = np.where(amax != 0, F32(127) / amax, F32(0)).astype(F32)
+    q = np.rint(b * inv[:, None])  # _mm256_round_ps(_MM_ROUND_NEAREST): halves to even
     return q * d.astype(np.float16).astype(F32)[:, None]  # the block scale is stored as F16
 
 

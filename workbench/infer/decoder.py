@@ -112,6 +112,19 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return out
 
 
+def rms_norm_ggml(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """rms_norm as ggml's CPU backend rounds it: the float32 squares summed in double, ``mean = (float)
+    (sum/n)``, ``scale = 1.0f/sqrtf(mean + eps)``, then ``x*scale*w`` in float32 (bit for bit: a double sum of
+    float32 squares is exact, in any order, unless their magnitudes span more than 29 bits).  # [T, H]"""
+    sq = np.multiply(x, x)
+    mean = (np.add.reduce(sq, axis=-1, dtype=np.float64) / x.shape[-1]).astype(F32)
+    mean += F32(eps)
+    scale = np.divide(F32(1), np.sqrt(mean), dtype=F32)
+    out = np.multiply(x, scale[..., None], out=sq)
+    out *= w
+    return out
+
+
 def _head_norm_(x: np.ndarray, w: np.ndarray, eps: float) -> None:
     """RMSNorm of every head of x [T, heads, hd] in place (q/k norms)."""
     ms = np.einsum("thd,thd->th", x, x) * F32(1.0 / x.shape[-1])  # [T, heads]
@@ -300,6 +313,59 @@ class _Layer:
         return sum(int(a.nbytes) for a in self.arrays())
 
 
+def _libm_cos_sin():
+    """The C library's cosf and sinf (what ggml's rope calls), or None where ctypes cannot load them."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+        fns = libm.cosf, libm.sinf
+    except (OSError, AttributeError, TypeError):
+        return None
+    for f in fns:
+        f.restype, f.argtypes = ctypes.c_float, [ctypes.c_float]
+    return fns
+
+
+def ggml_rope_tables(cap: int, rot: int, base: float, freq_scale: float = 1.0,
+                     factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [cap, rot / 2] float32 as ggml_rope_cache_init makes them: theta starts at the position and is
+    multiplied by ``powf(base, -2.0f/rot)`` from one pair to the next in float32, divided by the pair's
+    rope_freqs factor and scaled by ``freq_scale``; cosf/sinf are the C library's (correctly rounded cos/sin of
+    the float32 angle where it cannot be called: they differ in ~1% of the entries, by one ulp)."""
+    ts = F32(np.float64(base) ** np.float64(F32(-2.0) / F32(rot)))  # powf(freq_base, -2.0f/n_dims)
+    theta = np.empty((cap, rot // 2), F32)
+    theta[:, 0] = np.arange(cap, dtype=F32)
+    for i in range(1, rot // 2):
+        np.multiply(theta[:, i - 1], ts, out=theta[:, i])  # theta *= theta_scale
+    if factors is not None:
+        theta = theta / np.asarray(factors, F32)[None, : rot // 2]
+    if freq_scale != 1.0:
+        theta = theta * F32(freq_scale)
+    fns = _libm_cos_sin()
+    if fns is None:
+        t64 = theta.astype(np.float64)
+        return np.cos(t64).astype(F32), np.sin(t64).astype(F32)
+    cosf, sinf = fns
+    # the table is (positions x pairs) but only its distinct angles need a call (position 0 is all zeros)
+    uniq, inv = np.unique(theta, return_inverse=True)
+    cu = np.fromiter((cosf(v) for v in uniq.tolist()), F32, uniq.size)
+    su = np.fromiter((sinf(v) for v in uniq.tolist()), F32, uniq.size)
+    return cu[inv].reshape(theta.shape), su[inv].reshape(theta.shape)
+
+
+def rope_fma_(x1: np.ndarray, x2: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
+    """ggml's rotate_pairs in place, as compiled with FMA contraction: ``x1' = fma(x1, cos, -(x2*sin))``,
+    ``x2' = fma(x1, sin, x2*cos)`` (each float32 product of x1 is exact in float64, so the float64 sum rounded
+    once to float32 is the fused result)."""
+    a = x2 * sin
+    b = x2 * cos
+    x64 = x1.astype(np.float64)
+    np.subtract(x64 * cos, a, out=x1, casting="same_kind")
+    np.add(x64 * sin, b, out=x2, casting="same_kind")
+
+
 @dataclass
 class _Rope:
     """Rotary tables of one layer kind."""
@@ -318,8 +384,13 @@ class _Rope:
     sin2: np.ndarray | None = None
     long_cos2: np.ndarray | None = None
     long_sin2: np.ndarray | None = None
+    # ggml's own tables and rotation (llama-cpu numerics): (freq_base, freq_scale, rope_freqs factors or None)
+    ggml: tuple[float, float, np.ndarray | None] | None = None
 
     def build(self, cap: int) -> None:
+        if self.ggml is not None:
+            self.cos, self.sin = ggml_rope_tables(cap, self.rot, *self.ggml)
+            return
         pos = np.arange(cap, dtype=np.float64)[:, None]
         self.cos, self.sin = (np.cos(pos * self.inv_freq) * self.scale).astype(F32), \
             (np.sin(pos * self.inv_freq) * self.scale).astype(F32)
@@ -397,6 +468,7 @@ class DecoderEngine:
         self.spec = spec
         self.numerics = numerics
         self._llama_cpu = numerics == "llama-cpu"
+        self._norm = rms_norm_ggml if self._llama_cpu else rms_norm  # ggml's rounding, or the reference's
         cfg = self.config = weights.config
         self.arch = weights.arch
         self.hidden = int(cfg["hidden_size"])
@@ -506,7 +578,11 @@ class DecoderEngine:
             short = np.asarray(rc["short_factor"], np.float64)
             long = np.asarray(rc["long_factor"], np.float64)
             return _Rope(base / short, rot, longrope_attention_factor(rc), base / long, orig)
-        return _Rope(rope_inv_freq(self.config, rot, freqs, rc=rc), rot)
+        rope = _Rope(rope_inv_freq(self.config, rot, freqs, rc=rc), rot)
+        if self._llama_cpu and rtype in ("default", "linear"):
+            scale = 1.0 / float(rc["factor"]) if rtype == "linear" else 1.0
+            rope.ggml = (float(rc["rope_theta"]), scale, freqs)
+        return rope
 
     def _act(self, *parts: tuple[str, int]) -> tuple:
         """Column groups (start, end, activation type) of a matrix made of the named weights (llama-cpu)."""
@@ -758,13 +834,16 @@ class DecoderEngine:
     def _rope(self, x: np.ndarray, start: int, r: _Rope, long: bool) -> None:
         """Rotate x [T, heads, hd] in place for positions start.. (HF's rotate_half layout)."""
         t, half = x.shape[0], r.rot // 2
-        if r.rot == x.shape[-1]:  # whole heads: x * (cos, cos) + (x2, x1) * (-sin, sin), the same arithmetic
+        if r.rot == x.shape[-1] and r.ggml is None:  # whole heads: x * (cos, cos) + (x2, x1) * (-sin, sin), the same arithmetic
             cos2, sin2 = (r.long_cos2, r.long_sin2) if long else (r.cos2, r.sin2)
             c, s = cos2[start:start + t, None], sin2[start:start + t, None]  # [T, 1, 2, rot/2]
             xv = x.reshape(t, x.shape[1], 2, half)
             rot = xv[:, :, ::-1] * s  # (x2 * -sin, x1 * sin)
             xv *= c
             xv += rot
+            return
+        if r.ggml is not None:  # ggml's tables and fused arithmetic (llama-cpu numerics)
+            rope_fma_(x[..., :half], x[..., half:r.rot], r.cos[start:start + t, None], r.sin[start:start + t, None])
             return
         cos_t, sin_t = (r.long_cos, r.long_sin) if long else (r.cos, r.sin)
         if t == 1:
@@ -918,7 +997,7 @@ class DecoderEngine:
         for i in range(self.n_layer):
             self.layer_step(i, x, start, masks, long)
         self.pos = start + t
-        return rms_norm(x, self.norm, self.eps)
+        return self._norm(x, self.norm, self.eps)
 
     def layer_step(self, i: int, x: np.ndarray, start: int, masks: dict, long: bool) -> np.ndarray:
         """Layer ``i`` on the hidden states ``x`` [T, H] of positions start.. (in place; fills the layer's KV
@@ -926,11 +1005,11 @@ class DecoderEngine:
         longrope's long factors.  The on-demand layer is released when this returns."""
         eps = self.eps
         L = self._layer(i)
-        a = self._attention(L, i, rms_norm(x, L.attn_norm, eps), start, masks, long)
+        a = self._attention(L, i, self._norm(x, L.attn_norm, eps), start, masks, long)
         if L.post_attn_norm is not None:
-            a = rms_norm(a, L.post_attn_norm, eps)
+            a = self._norm(a, L.post_attn_norm, eps)
         x += a
-        h = rms_norm(x, L.ffn_norm, eps)
+        h = self._norm(x, L.ffn_norm, eps)
         if L.router is not None:
             m = self._moe(L, h, i)
         else:
@@ -943,7 +1022,7 @@ class DecoderEngine:
                 self.observer(i, "down", g)
             m = _matmul(g, L.w_down, L.act_down)  # [T, H]
         if L.post_ffn_norm is not None:
-            m = rms_norm(m, L.post_ffn_norm, eps)
+            m = self._norm(m, L.post_ffn_norm, eps)
         x += m
         return x
 
