@@ -17,8 +17,10 @@ numpy calls, and its attention output product runs on zero-padded columns so tha
 
 ``numerics="llama-cpu"`` computes as llama.cpp's CPU backend does when it evaluates a prompt batch: every
 matrix product rounds its activations to the weight type's dot-product partner first
-(:mod:`workbench.infer.activations`), and the KV cache holds F16 keys and values (llama.cpp's default cache
-type; its flash attention on CPU multiplies the F16 cache with float32 queries).  ``"exact"`` (the default)
+(:mod:`workbench.infer.activations`), the KV cache holds F16 keys and values (llama.cpp's default cache
+type; its flash attention on CPU multiplies the F16 cache with float32 queries), and rms_norm and rope round
+as ggml's do (:func:`rms_norm_ggml`, :func:`ggml_rope_tables`, :func:`rope_fma_`): bit for bit, so that
+only the float sums of the products and of attention add in another order.  ``"exact"`` (the default)
 multiplies float32 activations by the weights' values.  (For a single decoded token llama.cpp's attention
 also rounds the query to F16 and accumulates in F16; that path only affects generation and is not emulated.)
 
