@@ -836,7 +836,8 @@ class DecoderEngine:
     def _rope(self, x: np.ndarray, start: int, r: _Rope, long: bool) -> None:
         """Rotate x [T, heads, hd] in place for positions start.. (HF's rotate_half layout)."""
         t, half = x.shape[0], r.rot // 2
-        if r.rot == x.shape[-1] and r.ggml is None:  # whole heads: x * (cos, cos) + (x2, x1) * (-sin, sin), the same arithmetic
+        # whole heads: x * (cos, cos) + (x2, x1) * (-sin, sin), the same arithmetic
+        if r.rot == x.shape[-1] and r.ggml is None:
             cos2, sin2 = (r.long_cos2, r.long_sin2) if long else (r.cos2, r.sin2)
             c, s = cos2[start:start + t, None], sin2[start:start + t, None]  # [T, 1, 2, rot/2]
             xv = x.reshape(t, x.shape[1], 2, half)
