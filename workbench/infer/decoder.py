@@ -315,6 +315,7 @@ class _Layer:
         return sum(int(a.nbytes) for a in self.arrays())
 
 
+@functools.lru_cache(maxsize=1)
 def _libm_cos_sin():
     """The C library's cosf and sinf (what ggml's rope calls), or None where ctypes cannot load them."""
     import ctypes

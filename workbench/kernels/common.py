@@ -132,17 +132,23 @@ def seqdot(*arrays: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     right) for every column of float32 [n, k] arrays: products rounded to float32, added in row order.
     One fused pass through einsum where that is exact (C-contiguous float32 operands of one shape, k >= 2),
     else an explicit row loop."""
-    a = arrays[0]
-    if (_SEQ_EINSUM and a.ndim == 2 and a.shape[1] >= 2
-            and all(o.flags.c_contiguous and o.dtype == np.float32 and o.shape == a.shape for o in arrays)):
+    if _einsum_applies(arrays):
         return np.einsum(_SPECS[len(arrays)], *arrays, out=out)
     return _seqdot_loop(arrays, out)
 
 
-def seqdot_for(a: np.ndarray):
-    """``seqdot`` for a loop that calls it many times on C-contiguous float32 arrays of ``a``'s shape: the
-    layout is checked once here, and the returned ``dot(*arrays, out=...)`` skips the check per call."""
-    if _SEQ_EINSUM and a.ndim == 2 and a.shape[1] >= 2 and a.dtype == np.float32:
+def _einsum_applies(arrays) -> bool:
+    """Whether np.einsum adds like the C loop for these operands: C-contiguous float32 [n, k >= 2] of one shape."""
+    a = arrays[0]
+    return (_SEQ_EINSUM and a.ndim == 2 and a.shape[1] >= 2
+            and all(o.flags.c_contiguous and o.dtype == np.float32 and o.shape == a.shape for o in arrays))
+
+
+def seqdot_for(*operands: np.ndarray):
+    """``seqdot`` for a loop that calls it many times on ``operands`` and on arrays laid out like them (the
+    caller's promise): their layout is checked once here, and the returned ``dot(*arrays, out=...)`` skips the
+    check per call."""
+    if _einsum_applies(operands):
         einsum, specs = np.einsum, _SPECS
 
         def dot(*arrays, out):

@@ -145,8 +145,7 @@ def _qkx_core(x, w, nmax, rmin, rdelta, nstep, qkx3, exact):
     check_finite(xmin, xmax)  # checks_finite
     tag = "qkx_e" if exact else "qkx"
     lv = scratch(tag + "_lv", x.shape)
-    # C-contiguous float32 operands of x's shape (x and w are: see _quantize_q45k and _qkx)
-    dot = seqdot_for(x) if x.flags.c_contiguous and w.flags.c_contiguous and w.dtype == x.dtype else seqdot
+    dot = seqdot_for(x, w, lv)  # the fused sums below take these three
     sums = np.empty((6, G), np.float32)  # [sum_l2, sum_xl, sum_l2] and [sum_l, sum_x, sum_xl]
     U, V = sums[:3], sums[3:]
     sum_l2, sum_xl, sum_l, sum_x = U[0], U[1], V[0], V[1]
