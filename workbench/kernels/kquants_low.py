@@ -269,6 +269,16 @@ def _plus_off(L, out):
     return out
 
 
+# bool bytes (0/1) of a 64-bit word -> the bits of a byte: byte j lands at bit 56 + j (as _MUL_2BIT: no
+# two products overlap at or above bit 56, and those below carry nothing into it)
+_MUL_BITS = np.uint64(sum(1 << (56 - 7 * j) for j in range(8)))
+_SH56 = np.uint64(56)
+_SH8 = np.uint64(8)
+_FULL = 0xFFFF
+_LOW = np.arange(1 << 16)
+_LOW = np.log2(np.maximum(_LOW & -_LOW, 1)).astype(np.int8)  # the lowest set bit of a 16-bit value (0 for 0)
+
+
 def _refine_q3_start(xr, L, sumlx, suml2, id0):
     """The ``itry`` loop of make_q3_quants(16, 4, x, L, true) for the sub-blocks xr [k, 16] (rows, one
     sub-block each), rows id0.. of the initial quants L [K, 16] (float32) and sums sumlx, suml2 [K]: up
@@ -276,13 +286,15 @@ def _refine_q3_start(xr, L, sumlx, suml2, id0):
     Returns its state (None when k == 0) for ``_refine_q3_steps``, which updates L, sumlx and suml2.
 
     Event driven: each iteration evaluates every position's move under its row's current sums (a few
-    dense passes), runs C's acceptance test on the moves it would try (``new_l != L[i]``: a sparse set)
-    and applies, per row, the first accepted one the C pass meets from its cursor on.  When there is
-    none the pass ends; the next pass starts with the same sums, so its first move is the row's first
-    accepted one at any position, applied in the same iteration.  In row layout the sparse set comes out
-    row by row in position order (the first per row is a neighbour comparison) and finished rows are
-    dropped with cheap row gathers (of the four arrays the dense step needs: the weights of the few
-    tried moves are recomputed from x, bit for bit)."""
+    dense passes), packs the positions where C would try one (``new_l != L[i]``) into a 16-bit mask per
+    row (one multiplication per 8 of them) and runs C's acceptance test on just the first of them the C
+    pass meets from the row's cursor on: accepted, the move is applied; rejected, only the cursor
+    passes it (the sums stay, so the next iteration finds the same moves after it).  The mask is
+    rotated to start at the cursor; once a pass has changed something (and another may follow, pass <
+    4), the positions before the cursor follow as the next pass's (the next pass starts with the same
+    sums).  A row with nothing left to try is done.  In row layout finished rows are dropped with cheap
+    row gathers (of the four arrays the dense step needs: the weights of the tried moves are recomputed
+    from x, bit for bit)."""
     k = xr.shape[0]
     if k == 0:
         return None
@@ -294,9 +306,10 @@ def _refine_q3_start(xr, L, sumlx, suml2, id0):
     T2a *= L[id0:id0 + k]
     Lia = _plus_off(L[id0:id0 + k], _WS.get("r3s_li", sh, np.int32))
     # ids (the rows of L of the active ones), x, T1, T2, L + _OFF as int, sumlx, suml2, the C pass's
-    # position in each row, its pass number, whether it changed something and another may follow
+    # position in each row, its pass number, whether it changed something and another may follow, and
+    # the mask of the positions (from the cursor on, bit j: position cursor + j) it may still try
     return [np.arange(id0, id0 + k), xr, T1a, T2a, Lia, sumlx[id0:id0 + k].copy(), suml2[id0:id0 + k].copy(),
-            np.zeros(k, np.intp), np.zeros(k, np.int8), np.zeros(k, bool)]
+            np.zeros(k, np.intp), np.zeros(k, np.int8), np.zeros(k, bool), np.full(k, _FULL, np.intp)]
 
 
 def _refine_q3_merge(states):
@@ -310,12 +323,12 @@ def _refine_q3_merge(states):
 
 def _refine_q3_steps(st, L, sumlx, suml2, stop):
     """Runs the refinement from the state ``st`` (``_refine_q3_start``) until it is done (None) or fewer
-    than ``stop`` rows are still active (their state).  A row without a move is done: its sums go to
-    sumlx, suml2 (the moves already went to L) and, as its state no longer changes, evaluating it again
+    than ``stop`` rows are still active (their state).  A row without a move to try is done: its sums go
+    to sumlx, suml2 (the moves already went to L) and, as its state no longer changes, evaluating it again
     finds it done again, so it is only dropped once enough rows are done for the row gathers to pay.
     The gathers go to two alternating sets of scratch arrays (fresh ones for a returned state)."""
     Lflat = L.reshape(-1)
-    ids, xa, T1a, T2a, Lia, sx, s2, cur, npass, elig = st
+    ids, xa, T1a, T2a, Lia, sx, s2, cur, npass, elig, lim = st
     kc = ids.size
     par = 0
     with np.errstate(**_ERR):
@@ -329,78 +342,79 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop):
             ni = q.view(np.int32)
             ni &= 0x007FFFFF  # nearest_int(...) + _OFF, as C computes it (also for huge and non-finite values)
             _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
-            idx = np.flatnonzero(np.not_equal(ni, Lia, out=_WS.get("r3_tb", sh, bool)))  # new_l != L[i]
-            c = idx >> 4  # row by row, positions in order: C's order within a row
-            nl = np.take(ni, idx)  # new_l + _OFF
-            nf = np.subtract(nl, _OFF, dtype=np.float32)  # new_l (exact: |new_l + _OFF| < 2^23)
-            xv = np.take(xa, idx)
-            w = xv * xv  # C: w = x[i]*x[i]; slx += w*x[i]*new_l; sl2 += w*new_l*new_l
-            t1 = w * xv
-            t1 *= nf
-            t2 = np.multiply(w, nf, out=w)
-            t2 *= nf
-            slx = np.take(slx_a, idx)
-            ok = slx > 0
-            slx += t1
-            sl2 = np.take(sl2_a, idx)
-            sl2 += t2
-            ok &= sl2 > 0
-            a1 = slx * slx
-            a1 *= s2[c]
-            a2 = sx[c]
-            a2 *= a2
-            a2 *= sl2
-            ok &= a1 > a2  # slx*slx*suml2 > sumlx*sumlx*sl2
-            acc = idx[ok]  # the accepted moves (flat positions), row by row
-            ea = np.flatnonzero(ok)
-            ca = acc >> 4
-            pa = acc & 15
-            first = np.empty(ca.size, bool)  # the row's first accepted move (any position)
-            first[:1] = True
-            np.not_equal(ca[1:], ca[:-1], out=first[1:])
-            fwd = np.flatnonzero(pa >= cur[ca])  # those the current pass still meets
-            cf = ca[fwd]
-            ff = np.empty(cf.size, bool)
-            ff[:1] = True
-            np.not_equal(cf[1:], cf[:-1], out=ff[1:])
-            sel_f = fwd[ff]
-            picked = np.zeros(kc, bool)
-            picked[cf[ff]] = True
-            fa = np.flatnonzero(first)
-            wrap = fa[~picked[ca[fa]] & elig[ca[fa]]]  # pass ended: the next pass's first move
-            if wrap.size:
-                cw = ca[wrap]
-                npass[cw] += 1
-                picked[cw] = True
-                sel = np.concatenate([sel_f, wrap])
-            else:
-                sel = sel_f
-            if sel.size:
-                e = ea[sel]
-                fi, cs, v = acc[sel], ca[sel], nf[e]
-                ps = fi & 15
-                Lia.reshape(-1)[fi] = nl[e]
-                T1a.reshape(-1)[fi] = t1[e]
-                T2a.reshape(-1)[fi] = t2[e]
-                Lflat[(ids[cs] << 4) + ps] = v
-                sx[cs] = slx[e]
-                s2[cs] = sl2[e]
-                cur[cs] = ps + 1
-                elig[cs] = npass[cs] < 4
-            if sel.size < kc:  # the rows without a move are done
-                fin = np.flatnonzero(~picked)
+            tb = np.not_equal(ni, Lia, out=_WS.get("r3_tb", sh, bool))  # new_l != L[i]
+            B = np.multiply(tb.view(np.uint64), _MUL_BITS, out=_WS.get("r3_b", (kc, 2), np.uint64))
+            B >>= _SH56
+            B[:, 1] <<= _SH8
+            bits = np.bitwise_or(B[:, 0], B[:, 1]).view(np.int64)  # bit p: a move to try at p
+            bits *= 0x10001  # twice: bits p + 16 are those of the next pass
+            bits >>= cur
+            bits &= lim  # from the cursor on, in C's order (the next pass's too if one may follow)
+            R = np.flatnonzero(bits)  # the rows with a move to try; the others are done
+            if R.size:
+                j = np.take(_LOW, np.take(bits, R))
+                cR = cur[R]
+                pj = cR + j
+                wr = pj >= 16  # in the next pass
+                p = pj & 15
+                fi = (R << 4) + p
+                nl = np.take(ni, fi)
+                nf = np.subtract(nl, _OFF, dtype=np.float32)  # new_l (exact: |new_l + _OFF| < 2^23)
+                xv = np.take(xa, fi)
+                w = xv * xv  # C: w = x[i]*x[i]; slx += w*x[i]*new_l; sl2 += w*new_l*new_l
+                t1 = w * xv
+                t1 *= nf
+                t2 = np.multiply(w, nf, out=w)
+                t2 *= nf
+                slx = np.take(slx_a, fi)
+                ok = slx > 0
+                slx += t1
+                sl2 = np.take(sl2_a, fi)
+                sl2 += t2
+                ok &= sl2 > 0
+                a1 = slx * slx
+                s2R = s2[R]
+                a1 *= s2R
+                a2 = sx[R]
+                a2 *= a2
+                a2 *= sl2
+                ok &= a1 > a2  # slx*slx*suml2 > sumlx*sumlx*sl2
+                # the cursor passes the tried position either way (a new pass when wrapped)
+                cur[R] = p + 1
+                np_R = npass[R]
+                np_R += wr
+                npass[R] = np_R
+                # the pass may be followed by another once it changed something (pass < 4)
+                eR = np.where(ok, np_R < 4, elig[R] & ~wr)
+                elig[R] = eR
+                lim[R] = np.where(eR, _FULL, _FULL >> (p + 1))
+                e = np.flatnonzero(ok)
+                if e.size:
+                    fs = fi[e]
+                    cs = R[e]
+                    Lia.reshape(-1)[fs] = nl[e]
+                    T1a.reshape(-1)[fs] = t1[e]
+                    T2a.reshape(-1)[fs] = t2[e]
+                    Lflat[(ids[cs] << 4) + p[e]] = nf[e]
+                    sx[cs] = slx[e]
+                    s2[cs] = sl2[e]
+            if R.size < kc:  # the rows without a move to try are done
+                done = np.ones(kc, bool)
+                done[R] = False
+                fin = np.flatnonzero(done)
                 sumlx[ids[fin]] = sx[fin]
                 suml2[ids[fin]] = s2[fin]
-                if sel.size == 0:
+                if R.size == 0:
                     return None
-                if (kc - sel.size) * 8 < kc:  # few done: they stay (with unchanged state they finish again)
+                if (kc - R.size) * 8 < kc:  # few done: they stay (with unchanged state they finish again)
                     continue
-                keep = np.flatnonzero(picked)
+                keep = R
                 kc = keep.size
                 ids = ids[keep]
-                sx, s2, cur, npass, elig = sx[keep], s2[keep], cur[keep], npass[keep], elig[keep]
+                sx, s2, cur, npass, elig, lim = sx[keep], s2[keep], cur[keep], npass[keep], elig[keep], lim[keep]
                 if kc < stop:  # handed on: fresh arrays (the scratch ones are reused)
-                    return [ids] + [np.take(a, keep, axis=0) for a in (xa, T1a, T2a, Lia)] + [sx, s2, cur, npass, elig]
+                    return ([ids] + [np.take(a, keep, axis=0) for a in (xa, T1a, T2a, Lia)]
+                            + [sx, s2, cur, npass, elig, lim])
                 par ^= 1  # into the scratch arrays the ones read now are not in
                 xa, T1a, T2a, Lia = (np.take(a, keep, axis=0, out=_WS.get("r3c%d%d" % (par, j), (kc, 16), a.dtype),
                                              mode="clip") for j, a in enumerate((xa, T1a, T2a, Lia)))
