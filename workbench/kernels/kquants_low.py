@@ -321,35 +321,42 @@ def _refine_q3_merge(states):
             for f in range(len(states[0]))]
 
 
-def _refine_q3_steps(st, L, sumlx, suml2, stop):
+def _refine_q3_steps(st, L, sumlx, suml2, stop, first=None):
     """Runs the refinement from the state ``st`` (``_refine_q3_start``) until it is done (None) or fewer
     than ``stop`` rows are still active (their state).  A row without a move to try is done: its sums go
     to sumlx, suml2 (the moves already went to L) and, as its state no longer changes, evaluating it again
     finds it done again, so it is only dropped once enough rows are done for the row gathers to pay.
-    The gathers go to two alternating sets of scratch arrays (fresh ones for a returned state)."""
+    The gathers go to two alternating sets of scratch arrays (fresh ones for a returned state).
+
+    ``first``: the masks of the positions to try in the first iteration when they are known (int64 [k],
+    from ``_q3_first``: C's, or more), which then skips the dense passes: the quotient of each row's
+    first one is computed alone (a position that turns out not to move just moves the cursor)."""
     Lflat = L.reshape(-1)
     ids, xa, T1a, T2a, Lia, sx, s2, cur, npass, elig, lim = st
     kc = ids.size
     par = 0
     with np.errstate(**_ERR):
         while True:
-            sh = (kc, 16)
-            slx_a = np.subtract(sx[:, None], T1a, out=_WS.get("r3_slx", sh))
-            sl2_a = np.subtract(s2[:, None], T2a, out=_WS.get("r3_sl2", sh))
-            q = np.multiply(xa, sl2_a, out=_WS.get("r3_q", sh))
-            q /= slx_a
-            q += _MAGIC
-            ni = q.view(np.int32)
-            ni &= 0x007FFFFF  # nearest_int(...) + _OFF, as C computes it (also for huge and non-finite values)
-            _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
-            tb = np.not_equal(ni, Lia, out=_WS.get("r3_tb", sh, bool))  # new_l != L[i]
-            B = np.multiply(tb.view(np.uint64), _MUL_BITS, out=_WS.get("r3_b", (kc, 2), np.uint64))
-            B >>= _SH56
-            B[:, 1] <<= _SH8
-            bits = np.bitwise_or(B[:, 0], B[:, 1]).view(np.int64)  # bit p: a move to try at p
-            bits *= 0x10001  # twice: bits p + 16 are those of the next pass
-            bits >>= cur
-            bits &= lim  # from the cursor on, in C's order (the next pass's too if one may follow)
+            if first is None:
+                sh = (kc, 16)
+                slx_a = np.subtract(sx[:, None], T1a, out=_WS.get("r3_slx", sh))
+                sl2_a = np.subtract(s2[:, None], T2a, out=_WS.get("r3_sl2", sh))
+                q = np.multiply(xa, sl2_a, out=_WS.get("r3_q", sh))
+                q /= slx_a
+                q += _MAGIC
+                ni = q.view(np.int32)
+                ni &= 0x007FFFFF  # nearest_int(...) + _OFF as C computes it (also for huge and non-finite values)
+                _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
+                tb = np.not_equal(ni, Lia, out=_WS.get("r3_tb", sh, bool))  # new_l != L[i]
+                B = np.multiply(tb.view(np.uint64), _MUL_BITS, out=_WS.get("r3_b", (kc, 2), np.uint64))
+                B >>= _SH56
+                B[:, 1] <<= _SH8
+                bits = np.bitwise_or(B[:, 0], B[:, 1]).view(np.int64)  # bit p: a move to try at p
+                bits *= 0x10001  # twice: bits p + 16 are those of the next pass
+                bits >>= cur
+                bits &= lim  # from the cursor on, in C's order (the next pass's too if one may follow)
+            else:  # (cursor 0, no next pass yet)
+                bits = first
             R = np.flatnonzero(bits)  # the rows with a move to try; the others are done
             if R.size:
                 j = np.take(_LOW, np.take(bits, R))
@@ -358,23 +365,37 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop):
                 wr = pj >= 16  # in the next pass
                 p = pj & 15
                 fi = (R << 4) + p
-                nl = np.take(ni, fi)
-                nf = np.subtract(nl, _OFF, dtype=np.float32)  # new_l (exact: |new_l + _OFF| < 2^23)
                 xv = np.take(xa, fi)
+                if first is None:
+                    nl = np.take(ni, fi)
+                    slx = np.take(slx_a, fi)
+                    sl2 = np.take(sl2_a, fi)
+                    ok = slx > 0
+                else:
+                    slx = np.take(T1a, fi)
+                    np.subtract(sx[R], slx, out=slx)
+                    sl2 = np.take(T2a, fi)
+                    np.subtract(s2[R], sl2, out=sl2)
+                    nl = np.multiply(xv, sl2).view(np.int32)
+                    qv = nl.view(np.float32)
+                    qv /= slx
+                    qv += _MAGIC
+                    nl &= 0x007FFFFF
+                    _CLIP(nl, _OFF - 4, _OFF + 3, out=nl)
+                    ok = slx > 0
+                    ok &= np.not_equal(nl, np.take(Lia, fi))  # (the mask may hold positions C does not try)
+                    first = None
+                nf = np.subtract(nl, _OFF, dtype=np.float32)  # new_l (exact: |new_l + _OFF| < 2^23)
                 w = xv * xv  # C: w = x[i]*x[i]; slx += w*x[i]*new_l; sl2 += w*new_l*new_l
                 t1 = w * xv
                 t1 *= nf
                 t2 = np.multiply(w, nf, out=w)
                 t2 *= nf
-                slx = np.take(slx_a, fi)
-                ok = slx > 0
                 slx += t1
-                sl2 = np.take(sl2_a, fi)
                 sl2 += t2
                 ok &= sl2 > 0
                 a1 = slx * slx
-                s2R = s2[R]
-                a1 *= s2R
+                a1 *= s2[R]
                 a2 = sx[R]
                 a2 *= a2
                 a2 *= sl2
@@ -398,6 +419,7 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop):
                     Lflat[(ids[cs] << 4) + p[e]] = nf[e]
                     sx[cs] = slx[e]
                     s2[cs] = sl2[e]
+            first = None
             if R.size < kc:  # the rows without a move to try are done
                 done = np.ones(kc, bool)
                 done[R] = False
@@ -424,8 +446,9 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop):
 def _q3_first(xb, a, b, name, res):
     """The part of make_q3_quants(16, 4, x, L, true) before its rmse passes, for the columns of X [16, k]
     = ``_to_T(xb, a, b, name)``: returns X and (sumlx [k], suml2 [k], iscale [k], all-zero flags [k],
-    amax [k] = largest |x|, the columns whose first rmse pass may try a move), the arrays being those of
-    ``res`` (sumlx, suml2, iscale, amax, all-zero and tried flags), filled.  The first quants are
+    amax [k] = largest |x|, the columns whose first rmse pass may try a move, the masks [k] of the
+    positions where it may: bit p for position p), the arrays being those of ``res`` (sumlx, suml2,
+    iscale, amax, all-zero and tried flags, masks), filled.  The first quants are
     ``_q3_first_quants(X, iscale)``.
 
     The columns that may try a move are found with dense passes in this layout: those where
@@ -441,18 +464,21 @@ def _q3_first(xb, a, b, name, res):
     temporaries then stay in the L2 cache."""
     k = b - a
     X = _WS.get(name, (16, k))
-    sumlx, suml2, iscale, amax, zero, tried = res
+    sumlx, suml2, iscale, amax, zero, tried, bits = res
     for c in range(0, k, _Q3_SLICE):
         d = min(k, c + _Q3_SLICE)
         Xc = _to_T(xb, a + c, a + d, "q3_x", X[:, c:d])
-        _q3_first_slice(Xc, sumlx[c:d], suml2[c:d], iscale[c:d], amax[c:d], zero[c:d], tried[c:d])
-    return X, (sumlx, suml2, iscale, zero, amax, np.flatnonzero(tried))
+        _q3_first_slice(Xc, sumlx[c:d], suml2[c:d], iscale[c:d], amax[c:d], zero[c:d], tried[c:d], bits[c:d])
+    return X, (sumlx, suml2, iscale, zero, amax, np.flatnonzero(tried), bits)
+
+
+_BIT16 = (1 << np.arange(16)).astype(np.uint16)  # bit p for position p
 
 
 _Q3_SLICE = 8192
 
 
-def _q3_first_slice(X, sumlx, suml2, iscale, amax_out, zero, tried):
+def _q3_first_slice(X, sumlx, suml2, iscale, amax_out, zero, tried, bits):
     """_q3_first for the columns X [16, m] (a view), into the [m] arrays given."""
     shape = X.shape
     amax, mx = _absmax_first(X)
@@ -477,7 +503,9 @@ def _q3_first_slice(X, sumlx, suml2, iscale, amax_out, zero, tried):
         q /= slx
         np.rint(q, out=q)
         _CLIP(q, F32(-4), F32(3), out=q)
-        np.logical_or.reduce(np.not_equal(q, L, out=_WS.get("q3_tried", shape, bool)), axis=0, out=tried)
+        tb = np.not_equal(q, L, out=_WS.get("q3_tried", shape, bool))
+        np.einsum("pm,p->m", tb.view(np.uint8), _BIT16, out=bits)  # sum_p tb[p] << p: one pass
+        np.not_equal(bits, 0, out=tried)
         tried &= mx < 0
         tried &= ~zero
 
@@ -513,12 +541,21 @@ def _q3_rmse(xb, group, firsts):
     Lc = _q3_first_quants(xc, isc[:, None], _WS.get("q3_lc", (n, 16)))
     sx = np.concatenate([f[0][f[5]] for f in firsts])
     s2 = np.concatenate([f[1][f[5]] for f in firsts])
+    # the first iteration's moves to try: the first pass's masks, C's own where its quotients are below
+    # 2^22 (np.rint is nearest_int there).  They are in the normal float range (below ~40 in magnitude:
+    # the terms of sumlx are >= 0 and those of its quants != 0 have |x| >= amax/8), so only the
+    # sub-blocks where x*sl2 may overflow or the terms may be subnormal start at position 0 instead
+    # (tried exactly; the dense passes take over from position 1)
+    b0 = np.concatenate([f[6][f[5]] for f in firsts]).astype(np.int64)
+    with np.errstate(**_ERR):
+        amax = np.concatenate([f[4][f[5]] for f in firsts])
+        b0[~((amax >= F32(1e-11)) & (amax * s2 < F32(1e37)))] = 1
     tails = []
     o = 0
     for m in sizes:
         st = _refine_q3_start(xc[o:o + m], Lc, sx, s2, o)
         if st is not None:
-            st = _refine_q3_steps(st, Lc, sx, s2, _Q3_TAIL)
+            st = _refine_q3_steps(st, Lc, sx, s2, _Q3_TAIL, b0[o:o + m])
             if st is not None:
                 tails.append(st)
         o += m
@@ -1093,12 +1130,12 @@ class Q3_K(Kernel, qtype=T.Q3_K):
                 group = spans[g:g + _Q3_GROUP]
                 ga, gb = group[0][0], group[-1][1]
                 # the group's sumlx, suml2, iscale, amax (float32), all-zero and tried flags, filled per batch
-                G = [np.empty(gb - ga, t) for t in (np.float32,) * 4 + (bool,) * 2]
+                G = [np.empty(gb - ga, t) for t in (np.float32,) * 4 + (bool,) * 2 + (np.uint16,)]
                 Xs, firsts = zip(*[_q3_first(xb, a, b, "t_x%d" % j, [r[a - ga:b - ga] for r in G])
                                    for j, (a, b) in enumerate(group)])
                 Lcs = _q3_rmse(xb, group, firsts)
                 # the scales of the whole group at once (fewer, longer numpy calls)
-                sumlx, suml2, _, amax, zero, _ = G
+                sumlx, suml2, _, amax, zero, _, _ = G
                 with np.errstate(**_ERR):
                     scales = np.where(suml2 > 0, sumlx / suml2, F32(0))
                 scales[zero] = 0
@@ -1109,7 +1146,7 @@ class Q3_K(Kernel, qtype=T.Q3_K):
                 og = out[ga // 16:gb // 16]
                 og[:, 96:108] = _pack_q3_scales(ls)
                 og[:, 108:110] = d_bits.reshape(-1, 1).view(np.uint8)
-                for (a, b), X, (_, _, iscale, zero_b, amax_b, cb), Lc in zip(group, Xs, firsts, Lcs):
+                for (a, b), X, (_, _, iscale, zero_b, amax_b, cb, _), Lc in zip(group, Xs, firsts, Lcs):
                     db = d[a - ga:b - ga]
                     L8 = _round_div_T(X, None, db, -4, 3, -amax_b, amax_b)
                     dz = np.flatnonzero(db == 0)
