@@ -306,10 +306,9 @@ def _refine_q3_start(xr, L, sumlx, suml2, id0):
     T2a *= L[id0:id0 + k]
     Lia = _plus_off(L[id0:id0 + k], _WS.get("r3s_li", sh, np.int32))
     # ids (the rows of L of the active ones), x, T1, T2, L + _OFF as int, sumlx, suml2, the C pass's
-    # position in each row, its pass number, whether it changed something and another may follow, and
-    # the mask of the positions (from the cursor on, bit j: position cursor + j) it may still try
+    # position in each row, its pass number, whether it changed something and another may follow
     return [np.arange(id0, id0 + k), xr, T1a, T2a, Lia, sumlx[id0:id0 + k].copy(), suml2[id0:id0 + k].copy(),
-            np.zeros(k, np.intp), np.zeros(k, np.int8), np.zeros(k, bool), np.full(k, _FULL, np.intp)]
+            np.zeros(k, np.intp), np.zeros(k, np.int8), np.zeros(k, bool)]
 
 
 def _refine_q3_merge(states):
@@ -332,7 +331,7 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop, first=None):
     from ``_q3_first``: C's, or more), which then skips the dense passes: the quotient of each row's
     first one is computed alone (a position that turns out not to move just moves the cursor)."""
     Lflat = L.reshape(-1)
-    ids, xa, T1a, T2a, Lia, sx, s2, cur, npass, elig, lim = st
+    ids, xa, T1a, T2a, Lia, sx, s2, cur, npass, elig = st
     kc = ids.size
     par = 0
     with np.errstate(**_ERR):
@@ -354,7 +353,8 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop, first=None):
                 bits = np.bitwise_or(B[:, 0], B[:, 1]).view(np.int64)  # bit p: a move to try at p
                 bits *= 0x10001  # twice: bits p + 16 are those of the next pass
                 bits >>= cur
-                bits &= lim  # from the cursor on, in C's order (the next pass's too if one may follow)
+                # from the cursor on, in C's order (the next pass's too if one may follow)
+                bits &= np.where(elig, _FULL, np.right_shift(_FULL, cur))
             else:  # (cursor 0, no next pass yet)
                 bits = first
             R = np.flatnonzero(bits)  # the rows with a move to try; the others are done
@@ -408,7 +408,6 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop, first=None):
                 # the pass may be followed by another once it changed something (pass < 4)
                 eR = np.where(ok, np_R < 4, elig[R] & ~wr)
                 elig[R] = eR
-                lim[R] = np.where(eR, _FULL, _FULL >> (p + 1))
                 e = np.flatnonzero(ok)
                 if e.size:
                     fs = fi[e]
@@ -421,22 +420,22 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop, first=None):
                     s2[cs] = sl2[e]
             first = None
             if R.size < kc:  # the rows without a move to try are done
-                done = np.ones(kc, bool)
-                done[R] = False
-                fin = np.flatnonzero(done)
-                sumlx[ids[fin]] = sx[fin]
-                suml2[ids[fin]] = s2[fin]
                 if R.size == 0:
+                    sumlx[ids] = sx
+                    suml2[ids] = s2
                     return None
                 if (kc - R.size) * 8 < kc:  # few done: they stay (with unchanged state they finish again)
                     continue
+                fin = np.flatnonzero(bits == 0)
+                sumlx[ids[fin]] = sx[fin]
+                suml2[ids[fin]] = s2[fin]
                 keep = R
                 kc = keep.size
                 ids = ids[keep]
-                sx, s2, cur, npass, elig, lim = sx[keep], s2[keep], cur[keep], npass[keep], elig[keep], lim[keep]
+                sx, s2, cur, npass, elig = sx[keep], s2[keep], cur[keep], npass[keep], elig[keep]
                 if kc < stop:  # handed on: fresh arrays (the scratch ones are reused)
                     return ([ids] + [np.take(a, keep, axis=0) for a in (xa, T1a, T2a, Lia)]
-                            + [sx, s2, cur, npass, elig, lim])
+                            + [sx, s2, cur, npass, elig])
                 par ^= 1  # into the scratch arrays the ones read now are not in
                 xa, T1a, T2a, Lia = (np.take(a, keep, axis=0, out=_WS.get("r3c%d%d" % (par, j), (kc, 16), a.dtype),
                                              mode="clip") for j, a in enumerate((xa, T1a, T2a, Lia)))
