@@ -4,8 +4,9 @@ Layout used by the searches: a batch of sub-blocks is transposed to ``X[16, k]``
 of every sub-block), so every step of ggml's per-sub-block loops is one vector operation over k sub-blocks
 and the C loops' left-to-right float32 sums are plain row additions in the same order.  Q3_K's
 sequential rmse refinement is the exception: its few candidate sub-blocks (those whose first pass would
-try a move) are refined as rows ``[k, 16]``, where a sub-block's moves come out in position order and
-finished sub-blocks are dropped with row copies; the few that still move after a couple of iterations
+try a move) are refined as rows ``[k, 16]``, where a sub-block's moves to try pack into a 16-bit mask
+(one multiplication per 8 positions) and finished sub-blocks are dropped with row copies; the first
+iteration takes its masks from the first pass; the few that still move after a couple of iterations
 are refined together for several batches (a call's chunk), as an iteration costs much the same for
 any number of them.
 
