@@ -55,6 +55,18 @@ def test_uniform_model_has_perplexity_equal_to_the_vocabulary_size():
     assert M.perplexity(np.full(20, math.log(v)))[0] == pytest.approx(v)
 
 
+def test_each_windows_mean_nll_is_kept_as_llama_perplexity_prints_per_chunk():
+    # two windows: a uniform model over 4 tokens (NLL ln 4 each), then one that gives the target 1/2 (ln 2)
+    acc = M.KldAccumulator()
+    acc.add(M.token_stats(np.zeros((3, 4)), np.zeros((3, 4)), [0, 1, 2]))
+    half = np.log(np.array([[1 / 2, 1 / 6, 1 / 6, 1 / 6]] * 2))
+    acc.add(M.token_stats(half, np.zeros((2, 4)), [0, 0]))
+    s = acc.summary()
+    assert s["window_nll"] == pytest.approx([math.log(4), math.log(2)])
+    assert s["window_nll_base"] == pytest.approx([math.log(4), math.log(4)])
+    assert s["ppl"] == pytest.approx(math.exp((3 * math.log(4) + 2 * math.log(2)) / 5))
+
+
 def test_mean_and_uncertainty_and_covariance():
     v = np.arange(20, dtype=float)
     m, unc = M.mean_and_uncertainty(v)

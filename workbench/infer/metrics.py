@@ -265,6 +265,9 @@ class KldAccumulator:
             "dp_rms": rms, "dp_rms_unc": (0.5 / rms * mse_unc) if rms > 0 else 0.0,
             "same_top": p_top,
             "same_top_unc": math.sqrt(p_top * (1 - p_top) / (n - 1)) if n > 1 else 0.0,
+            # the mean NLL of each window (llama-perplexity prints their running PPL as [1]..[N])
+            "window_nll": [float(np.mean(p.nll)) for p in self.parts],
+            "window_nll_base": [float(np.mean(p.nll_base)) for p in self.parts],
         }
         for q in KLD_PERCENTILES:
             out[f"kld_p{q:g}"] = percentile(ks, q / 100.0)
