@@ -542,10 +542,11 @@ def _q3_rmse(xb, group, firsts):
     sx = np.concatenate([f[0][f[5]] for f in firsts])
     s2 = np.concatenate([f[1][f[5]] for f in firsts])
     # the first iteration's moves to try: the first pass's masks, C's own where its quotients are below
-    # 2^22 (np.rint is nearest_int there).  They are in the normal float range (below ~40 in magnitude:
-    # the terms of sumlx are >= 0 and those of its quants != 0 have |x| >= amax/8), so only the
-    # sub-blocks where x*sl2 may overflow or the terms may be subnormal start at position 0 instead
-    # (tried exactly; the dense passes take over from position 1)
+    # 2^22 (np.rint is nearest_int there).  Without rounding they are at most 8 in magnitude: the terms
+    # of sumlx are >= 0, so sl2/slx is at most the largest w*L*L / (w*x*L) = L/x of the other quants != 0,
+    # and those have |x| >= amax/8, so L/x <= 4/amax + 0.5/|x| <= 8/amax.  Only the sub-blocks where x*sl2
+    # may overflow or the terms may be subnormal start at position 0 instead (tried exactly; the dense
+    # passes take over from position 1)
     b0 = np.concatenate([f[6][f[5]] for f in firsts]).astype(np.int64)
     with np.errstate(**_ERR):
         amax = np.concatenate([f[4][f[5]] for f in firsts])
