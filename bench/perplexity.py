@@ -53,13 +53,13 @@ def llama_ppl(binary: Path, model: Path, text: Path, chunks: int, *extra: str) -
     return float(m.group(1)), windows
 
 
-def paired(ours: list[float], theirs: list[float]) -> tuple[float, float]:
-    """Ours ÷ theirs - 1 in PPL and its standard error, from per-window mean NLLs (equal token counts)."""
+def difference_se(ours: list[float], theirs: list[float]) -> float:
+    """The standard error of ln(our PPL / theirs) (~ the relative difference) from per-window mean NLLs of
+    equal token counts: the per-window differences' spread over the square root of their number."""
     d = [a - b for a, b in zip(ours, theirs)]
     n = len(d)
     mean = sum(d) / n
-    se = math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1) / n) if n > 1 else float("nan")
-    return math.exp(mean) - 1, se
+    return math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1) / n) if n > 1 else float("nan")
 
 
 def main() -> int:
@@ -99,7 +99,7 @@ def main() -> int:
         for label, path, mine, mine_windows in rows:
             on, on_windows = llama_ppl(bin_dir / "llama-perplexity", path, text, args.chunks, "-fa", "on")
             off, _ = llama_ppl(bin_dir / "llama-perplexity", path, text, args.chunks, "-fa", "off")
-            _, se = paired(mine_windows, on_windows)
+            se = difference_se(mine_windows, on_windows)
             print(f"{label:<8} {on:>11.4f} {off:>9.4f} {100 * (off / on - 1):>+8.3f}% | {mine:>9.4f} "
                   f"{100 * (mine / on - 1):>+7.3f}% {100 * se:>6.3f}%", flush=True)
     return 0

@@ -321,6 +321,15 @@ def _refine_q3_merge(states):
             for f in range(len(states[0]))]
 
 
+def _q3_new_l(q):
+    """make_q3_quants' ``new_l = clamp(nearest_int(q), -4, 3)`` + _OFF as int32, in the bits of the float32
+    quotients q (overwritten), as C computes it (also for huge and non-finite quotients)."""
+    q += _MAGIC
+    ni = q.view(np.int32)
+    ni &= 0x007FFFFF
+    return _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
+
+
 def _refine_q3_steps(st, L, sumlx, suml2, stop, first=None):
     """Runs the refinement from the state ``st`` (``_refine_q3_start``) until it is done (None) or fewer
     than ``stop`` rows are still active (their state).  A row without a move to try is done: its sums go
@@ -343,10 +352,7 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop, first=None):
                 sl2_a = np.subtract(s2[:, None], T2a, out=_WS.get("r3_sl2", sh))
                 q = np.multiply(xa, sl2_a, out=_WS.get("r3_q", sh))
                 q /= slx_a
-                q += _MAGIC
-                ni = q.view(np.int32)
-                ni &= 0x007FFFFF  # nearest_int(...) + _OFF as C computes it (also for huge and non-finite values)
-                _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
+                ni = _q3_new_l(q)
                 tb = np.not_equal(ni, Lia, out=_WS.get("r3_tb", sh, bool))  # new_l != L[i]
                 B = np.multiply(tb.view(np.uint64), _MUL_BITS, out=_WS.get("r3_b", (kc, 2), np.uint64))
                 B >>= _SH56
@@ -377,15 +383,11 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop, first=None):
                     np.subtract(sx[R], slx, out=slx)
                     sl2 = np.take(T2a, fi)
                     np.subtract(s2[R], sl2, out=sl2)
-                    nl = np.multiply(xv, sl2).view(np.int32)
-                    qv = nl.view(np.float32)
+                    qv = np.multiply(xv, sl2)
                     qv /= slx
-                    qv += _MAGIC
-                    nl &= 0x007FFFFF
-                    _CLIP(nl, _OFF - 4, _OFF + 3, out=nl)
+                    nl = _q3_new_l(qv)
                     ok = slx > 0
                     ok &= np.not_equal(nl, np.take(Lia, fi))  # (the mask may hold positions C does not try)
-                    first = None
                 nf = np.subtract(nl, _OFF, dtype=np.float32)  # new_l (exact: |new_l + _OFF| < 2^23)
                 w = xv * xv  # C: w = x[i]*x[i]; slx += w*x[i]*new_l; sl2 += w*new_l*new_l
                 t1 = w * xv
