@@ -102,15 +102,21 @@ def _dot(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, out: np.ndar
     return seqdot(a, b, out=out) if c is None else seqdot(a, b, c, out=out)
 
 
+_SIGN = np.int32(-2 ** 31)
+
+
 def _absmax_first(x: np.ndarray):
     """C: ``amax = 0; max = 0; for i: if (fabsf(x[i]) > amax) {amax = fabsf(x[i]); max = x[i];}`` over
     axis 0 of finite ``x`` [16, k]: (amax, max)."""
     p = x.max(axis=0)
     nn = -x.min(axis=0)
     amax = np.maximum(p, nn)
-    # p when p >= nn (p - nn >= +0), else -nn: amax with the sign of p - nn (np.where with a mask that
-    # flips at random is several times slower)
-    mx = np.copysign(amax, np.subtract(p, nn))
+    # p when p >= nn (p - nn >= +0), else -nn: amax with the sign bit of p - nn (np.where with a mask that
+    # flips at random is several times slower, np.copysign twice as slow as two integer passes)
+    mx = np.subtract(p, nn)
+    mi = mx.view(np.int32)
+    np.bitwise_and(mi, _SIGN, out=mi)
+    np.bitwise_or(mi, amax.view(np.int32), out=mi)
     tie = (p == nn) & (p > 0)
     if tie.any():  # +v and -v both reach the max: the first one wins
         idx = np.flatnonzero(tie)
@@ -280,45 +286,30 @@ _LOW = np.arange(1 << 16)
 _LOW = np.log2(np.maximum(_LOW & -_LOW, 1)).astype(np.int8)  # the lowest set bit of a 16-bit value (0 for 0)
 
 
-def _refine_q3_start(xr, L, sumlx, suml2, id0):
-    """The ``itry`` loop of make_q3_quants(16, 4, x, L, true) for the sub-blocks xr [k, 16] (rows, one
-    sub-block each), rows id0.. of the initial quants L [K, 16] (float32) and sums sumlx, suml2 [K]: up
-    to five sequential passes over the positions, each moving one quant when that raises sumlx^2/suml2.
-    Returns its state (None when k == 0) for ``_refine_q3_steps``, which updates L, sumlx and suml2.
+class _Q3Tail:
+    """The sub-blocks several refinements hand on (``_refine_q3_steps``), gathered to finish together:
+    their rows go straight to scratch arrays with room for ``cap`` of them."""
 
-    Event driven: each iteration evaluates every position's move under its row's current sums (a few
-    dense passes), packs the positions where C would try one (``new_l != L[i]``) into a 16-bit mask per
-    row (one multiplication per 8 of them) and runs C's acceptance test on just the first of them the C
-    pass meets from the row's cursor on: accepted, the move is applied; rejected, only the cursor
-    passes it (the sums stay, so the next iteration finds the same moves after it).  The mask is
-    rotated to start at the cursor; once a pass has changed something (and another may follow, pass <
-    4), the positions before the cursor follow as the next pass's (the next pass starts with the same
-    sums).  A row with nothing left to try is done.  In row layout finished rows are dropped with cheap
-    row gathers (of the four arrays the dense step needs: the weights of the tried moves are recomputed
-    from x, bit for bit)."""
-    k = xr.shape[0]
-    if k == 0:
-        return None
-    sh = (k, 16)  # (scratch arrays: the state lives until the next start)
-    T2a = np.multiply(xr, xr, out=_WS.get("r3s_t2", sh))
-    T1a = np.multiply(T2a, xr, out=_WS.get("r3s_t1", sh))
-    T1a *= L[id0:id0 + k]  # C: slx = sumlx - w*x[i]*L[i]; sl2 = suml2 - w*L[i]*L[i]
-    T2a *= L[id0:id0 + k]
-    T2a *= L[id0:id0 + k]
-    Lia = _plus_off(L[id0:id0 + k], _WS.get("r3s_li", sh, np.int32))
-    # ids (the rows of L of the active ones), x, T1, T2, L + _OFF as int, sumlx, suml2, the C pass's
-    # position in each row, its pass number, whether it changed something and another may follow
-    return [np.arange(id0, id0 + k), xr, T1a, T2a, Lia, sumlx[id0:id0 + k].copy(), suml2[id0:id0 + k].copy(),
-            np.zeros(k, np.intp), np.zeros(k, np.int8), np.zeros(k, bool)]
+    def __init__(self, cap):
+        self.bufs = [_WS.get("r3m%d" % j, (cap, 16), t) for j, t in enumerate((np.float32,) * 3 + (np.int32,))]
+        self.n = 0
+        self.small = []
 
+    def add(self, rows, keep, small):
+        """Rows ``keep`` of the [k, 16] arrays ``rows`` (x, T1, T2, L + _OFF) with their [keep.size] ids,
+        sums, cursors, pass numbers and next-pass flags ``small``."""
+        o = self.n
+        self.n += keep.size
+        for a, buf in zip(rows, self.bufs):
+            a.take(keep, axis=0, out=buf[o:self.n], mode="clip")
+        self.small.append(small)
 
-def _refine_q3_merge(states):
-    """One ``_refine_q3_start`` state of the rows of several (their ids index the same L, sumlx, suml2);
-    its [k, 16] arrays are scratch ones."""
-    k = sum(st[0].size for st in states)
-    return [np.concatenate([st[f] for st in states],
-                           out=_WS.get("r3m%d" % f, (k, 16), states[0][f].dtype) if states[0][f].ndim == 2 else None)
-            for f in range(len(states[0]))]
+    def state(self):
+        """The refinement state of all the rows handed on (None if none)."""
+        if not self.n:
+            return None
+        ids, sx, s2, cur, npass, elig = (np.concatenate(c) for c in zip(*self.small))
+        return [ids] + [b[:self.n] for b in self.bufs] + [sx, s2, cur, npass, elig]
 
 
 def _q3_new_l(q):
@@ -330,31 +321,48 @@ def _q3_new_l(q):
     return _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
 
 
-def _refine_q3_steps(st, L, sumlx, suml2, stop, first=None):
-    """Runs the refinement from the state ``st`` (``_refine_q3_start``) until it is done (None) or fewer
-    than ``stop`` rows are still active (their state).  A row without a move to try is done: its sums go
-    to sumlx, suml2 (the moves already went to L) and, as its state no longer changes, evaluating it again
-    finds it done again, so it is only dropped once enough rows are done for the row gathers to pay.
-    The gathers go to two alternating sets of scratch arrays (fresh ones for a returned state).
+def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
+    """The ``itry`` loop of make_q3_quants(16, 4, x, L, true) for the sub-blocks of the state ``st``
+    (``_q3_batch_state``: rows, one sub-block each): up to five sequential passes over the positions,
+    each moving one quant when that raises sumlx^2/suml2.  Runs until every row is done or, with a
+    ``tail`` (``_Q3Tail``), fewer than _Q3_TAIL are still active: those go to the tail.  A done row's
+    sums go to sumlx, suml2 at its id (with ``Lout``, its quants + _OFF to Lout's row there: int32).
+
+    Event driven: each iteration evaluates every position's move under its row's current sums (a few
+    dense passes), packs the positions where C would try one (``new_l != L[i]``) into a 16-bit mask per
+    row (one multiplication per 8 of them) and runs C's acceptance test on just the first of them the C
+    pass meets from the row's cursor on: accepted, the move is applied; rejected, only the cursor
+    passes it (the sums stay, so the next iteration finds the same moves after it).  The mask is
+    rotated to start at the cursor; once a pass has changed something (and another may follow, pass <
+    4), the positions before the cursor follow as the next pass's (the next pass starts with the same
+    sums).  A row with nothing left to try is done: as its state no longer changes, evaluating it again
+    finds it done again, so it is only dropped once enough rows are done for the row gathers to pay
+    (into two alternating sets of scratch arrays).
 
     ``first``: the masks of the positions to try in the first iteration when they are known (int64 [k],
     from ``_q3_first``: C's, or more), which then skips the dense passes: the quotient of each row's
     first one is computed alone (a position that turns out not to move just moves the cursor)."""
-    Lflat = L.reshape(-1)
     ids, xa, T1a, T2a, Lia, sx, s2, cur, npass, elig = st
     kc = ids.size
+    stop = 0 if tail is None else _Q3_TAIL
     par = 0
+    ws = None
     with np.errstate(**_ERR):
         while True:
             if first is None:
                 sh = (kc, 16)
-                slx_a = np.subtract(sx[:, None], T1a, out=_WS.get("r3_slx", sh))
-                sl2_a = np.subtract(s2[:, None], T2a, out=_WS.get("r3_sl2", sh))
-                q = np.multiply(xa, sl2_a, out=_WS.get("r3_q", sh))
-                q /= slx_a
+                if ws is None:  # (the dense passes' scratch arrays, for this kc)
+                    ws = [_WS.get(n, sh) for n in ("r3_slx", "r3_sl2", "r3_q")] + [
+                        _WS.get("r3_tb", sh, bool), _WS.get("r3_b", (kc, 2), np.uint64)]
+                slx_a, sl2_a, q, tb, B = ws
+                # (the sums repeated 16 times: a broadcast over rows of 16 runs an inner loop per row)
+                np.subtract(np.repeat(sx, 16).reshape(sh), T1a, out=slx_a)
+                np.subtract(np.repeat(s2, 16).reshape(sh), T2a, out=sl2_a)
+                np.multiply(xa, sl2_a, out=q)
+                np.divide(q, slx_a, out=q)
                 ni = _q3_new_l(q)
-                tb = np.not_equal(ni, Lia, out=_WS.get("r3_tb", sh, bool))  # new_l != L[i]
-                B = np.multiply(tb.view(np.uint64), _MUL_BITS, out=_WS.get("r3_b", (kc, 2), np.uint64))
+                np.not_equal(ni, Lia, out=tb)  # new_l != L[i]
+                np.multiply(tb.view(np.uint64), _MUL_BITS, out=B)
                 B >>= _SH56
                 B[:, 1] <<= _SH8
                 bits = np.bitwise_or(B[:, 0], B[:, 1]).view(np.int64)  # bit p: a move to try at p
@@ -364,30 +372,31 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop, first=None):
                 bits &= np.where(elig, _FULL, np.right_shift(_FULL, cur))
             else:  # (cursor 0, no next pass yet)
                 bits = first
-            R = np.flatnonzero(bits)  # the rows with a move to try; the others are done
+            has = bits != 0
+            R = has.nonzero()[0]  # the rows with a move to try; the others are done
             if R.size:
-                j = np.take(_LOW, np.take(bits, R))
+                j = _LOW.take(bits.take(R))
                 cR = cur[R]
                 pj = cR + j
                 wr = pj >= 16  # in the next pass
                 p = pj & 15
                 fi = (R << 4) + p
-                xv = np.take(xa, fi)
+                xv = xa.take(fi)
                 if first is None:
-                    nl = np.take(ni, fi)
-                    slx = np.take(slx_a, fi)
-                    sl2 = np.take(sl2_a, fi)
+                    nl = ni.take(fi)
+                    slx = slx_a.take(fi)
+                    sl2 = sl2_a.take(fi)
                     ok = slx > 0
                 else:
-                    slx = np.take(T1a, fi)
+                    slx = T1a.take(fi)
                     np.subtract(sx[R], slx, out=slx)
-                    sl2 = np.take(T2a, fi)
+                    sl2 = T2a.take(fi)
                     np.subtract(s2[R], sl2, out=sl2)
                     qv = np.multiply(xv, sl2)
                     qv /= slx
                     nl = _q3_new_l(qv)
                     ok = slx > 0
-                    ok &= np.not_equal(nl, np.take(Lia, fi))  # (the mask may hold positions C does not try)
+                    ok &= np.not_equal(nl, Lia.take(fi))  # (the mask may hold positions C does not try)
                 nf = np.subtract(nl, _OFF, dtype=np.float32)  # new_l (exact: |new_l + _OFF| < 2^23)
                 w = xv * xv  # C: w = x[i]*x[i]; slx += w*x[i]*new_l; sl2 += w*new_l*new_l
                 t1 = w * xv
@@ -409,16 +418,20 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop, first=None):
                 np_R += wr
                 npass[R] = np_R
                 # the pass may be followed by another once it changed something (pass < 4)
-                eR = np.where(ok, np_R < 4, elig[R] & ~wr)
+                eR = elig[R]
+                eR &= ~wr
+                t = np_R < 4
+                t ^= eR
+                t &= ok
+                eR ^= t  # (np.where(ok, np_R < 4, eR): several times slower on random masks)
                 elig[R] = eR
-                e = np.flatnonzero(ok)
+                e = ok.nonzero()[0]
                 if e.size:
                     fs = fi[e]
                     cs = R[e]
                     Lia.reshape(-1)[fs] = nl[e]
                     T1a.reshape(-1)[fs] = t1[e]
                     T2a.reshape(-1)[fs] = t2[e]
-                    Lflat[(ids[cs] << 4) + p[e]] = nf[e]
                     sx[cs] = slx[e]
                     s2[cs] = sl2[e]
             first = None
@@ -426,22 +439,28 @@ def _refine_q3_steps(st, L, sumlx, suml2, stop, first=None):
                 if R.size == 0:
                     sumlx[ids] = sx
                     suml2[ids] = s2
+                    if Lout is not None:
+                        Lout[ids] = Lia
                     return None
                 if (kc - R.size) * 8 < kc:  # few done: they stay (with unchanged state they finish again)
                     continue
-                fin = np.flatnonzero(bits == 0)
-                sumlx[ids[fin]] = sx[fin]
-                suml2[ids[fin]] = s2[fin]
+                fin = (~has).nonzero()[0]
+                idf = ids[fin]
+                sumlx[idf] = sx[fin]
+                suml2[idf] = s2[fin]
+                if Lout is not None:
+                    Lout[idf] = Lia[fin]
                 keep = R
+                ws = None
                 kc = keep.size
                 ids = ids[keep]
                 sx, s2, cur, npass, elig = sx[keep], s2[keep], cur[keep], npass[keep], elig[keep]
-                if kc < stop:  # handed on: fresh arrays (the scratch ones are reused)
-                    return ([ids] + [np.take(a, keep, axis=0) for a in (xa, T1a, T2a, Lia)]
-                            + [sx, s2, cur, npass, elig])
+                if kc < stop:  # handed on
+                    tail.add((xa, T1a, T2a, Lia), keep, [ids, sx, s2, cur, npass, elig])
+                    return
                 par ^= 1  # into the scratch arrays the ones read now are not in
-                xa, T1a, T2a, Lia = (np.take(a, keep, axis=0, out=_WS.get("r3c%d%d" % (par, j), (kc, 16), a.dtype),
-                                             mode="clip") for j, a in enumerate((xa, T1a, T2a, Lia)))
+                xa, T1a, T2a, Lia = (a.take(keep, axis=0, out=_WS.get("r3c%d%d" % (par, j), (kc, 16), a.dtype),
+                                            mode="clip") for j, a in enumerate((xa, T1a, T2a, Lia)))
     return None
 
 
@@ -521,71 +540,61 @@ def _q3_first_quants(x, iscale, out=None):
         return _CLIP(L, F32(-4), F32(3), out=L)
 
 
-_Q3_GROUP = 8  # batches whose rmse passes end together (Q3_K.chunk_elements: a group per quantize_rows call)
+_Q3_GROUP = 3  # batches whose rmse passes end together (Q3_K.chunk_elements: a group per quantize_rows call;
+# a larger group keeps more in memory between its first passes and its packing: 8 was 5-8% slower)
 _Q3_TAIL = 1024  # ...once fewer sub-blocks than this are still moving in each
+_Q3_FINAL = 8192  # sub-blocks quantized again from the stored scales and packed at once
 
 
-def _q3_rmse(xb, group, firsts):
-    """make_q3_quants' rmse passes for the batches ``group`` ((start, stop) sub-blocks of xb [nb, 16])
-    from their ``_q3_first`` results, whose sums are updated in place.  Returns, per batch, the refined
-    quants [cb.size, 16] (rows) of its columns cb.
+def _q3_batch_state(xb, a, first, id0):
+    """The refinement state (``_refine_q3_steps``) of the sub-blocks of xb [nb, 16] from a on whose
+    first rmse pass may move a quant (``_q3_first``'s results ``first``; ids from id0), and their first
+    masks; None, None if none.
 
-    Each batch is refined on its own (its arrays stay in cache) until few of its sub-blocks still move;
-    those of all batches then finish together: the last iterations of a refinement cost about the same
-    for any number of sub-blocks."""
-    sizes = [f[5].size for f in firsts]
-    if sum(sizes) == 0:
-        return [np.empty((0, 16), np.float32) for _ in firsts]
-    n = sum(sizes)  # (scratch arrays: Lc is read until the group is packed, before the next call)
-    xc = np.take(xb, np.concatenate([a + f[5] for (a, _), f in zip(group, firsts)]), axis=0,
-                 out=_WS.get("q3_xc", (n, 16)), mode="clip")
-    isc = np.concatenate([f[2][f[5]] for f in firsts])
-    Lc = _q3_first_quants(xc, isc[:, None], _WS.get("q3_lc", (n, 16)))
-    sx = np.concatenate([f[0][f[5]] for f in firsts])
-    s2 = np.concatenate([f[1][f[5]] for f in firsts])
-    # the first iteration's moves to try: the first pass's masks, C's own where its quotients are below
-    # 2^22 (np.rint is nearest_int there).  Without rounding they are at most 8 in magnitude: the terms
-    # of sumlx are >= 0, so sl2/slx is at most the largest w*L*L / (w*x*L) = L/x of the other quants != 0,
-    # and those have |x| >= amax/8, so L/x <= 4/amax + 0.5/|x| <= 8/amax.  Only the sub-blocks where x*sl2
-    # may overflow or the terms may be subnormal start at position 0 instead (tried exactly; the dense
-    # passes take over from position 1)
-    b0 = np.concatenate([f[6][f[5]] for f in firsts]).astype(np.int64)
+    The rows are gathered from xb and their first quants, T1 = w*x[i]*L[i] and T2 = w*L[i]*L[i] computed
+    again, bit for bit (cheaper than gathering columns).  The first masks are the first pass's: C's
+    where its quotients are below 2^22 (np.rint is nearest_int there).  Without rounding they are at
+    most 8 in magnitude: the terms of sumlx are >= 0, so sl2/slx is at most the largest w*L*L / (w*x*L)
+    = L/x of the other quants != 0, and those have |x| >= amax/8, so L/x <= 4/amax + 0.5/|x| <= 8/amax.
+    Only the sub-blocks where x*sl2 may overflow or the terms may be subnormal start at position 0
+    instead (tried exactly; the dense passes take over from position 1)."""
+    sumlx, suml2, iscale, _, amax, cols, bits = first
+    k = cols.size
+    if k == 0:
+        return None, None
+    sh = (k, 16)  # (scratch arrays: refined before the next batch)
+    xr = xb.take(cols + a, axis=0, out=_WS.get("r3s_x", sh), mode="clip")
+    L = _q3_first_quants(xr, np.repeat(iscale.take(cols), 16).reshape(sh), _WS.get("r3s_l", sh))
+    T2a = np.multiply(xr, xr, out=_WS.get("r3s_t2", sh))
+    T1a = np.multiply(T2a, xr, out=_WS.get("r3s_t1", sh))
+    T1a *= L  # C: slx = sumlx - w*x[i]*L[i]; sl2 = suml2 - w*L[i]*L[i]
+    T2a *= L
+    T2a *= L
+    s2 = suml2.take(cols)
+    b0 = bits.take(cols).astype(np.int64)
     with np.errstate(**_ERR):
-        amax = np.concatenate([f[4][f[5]] for f in firsts])
-        b0[~((amax >= F32(1e-11)) & (amax * s2 < F32(1e37)))] = 1
-    tails = []
-    o = 0
-    for m in sizes:
-        st = _refine_q3_start(xc[o:o + m], Lc, sx, s2, o)
-        if st is not None:
-            st = _refine_q3_steps(st, Lc, sx, s2, _Q3_TAIL, b0[o:o + m])
-            if st is not None:
-                tails.append(st)
-        o += m
-    if tails:
-        _refine_q3_steps(_refine_q3_merge(tails), Lc, sx, s2, 0)
-    out = []
-    o = 0
-    for m, f in zip(sizes, firsts):
-        f[0][f[5]] = sx[o:o + m]
-        f[1][f[5]] = s2[o:o + m]
-        out.append(Lc[o:o + m])
-        o += m
-    return out
+        am = amax.take(cols)
+        b0[~((am >= F32(1e-11)) & (am * s2 < F32(1e37)))] = 1
+    # ids, x, T1, T2, L + _OFF as int, sumlx, suml2, the C pass's position in each row, its pass
+    # number, whether it changed something and another may follow
+    return [cols + id0, xr, T1a, T2a, _plus_off(L, _WS.get("r3s_li", sh, np.int32)), sumlx.take(cols), s2,
+            np.zeros(k, np.intp), np.zeros(k, np.int8), np.zeros(k, bool)], b0
 
 
-def _q3_search_quants(X, iscale, zero, cols, cb, Lc):
-    """make_q3_quants' quants + 4 (0..7; 0 for an all-zero sub-block: its early return) of the columns
-    ``cols`` of X [16, k] as [16, cols.size]: the first quants, or the refined ones Lc [cb.size, 16]
-    (rows) of the columns cb."""
-    out = _q3_first_quants(X[:, cols], iscale[cols])
-    if cb.size:
-        pos = np.minimum(np.searchsorted(cb, cols), cb.size - 1)
-        hit = np.flatnonzero(cb[pos] == cols)
-        out[:, hit] = Lc[pos[hit]].T
-    out += F32(4)
-    out[:, zero[cols]] = 0
-    return out
+def _q3_quants_rows(xr):
+    """make_q3_quants(16, 4, x, L, true)'s quants + 4 (0..7; 0 for an all-zero sub-block: its early
+    return) of the sub-blocks xr [k, 16] as [16, k]: the quants Q3_K keeps where a sub-block's 6-bit
+    scale is 0 (a few sub-blocks: the batches do not keep their refined quants)."""
+    k = xr.shape[0]
+    res = [np.empty(k, t) for t in (np.float32,) * 4 + (bool,) * 2 + (np.uint16,)]
+    X, first = _q3_first(xr, 0, k, "q3_dz", res)
+    Lout = _plus_off(np.ascontiguousarray(_q3_first_quants(X, first[2]).T), np.empty((k, 16), np.int32))
+    st, b0 = _q3_batch_state(xr, 0, first, 0)
+    if st is not None:
+        _refine_q3_steps(st, first[0], first[1], None, b0, Lout)
+    Lout -= _OFF - 4
+    Lout[first[3]] = 0
+    return Lout.T
 
 
 def _make_qx_quants(X, W, nmax, exact):
@@ -903,19 +912,13 @@ def _round_div_T(X, off, d, lo, hi, xmin, xmax):
 
 
 def _to_T(xb, a, b, name="t_x", out=None):
-    """Sub-blocks a..b of xb [k, 16] as [16, b - a] (in a reused scratch array, or in ``out``).  Moved as
-    16-byte pieces first (four values each, one complex128), then spread: faster than a transpose of
-    single floats."""
+    """Sub-blocks a..b of xb [k, 16] as [16, b - a] (in a reused scratch array, or in ``out``): one
+    strided copy (numpy 2's transposing copy is as fast as moving 16-byte pieces first, and needs no
+    temporary)."""
     src = xb[a:b]
-    m = src.shape[0]
     if out is None:
-        out = _WS.get(name, (16, m))
-    if src.flags.c_contiguous and src.dtype == np.float32 and src.shape[1] == 16:
-        quads = _WS.get(name + "_q", (4, m), np.complex128)
-        np.copyto(quads, src.view(np.complex128).T)  # [4, m]: values 4j..4j+3 of every sub-block
-        np.copyto(_as_view(out, (4, 4, m)), quads.view(np.float32).reshape(4, m, 4).transpose(0, 2, 1))
-    else:
-        np.copyto(out, src.T)
+        out = _WS.get(name, (16, src.shape[0]))
+    np.copyto(out, src.T)
     return out
 
 
@@ -1134,9 +1137,19 @@ class Q3_K(Kernel, qtype=T.Q3_K):
                 ga, gb = group[0][0], group[-1][1]
                 # the group's sumlx, suml2, iscale, amax (float32), all-zero and tried flags, filled per batch
                 G = [np.empty(gb - ga, t) for t in (np.float32,) * 4 + (bool,) * 2 + (np.uint16,)]
-                Xs, firsts = zip(*[_q3_first(xb, a, b, "t_x%d" % j, [r[a - ga:b - ga] for r in G])
-                                   for j, (a, b) in enumerate(group)])
-                Lcs = _q3_rmse(xb, group, firsts)
+                # each batch is refined on its own (its arrays stay in cache) until few of its sub-blocks
+                # still move; those of all batches then finish together: the last iterations of a
+                # refinement cost about the same for any number of sub-blocks
+                Xs, tail = [], _Q3Tail(len(group) * _Q3_TAIL)
+                for j, (a, b) in enumerate(group):
+                    X, first = _q3_first(xb, a, b, "t_x%d" % j, [r[a - ga:b - ga] for r in G])
+                    Xs.append(X)
+                    st, b0 = _q3_batch_state(xb, a, first, a - ga)
+                    if st is not None:
+                        _refine_q3_steps(st, G[0], G[1], tail, b0)
+                st = tail.state()
+                if st is not None:
+                    _refine_q3_steps(st, G[0], G[1])
                 # the scales of the whole group at once (fewer, longer numpy calls)
                 sumlx, suml2, _, amax, zero, _, _ = G
                 with np.errstate(**_ERR):
@@ -1149,15 +1162,18 @@ class Q3_K(Kernel, qtype=T.Q3_K):
                 og = out[ga // 16:gb // 16]
                 og[:, 96:108] = _pack_q3_scales(ls)
                 og[:, 108:110] = d_bits.reshape(-1, 1).view(np.uint8)
-                for (a, b), X, (_, _, iscale, zero_b, amax_b, cb, _), Lc in zip(group, Xs, firsts, Lcs):
-                    db = d[a - ga:b - ga]
-                    L8 = _round_div_T(X, None, db, -4, 3, -amax_b, amax_b)
-                    dz = np.flatnonzero(db == 0)
-                    if dz.size:
-                        L8[:, dz] = _q3_search_quants(X, iscale, zero_b, dz, cb, Lc)
-                    ob = out[a // 16:b // 16]
-                    _pack_hmask_T(L8, ob[:, :32])
-                    _pack_2bit_T(L8, ob[:, 32:96])
+                for (a, b), X in zip(group, Xs):
+                    for c in range(0, b - a, _Q3_FINAL):
+                        e = min(b - a, c + _Q3_FINAL)
+                        db = d[a - ga + c:a - ga + e]
+                        amax_b = amax[a - ga + c:a - ga + e]
+                        L8 = _round_div_T(X[:, c:e], None, db, -4, 3, -amax_b, amax_b)
+                        dz = (db == 0).nonzero()[0]
+                        if dz.size:
+                            L8[:, dz] = _q3_quants_rows(xb[a + c + dz])
+                        ob = out[(a + c) // 16:(a + e) // 16]
+                        _pack_hmask_T(L8, ob[:, :32])
+                        _pack_2bit_T(L8, ob[:, 32:96])
             return out.reshape(rows, -1)
         check_finite(x)
         wt = _superblock_weights(x, imatrix, 2).reshape(nb, 16)
