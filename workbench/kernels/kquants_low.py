@@ -442,7 +442,8 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
                     if Lout is not None:
                         Lout[ids] = Lia
                     return None
-                if (kc - R.size) * 8 < kc:  # few done: they stay (with unchanged state they finish again)
+                # few done (or few rows at all): they stay (with unchanged state they finish again)
+                if (kc - R.size) * 8 < kc or kc < _Q3_NOCOMPACT:
                     continue
                 fin = (~has).nonzero()[0]
                 idf = ids[fin]
@@ -496,7 +497,8 @@ def _q3_first(xb, a, b, name, res):
 _BIT16 = (1 << np.arange(16)).astype(np.uint16)  # bit p for position p
 
 
-_Q3_SLICE = 8192
+_Q3_SLICE = 6144
+_Q3_NOCOMPACT = 256  # below this many rows a refinement no longer drops its done ones (the gathers cost more)
 
 
 def _q3_first_slice(X, sumlx, suml2, iscale, amax_out, zero, tried, bits):
@@ -542,7 +544,7 @@ def _q3_first_quants(x, iscale, out=None):
 
 _Q3_GROUP = 3  # batches whose rmse passes end together (Q3_K.chunk_elements: a group per quantize_rows call;
 # a larger group keeps more in memory between its first passes and its packing: 8 was 5-8% slower)
-_Q3_TAIL = 1024  # ...once fewer sub-blocks than this are still moving in each
+_Q3_TAIL = 2048  # ...once fewer sub-blocks than this are still moving in each
 _Q3_FINAL = 8192  # sub-blocks quantized again from the stored scales and packed at once
 
 
