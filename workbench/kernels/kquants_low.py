@@ -117,13 +117,15 @@ def _absmax_first(x: np.ndarray):
     mi = mx.view(np.int32)
     np.bitwise_and(mi, _SIGN, out=mi)
     np.bitwise_or(mi, amax.view(np.int32), out=mi)
-    tie = (p == nn) & (p > 0)
-    if tie.any():  # +v and -v both reach the max: the first one wins
-        idx = np.flatnonzero(tie)
-        sub = x[:, idx]
-        first = np.argmax(np.abs(sub) == amax[idx], axis=0)
-        mx[idx] = sub[first, np.arange(idx.size)]
-    mx[amax == 0] = 0
+    tie = p == nn
+    if tie.any():
+        tie &= p > 0
+        if tie.any():  # +v and -v both reach the max: the first one wins
+            idx = np.flatnonzero(tie)
+            sub = x[:, idx]
+            first = np.argmax(np.abs(sub) == amax[idx], axis=0)
+            mx[idx] = sub[first, np.arange(idx.size)]
+    mx += F32(0)  # (an all-zero column's -0.0 to 0)
     return amax, mx
 
 
@@ -883,10 +885,11 @@ def _pack_hmask_T(L8, out):
     _as_view(out, (m, 2, 16))[...] = Q.view(np.uint8).reshape(16, m, 8)[:, :, 6:].transpose(1, 2, 0)
 
 
-def _round_div_T(X, off, d, lo, hi, xmin, xmax):
+def _round_div_T(X, off, d, lo, hi, xmin, xmax, big=None):
     """``clip(nearest_int((X + off) / d), lo, hi) - lo`` (``off`` None: ``X / d``) over the columns of X
     [16, k], as uint8 [16, k] (a reused scratch array): the quants Q2_K and Q3_K compute again from their
-    stored scales.  ``xmin`` / ``xmax``: each column's smallest and largest value.
+    stored scales.  ``xmin`` / ``xmax``: each column's smallest and largest value (or, with ``off``
+    None, ``big``: its largest magnitude).
 
     One float pass for all columns whose quotients are surely below 2^21 in magnitude (there nearest_int
     is a rounding: ``q + 1.5*2^23 - lo`` is an integer float whose low byte is the clipped quant - lo);
@@ -902,7 +905,9 @@ def _round_div_T(X, off, d, lo, hi, xmin, xmax):
     L = _WS.get("rd_l", X.shape, np.uint8)
     np.copyto(L, Q.view(np.int32), casting="unsafe")  # the low byte (the bits of 1.5*2^23 end in 22 zeros)
     with np.errstate(**_ERR):
-        if off is None:
+        if big is not None:
+            pass
+        elif off is None:
             big = np.maximum(np.abs(xmin), np.abs(xmax))
         else:
             big = np.maximum(np.abs(xmin + off), np.abs(xmax + off))
@@ -1169,7 +1174,7 @@ class Q3_K(Kernel, qtype=T.Q3_K):
                         e = min(b - a, c + _Q3_FINAL)
                         db = d[a - ga + c:a - ga + e]
                         amax_b = amax[a - ga + c:a - ga + e]
-                        L8 = _round_div_T(X[:, c:e], None, db, -4, 3, -amax_b, amax_b)
+                        L8 = _round_div_T(X[:, c:e], None, db, -4, 3, None, None, amax_b)
                         dz = (db == 0).nonzero()[0]
                         if dz.size:
                             L8[:, dz] = _q3_quants_rows(xb[a + c + dz])
