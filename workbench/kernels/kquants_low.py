@@ -323,6 +323,27 @@ def _q3_new_l(q):
     return _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
 
 
+def _q3_try(xv, nl, slx, sl2, ok, sxR, s2R):
+    """C's test of moves to ``new_l = nl - _OFF`` at the values xv, where slx, sl2 are the sums without
+    the moving terms (updated in place to the sums with the new ones) and sxR, s2R the current sums:
+    ``ok &= sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2``.  Returns the new terms (t1, t2)."""
+    nf = np.subtract(nl, _OFF, dtype=np.float32)  # new_l (exact: |new_l + _OFF| < 2^23)
+    w = xv * xv  # C: w = x[i]*x[i]; slx += w*x[i]*new_l; sl2 += w*new_l*new_l
+    t1 = w * xv
+    t1 *= nf
+    t2 = np.multiply(w, nf, out=w)
+    t2 *= nf
+    slx += t1
+    sl2 += t2
+    ok &= sl2 > 0
+    a1 = slx * slx
+    a1 *= s2R
+    a2 = sxR * sxR
+    a2 *= sl2
+    ok &= a1 > a2
+    return t1, t2
+
+
 def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
     """The ``itry`` loop of make_q3_quants(16, 4, x, L, true) for the sub-blocks of the state ``st``
     (``_q3_batch_state``: rows, one sub-block each): up to five sequential passes over the positions,
@@ -372,8 +393,33 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
                 bits >>= cur
                 # from the cursor on, in C's order (the next pass's too if one may follow)
                 bits &= np.where(elig, _FULL, np.right_shift(_FULL, cur))
-            else:  # (cursor 0, no next pass yet)
-                bits = first
+            else:  # every row has a move to try (a mask is not 0), from cursor 0 of the first pass
+                p = _LOW.take(first).astype(np.intp)
+                fi = np.arange(0, 16 * kc, 16)
+                fi += p
+                xv = xa.take(fi)
+                slx = T1a.take(fi)
+                np.subtract(sx, slx, out=slx)
+                sl2 = T2a.take(fi)
+                np.subtract(s2, sl2, out=sl2)
+                qv = np.multiply(xv, sl2)
+                qv /= slx
+                nl = _q3_new_l(qv)
+                ok = slx > 0
+                ok &= np.not_equal(nl, Lia.take(fi))  # (the mask may hold positions C does not try)
+                t1, t2 = _q3_try(xv, nl, slx, sl2, ok, sx, s2)
+                p += 1
+                cur = p
+                elig = ok  # (pass 0 < 4: a next pass may follow once a move is taken)
+                e = ok.nonzero()[0]
+                fs = fi[e]
+                Lia.reshape(-1)[fs] = nl[e]
+                T1a.reshape(-1)[fs] = t1[e]
+                T2a.reshape(-1)[fs] = t2[e]
+                sx[e] = slx[e]
+                s2[e] = sl2[e]
+                first = None
+                continue  # (none is done yet)
             has = bits != 0
             R = has.nonzero()[0]  # the rows with a move to try; the others are done
             if R.size:
@@ -384,36 +430,11 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
                 p = pj & 15
                 fi = (R << 4) + p
                 xv = xa.take(fi)
-                if first is None:
-                    nl = ni.take(fi)
-                    slx = slx_a.take(fi)
-                    sl2 = sl2_a.take(fi)
-                    ok = slx > 0
-                else:
-                    slx = T1a.take(fi)
-                    np.subtract(sx[R], slx, out=slx)
-                    sl2 = T2a.take(fi)
-                    np.subtract(s2[R], sl2, out=sl2)
-                    qv = np.multiply(xv, sl2)
-                    qv /= slx
-                    nl = _q3_new_l(qv)
-                    ok = slx > 0
-                    ok &= np.not_equal(nl, Lia.take(fi))  # (the mask may hold positions C does not try)
-                nf = np.subtract(nl, _OFF, dtype=np.float32)  # new_l (exact: |new_l + _OFF| < 2^23)
-                w = xv * xv  # C: w = x[i]*x[i]; slx += w*x[i]*new_l; sl2 += w*new_l*new_l
-                t1 = w * xv
-                t1 *= nf
-                t2 = np.multiply(w, nf, out=w)
-                t2 *= nf
-                slx += t1
-                sl2 += t2
-                ok &= sl2 > 0
-                a1 = slx * slx
-                a1 *= s2[R]
-                a2 = sx[R]
-                a2 *= a2
-                a2 *= sl2
-                ok &= a1 > a2  # slx*slx*suml2 > sumlx*sumlx*sl2
+                nl = ni.take(fi)
+                slx = slx_a.take(fi)
+                sl2 = sl2_a.take(fi)
+                ok = slx > 0
+                t1, t2 = _q3_try(xv, nl, slx, sl2, ok, sx[R], s2[R])
                 # the cursor passes the tried position either way (a new pass when wrapped)
                 cur[R] = p + 1
                 np_R = npass[R]
@@ -436,7 +457,6 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
                     T2a.reshape(-1)[fs] = t2[e]
                     sx[cs] = slx[e]
                     s2[cs] = sl2[e]
-            first = None
             if R.size < kc:  # the rows without a move to try are done
                 if R.size == 0:
                     sumlx[ids] = sx
