@@ -45,6 +45,9 @@ def _cases() -> dict[str, np.ndarray]:
     cases["subnormal"] = sub
     tiny = (rng.standard_normal((r, N)) * 1e-8).astype(np.float32)
     cases["tiny"] = tiny
+    # sub-blocks of 1e10..1e29: sums of x^3 overflow, fp16 scales saturate (the exact rounding paths)
+    huge = rng.standard_normal((r, N)) * 10.0 ** rng.integers(10, 30, (r, N // 16)).repeat(16, 1)
+    cases["huge"] = huge.astype(np.float32)
     edges = rng.standard_normal((r, N)).astype(np.float32)
     blocks = edges.reshape(r, -1, 32)
     blocks[:, :, 0] = 127.0  # Q8_0 scale 1: x * id is x itself, so these are the values rounded

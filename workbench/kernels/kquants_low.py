@@ -905,11 +905,11 @@ def _pack_hmask_T(L8, out):
     _as_view(out, (m, 2, 16))[...] = Q.view(np.uint8).reshape(16, m, 8)[:, :, 6:].transpose(1, 2, 0)
 
 
-def _round_div_T(X, off, d, lo, hi, xmin, xmax, big=None):
+def _round_div_T(X, off, d, lo, hi, xmin, xmax, sp=None):
     """``clip(nearest_int((X + off) / d), lo, hi) - lo`` (``off`` None: ``X / d``) over the columns of X
     [16, k], as uint8 [16, k] (a reused scratch array): the quants Q2_K and Q3_K compute again from their
-    stored scales.  ``xmin`` / ``xmax``: each column's smallest and largest value (or, with ``off``
-    None, ``big``: its largest magnitude).
+    stored scales.  ``xmin`` / ``xmax``: each column's smallest and largest value (or ``sp``: the
+    columns that need C's nearest_int, found by the caller).
 
     One float pass for all columns whose quotients are surely below 2^21 in magnitude (there nearest_int
     is a rounding: ``q + 1.5*2^23 - lo`` is an integer float whose low byte is the clipped quant - lo);
@@ -925,13 +925,12 @@ def _round_div_T(X, off, d, lo, hi, xmin, xmax, big=None):
     L = _WS.get("rd_l", X.shape, np.uint8)
     np.copyto(L, Q.view(np.int32), casting="unsafe")  # the low byte (the bits of 1.5*2^23 end in 22 zeros)
     with np.errstate(**_ERR):
-        if big is not None:
-            pass
-        elif off is None:
-            big = np.maximum(np.abs(xmin), np.abs(xmax))
-        else:
-            big = np.maximum(np.abs(xmin + off), np.abs(xmax + off))
-        sp = np.flatnonzero(~(big < F32(2.0 ** 21) * np.abs(d)))
+        if sp is None:
+            if off is None:
+                big = np.maximum(np.abs(xmin), np.abs(xmax))
+            else:
+                big = np.maximum(np.abs(xmin + off), np.abs(xmax + off))
+            sp = np.flatnonzero(~(big < F32(2.0 ** 21) * np.abs(d)))
         if sp.size:
             q = X[:, sp] if off is None else X[:, sp] + off[sp]
             L[:, sp] = np.clip(nearest_int_c(q / d[sp]), lo, hi) - lo
@@ -1186,17 +1185,21 @@ class Q3_K(Kernel, qtype=T.Q3_K):
                 # the quants again from the stored scales; d * -32 == 0 (also the memset case) skips the
                 # sub-block: it keeps the search's quants
                 d = np.repeat(fp16_value(d_bits), 16) * (ls - 32).astype(np.float32).reshape(-1)
+                with np.errstate(**_ERR):  # the sub-blocks whose quotients may reach 2^21 (see _round_div_T)
+                    exact = ~(amax < F32(2.0 ** 21) * np.abs(d))
+                none = np.empty(0, np.intp) if not exact.any() else None
+                anydz = not d.all()
                 og = out[ga // 16:gb // 16]
                 og[:, 96:108] = _pack_q3_scales(ls)
                 og[:, 108:110] = d_bits.reshape(-1, 1).view(np.uint8)
                 for (a, b), X in zip(group, Xs):
                     for c in range(0, b - a, _Q3_FINAL):
                         e = min(b - a, c + _Q3_FINAL)
-                        db = d[a - ga + c:a - ga + e]
-                        amax_b = amax[a - ga + c:a - ga + e]
-                        L8 = _round_div_T(X[:, c:e], None, db, -4, 3, None, None, amax_b)
-                        dz = (db == 0).nonzero()[0]
-                        if dz.size:
+                        o, oe = a - ga + c, a - ga + e
+                        sp = none if none is not None else exact[o:oe].nonzero()[0]
+                        L8 = _round_div_T(X[:, c:e], None, d[o:oe], -4, 3, None, None, sp)
+                        dz = (d[o:oe] == 0).nonzero()[0] if anydz else ()
+                        if len(dz):
                             L8[:, dz] = _q3_quants_rows(xb[a + c + dz])
                         ob = out[(a + c) // 16:(a + e) // 16]
                         _pack_hmask_T(L8, ob[:, :32])
