@@ -369,14 +369,16 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
     kc = ids.size
     stop = 0 if tail is None else _Q3_TAIL
     par = 0
+    # the dense passes' scratch arrays, for the rows at the start (their first kc rows after drops)
+    wfull = [_WS.get(n, (kc, 16)) for n in ("r3_slx", "r3_sl2", "r3_q")] + [
+        _WS.get("r3_tb", (kc, 16), bool), _WS.get("r3_b", (kc, 2), np.uint64)]
     ws = None
     with np.errstate(**_ERR):
         while True:
             if first is None:
                 sh = (kc, 16)
-                if ws is None:  # (the dense passes' scratch arrays, for this kc)
-                    ws = [_WS.get(n, sh) for n in ("r3_slx", "r3_sl2", "r3_q")] + [
-                        _WS.get("r3_tb", sh, bool), _WS.get("r3_b", (kc, 2), np.uint64)]
+                if ws is None:
+                    ws = [w[:kc] for w in wfull]
                 slx_a, sl2_a, q, tb, B = ws
                 # (the sums repeated 16 times: a broadcast over rows of 16 runs an inner loop per row)
                 np.subtract(np.repeat(sx, 16).reshape(sh), T1a, out=slx_a)
