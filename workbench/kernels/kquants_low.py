@@ -108,12 +108,13 @@ _SIGN = np.int32(-2 ** 31)
 def _absmax_first(x: np.ndarray):
     """C: ``amax = 0; max = 0; for i: if (fabsf(x[i]) > amax) {amax = fabsf(x[i]); max = x[i];}`` over
     axis 0 of finite ``x`` [16, k]: (amax, max)."""
-    p = x.max(axis=0)
-    nn = -x.min(axis=0)
+    p = np.maximum.reduce(x, axis=0)
+    m = np.minimum.reduce(x, axis=0)
+    nn = np.negative(m)
     amax = np.maximum(p, nn)
     # p when p >= nn (p - nn >= +0), else -nn: amax with the sign bit of p - nn (np.where with a mask that
     # flips at random is several times slower, np.copysign twice as slow as two integer passes)
-    mx = np.subtract(p, nn)
+    mx = np.add(p, m)
     mi = mx.view(np.int32)
     np.bitwise_and(mi, _SIGN, out=mi)
     np.bitwise_or(mi, amax.view(np.int32), out=mi)
