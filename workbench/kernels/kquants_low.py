@@ -364,8 +364,8 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
     (into two alternating sets of scratch arrays).
 
     ``first``: the masks of the positions to try in the first iteration when they are known (int64 [k],
-    from ``_q3_first``: C's, or more), which then skips the dense passes: the quotient of each row's
-    first one is computed alone (a position that turns out not to move just moves the cursor)."""
+    from ``_q3_batch_state``: C's, or more; none is 0), which then skips the dense passes: the quotient of
+    each row's first one is computed alone (a position that turns out not to move just moves the cursor)."""
     ids, xa, T1a, T2a, Lia, sx, s2, cur, npass, elig = st
     kc = ids.size
     stop = 0 if tail is None else _Q3_TAIL
