@@ -324,10 +324,12 @@ def _q3_new_l(q):
     return _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
 
 
-def _q3_try(xv, nl, slx, sl2, ok, sxR, s2R):
-    """C's test of moves to ``new_l = nl - _OFF`` at the values xv, where slx, sl2 are the sums without
-    the moving terms (updated in place to the sums with the new ones) and sxR, s2R the current sums:
-    ``ok &= sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2``.  Returns the new terms (t1, t2)."""
+def _q3_move(xv, nl, slx, sl2, ok, fi, R, Lia, T1a, T2a, sx, s2):
+    """C's test of moves to ``new_l = nl - _OFF`` at the values xv (flat positions fi of the rows R of
+    the state arrays Lia, T1a, T2a, sx, s2; R None: every row), where slx, sl2 are the sums without the
+    moving terms: ``ok &= sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2`` with the new terms added, and the
+    moves that pass it applied."""
+    sxR, s2R = (sx, s2) if R is None else (sx[R], s2[R])
     nf = np.subtract(nl, _OFF, dtype=np.float32)  # new_l (exact: |new_l + _OFF| < 2^23)
     w = xv * xv  # C: w = x[i]*x[i]; slx += w*x[i]*new_l; sl2 += w*new_l*new_l
     t1 = w * xv
@@ -342,7 +344,15 @@ def _q3_try(xv, nl, slx, sl2, ok, sxR, s2R):
     a2 = sxR * sxR
     a2 *= sl2
     ok &= a1 > a2
-    return t1, t2
+    e = ok.nonzero()[0]
+    if e.size:
+        fs = fi[e]
+        Lia.reshape(-1)[fs] = nl[e]
+        T1a.reshape(-1)[fs] = t1[e]
+        T2a.reshape(-1)[fs] = t2[e]
+        cs = e if R is None else R[e]
+        sx[cs] = slx[e]
+        s2[cs] = sl2[e]
 
 
 def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
@@ -410,17 +420,10 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
                 nl = _q3_new_l(qv)
                 ok = slx > 0
                 ok &= np.not_equal(nl, Lia.take(fi))  # (the mask may hold positions C does not try)
-                t1, t2 = _q3_try(xv, nl, slx, sl2, ok, sx, s2)
+                _q3_move(xv, nl, slx, sl2, ok, fi, None, Lia, T1a, T2a, sx, s2)
                 p += 1
                 cur = p
                 elig = ok  # (pass 0 < 4: a next pass may follow once a move is taken)
-                e = ok.nonzero()[0]
-                fs = fi[e]
-                Lia.reshape(-1)[fs] = nl[e]
-                T1a.reshape(-1)[fs] = t1[e]
-                T2a.reshape(-1)[fs] = t2[e]
-                sx[e] = slx[e]
-                s2[e] = sl2[e]
                 first = None
                 continue  # (none is done yet)
             has = bits != 0
@@ -437,7 +440,7 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
                 slx = slx_a.take(fi)
                 sl2 = sl2_a.take(fi)
                 ok = slx > 0
-                t1, t2 = _q3_try(xv, nl, slx, sl2, ok, sx[R], s2[R])
+                _q3_move(xv, nl, slx, sl2, ok, fi, R, Lia, T1a, T2a, sx, s2)
                 # the cursor passes the tried position either way (a new pass when wrapped)
                 cur[R] = p + 1
                 np_R = npass[R]
@@ -451,15 +454,6 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
                 t &= ok
                 eR ^= t  # (np.where(ok, np_R < 4, eR): several times slower on random masks)
                 elig[R] = eR
-                e = ok.nonzero()[0]
-                if e.size:
-                    fs = fi[e]
-                    cs = R[e]
-                    Lia.reshape(-1)[fs] = nl[e]
-                    T1a.reshape(-1)[fs] = t1[e]
-                    T2a.reshape(-1)[fs] = t2[e]
-                    sx[cs] = slx[e]
-                    s2[cs] = sl2[e]
             if R.size < kc:  # the rows without a move to try are done
                 if R.size == 0:
                     sumlx[ids] = sx
