@@ -528,7 +528,7 @@ def _q3_first_slice(X, sumlx, suml2, iscale, amax_out, zero, tried, bits):
     amax_out[...] = amax
     np.less(amax, EPS, out=zero)
     with np.errstate(**_ERR):
-        np.divide(F32(-4), np.where(zero, F32(1), mx), out=iscale)
+        np.divide(F32(-4), mx, out=iscale)  # (unused where all |x| < EPS: those quants are 0)
         L = np.multiply(X, iscale, out=_WS.get("q3_l", shape))  # |x * iscale| <= ~4: nearest_int is rint
         np.rint(L, out=L)
         _CLIP(L, F32(-4), F32(3), out=L)
