@@ -531,7 +531,7 @@ def _q3_first_slice(X, sumlx, suml2, iscale, amax_out, zero, tried, bits):
         np.divide(F32(-4), mx, out=iscale)  # (unused where all |x| < EPS: those quants are 0)
         L = np.multiply(X, iscale, out=_WS.get("q3_l", shape))  # |x * iscale| <= ~4: nearest_int is rint
         np.rint(L, out=L)
-        _CLIP(L, F32(-4), F32(3), out=L)
+        np.minimum(L, F32(3), out=L)  # (x * iscale >= -4: the largest |x| gives -4)
         w = np.multiply(X, X, out=_WS.get("q3_w", shape))
         T1 = np.multiply(w, X, out=_WS.get("q3_t1", shape))
         T1 *= L  # C: w*x[i]*l
