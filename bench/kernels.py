@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Kernel benchmark: MB/s of float32 input, ours beside gguf-py's and ggml's, in one run.
 
-    python bench/kernels.py [--types Q4_0,Q4_K] [--shapes 4096x4096,2048x5632] [--repeat 2] [--clock cpu]
+    python bench/kernels.py [--types Q4_0,Q4_K] [--shapes 4096x4096,2048x5632] [--repeat 2] [--clock cpu] [--warm]
 
 Columns: quantize and dequantize throughput for our kernels on one thread and on all cores, for
 gguf-py's ``gguf.quants`` (it cannot quantize K or IQ types: "-") and for ggml's reference
@@ -10,6 +10,10 @@ bytes equal ggml's on that array.  ``--clock cpu`` times the one-thread columns 
 CPU time of this process (``time.process_time``) instead of wall time: steadier on a machine shared with
 other work, where waiting for a core would count against whichever side was waiting; the all-cores
 column stays wall time.  Each figure is the best of ``--repeat`` runs, ours and ggml's taken alternately.
+``--warm`` times each one-thread quantize run right after an untimed run of the same side, as when a model's
+tensors are quantized one after another: alternating alone starts every run of ours just after ggml's pass
+over the whole array has taken the caches (ggml's loop keeps a block's work in registers and L1 and does not
+notice; the searches' scratch arrays do, by 2-5 %).
 """
 from __future__ import annotations
 
@@ -41,11 +45,14 @@ def best(fn, repeat: int, clock=time.perf_counter) -> float:
     return min(times)
 
 
-def best_pair(fa, fb, repeat: int, clock) -> tuple[float, float]:
-    """Best times of ``fa`` and ``fb`` run alternately (both see the same spells of a busy machine)."""
+def best_pair(fa, fb, repeat: int, clock, warm: bool = False) -> tuple[float, float]:
+    """Best times of ``fa`` and ``fb`` run alternately (both see the same spells of a busy machine); with
+    ``warm``, each timed run follows an untimed one of the same function."""
     ta, tb = [], []
     for _ in range(repeat):
         for fn, acc in ((fa, ta), (fb, tb)):
+            if warm:
+                fn()
             t = clock()
             fn()
             acc.append(clock() - t)
@@ -68,6 +75,7 @@ def main() -> int:
     ap.add_argument("--types", default=",".join(TYPES))
     ap.add_argument("--shapes", default="4096x4096,2048x5632")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--warm", action="store_true", help="time each run after an untimed one of the same side")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="time the one-thread columns in wall time or in this process's CPU time")
     args = ap.parse_args()
@@ -103,7 +111,7 @@ def main() -> int:
                 ref = ggml.quantize(x, t)
                 exact = "yes" if np.array_equal(ref, q1) else f"NO ({int((ref != q1).any(axis=1).sum())} rows)"
                 tq1, tlq = best_pair(lambda: kernels.quantize(x, t, threads=1), lambda: ggml.quantize(x, t),
-                                     args.repeat, clock)
+                                     args.repeat, clock, args.warm)
                 td1, tld = best_pair(lambda: kernels.dequantize(q1, t, threads=1),
                                      lambda: ggml.dequantize(q1, t, cols), args.repeat, clock)
             else:
