@@ -565,6 +565,7 @@ _Q3_GROUP = 3  # batches whose rmse passes end together (Q3_K.chunk_elements: a 
 # a larger group keeps more in memory between its first passes and its packing: 8 was 5-8% slower)
 _Q3_TAIL = 2048  # ...once fewer sub-blocks than this are still moving in each
 _Q3_FINAL = 8192  # sub-blocks quantized again from the stored scales and packed at once
+_NO_COLS = np.empty(0, np.intp)
 
 
 def _q3_batch_state(xb, a, first, id0):
@@ -1184,8 +1185,7 @@ class Q3_K(Kernel, qtype=T.Q3_K):
                 d = np.repeat(fp16_value(d_bits), 16) * (ls - 32).astype(np.float32).reshape(-1)
                 with np.errstate(**_ERR):  # the sub-blocks whose quotients may reach 2^21 (see _round_div_T)
                     exact = ~(amax < F32(2.0 ** 21) * np.abs(d))
-                none = np.empty(0, np.intp) if not exact.any() else None
-                anydz = not d.all()
+                anyexact, anydz = exact.any(), not d.all()
                 og = out[ga // 16:gb // 16]
                 og[:, 96:108] = _pack_q3_scales(ls)
                 og[:, 108:110] = d_bits.reshape(-1, 1).view(np.uint8)
@@ -1193,7 +1193,7 @@ class Q3_K(Kernel, qtype=T.Q3_K):
                     for c in range(0, b - a, _Q3_FINAL):
                         e = min(b - a, c + _Q3_FINAL)
                         o, oe = a - ga + c, a - ga + e
-                        sp = none if none is not None else exact[o:oe].nonzero()[0]
+                        sp = exact[o:oe].nonzero()[0] if anyexact else _NO_COLS
                         L8 = _round_div_T(X[:, c:e], None, d[o:oe], -4, 3, None, None, sp)
                         dz = (d[o:oe] == 0).nonzero()[0] if anydz else ()
                         if len(dz):
