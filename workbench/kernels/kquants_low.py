@@ -5,8 +5,8 @@ of every sub-block), so every step of ggml's per-sub-block loops is one vector o
 and the C loops' left-to-right float32 sums are plain row additions in the same order.  Q3_K's
 sequential rmse refinement is the exception: its few candidate sub-blocks (those whose first pass would
 try a move) are refined as rows ``[k, 16]``, where a sub-block's moves to try pack into a 16-bit mask
-(one multiplication per 8 positions) and finished sub-blocks are dropped with row copies; the first
-iteration takes its masks from the first pass; the few that still move after a couple of iterations
+(np.packbits) and finished sub-blocks are dropped with row copies; the first iteration takes the first
+position to try from the first pass; the few that still move after a couple of iterations
 are refined together for several batches (a call's chunk), as an iteration costs much the same for
 any number of them.
 
@@ -279,12 +279,10 @@ def _plus_off(L, out):
     return out
 
 
-# bool bytes (0/1) of a 64-bit word -> the bits of a byte: byte j lands at bit 56 + j (as _MUL_2BIT: no
-# two products overlap at or above bit 56, and those below carry nothing into it)
-_MUL_BITS = np.uint64(sum(1 << (56 - 7 * j) for j in range(8)))
-_SH56 = np.uint64(56)
-_SH8 = np.uint64(8)
-_FULL = 0xFFFF
+# a row may try the positions from its cursor u (counted over the passes) up to its limit: the end of
+# its pass, or of the next one once its pass moved a quant (five passes at most): mask of the first
+# min(16, limit - u) bits of its 32-bit mask rotated to start at u
+_AVAIL = (1 << np.minimum(np.arange(33), 16)) - 1
 _LOW = np.arange(1 << 16)
 _LOW = np.log2(np.maximum(_LOW & -_LOW, 1)).astype(np.int8)  # the lowest set bit of a 16-bit value (0 for 0)
 
@@ -300,7 +298,7 @@ class _Q3Tail:
 
     def add(self, rows, keep, small):
         """Rows ``keep`` of the [k, 16] arrays ``rows`` (x, T1, T2, L + _OFF) with their [keep.size] ids,
-        sums, cursors, pass numbers and next-pass flags ``small``."""
+        sums, cursors and limits ``small``."""
         o = self.n
         self.n += keep.size
         for a, buf in zip(rows, self.bufs):
@@ -311,8 +309,8 @@ class _Q3Tail:
         """The refinement state of all the rows handed on (None if none)."""
         if not self.n:
             return None
-        ids, sx, s2, cur, npass, elig = (np.concatenate(c) for c in zip(*self.small))
-        return [ids] + [b[:self.n] for b in self.bufs] + [sx, s2, cur, npass, elig]
+        ids, sx, s2, u, lim = (np.concatenate(c) for c in zip(*self.small))
+        return [ids] + [b[:self.n] for b in self.bufs] + [sx, s2, u, lim]
 
 
 def _q3_new_l(q):
@@ -324,11 +322,12 @@ def _q3_new_l(q):
     return _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
 
 
-def _q3_move(xv, nl, slx, sl2, ok, fi, R, Lia, T1a, T2a, sx, s2):
-    """C's test of moves to ``new_l = nl - _OFF`` at the values xv (flat positions fi of the rows R of
-    the state arrays Lia, T1a, T2a, sx, s2; R None: every row), where slx, sl2 are the sums without the
-    moving terms: ``ok &= sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2`` with the new terms added, and the
-    moves that pass it applied."""
+def _q3_move(xv, nl, slx, sl2, ok, fi, uj, R, Lia, T1a, T2a, sx, s2, lim):
+    """C's test of moves to ``new_l = nl - _OFF`` at the values xv (flat positions fi, C positions uj,
+    of the rows R of the state arrays Lia, T1a, T2a, sx, s2, lim; R None: every row), where slx, sl2 are
+    the sums without the moving terms: ``ok &= sl2 > 0 && slx*slx*suml2 > sumlx*sumlx*sl2`` with the new
+    terms added, and the moves that pass it applied (a pass that moved a quant may be followed by
+    another, up to five: the row's limit becomes the end of the next one)."""
     sxR, s2R = (sx, s2) if R is None else (sx[R], s2[R])
     nf = np.subtract(nl, _OFF, dtype=np.float32)  # new_l (exact: |new_l + _OFF| < 2^23)
     w = xv * xv  # C: w = x[i]*x[i]; slx += w*x[i]*new_l; sl2 += w*new_l*new_l
@@ -353,6 +352,10 @@ def _q3_move(xv, nl, slx, sl2, ok, fi, R, Lia, T1a, T2a, sx, s2):
         cs = e if R is None else R[e]
         sx[cs] = slx[e]
         s2[cs] = sl2[e]
+        le = uj[e]
+        le |= 15
+        le += 17  # 16 * (pass + 2)
+        lim[cs] = np.minimum(le, 80)
 
 
 def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
@@ -364,25 +367,26 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
 
     Event driven: each iteration evaluates every position's move under its row's current sums (a few
     dense passes), packs the positions where C would try one (``new_l != L[i]``) into a 16-bit mask per
-    row (one multiplication per 8 of them) and runs C's acceptance test on just the first of them the C
-    pass meets from the row's cursor on: accepted, the move is applied; rejected, only the cursor
-    passes it (the sums stay, so the next iteration finds the same moves after it).  The mask is
-    rotated to start at the cursor; once a pass has changed something (and another may follow, pass <
-    4), the positions before the cursor follow as the next pass's (the next pass starts with the same
-    sums).  A row with nothing left to try is done: as its state no longer changes, evaluating it again
+    row and runs C's acceptance test on just the first of them the C pass meets from the row's cursor
+    on: accepted, the move is applied; rejected, only the cursor passes it (the sums stay, so the next
+    iteration finds the same moves after it).  The cursor counts positions over the passes (16 * pass +
+    position) up to the row's limit: the end of its pass, or of the next one once its pass changed
+    something (five passes at most).  The mask is rotated to start at the cursor and cut at the limit,
+    so the positions before the cursor follow as the next pass's when one may follow (the next pass
+    starts with the same sums).  A row with nothing left to try is done: as its state no longer changes,
+    evaluating it again
     finds it done again, so it is only dropped once enough rows are done for the row gathers to pay
     (into two alternating sets of scratch arrays).
 
-    ``first``: the masks of the positions to try in the first iteration when they are known (int64 [k],
-    from ``_q3_batch_state``: C's, or more; none is 0), which then skips the dense passes: the quotient of
-    each row's first one is computed alone (a position that turns out not to move just moves the cursor)."""
-    ids, xa, T1a, T2a, Lia, sx, s2, cur, npass, elig = st
+    ``first``: each row's first position to try when it is known (intp [k], from ``_q3_batch_state``:
+    C's, or one before it), which then skips the dense passes in the first iteration: the quotient at
+    that position is computed alone (a position that turns out not to move just moves the cursor)."""
+    ids, xa, T1a, T2a, Lia, sx, s2, u, lim = st
     kc = ids.size
     stop = 0 if tail is None else _Q3_TAIL
     par = 0
     # the dense passes' scratch arrays, for the rows at the start (their first kc rows after drops)
-    wfull = [_WS.get(n, (kc, 16)) for n in ("r3_slx", "r3_sl2", "r3_q")] + [
-        _WS.get("r3_tb", (kc, 16), bool), _WS.get("r3_b", (kc, 2), np.uint64)]
+    wfull = [_WS.get(n, (kc, 16)) for n in ("r3_slx", "r3_sl2", "r3_q")] + [_WS.get("r3_tb", (kc, 16), bool)]
     ws = None
     with np.errstate(**_ERR):
         while True:
@@ -390,24 +394,24 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
                 sh = (kc, 16)
                 if ws is None:
                     ws = [w[:kc] for w in wfull]
-                slx_a, sl2_a, q, tb, B = ws
+                slx_a, sl2_a, q, tb = ws
                 # (the sums repeated 16 times: a broadcast over rows of 16 runs an inner loop per row)
                 np.subtract(np.repeat(sx, 16).reshape(sh), T1a, out=slx_a)
                 np.subtract(np.repeat(s2, 16).reshape(sh), T2a, out=sl2_a)
                 np.multiply(xa, sl2_a, out=q)
                 np.divide(q, slx_a, out=q)
-                ni = _q3_new_l(q)
+                q += _MAGIC  # (_q3_new_l)
+                ni = q.view(np.int32)
+                ni &= 0x007FFFFF
+                _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
                 np.not_equal(ni, Lia, out=tb)  # new_l != L[i]
-                np.multiply(tb.view(np.uint64), _MUL_BITS, out=B)
-                B >>= _SH56
-                B[:, 1] <<= _SH8
-                bits = np.bitwise_or(B[:, 0], B[:, 1]).view(np.int64)  # bit p: a move to try at p
+                bits = np.packbits(tb.reshape(-1), bitorder="little").view("<u2").astype(np.int64)  # bit p: at p
                 bits *= 0x10001  # twice: bits p + 16 are those of the next pass
-                bits >>= cur
-                # from the cursor on, in C's order (the next pass's too if one may follow)
-                bits &= np.where(elig, _FULL, np.right_shift(_FULL, cur))
+                bits >>= u & 15
+                # from the cursor on, in C's order, up to the row's limit (the next pass's too if one may follow)
+                bits &= _AVAIL.take(lim - u)
             else:  # every row has a move to try (a mask is not 0), from cursor 0 of the first pass
-                p = _LOW.take(first).astype(np.intp)
+                p = first
                 fi = np.arange(0, 16 * kc, 16)
                 fi += p
                 xv = xa.take(fi)
@@ -420,40 +424,25 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
                 nl = _q3_new_l(qv)
                 ok = slx > 0
                 ok &= np.not_equal(nl, Lia.take(fi))  # (the mask may hold positions C does not try)
-                _q3_move(xv, nl, slx, sl2, ok, fi, None, Lia, T1a, T2a, sx, s2)
+                _q3_move(xv, nl, slx, sl2, ok, fi, p, None, Lia, T1a, T2a, sx, s2, lim)
                 p += 1
-                cur = p
-                elig = ok  # (pass 0 < 4: a next pass may follow once a move is taken)
+                u = p
                 first = None
                 continue  # (none is done yet)
             has = bits != 0
             R = has.nonzero()[0]  # the rows with a move to try; the others are done
             if R.size:
-                j = _LOW.take(bits.take(R))
-                cR = cur[R]
-                pj = cR + j
-                wr = pj >= 16  # in the next pass
-                p = pj & 15
-                fi = (R << 4) + p
+                uj = np.add(u.take(R), _LOW.take(bits.take(R)))  # the position tried, counted over the passes
+                fi = R << 4
+                fi += uj & 15
                 xv = xa.take(fi)
                 nl = ni.take(fi)
                 slx = slx_a.take(fi)
                 sl2 = sl2_a.take(fi)
                 ok = slx > 0
-                _q3_move(xv, nl, slx, sl2, ok, fi, R, Lia, T1a, T2a, sx, s2)
-                # the cursor passes the tried position either way (a new pass when wrapped)
-                cur[R] = p + 1
-                np_R = npass[R]
-                np_R += wr
-                npass[R] = np_R
-                # the pass may be followed by another once it changed something (pass < 4)
-                eR = elig[R]
-                eR &= ~wr
-                t = np_R < 4
-                t ^= eR
-                t &= ok
-                eR ^= t  # (np.where(ok, np_R < 4, eR): several times slower on random masks)
-                elig[R] = eR
+                _q3_move(xv, nl, slx, sl2, ok, fi, uj, R, Lia, T1a, T2a, sx, s2, lim)
+                uj += 1  # the cursor passes the tried position either way
+                u[R] = uj
             if R.size < kc:  # the rows without a move to try are done
                 if R.size == 0:
                     sumlx[ids] = sx
@@ -474,9 +463,9 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
                 ws = None
                 kc = keep.size
                 ids = ids[keep]
-                sx, s2, cur, npass, elig = sx[keep], s2[keep], cur[keep], npass[keep], elig[keep]
+                sx, s2, u, lim = sx[keep], s2[keep], u[keep], lim[keep]
                 if kc < stop:  # handed on
-                    tail.add((xa, T1a, T2a, Lia), keep, [ids, sx, s2, cur, npass, elig])
+                    tail.add((xa, T1a, T2a, Lia), keep, [ids, sx, s2, u, lim])
                     return
                 par ^= 1  # into the scratch arrays the ones read now are not in
                 xa, T1a, T2a, Lia = (a.take(keep, axis=0, out=_WS.get("r3c%d%d" % (par, j), (kc, 16), a.dtype),
@@ -487,9 +476,9 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
 def _q3_first(xb, a, b, name, res):
     """The part of make_q3_quants(16, 4, x, L, true) before its rmse passes, for the columns of X [16, k]
     = ``_to_T(xb, a, b, name)``: returns X and (sumlx [k], suml2 [k], iscale [k], all-zero flags [k],
-    amax [k] = largest |x|, the columns whose first rmse pass may try a move, the masks [k] of the
-    positions where it may: bit p for position p), the arrays being those of ``res`` (sumlx, suml2,
-    iscale, amax, all-zero and tried flags, masks), filled.  The first quants are
+    amax [k] = largest |x|, the columns whose first rmse pass may try a move, [k] 16 - the first
+    position where it may (0: none)), the arrays being those of ``res`` (sumlx, suml2, iscale, amax,
+    all-zero and tried flags, those positions as uint8), filled.  The first quants are
     ``_q3_first_quants(X, iscale)``.
 
     The columns that may try a move are found with dense passes in this layout: those where
@@ -513,10 +502,8 @@ def _q3_first(xb, a, b, name, res):
     return X, (sumlx, suml2, iscale, zero, amax, np.flatnonzero(tried), bits)
 
 
-_BIT16 = (1 << np.arange(16)).astype(np.uint16)  # bit p for position p
-
-
 _Q3_SLICE = 6144
+_RANK16 = (16 - np.arange(16, dtype=np.uint8))[:, None]  # 16 - position
 _Q3_NOCOMPACT = 256  # below this many rows a refinement no longer drops its done ones (the gathers cost more)
 
 
@@ -531,7 +518,7 @@ def _q3_first_slice(X, sumlx, suml2, iscale, amax_out, zero, tried, bits):
         np.divide(F32(-4), mx, out=iscale)  # (unused where all |x| < EPS: those quants are 0)
         L = np.multiply(X, iscale, out=_WS.get("q3_l", shape))  # |x * iscale| <= ~4: nearest_int is rint
         np.rint(L, out=L)
-        np.minimum(L, F32(3), out=L)  # (x * iscale >= -4: the largest |x| gives -4)
+        _CLIP(L, F32(-4), F32(3), out=L)  # (np.minimum with a scalar is twice as slow as the clip ufunc)
         w = np.multiply(X, X, out=_WS.get("q3_w", shape))
         T1 = np.multiply(w, X, out=_WS.get("q3_t1", shape))
         T1 *= L  # C: w*x[i]*l
@@ -545,8 +532,9 @@ def _q3_first_slice(X, sumlx, suml2, iscale, amax_out, zero, tried, bits):
         q /= slx
         np.rint(q, out=q)
         _CLIP(q, F32(-4), F32(3), out=q)
-        tb = np.not_equal(q, L, out=_WS.get("q3_tried", shape, bool))
-        np.einsum("pm,p->m", tb.view(np.uint8), _BIT16, out=bits)  # sum_p tb[p] << p: one pass
+        tb = np.not_equal(q, L, out=_WS.get("q3_tried", shape, bool)).view(np.uint8)
+        tb *= _RANK16  # 16 - p where position p may move, else 0
+        np.maximum.reduce(tb, axis=0, out=bits)  # 16 - the first such position (0: none)
         np.not_equal(bits, 0, out=tried)
         tried &= mx < 0
         tried &= ~zero
@@ -571,10 +559,10 @@ _NO_COLS = np.empty(0, np.intp)
 def _q3_batch_state(xb, a, first, id0):
     """The refinement state (``_refine_q3_steps``) of the sub-blocks of xb [nb, 16] from a on whose
     first rmse pass may move a quant (``_q3_first``'s results ``first``; ids from id0), and their first
-    masks; None, None if none.
+    positions to try; None, None if none.
 
     The rows are gathered from xb and their first quants, T1 = w*x[i]*L[i] and T2 = w*L[i]*L[i] computed
-    again, bit for bit (cheaper than gathering columns).  The first masks are the first pass's: C's
+    again, bit for bit (cheaper than gathering columns).  The first positions are the first pass's: C's
     where its quotients are below 2^22 (np.rint is nearest_int there).  Without rounding they are at
     most 8 in magnitude: the terms of sumlx are >= 0, so sl2/slx is at most the largest w*L*L / (w*x*L)
     = L/x of the other quants != 0, and those have |x| >= amax/8, so L/x <= 4/amax + 0.5/|x| <= 8/amax.
@@ -593,14 +581,14 @@ def _q3_batch_state(xb, a, first, id0):
     T2a *= L
     T2a *= L
     s2 = suml2.take(cols)
-    b0 = bits.take(cols).astype(np.int64)
+    p0 = np.subtract(16, bits.take(cols), dtype=np.intp)
     with np.errstate(**_ERR):
         am = amax.take(cols)
-        b0[~((am >= F32(1e-11)) & (am * s2 < F32(1e37)))] = 1
-    # ids, x, T1, T2, L + _OFF as int, sumlx, suml2, the C pass's position in each row, its pass
-    # number, whether it changed something and another may follow
+        p0[~((am >= F32(1e-11)) & (am * s2 < F32(1e37)))] = 0
+    # ids, x, T1, T2, L + _OFF as int, sumlx, suml2, the C pass's position in each row counted over the
+    # passes (16 * pass + position), the end of the passes it may go on to (the first one's)
     return [cols + id0, xr, T1a, T2a, _plus_off(L, _WS.get("r3s_li", sh, np.int32)), sumlx.take(cols), s2,
-            np.zeros(k, np.intp), np.zeros(k, np.int8), np.zeros(k, bool)], b0
+            np.zeros(k, np.intp), np.full(k, 16, np.intp)], p0
 
 
 def _q3_quants_rows(xr):
@@ -608,7 +596,7 @@ def _q3_quants_rows(xr):
     return) of the sub-blocks xr [k, 16] as [16, k]: the quants Q3_K keeps where a sub-block's 6-bit
     scale is 0 (a few sub-blocks: the batches do not keep their refined quants)."""
     k = xr.shape[0]
-    res = [np.empty(k, t) for t in (np.float32,) * 4 + (bool,) * 2 + (np.uint16,)]
+    res = [np.empty(k, t) for t in (np.float32,) * 4 + (bool,) * 2 + (np.uint8,)]
     X, first = _q3_first(xr, 0, k, "q3_dz", res)
     Lout = _plus_off(np.ascontiguousarray(_q3_first_quants(X, first[2]).T), np.empty((k, 16), np.int32))
     st, b0 = _q3_batch_state(xr, 0, first, 0)
@@ -1112,9 +1100,6 @@ def _pack_q3_scales(l):
     return s.view(np.uint8)
 
 
-_RANK16 = (16 - np.arange(16, dtype=np.uint8))[:, None]  # 16 - position
-
-
 def _q3_scales_ref(scales):
     """quantize_row_q3_K_ref's super-block scale: 6-bit scales against max_scale / -32 (fp16)."""
     S = scales.reshape(-1, 16)
@@ -1160,7 +1145,7 @@ class Q3_K(Kernel, qtype=T.Q3_K):
                 group = spans[g:g + _Q3_GROUP]
                 ga, gb = group[0][0], group[-1][1]
                 # the group's sumlx, suml2, iscale, amax (float32), all-zero and tried flags, filled per batch
-                G = [np.empty(gb - ga, t) for t in (np.float32,) * 4 + (bool,) * 2 + (np.uint16,)]
+                G = [np.empty(gb - ga, t) for t in (np.float32,) * 4 + (bool,) * 2 + (np.uint8,)]
                 # each batch is refined on its own (its arrays stay in cache) until few of its sub-blocks
                 # still move; those of all batches then finish together: the last iterations of a
                 # refinement cost about the same for any number of sub-blocks
