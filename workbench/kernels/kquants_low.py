@@ -891,15 +891,19 @@ def _pack_hmask_T(L8, out):
     _as_view(out, (m, 2, 16))[...] = Q.view(np.uint8).reshape(16, m, 8)[:, :, 6:].transpose(1, 2, 0)
 
 
+_RD_BIG = F32(120)  # |quotient| bound of _round_div_T's fast path: quant - lo stays within an int8
+
+
 def _round_div_T(X, off, d, lo, hi, xmin, xmax, sp=None):
     """``clip(nearest_int((X + off) / d), lo, hi) - lo`` (``off`` None: ``X / d``) over the columns of X
     [16, k], as uint8 [16, k] (a reused scratch array): the quants Q2_K and Q3_K compute again from their
     stored scales.  ``xmin`` / ``xmax``: each column's smallest and largest value (or ``sp``: the
     columns that need C's nearest_int, found by the caller).
 
-    One float pass for all columns whose quotients are surely below 2^21 in magnitude (there nearest_int
-    is a rounding: ``q + 1.5*2^23 - lo`` is an integer float whose low byte is the clipped quant - lo);
-    C's nearest_int bit for bit for the others (huge, infinite or NaN quotients, d == 0)."""
+    Float passes for all columns whose quotients are surely below _RD_BIG in magnitude (there nearest_int
+    is a rounding: ``q + 1.5*2^23 - lo`` is an integer float whose low byte is quant - lo as an int8,
+    clipped in bytes); C's nearest_int bit for bit for the others (large, infinite or NaN quotients,
+    d == 0)."""
     Q = _WS.get("rd_q", X.shape)
     if off is None:
         np.divide(X, d, out=Q)
@@ -907,16 +911,17 @@ def _round_div_T(X, off, d, lo, hi, xmin, xmax, sp=None):
         np.add(X, off, out=Q)
         Q /= d
     Q += F32(_MAGIC - F32(lo))  # even: ties go to the even quant as in nearest_int
-    _CLIP(Q, _MAGIC, _MAGIC + F32(hi - lo), out=Q)  # 1.5*2^23 + (quant - lo): its low byte is quant - lo
-    L = _WS.get("rd_l", X.shape, np.uint8)
+    L = _WS.get("rd_l", X.shape, np.int8)
     np.copyto(L, Q.view(np.int32), casting="unsafe")  # the low byte (the bits of 1.5*2^23 end in 22 zeros)
+    _CLIP(L, np.int8(0), np.int8(hi - lo), out=L)
+    L = L.view(np.uint8)
     with np.errstate(**_ERR):
         if sp is None:
             if off is None:
                 big = np.maximum(np.abs(xmin), np.abs(xmax))
             else:
                 big = np.maximum(np.abs(xmin + off), np.abs(xmax + off))
-            sp = np.flatnonzero(~(big < F32(2.0 ** 21) * np.abs(d)))
+            sp = np.flatnonzero(~(big < _RD_BIG * np.abs(d)))
         if sp.size:
             q = X[:, sp] if off is None else X[:, sp] + off[sp]
             L[:, sp] = np.clip(nearest_int_c(q / d[sp]), lo, hi) - lo
@@ -1168,8 +1173,8 @@ class Q3_K(Kernel, qtype=T.Q3_K):
                 # the quants again from the stored scales; d * -32 == 0 (also the memset case) skips the
                 # sub-block: it keeps the search's quants
                 d = np.repeat(fp16_value(d_bits), 16) * (ls - 32).astype(np.float32).reshape(-1)
-                with np.errstate(**_ERR):  # the sub-blocks whose quotients may reach 2^21 (see _round_div_T)
-                    exact = ~(amax < F32(2.0 ** 21) * np.abs(d))
+                with np.errstate(**_ERR):  # the sub-blocks whose quotients may reach _RD_BIG (see _round_div_T)
+                    exact = ~(amax < _RD_BIG * np.abs(d))
                 anyexact, anydz = exact.any(), not d.all()
                 og = out[ga // 16:gb // 16]
                 og[:, 96:108] = _pack_q3_scales(ls)
