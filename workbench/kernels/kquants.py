@@ -449,6 +449,11 @@ def _unpack_scales_k4(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc.view(np.uint8), m.view(np.uint8)
 
 
+# values per call: 3072 groups of 32, whose [32, 3072] search arrays stay in the L2 cache through the
+# search's 21-37 trials (at 2^18 values, 1 MB each, the same search ran 7-13% slower)
+_Q45K_CHUNK = 3 << 15
+
+
 @_quiet
 def _quantize_q45k(x: np.ndarray, imatrix: np.ndarray | None, nmax: int):
     """quantize_row_q4_K_ref / _impl (nmax=15) and quantize_row_q5_K_ref / _impl (nmax=31) up to the
@@ -539,6 +544,7 @@ class Q4_K(Kernel, qtype=T.Q4_K):
     gil_bound = True
     uses_imatrix = True
     checks_finite = True  # from the group extremes in _qkx_core
+    chunk_elements = _Q45K_CHUNK
 
     @classmethod
     def quantize_rows(cls, x, imatrix):  # quantize_q4_K
@@ -569,6 +575,7 @@ class Q5_K(Kernel, qtype=T.Q5_K):
     gil_bound = True
     uses_imatrix = True
     checks_finite = True  # from the group extremes in _qkx_core
+    chunk_elements = _Q45K_CHUNK
 
     @classmethod
     def quantize_rows(cls, x, imatrix):  # quantize_q5_K
