@@ -283,6 +283,7 @@ def _plus_off(L, out):
 # its pass, or of the next one once its pass moved a quant (five passes at most): mask of the first
 # min(16, limit - u) bits of its 32-bit mask rotated to start at u
 _AVAIL = (1 << np.minimum(np.arange(33), 16)) - 1
+_NEXT_END = np.minimum(16 * np.arange(2, 7), 80)  # the limit once pass 0..4 moved a quant
 _LOW = np.arange(1 << 16)
 _LOW = np.log2(np.maximum(_LOW & -_LOW, 1)).astype(np.int8)  # the lowest set bit of a 16-bit value (0 for 0)
 
@@ -353,9 +354,8 @@ def _q3_move(xv, nl, slx, sl2, ok, fi, uj, R, Lia, T1a, T2a, sx, s2, lim):
         sx[cs] = slx[e]
         s2[cs] = sl2[e]
         le = uj[e]
-        le |= 15
-        le += 17  # 16 * (pass + 2)
-        lim[cs] = np.minimum(le, 80)
+        le >>= 4  # the pass
+        lim[cs] = _NEXT_END.take(le)
 
 
 def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
