@@ -43,7 +43,8 @@ class Kernel:
     # so large tensors of these types are spread over worker processes instead
     gil_bound: ClassVar[bool] = False
     # float32 values per quantize_rows call (None: CHUNK_ELEMENTS); a search with a fixed cost per call that
-    # does not grow with its size (Q3_K's refinement) takes bigger chunks
+    # does not grow with its size (Q3_K's refinement) takes bigger chunks, one whose many passes over its
+    # arrays gain from keeping them in the L2 cache (Q4_K, Q5_K) smaller ones
     chunk_elements: ClassVar[int | None] = None
     # quantize_rows itself raises NonFinite on NaN or Inf input (found in its block extremes, which NaN and
     # Inf always reach), sparing a separate pass over the values
