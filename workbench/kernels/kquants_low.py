@@ -1120,12 +1120,14 @@ def _q3_scales_ref(scales):
         max_scale = np.where(amax > 0, np.take(S, idx), F32(0))
         has = max_scale != 0
         iscale = F32(-32) / max_scale
-        l8 = nearest_int_c(np.multiply(S.reshape(-1), np.repeat(iscale, 16)).reshape(nsb, 16))
-        l8 += 128
-        l8 &= 0xFF
-        l8 -= 128  # int8_t l = nearest_int(...)
-        ls = _CLIP(l8, -32, 31, out=l8)
-        ls += 32
+        # int8_t l = nearest_int(iscale*scales[j]): the low byte of the bits of the product + 1.5*2^23 (the
+        # low byte of nearest_int's bits & 0x7FFFFF - 0x400000, for any value), read as an int8
+        v = np.multiply(S.reshape(-1), np.repeat(iscale, 16))
+        v += _MAGIC
+        ls = np.empty((nsb, 16), np.int8)
+        np.copyto(ls.reshape(-1), v.view(np.int32), casting="unsafe")
+        _CLIP(ls, np.int8(-32), np.int8(31), out=ls)
+        ls += np.int8(32)
         ls[~has] = 0  # memset(y[i].scales, 0, 12)
         d_bits = fp16_bits(np.where(has, F32(1) / iscale, F32(0)))
     return ls, d_bits
