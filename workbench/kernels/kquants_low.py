@@ -374,9 +374,8 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
     something (five passes at most).  The mask is rotated to start at the cursor and cut at the limit,
     so the positions before the cursor follow as the next pass's when one may follow (the next pass
     starts with the same sums).  A row with nothing left to try is done: as its state no longer changes,
-    evaluating it again
-    finds it done again, so it is only dropped once enough rows are done for the row gathers to pay
-    (into two alternating sets of scratch arrays).
+    evaluating it again finds it done again, so it is only dropped once enough rows are done for the row
+    gathers to pay (into two alternating sets of scratch arrays).
 
     ``first``: each row's first position to try when it is known (intp [k], from ``_q3_batch_state``:
     C's, or one before it), which then skips the dense passes in the first iteration: the quotient at
@@ -405,12 +404,13 @@ def _refine_q3_steps(st, sumlx, suml2, tail=None, first=None, Lout=None):
                 ni &= 0x007FFFFF
                 _CLIP(ni, _OFF - 4, _OFF + 3, out=ni)
                 np.not_equal(ni, Lia, out=tb)  # new_l != L[i]
-                bits = np.packbits(tb.reshape(-1), bitorder="little").view("<u2").astype(np.int64)  # bit p: at p
+                # bit p: a move to try at position p
+                bits = np.packbits(tb.reshape(-1), bitorder="little").view("<u2").astype(np.int64)
                 bits *= 0x10001  # twice: bits p + 16 are those of the next pass
                 bits >>= u & 15
                 # from the cursor on, in C's order, up to the row's limit (the next pass's too if one may follow)
                 bits &= _AVAIL.take(lim - u)
-            else:  # every row has a move to try (a mask is not 0), from cursor 0 of the first pass
+            else:  # every row has a move to try (its first position is known), from cursor 0 of the first pass
                 p = first
                 fi = np.arange(0, 16 * kc, 16)
                 fi += p
