@@ -23,6 +23,23 @@ def nearest_int(a: np.ndarray) -> np.ndarray:
     return np.rint(a).astype(np.int32)
 
 
+MAGIC = F32(12582912.0)  # 1.5 * 2**23: ggml's nearest_int adds it and reads the low mantissa bits
+# np.clip's ufunc itself (np.clip adds a Python wrapper's overhead to every call, and np.minimum / np.maximum
+# with a scalar run twice as slow)
+clip_ufunc = getattr(getattr(getattr(np, "_core", getattr(np, "core", None)), "umath", None), "clip", np.clip)
+
+
+def round_int8(q: np.ndarray, out: np.ndarray, lo: int, hi: int, add: int = 0) -> np.ndarray:
+    """``clip((int8_t)(nearest_int(q) + add), lo, hi)`` into the int8 array ``out`` (``q``, float32, is
+    overwritten): the low byte of the bits of ``q + add + 1.5*2^23`` (rounded to even, as nearest_int),
+    clipped in bytes, which is cheaper than a float clip and a float-to-int cast.  Exact for any q when
+    ``add`` is 0 (the low byte of nearest_int's bits is C's int8 cast); with an ``add``, for |q| < 2^22.
+    Callers that want the quant itself keep nearest_int(q) + add within an int8."""
+    q += F32(MAGIC + F32(add))
+    np.copyto(out, q.view(np.int32), casting="unsafe")
+    return clip_ufunc(out, np.int8(lo), np.int8(hi), out=out)
+
+
 _JUST_BELOW_HALF = np.float32(0.5) - np.float32(2.0 ** -25)
 _SIGN = np.uint32(0x80000000)
 _HALF_BITS = np.uint32(0x3F000000)  # 0.5f

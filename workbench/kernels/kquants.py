@@ -23,17 +23,14 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel, check_finite
-from .common import F32, fp16_bits, fp16_value, scale_codes, scratch, seqdot, seqdot_for
+from .common import F32, MAGIC as _MAGIC, fp16_bits, fp16_value, round_int8, scale_codes, scratch, seqdot, seqdot_for
 from .legacy import block_f16
 
 QK_K = 256
-_MAGIC = F32(12582912.0)  # 1.5 * 2**23: ggml's nearest_int adds it and reads the low mantissa bits
 # below this |x/d| Q6_K rounds its final quants in int8 bytes (see Q6_K.quantize_rows): x/d + 32 stays below
 # 128.  Quotients are rarely above ~50 (a sub-block's scale fits its values, and its 8-bit scale and the
 # fp16 d round by at most 1.5x); larger ones, infinite and NaN ones take the exact path
 _I8_SAFE = F32(90)
-# np.clip's ufunc itself (np.clip adds a Python wrapper's overhead to every call)
-_CLIP = getattr(getattr(getattr(np, "_core", getattr(np, "core", None)), "umath", None), "clip", np.clip)
 _SAFE = F32(4.0e6)  # below this |value| ggml's nearest_int is exactly np.rint (round half to even)
 _EPS = F32(1e-15)  # GROUP_MAX_EPS
 # bit twiddling on 32-bit little-endian words (4 quants at a time) for the dequantizers
@@ -648,13 +645,8 @@ class Q6_K(Kernel, qtype=T.Q6_K):
         sc = np.minimum(127, _nint(iscale[:, None] * sc2)).astype(np.int8)  # [nsb, 16]
         d = (fp16_value(d_bits)[:, None] * sc.astype(np.float32)).reshape(G)
         t = np.divide(xn, d[:, None], out=scratch("q6_t", xn.shape))  # nearest_int(x/d)
-        # below _I8_SAFE the low byte of x/d + 32 + 1.5*2^23 (rounded to even, as nearest_int) is the quant
-        # + 32 as an int8, clipped in bytes (cheaper than a float clip and a float-to-int cast)
-        t += _MAGIC + F32(32)
-        L = scratch("q6_l", xn.shape, np.int8)
-        np.copyto(L, t.view(np.int32), casting="unsafe")
-        _CLIP(L, np.int8(0), np.int8(63), out=L)
-        L = L.view(np.uint8)
+        # the quants + 32 (columns whose quotients reach _I8_SAFE are redone just below)
+        L = round_int8(t, scratch("q6_l", xn.shape, np.int8), 0, 63, 32).view(np.uint8)
         bad = np.flatnonzero(~((np.abs(xmax / d) < _I8_SAFE) & (np.abs(xmin / d) < _I8_SAFE)) & (d != 0))
         if bad.size:
             L[bad] = np.clip(_nint(xn[bad] / d[bad, None]), -32, 31) + 32

@@ -24,17 +24,14 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import Kernel, check_finite
-from .common import _SCRATCH, F32, fp16_bits, fp16_value, scale_codes, seqdot
+from .common import _SCRATCH, F32, MAGIC as _MAGIC, clip_ufunc as _CLIP, fp16_bits, fp16_value, round_int8, \
+    scale_codes, seqdot
 from .legacy import block_bytes16, block_f16
 
 QK_K = 256
 EPS = F32(1e-15)  # GROUP_MAX_EPS
-_MAGIC = F32(12582912.0)
 _BATCH = 16384  # sub-blocks per search batch (a whole 256k-value chunk: fewer, longer numpy calls)
 _ERR = dict(all="ignore")
-# np.clip's ufunc itself (np.clip adds a Python wrapper's overhead to every call)
-_CLIP = getattr(getattr(np, "_core", getattr(np, "core", None)), "umath", None)
-_CLIP = getattr(_CLIP, "clip", np.clip)
 
 
 _WS = _SCRATCH  # per-thread scratch arrays (common.scratch), names prefixed by their use
@@ -910,11 +907,7 @@ def _round_div_T(X, off, d, lo, hi, xmin, xmax, sp=None):
     else:
         np.add(X, off, out=Q)
         Q /= d
-    Q += F32(_MAGIC - F32(lo))  # even: ties go to the even quant as in nearest_int
-    L = _WS.get("rd_l", X.shape, np.int8)
-    np.copyto(L, Q.view(np.int32), casting="unsafe")  # the low byte (the bits of 1.5*2^23 end in 22 zeros)
-    _CLIP(L, np.int8(0), np.int8(hi - lo), out=L)
-    L = L.view(np.uint8)
+    L = round_int8(Q, _WS.get("rd_l", X.shape, np.int8), 0, hi - lo, -lo).view(np.uint8)
     with np.errstate(**_ERR):
         if sp is None:
             if off is None:
@@ -1120,13 +1113,9 @@ def _q3_scales_ref(scales):
         max_scale = np.where(amax > 0, np.take(S, idx), F32(0))
         has = max_scale != 0
         iscale = F32(-32) / max_scale
-        # int8_t l = nearest_int(iscale*scales[j]): the low byte of the bits of the product + 1.5*2^23 (the
-        # low byte of nearest_int's bits & 0x7FFFFF - 0x400000, for any value), read as an int8
-        v = np.multiply(S.reshape(-1), np.repeat(iscale, 16))
-        v += _MAGIC
-        ls = np.empty((nsb, 16), np.int8)
-        np.copyto(ls.reshape(-1), v.view(np.int32), casting="unsafe")
-        _CLIP(ls, np.int8(-32), np.int8(31), out=ls)
+        # int8_t l = nearest_int(iscale*scales[j]) (for any value); MAX(-32, MIN(31, l)) + 32
+        v = np.multiply(S.reshape(-1), np.repeat(iscale, 16)).reshape(nsb, 16)
+        ls = round_int8(v, np.empty((nsb, 16), np.int8), -32, 31)
         ls += np.int8(32)
         ls[~has] = 0  # memset(y[i].scales, 0, 12)
         d_bits = fp16_bits(np.where(has, F32(1) / iscale, F32(0)))
