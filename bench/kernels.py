@@ -2,6 +2,7 @@
 """Kernel benchmark: MB/s of float32 input, ours beside gguf-py's and ggml's, in one run.
 
     python bench/kernels.py [--types Q4_0,Q4_K] [--shapes 4096x4096,2048x5632] [--repeat 2] [--clock cpu] [--warm]
+                            [--rounds 15]
 
 Columns: quantize and dequantize throughput for our kernels on one thread and on all cores, for
 gguf-py's ``gguf.quants`` (it cannot quantize K or IQ types: "-") and for ggml's reference
@@ -14,6 +15,10 @@ column stays wall time.  Each figure is the best of ``--repeat`` runs, ours and 
 tensors are quantized one after another: alternating alone starts every run of ours just after ggml's pass
 over the whole array has taken the caches (ggml's loop keeps a block's work in registers and L1 and does not
 notice; the searches' scratch arrays do, by 2-5 %).
+``--rounds N`` adds a line under each row: the one-thread quantize ratio (ggml's time / ours) of N more
+rounds, each timing both sides once in a shuffled order, as its median and quartiles.  Best-of figures take
+each side's quietest moment, which on a shared machine need not be the same spell; a round's two runs share
+one, so the spread of its ratio shows how far the host's state moves the figure.
 """
 from __future__ import annotations
 
@@ -59,6 +64,24 @@ def best_pair(fa, fb, repeat: int, clock, warm: bool = False) -> tuple[float, fl
     return min(ta), min(tb)
 
 
+def paired_ratios(fa, fb, rounds: int, clock, warm: bool = False, seed: int = 0) -> np.ndarray:
+    """Per-round ratios time(fb) / time(fa): each round runs both once, in an order shuffled per round (a
+    run right after the other side's starts with its caches taken); ``warm`` as in ``best_pair``."""
+    order = np.random.default_rng(seed)
+    out = []
+    for _ in range(rounds):
+        times = {}
+        for key in order.permutation(2):
+            fn = (fa, fb)[key]
+            if warm:
+                fn()
+            t = clock()
+            fn()
+            times[key] = clock() - t
+        out.append(times[1] / times[0])
+    return np.asarray(out)
+
+
 def load_ggml():
     from fetch_models import ensure
     from ggml_oracle import GGML
@@ -76,6 +99,8 @@ def main() -> int:
     ap.add_argument("--shapes", default="4096x4096,2048x5632")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--warm", action="store_true", help="time each run after an untimed one of the same side")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="also print the median and quartiles of this many paired quantize rounds against ggml")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="time the one-thread columns in wall time or in this process's CPU time")
     args = ap.parse_args()
@@ -125,6 +150,12 @@ def main() -> int:
             ratio_d = f"{tld / td1:6.2f}" if tld else f"{'-':>6}"
             print(f"{shape:<10} {t:<7} | {f(tq1)} {f(tqn)} {f(tgq)} {f(tlq)} {ratio_q} | {f(td1)} {f(tdn)} {f(tgd)} "
                   f"{f(tld)} {ratio_d} | {exact}", flush=True)
+            if args.rounds > 0 and ggml is not None:
+                r = paired_ratios(lambda: kernels.quantize(x, t, threads=1), lambda: ggml.quantize(x, t),
+                                  args.rounds, clock, args.warm)
+                q1, med, q3 = np.percentile(r, [25, 50, 75])
+                print(f"{'':<10} {t:<7} | x ggml in {r.size} paired rounds: median {med:.2f}, quartiles "
+                      f"{q1:.2f}-{q3:.2f}, range {r.min():.2f}-{r.max():.2f}", flush=True)
     return 0
 
 
