@@ -16,7 +16,7 @@ tensors are quantized one after another: alternating alone starts every run of o
 over the whole array has taken the caches (ggml's loop keeps a block's work in registers and L1 and does not
 notice; the searches' scratch arrays do, by 2-5 %).
 ``--rounds N`` adds a line under each row: the one-thread quantize ratio (ggml's time / ours) of N more
-rounds, each timing both sides once in a shuffled order, as its median and quartiles.  Best-of figures take
+rounds, each timing both sides once in a shuffled order, as its median, quartiles and range.  Best-of figures take
 each side's quietest moment, which on a shared machine need not be the same spell; a round's two runs share
 one, so the spread of its ratio shows how far the host's state moves the figure.
 """
@@ -153,9 +153,9 @@ def main() -> int:
             if args.rounds > 0 and ggml is not None:
                 r = paired_ratios(lambda: kernels.quantize(x, t, threads=1), lambda: ggml.quantize(x, t),
                                   args.rounds, clock, args.warm)
-                q1, med, q3 = np.percentile(r, [25, 50, 75])
+                lo, med, hi = np.percentile(r, [25, 50, 75])  # (q1 holds the quantized bytes)
                 print(f"{'':<10} {t:<7} | x ggml in {r.size} paired rounds: median {med:.2f}, quartiles "
-                      f"{q1:.2f}-{q3:.2f}, range {r.min():.2f}-{r.max():.2f}", flush=True)
+                      f"{lo:.2f}-{hi:.2f}, range {r.min():.2f}-{r.max():.2f}", flush=True)
     return 0
 
 
