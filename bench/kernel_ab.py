@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from workbench import kernels  # noqa: E402
+from kernels import paired_times  # noqa: E402  (bench/kernels.py, beside this file)
 from workbench.kernels.base import Kernel  # noqa: E402
 
 
@@ -62,24 +63,18 @@ def main() -> int:
 
     def run(kernel):
         Kernel.registry[qtype] = kernel
-        t = time.process_time()
-        q = kernels.quantize(x, qtype, threads=1)
-        return time.process_time() - t, q
+        return kernels.quantize(x, qtype, threads=1)
 
     try:
-        ref = run(old)[1]
-        if not np.array_equal(run(new)[1], ref):
+        ref = run(old)
+        if not np.array_equal(run(new), ref):
             print(f"{qtype}: {args.rev} and the working tree write different bytes")
             return 1
-        times = {k: [] for k in sides}
-        for r in range(args.rounds):
-            order = list(sides)
-            np.random.default_rng(r).shuffle(order)
-            for k in order:
-                times[k].append(run(sides[k])[0] * 1e3)
+        times = paired_times({k: (lambda kernel=kernel: run(kernel)) for k, kernel in sides.items()}, args.rounds,
+                             time.process_time)
     finally:
         Kernel.registry[qtype] = new
-    t_old, t_new = np.array(times["old"]), np.array(times["new"])
+    t_old, t_new = times["old"] * 1e3, times["new"] * 1e3
     ratio = t_new / t_old
     print(f"{qtype} {args.shape}, {args.rounds} rounds, CPU ms")
     for k, t in (("old " + args.rev, t_old), ("new (working tree)", t_new)):

@@ -64,22 +64,21 @@ def best_pair(fa, fb, repeat: int, clock, warm: bool = False) -> tuple[float, fl
     return min(ta), min(tb)
 
 
-def paired_ratios(fa, fb, rounds: int, clock, warm: bool = False, seed: int = 0) -> np.ndarray:
-    """Per-round ratios time(fb) / time(fa): each round runs both once, in an order shuffled per round (a
-    run right after the other side's starts with its caches taken); ``warm`` as in ``best_pair``."""
-    order = np.random.default_rng(seed)
-    out = []
-    for _ in range(rounds):
-        times = {}
-        for key in order.permutation(2):
-            fn = (fa, fb)[key]
+def paired_times(fns: dict, rounds: int, clock, warm: bool = False) -> dict:
+    """Times of each function of ``fns`` (name -> callable) over ``rounds`` rounds that run every one once, in
+    an order shuffled per round (seeded by the round: a run right after another side's starts with its
+    caches taken); ``warm`` as in ``best_pair``.  Returns name -> array of times, one per round."""
+    times = {k: [] for k in fns}
+    for r in range(rounds):
+        order = list(fns)
+        np.random.default_rng(r).shuffle(order)
+        for k in order:
             if warm:
-                fn()
+                fns[k]()
             t = clock()
-            fn()
-            times[key] = clock() - t
-        out.append(times[1] / times[0])
-    return np.asarray(out)
+            fns[k]()
+            times[k].append(clock() - t)
+    return {k: np.asarray(v) for k, v in times.items()}
 
 
 def load_ggml():
@@ -151,8 +150,9 @@ def main() -> int:
             print(f"{shape:<10} {t:<7} | {f(tq1)} {f(tqn)} {f(tgq)} {f(tlq)} {ratio_q} | {f(td1)} {f(tdn)} {f(tgd)} "
                   f"{f(tld)} {ratio_d} | {exact}", flush=True)
             if args.rounds > 0 and ggml is not None:
-                r = paired_ratios(lambda: kernels.quantize(x, t, threads=1), lambda: ggml.quantize(x, t),
-                                  args.rounds, clock, args.warm)
+                pt = paired_times({"ours": lambda: kernels.quantize(x, t, threads=1),
+                                   "ggml": lambda: ggml.quantize(x, t)}, args.rounds, clock, args.warm)
+                r = pt["ggml"] / pt["ours"]
                 lo, med, hi = np.percentile(r, [25, 50, 75])  # (q1 holds the quantized bytes)
                 print(f"{'':<10} {t:<7} | x ggml in {r.size} paired rounds: median {med:.2f}, quartiles "
                       f"{lo:.2f}-{hi:.2f}, range {r.min():.2f}-{r.max():.2f}", flush=True)
